@@ -1,0 +1,41 @@
+#include "kernels/cpu/attention_forward.h"
+
+#include "kernels/cpu/float_buffer.h"
+#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/tile_plan.h"
+#include "kernels/cpu/validate.h"
+#include "kernels/status_macros.h"
+
+namespace ringattn::kernels::cpu {
+
+absl::Status ForwardChunk(const ForwardChunkArgs& args, CpuContext& ctx) {
+  RINGATTN_ASSIGN_OR_RETURN(const ForwardParams params, MakeForwardParams(args));
+  const ChunkProblem& p = params.problem;
+  const TilePlanStorage storage(p);
+  const TilePlan& plan = storage.plan();
+  const int64_t dp = plan.head_dim_padded;
+  const int64_t kv_size = p.batch * p.kv_heads * plan.kv_tiles * kBk * dp;
+
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(kv_size, "forward K^T"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v, FloatBuffer::Allocate(kv_size, "forward V"));
+  RINGATTN_ASSIGN_OR_RETURN(
+      FloatBuffer scratch,
+      FloatBuffer::Allocate(ctx.pool().num_threads() * ForwardScratchPerWorker(dp),
+                            "forward scratch"));
+  const ForwardWorkspace ws{k_t.data(), v.data(), scratch.data()};
+
+  switch (ctx.isa()) {
+    case Isa::kAvx512:
+      avx512::Forward(params, plan, ws, ctx.pool());
+      break;
+    case Isa::kAvx2:
+      avx2::Forward(params, plan, ws, ctx.pool());
+      break;
+    case Isa::kGeneric:
+      generic::Forward(params, plan, ws, ctx.pool());
+      break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ringattn::kernels::cpu

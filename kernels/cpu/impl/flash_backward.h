@@ -1,0 +1,195 @@
+#ifndef RINGATTN_KERNELS_CPU_IMPL_FLASH_BACKWARD_H_
+#define RINGATTN_KERNELS_CPU_IMPL_FLASH_BACKWARD_H_
+
+// Flash-attention backward of one query shard against one K/V chunk, from
+// the saved output and log-sum-exp (no second softmax pass).
+//
+// Two passes, each owning what it writes: one task per key tile builds that
+// tile's dK and dV over every query tile; one task per query tile builds its
+// dQ over every key tile. S, P and dS are recomputed in both, which costs
+// two extra tile GEMMs per pair but needs no atomics and no per-thread dQ
+// copies, and makes the result independent of the thread count.
+
+#include <cstdint>
+
+#include "kernels/cpu/impl/flash_common.h"
+#include "kernels/cpu/impl/tile_gemm.h"
+
+namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
+
+struct BackwardTile {
+  const float* q;      // [kBq, Dp]
+  const float* dout;   // [kBq, Dp]
+  const float* lse;    // [kBq]
+  const float* delta;  // [kBq]
+  const float* k_t;    // [Dp, ld] starting at the key tile
+  const float* v_t;    // [Dp, ld] starting at the key tile
+  int64_t ld;          // Lkp
+};
+
+// Computes P = exp(S - lse) and dS = P * (dO V^T - delta) for one tile pair.
+// s: [kBq, kBk] scratch; p, ds: [kBq, kBk] out.
+inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale,
+                               TileClass cls, const MaskRule& rule,
+                               const TileFrame& frame, float* s, float* p,
+                               float* ds) {
+  TileGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, t.ld, s, kBk);
+  ScaleAndMask(s, scale, cls, rule, frame);
+  for (int64_t i = 0; i < kBq; ++i) {
+    const float lse = t.lse[i];
+    if (lse == -kInf) {  // The row attended nothing: it has no gradient.
+      for (int64_t j = 0; j < kBk; j += kLanes) Store(p + i * kBk + j, VecF{});
+      continue;
+    }
+    const VecF shift = Splat(lse);
+    for (int64_t j = 0; j < kBk; j += kLanes) {
+      Store(p + i * kBk + j, Exp(Load(s + i * kBk + j) - shift));
+    }
+  }
+  TileGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, t.ld, ds, kBk);  // dP
+  for (int64_t i = 0; i < kBq; ++i) {
+    const VecF delta = Splat(t.delta[i]);
+    for (int64_t j = 0; j < kBk; j += kLanes) {
+      const int64_t at = i * kBk + j;
+      Store(ds + at, Load(p + at) * (Load(ds + at) - delta));
+    }
+  }
+}
+
+inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
+                         const BackwardWorkspace& ws, ThreadPool& pool) {
+  const ChunkProblem& p = params.problem;
+  const int64_t d = p.head_dim;
+  const int64_t dp = plan.head_dim_padded;
+  const int64_t lkp = plan.kv_tiles * kBk;
+  const int64_t lqp = plan.q_tiles * kBq;
+  const int64_t group = p.heads / p.kv_heads;
+  const int64_t scratch_size = BackwardScratchPerWorker(dp);
+
+  // K, K^T and V^T of every (batch, kv head) in fp32.
+  pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
+    float* row_tmp = ws.scratch + worker * scratch_size;
+    const int64_t first = bk * p.kv_len;
+    PackRows(p.dtype, p.k, first, p.kv_len, d, dp, ws.k + bk * lkp * dp);
+    PackTransposed(p.dtype, p.k, first, p.kv_len, d, lkp, ws.k_t + bk * dp * lkp, row_tmp);
+    PackTransposed(p.dtype, p.v, first, p.kv_len, d, lkp, ws.v_t + bk * dp * lkp, row_tmp);
+  });
+
+  // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
+  pool.ParallelFor(p.batch * p.heads, [&](int64_t bh, int worker) {
+    float* o_row = ws.scratch + worker * scratch_size;  // [D]
+    PackRows(p.dtype, p.q, bh * p.q_len, p.q_len, d, dp, ws.q + bh * lqp * dp);
+    PackRows(p.dtype, params.dout, bh * p.q_len, p.q_len, d, dp, ws.dout + bh * lqp * dp);
+    for (int64_t i = 0; i < lqp; ++i) {
+      const int64_t row = bh * lqp + i;
+      if (i >= p.q_len) {
+        ws.lse[row] = -kInf;
+        continue;
+      }
+      ws.lse[row] = params.lse[bh * p.q_len + i];
+      LoadRow(p.dtype, params.out, bh * p.q_len + i, d, o_row);
+      const float* dout_row = ws.dout + row * dp;
+      float delta = 0.0f;
+      for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
+      ws.delta[row] = delta;
+    }
+  });
+
+  // Pass 1: dK, dV per (batch, kv head, key tile), summed over the query
+  // heads of the group (GQA) and every query tile. Early key tiles meet the
+  // most causal queries, so they go first.
+  const int64_t bk_count = p.batch * p.kv_heads;
+  pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
+    const int64_t kt = task / bk_count;
+    const int64_t bk = task % bk_count;
+    const int64_t b = bk / p.kv_heads;
+    const int64_t kvh = bk % p.kv_heads;
+    const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
+    if (kv_sum.valid_count == 0) return;
+
+    float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
+    float* prob = s + kBq * kBk;                     // [kBq, kBk]
+    float* ds = prob + kBq * kBk;                    // [kBq, kBk]
+    float* dk_acc = ds + kBq * kBk;                  // [kBk, Dp]
+    float* dv_acc = dk_acc + kBk * dp;               // [kBk, Dp]
+    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+
+    bool any = false;
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t bh = b * p.heads + kvh * group + hh;
+      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+        const TileClass cls =
+            Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+        if (cls == TileClass::kEmpty) continue;
+        any = true;
+        const int64_t qrow = bh * lqp + qt * kBq;
+        const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
+                                ws.lse + qrow,           ws.delta + qrow,
+                                ws.k_t + bk * dp * lkp + kt * kBk,
+                                ws.v_t + bk * dp * lkp + kt * kBk, lkp};
+        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s,
+                           prob, ds);
+        // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
+        TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
+        TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
+      }
+    }
+    if (!any) return;
+    const int64_t k0 = kt * kBk;
+    const int64_t cols = Min(kBk, p.kv_len - k0);
+    float* dk = params.dk + (bk * p.kv_len + k0) * d;
+    float* dv = params.dv + (bk * p.kv_len + k0) * d;
+    for (int64_t j = 0; j < cols; ++j) {
+      for (int64_t c = 0; c < d; ++c) {
+        dk[j * d + c] += p.scale * dk_acc[j * dp + c];
+        dv[j * d + c] += dv_acc[j * dp + c];
+      }
+    }
+  });
+
+  // Pass 2: dQ per (batch, head, query tile); late query tiles first.
+  const int64_t bh_count = p.batch * p.heads;
+  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
+    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
+    const int64_t bh = task % bh_count;
+    const int64_t b = bh / p.heads;
+    const int64_t bk = b * p.kv_heads + bh % p.heads / group;
+    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
+    if (q_sum.valid_count == 0) return;
+
+    float* s = ws.scratch + worker * scratch_size;
+    float* prob = s + kBq * kBk;
+    float* ds = prob + kBq * kBk;
+    float* dq_acc = ds + kBq * kBk;  // [kBq, Dp]
+    for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
+
+    const int64_t qrow = bh * lqp + qt * kBq;
+    bool any = false;
+    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+      const TileClass cls =
+          Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+      if (cls == TileClass::kEmpty) continue;
+      any = true;
+      const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
+                              ws.lse + qrow,           ws.delta + qrow,
+                              ws.k_t + bk * dp * lkp + kt * kBk,
+                              ws.v_t + bk * dp * lkp + kt * kBk, lkp};
+      ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob,
+                         ds);
+      // dQ += dS K (scaled below).
+      TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
+                     dq_acc, dp);
+    }
+    if (!any) return;
+    const int64_t q0 = qt * kBq;
+    const int64_t rows = Min(kBq, p.q_len - q0);
+    float* dq = params.dq + (bh * p.q_len + q0) * d;
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
+    }
+  });
+}
+
+}  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
+
+#endif  // RINGATTN_KERNELS_CPU_IMPL_FLASH_BACKWARD_H_

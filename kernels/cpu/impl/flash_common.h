@@ -1,0 +1,105 @@
+#ifndef RINGATTN_KERNELS_CPU_IMPL_FLASH_COMMON_H_
+#define RINGATTN_KERNELS_CPU_IMPL_FLASH_COMMON_H_
+
+// Pieces shared by the flash forward and backward: packing inputs to padded
+// fp32 tiles and turning raw score tiles into masked, scaled scores.
+
+#include <cstdint>
+
+#include "kernels/block_classification.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/impl/simd.h"
+#include "kernels/cpu/kernel_params.h"
+#include "kernels/mask.h"
+
+namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
+
+static_assert(kBq % kMr == 0 && kBk % kMr == 0, "tiles must hold whole row blocks");
+static_assert(kBk % kNr == 0 && kHeadDimAlign % kNr == 0, "columns must hold whole panels");
+static_assert(kBk % kLanes == 0, "score rows must hold whole vectors");
+
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Row `row` of a dense [.., D] tensor of `dtype` -> dst[0, D) in fp32.
+inline void LoadRow(DType dtype, const void* base, int64_t row, int64_t d,
+                    float* dst) {
+  const auto* bytes = static_cast<const unsigned char*>(base);
+  ToF32(dtype, bytes + row * d * static_cast<int64_t>(DTypeSize(dtype)), d, dst);
+}
+
+// src rows [0, rows) of [rows, D] -> dst [rows, Dp] fp32; the padding of dst
+// is left as the caller zeroed it.
+inline void PackRows(DType dtype, const void* src, int64_t first_row,
+                     int64_t rows, int64_t d, int64_t dp, float* dst) {
+  for (int64_t j = 0; j < rows; ++j) LoadRow(dtype, src, first_row + j, d, dst + j * dp);
+}
+
+// src rows [0, rows) of [rows, D] -> dst [Dp, ld] fp32, transposed.
+// row_tmp: [D] scratch.
+inline void PackTransposed(DType dtype, const void* src, int64_t first_row,
+                           int64_t rows, int64_t d, int64_t ld, float* dst,
+                           float* row_tmp) {
+  for (int64_t j = 0; j < rows; ++j) {
+    LoadRow(dtype, src, first_row + j, d, row_tmp);
+    for (int64_t c = 0; c < d; ++c) dst[c * ld + j] = row_tmp[c];
+  }
+}
+
+// Where one (query tile, key tile) pair sits: batch row and first indices in
+// the shard and the chunk, and how many real rows and columns it has.
+struct TileFrame {
+  const MetaPtrs* q_meta;
+  const MetaPtrs* kv_meta;
+  int64_t q_base;   // b * Lq + first query index of the tile
+  int64_t kv_base;  // b * Lk + first key index of the tile
+  int64_t q_pos;    // Global position of the tile's first query.
+  int64_t kv_pos;   // Global position of the tile's first key.
+  int64_t rows;     // Real query rows, <= kBq.
+  int64_t cols;     // Real key columns, <= kBk.
+};
+
+inline TokenInfo TokenAt(const MetaPtrs& m, int64_t index, int64_t pos) {
+  return TokenInfo{pos, m.doc[index], m.vision[index], m.padding[index] != 0};
+}
+
+// s: [kBq, kBk] raw q·k -> scale * q·k where the mask allows, -inf elsewhere
+// (padding rows and columns of the tile included). Full tiles skip the
+// per-element mask entirely.
+inline void ScaleAndMask(float* s, float scale, TileClass cls,
+                         const MaskRule& rule, const TileFrame& f) {
+  if (cls == TileClass::kFull && f.cols == kBk) {
+    for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s + i, Load(s + i) * scale);
+    return;
+  }
+  for (int64_t i = 0; i < kBq; ++i) {
+    float* row = s + i * kBk;
+    if (i >= f.rows) {
+      for (int64_t j = 0; j < kBk; ++j) row[j] = -kInf;
+      continue;
+    }
+    const TokenInfo q = TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i);
+    for (int64_t j = 0; j < kBk; ++j) {
+      const bool allowed =
+          j < f.cols && Allowed(rule, q, TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j));
+      row[j] = allowed ? row[j] * scale : -kInf;
+    }
+  }
+}
+
+inline TileFrame MakeFrame(const ChunkProblem& p, int64_t b, int64_t qt, int64_t kt) {
+  const int64_t q0 = qt * kBq;
+  const int64_t k0 = kt * kBk;
+  return TileFrame{&p.q_meta,
+                   &p.kv_meta,
+                   b * p.q_len + q0,
+                   b * p.kv_len + k0,
+                   p.q_meta.start + q0,
+                   p.kv_meta.start + k0,
+                   Min(kBq, p.q_len - q0),
+                   Min(kBk, p.kv_len - k0)};
+}
+
+}  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
+
+#endif  // RINGATTN_KERNELS_CPU_IMPL_FLASH_COMMON_H_

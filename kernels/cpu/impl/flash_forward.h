@@ -1,0 +1,121 @@
+#ifndef RINGATTN_KERNELS_CPU_IMPL_FLASH_FORWARD_H_
+#define RINGATTN_KERNELS_CPU_IMPL_FLASH_FORWARD_H_
+
+// Flash-attention forward of one query shard against one K/V chunk, with
+// online softmax over key tiles and tile skipping from block classification.
+
+#include <cstdint>
+
+#include "kernels/cpu/impl/flash_common.h"
+#include "kernels/cpu/impl/tile_gemm.h"
+
+namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
+
+// One row block of online softmax. p_s: [kBq, kBk] masked scaled scores in,
+// unnormalized probabilities out. m, l: [kBq] running max and sum.
+// acc: [kBq, Dp] running output, rescaled when a row's max grows.
+inline void OnlineSoftmax(float* p_s, float* m, float* l, float* acc, int64_t dp) {
+  for (int64_t i = 0; i < kBq; ++i) {
+    float* row = p_s + i * kBk;
+    VecF mv = Splat(-kInf);
+    for (int64_t j = 0; j < kBk; j += kLanes) mv = Max(mv, Load(row + j));
+    const float tile_max = ReduceMax(mv);
+    const float m_new = tile_max > m[i] ? tile_max : m[i];
+    if (m_new == -kInf) {  // Nothing attended yet: keep the row at zero.
+      for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, VecF{});
+      continue;
+    }
+    const float alpha = m[i] == -kInf ? 0.0f : __builtin_expf(m[i] - m_new);
+    const VecF shift = Splat(m_new);
+    VecF sum{};
+    for (int64_t j = 0; j < kBk; j += kLanes) {
+      const VecF e = Exp(Load(row + j) - shift);
+      Store(row + j, e);
+      sum += e;
+    }
+    l[i] = l[i] * alpha + ReduceSum(sum);
+    if (alpha != 1.0f) {
+      float* acc_row = acc + i * dp;
+      for (int64_t c = 0; c < dp; c += kLanes) Store(acc_row + c, Load(acc_row + c) * alpha);
+    }
+    m[i] = m_new;
+  }
+}
+
+inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
+                        const ForwardWorkspace& ws, ThreadPool& pool) {
+  const ChunkProblem& p = params.problem;
+  const int64_t d = p.head_dim;
+  const int64_t dp = plan.head_dim_padded;
+  const int64_t lkp = plan.kv_tiles * kBk;
+  const int64_t group = p.heads / p.kv_heads;
+  const int64_t scratch_size = ForwardScratchPerWorker(dp);
+
+  // K^T and V of every (batch, kv head), in fp32, packed once and shared by
+  // all query heads of the group and all query tiles.
+  pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
+    float* row_tmp = ws.scratch + worker * scratch_size;
+    PackTransposed(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, lkp,
+                   ws.k_t + bk * dp * lkp, row_tmp);
+    PackRows(p.dtype, p.v, bk * p.kv_len, p.kv_len, d, dp, ws.v + bk * lkp * dp);
+  });
+
+  // One task per (batch, head, query tile). The last query tiles see the
+  // most keys under causal masking, so they are handed out first.
+  const int64_t bh_count = p.batch * p.heads;
+  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
+    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
+    const int64_t bh = task % bh_count;
+    const int64_t b = bh / p.heads;
+    const int64_t kvh = bh % p.heads / group;
+    const int64_t q0 = qt * kBq;
+    const int64_t rows = Min(kBq, p.q_len - q0);
+    float* out = params.out + (bh * p.q_len + q0) * d;
+    float* lse = params.lse + bh * p.q_len + q0;
+    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
+
+    float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp]
+    float* s = q_tile + kBq * dp;                         // [kBq, kBk]
+    float* acc = s + kBq * kBk;                           // [kBq, Dp]
+    float* m = acc + kBq * dp;                            // [kBq]
+    float* l = m + kBq;                                   // [kBq]
+    for (int64_t i = 0; i < kBq * dp; ++i) q_tile[i] = acc[i] = 0.0f;
+    for (int64_t i = 0; i < kBq; ++i) {
+      m[i] = -kInf;
+      l[i] = 0.0f;
+    }
+    if (q_sum.valid_count > 0) {
+      PackRows(p.dtype, p.q, bh * p.q_len + q0, rows, d, dp, q_tile);
+    }
+
+    const float* k_t = ws.k_t + (b * p.kv_heads + kvh) * dp * lkp;
+    const float* v = ws.v + (b * p.kv_heads + kvh) * lkp * dp;
+    for (int64_t kt = 0; q_sum.valid_count > 0 && kt < plan.kv_tiles; ++kt) {
+      const TileClass cls =
+          Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+      if (cls == TileClass::kEmpty) continue;
+      // S = Q K^T over this key tile, masked and scaled.
+      TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, k_t + kt * kBk, lkp, s, kBk);
+      ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+      // P = exp(S - m), with the running output rescaled to the new max.
+      OnlineSoftmax(s, m, l, acc, dp);
+      // O += P V.
+      TileGemm<true>(kBq, dp, kBk, s, kBk, 1, v + kt * kBk * dp, dp, acc, dp);
+    }
+
+    // A row that attended nothing gets exactly 0 and -inf (SPEC §2).
+    for (int64_t i = 0; i < rows; ++i) {
+      if (l[i] > 0.0f) {
+        for (int64_t c = 0; c < d; ++c) out[i * d + c] = acc[i * dp + c] / l[i];
+        lse[i] = m[i] + __builtin_logf(l[i]);
+      } else {
+        for (int64_t c = 0; c < d; ++c) out[i * d + c] = 0.0f;
+        lse[i] = -kInf;
+      }
+    }
+  });
+}
+
+}  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
+
+#endif  // RINGATTN_KERNELS_CPU_IMPL_FLASH_FORWARD_H_

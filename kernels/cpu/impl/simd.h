@@ -1,0 +1,89 @@
+#ifndef RINGATTN_KERNELS_CPU_IMPL_SIMD_H_
+#define RINGATTN_KERNELS_CPU_IMPL_SIMD_H_
+
+// Portable SIMD on GCC vector extensions. This header is compiled once per
+// instruction set, each time inside its own namespace (RINGATTN_ISA_NS), so
+// no symbol built for one set can stand in for another's at link time. Code
+// here uses no inline library templates for the same reason.
+
+#include <cstdint>
+
+#ifndef RINGATTN_ISA_NS
+#error "define RINGATTN_ISA_NS before including kernels/cpu/impl headers"
+#endif
+
+namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
+
+// kLanes: fp32 lanes per register. kMr x kNr: the register tile of the GEMM
+// micro-kernel (kMr rows of A broadcast against kNr columns of B), sized so
+// the accumulators, B panel and broadcast fit the register file.
+#if defined(__AVX512F__)
+inline constexpr int kLanes = 16;
+inline constexpr int kMr = 8;
+inline constexpr int kNr = 32;
+#elif defined(__AVX2__)
+inline constexpr int kLanes = 8;
+inline constexpr int kMr = 4;
+inline constexpr int kNr = 16;
+#else
+inline constexpr int kLanes = 4;
+inline constexpr int kMr = 4;
+inline constexpr int kNr = 8;
+#endif
+
+typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline constexpr float kInf = __builtin_huge_valf();
+
+inline VecF Load(const float* p) {
+  VecF v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void Store(float* p, VecF v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+inline VecF Splat(float x) { return VecF{} + x; }
+
+inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
+
+inline float ReduceMax(VecF v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+inline float ReduceSum(VecF v) {
+  float s = 0.0f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// exp(x) with a relative error of about 1 ulp on [-87.3, 88.4]; exactly 0
+// below (so masked scores of -inf give exact zeros). Cephes' expf: round
+// x/ln2 to n, reduce with a two-part ln2, a degree-6 polynomial, scale by 2^n.
+inline VecF Exp(VecF x) {
+  const VecF lo = Splat(-87.33654f);
+  const VecF hi = Splat(88.37626f);
+  VecF xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const VecF magic = Splat(12582912.0f);  // 1.5 * 2^23: rounds to integer.
+  const VecF n = (xc * 1.44269504088896341f + magic) - magic;
+  VecF r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  VecF p = Splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const VecF y = p * (r * r) + r + 1.0f;
+  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  const VecF result = y * __builtin_bit_cast(VecF, bits);
+  return x < lo ? Splat(0.0f) : result;
+}
+
+}  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
+
+#endif  // RINGATTN_KERNELS_CPU_IMPL_SIMD_H_
