@@ -22,9 +22,8 @@ struct BackwardTile {
   const float* dout;   // [kBq, Dp]
   const float* lse;    // [kBq]
   const float* delta;  // [kBq]
-  const float* k_t;    // [Dp, ld] starting at the key tile
-  const float* v_t;    // [Dp, ld] starting at the key tile
-  int64_t ld;          // Lkp
+  const float* k_t;    // [Dp, kBk] panel of the key tile
+  const float* v_t;    // [Dp, kBk] panel of the key tile
 };
 
 // Computes P = exp(S - lse) and dS = P * (dO V^T - delta) for one tile pair.
@@ -33,7 +32,7 @@ inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale,
                                TileClass cls, const MaskRule& rule,
                                const TileFrame& frame, float* s, float* p,
                                float* ds) {
-  TileGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, t.ld, s, kBk);
+  TileGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, kBk, s, kBk);
   ScaleAndMask(s, scale, cls, rule, frame);
   for (int64_t i = 0; i < kBq; ++i) {
     const float lse = t.lse[i];
@@ -46,7 +45,7 @@ inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale,
       Store(p + i * kBk + j, Exp(Load(s + i * kBk + j) - shift));
     }
   }
-  TileGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, t.ld, ds, kBk);  // dP
+  TileGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, kBk, ds, kBk);  // dP
   for (int64_t i = 0; i < kBq; ++i) {
     const VecF delta = Splat(t.delta[i]);
     for (int64_t j = 0; j < kBk; j += kLanes) {
@@ -71,8 +70,10 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     float* row_tmp = ws.scratch + worker * scratch_size;
     const int64_t first = bk * p.kv_len;
     PackRows(p.dtype, p.k, first, p.kv_len, d, dp, ws.k + bk * lkp * dp);
-    PackTransposed(p.dtype, p.k, first, p.kv_len, d, lkp, ws.k_t + bk * dp * lkp, row_tmp);
-    PackTransposed(p.dtype, p.v, first, p.kv_len, d, lkp, ws.v_t + bk * dp * lkp, row_tmp);
+    PackTransposedTiles(p.dtype, p.k, first, p.kv_len, d, dp, ws.k_t + bk * dp * lkp,
+                        row_tmp);
+    PackTransposedTiles(p.dtype, p.v, first, p.kv_len, d, dp, ws.v_t + bk * dp * lkp,
+                        row_tmp);
   });
 
   // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
@@ -125,8 +126,8 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
         const int64_t qrow = bh * lqp + qt * kBq;
         const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
                                 ws.lse + qrow,           ws.delta + qrow,
-                                ws.k_t + bk * dp * lkp + kt * kBk,
-                                ws.v_t + bk * dp * lkp + kt * kBk, lkp};
+                                ws.k_t + (bk * lkp + kt * kBk) * dp,
+                                ws.v_t + (bk * lkp + kt * kBk) * dp};
         ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s,
                            prob, ds);
         // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
@@ -172,8 +173,8 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
       any = true;
       const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
                               ws.lse + qrow,           ws.delta + qrow,
-                              ws.k_t + bk * dp * lkp + kt * kBk,
-                              ws.v_t + bk * dp * lkp + kt * kBk, lkp};
+                              ws.k_t + (bk * lkp + kt * kBk) * dp,
+                              ws.v_t + (bk * lkp + kt * kBk) * dp};
       ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob,
                          ds);
       // dQ += dS K (scaled below).

@@ -35,14 +35,17 @@ inline void PackRows(DType dtype, const void* src, int64_t first_row,
   for (int64_t j = 0; j < rows; ++j) LoadRow(dtype, src, first_row + j, d, dst + j * dp);
 }
 
-// src rows [0, rows) of [rows, D] -> dst [Dp, ld] fp32, transposed.
-// row_tmp: [D] scratch.
-inline void PackTransposed(DType dtype, const void* src, int64_t first_row,
-                           int64_t rows, int64_t d, int64_t ld, float* dst,
-                           float* row_tmp) {
+// src rows [0, rows) of [rows, D] -> dst [ceil(rows / kBk), Dp, kBk] fp32:
+// transposed, one contiguous Dp x kBk panel per key tile, so a tile GEMM
+// walks one dense block instead of rows a power-of-two stride apart (which
+// thrash the same L1 sets). row_tmp: [D] scratch.
+inline void PackTransposedTiles(DType dtype, const void* src, int64_t first_row,
+                                int64_t rows, int64_t d, int64_t dp, float* dst,
+                                float* row_tmp) {
   for (int64_t j = 0; j < rows; ++j) {
     LoadRow(dtype, src, first_row + j, d, row_tmp);
-    for (int64_t c = 0; c < d; ++c) dst[c * ld + j] = row_tmp[c];
+    float* panel = dst + (j / kBk) * dp * kBk + j % kBk;
+    for (int64_t c = 0; c < d; ++c) panel[c * kBk] = row_tmp[c];
   }
 }
 

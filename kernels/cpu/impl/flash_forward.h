@@ -55,8 +55,8 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
   // all query heads of the group and all query tiles.
   pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
-    PackTransposed(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, lkp,
-                   ws.k_t + bk * dp * lkp, row_tmp);
+    PackTransposedTiles(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, dp,
+                        ws.k_t + bk * dp * lkp, row_tmp);
     PackRows(p.dtype, p.v, bk * p.kv_len, p.kv_len, d, dp, ws.v + bk * lkp * dp);
   });
 
@@ -95,7 +95,7 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
           Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;
       // S = Q K^T over this key tile, masked and scaled.
-      TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, k_t + kt * kBk, lkp, s, kBk);
+      TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, k_t + kt * dp * kBk, kBk, s, kBk);
       ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
       // P = exp(S - m), with the running output rescaled to the new max.
       OnlineSoftmax(s, m, l, acc, dp);

@@ -32,7 +32,7 @@ struct TilePlan {
 // All buffers are zero-filled when handed over. Lkp = kv_tiles * kBk,
 // Lqp = q_tiles * kBq.
 struct ForwardWorkspace {
-  float* k_t = nullptr;      // [B, Hkv, Dp, Lkp] K transposed, fp32
+  float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
   float* v = nullptr;        // [B, Hkv, Lkp, Dp]
   float* scratch = nullptr;  // [num_threads, ForwardScratchPerWorker]
 };
@@ -43,8 +43,8 @@ struct BackwardWorkspace {
   float* lse = nullptr;      // [B, H, Lqp], -inf past Lq
   float* delta = nullptr;    // [B, H, Lqp] rowsum(dO * O)
   float* k = nullptr;        // [B, Hkv, Lkp, Dp]
-  float* k_t = nullptr;      // [B, Hkv, Dp, Lkp]
-  float* v_t = nullptr;      // [B, Hkv, Dp, Lkp]
+  float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
+  float* v_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] V^T per key tile
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 

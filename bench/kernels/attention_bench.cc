@@ -1,0 +1,343 @@
+// CPU attention kernel benchmark (issue: foundation and CPU kernels).
+//
+// Forward and backward of the chunk kernels on one whole sequence (B=1,
+// H=16, Hkv=8, S=8192) for D in {128, 256}, full causal and sliding W=512,
+// fp32 and bf16. In the same run it measures this machine's sgemm peak
+// (OpenBLAS, all cores) and two dense baselines that materialize the S x S
+// scores: a naive one (plain loops) and one on OpenBLAS sgemm. FLOPs count
+// only the pairs the mask allows: 4*B*H*S^2*D*fraction forward, 2.5x that
+// backward. Ends with `figure: <name> <value>` lines.
+//
+//   build/release/bench/ringattn_attention_bench [--seq_len=8192] [--quick]
+
+#include <cblas.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/cpu/attention_backward.h"
+#include "kernels/cpu/attention_forward.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/cpu/cpu_context.h"
+#include "kernels/mask.h"
+#include "kernels/reference/synthetic_batch.h"
+
+namespace ringattn::kernels {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) * 1024.0;
+}
+
+struct Config {
+  int64_t head_dim;
+  bool sliding;
+  DType dtype;
+  std::string Name() const {
+    return std::string(dtype == DType::kF32 ? "fp32" : "bf16") + "_d" +
+           std::to_string(head_dim) + (sliding ? "_sliding512" : "_causal");
+  }
+  LayerConfig Layer() const {
+    LayerConfig layer;
+    layer.kind = sliding ? LayerKind::kSliding : LayerKind::kFull;
+    layer.window = 512;
+    layer.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    return layer;
+  }
+};
+
+// Fraction of (query, key) pairs a single-document causal/sliding mask allows.
+double AllowedFraction(int64_t s, const LayerConfig& layer) {
+  const MaskRule rule = MaskRuleFor(layer);
+  double allowed = 0.0;
+  for (int64_t q = 0; q < s; ++q) {
+    const int64_t lo = rule.windowed ? std::max<int64_t>(0, q - rule.window + 1) : 0;
+    allowed += static_cast<double>(q - lo + 1);
+  }
+  return allowed / (static_cast<double>(s) * static_cast<double>(s));
+}
+
+// One benchmark problem: the whole sequence as a single chunk.
+struct Problem {
+  int64_t B = 1, H = 16, Hkv = 8, S, D;
+  DType dtype;
+  std::vector<uint8_t> q, k, v, out, dout;
+  std::vector<int32_t> doc, vision;
+  std::vector<uint8_t> padding;
+  std::vector<float> o32, lse, dq, dk, dv;
+
+  Problem(int64_t s, int64_t d, DType dt) : S(s), D(d), dtype(dt) {
+    reference::BatchShape shape{B, H, Hkv, S, D};
+    reference::RowLayout layout;
+    layout.doc_lengths = {S};
+    const reference::SyntheticBatch batch =
+        reference::MakeSyntheticBatch(shape, {layout}, dtype, 7);
+    q = reference::Encode(batch.q, dtype);
+    k = reference::Encode(batch.k, dtype);
+    v = reference::Encode(batch.v, dtype);
+    dout = reference::Encode(batch.dout, dtype);
+    doc = batch.doc;
+    vision = batch.vision;
+    padding = batch.padding;
+    o32.resize(B * H * S * D);
+    lse.resize(B * H * S);
+    dq.resize(B * H * S * D);
+    dk.resize(B * Hkv * S * D);
+    dv.resize(B * Hkv * S * D);
+  }
+  cpu::TensorRef Ref(const std::vector<uint8_t>& t, int64_t heads) const {
+    return cpu::TensorRef{dtype, {B, heads, S, D}, t.data(), t.size()};
+  }
+  cpu::TokenMetaRef Meta() const { return cpu::TokenMetaRef{doc, vision, padding, 0}; }
+
+  absl::Status Forward(const LayerConfig& layer, cpu::CpuContext& ctx) {
+    cpu::ForwardChunkArgs a{Ref(q, H), Ref(k, Hkv), Ref(v, Hkv), Meta(), Meta(), layer, o32, lse};
+    absl::Status s = cpu::ForwardChunk(a, ctx);
+    out.resize(o32.size() * DTypeSize(dtype));
+    cpu::FromF32(dtype, o32.data(), static_cast<int64_t>(o32.size()), out.data());
+    return s;
+  }
+  absl::Status Backward(const LayerConfig& layer, cpu::CpuContext& ctx) {
+    cpu::BackwardChunkArgs a;
+    a.q = Ref(q, H);
+    a.k = Ref(k, Hkv);
+    a.v = Ref(v, Hkv);
+    a.out = Ref(out, H);
+    a.dout = Ref(dout, H);
+    a.lse = lse;
+    a.q_meta = a.kv_meta = Meta();
+    a.layer = layer;
+    a.dq = dq;
+    a.dk = dk;
+    a.dv = dv;
+    return cpu::BackwardChunk(a, ctx);
+  }
+};
+
+// sgemm peak of this machine: best of several square products on all cores.
+double MeasureSgemmGflops() {
+  const int n = 2048;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  double best = 0.0;
+  for (int rep = 0; rep < 6; ++rep) {
+    const Clock::time_point t0 = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n,
+                b.data(), n, 0.0f, c.data(), n);
+    best = std::max(best, 2.0 * n * n * n / Seconds(t0) * 1e-9);
+  }
+  return best;
+}
+
+// Dense attention of `rows` query rows of one head against all S keys with
+// the S-wide score rows materialized; cost per row is the same for every
+// row, so its rate extrapolates to the whole problem. fp32, causal.
+double NaiveDenseSeconds(const std::vector<float>& q, const std::vector<float>& k,
+                         const std::vector<float>& v, int64_t S, int64_t D,
+                         int64_t rows, float scale) {
+  std::vector<float> scores(rows * S);
+  std::vector<float> out(rows * D, 0.0f);
+  const Clock::time_point t0 = Clock::now();
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t qi = S - rows + i;
+    for (int64_t j = 0; j < S; ++j) {
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += q[qi * D + d] * k[j * D + d];
+      scores[i * S + j] = j <= qi ? dot * scale : -INFINITY;
+    }
+    float m = -INFINITY;
+    for (int64_t j = 0; j < S; ++j) m = std::max(m, scores[i * S + j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < S; ++j) sum += scores[i * S + j] = std::exp(scores[i * S + j] - m);
+    for (int64_t j = 0; j < S; ++j) {
+      const float p = scores[i * S + j] / sum;
+      for (int64_t d = 0; d < D; ++d) out[i * D + d] += p * v[j * D + d];
+    }
+  }
+  benchmark::DoNotOptimize(out.data());
+  return Seconds(t0);
+}
+
+// The same with both products on OpenBLAS sgemm (one head, all rows).
+double BlasDenseSeconds(const std::vector<float>& q, const std::vector<float>& k,
+                        const std::vector<float>& v, int64_t S, int64_t D, float scale) {
+  std::vector<float> scores(S * S);
+  std::vector<float> out(S * D);
+  const Clock::time_point t0 = Clock::now();
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, scale, q.data(), D,
+              k.data(), D, 0.0f, scores.data(), S);
+  for (int64_t i = 0; i < S; ++i) {
+    float* row = &scores[i * S];
+    float m = -INFINITY;
+    for (int64_t j = 0; j <= i; ++j) m = std::max(m, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j <= i; ++j) sum += row[j] = std::exp(row[j] - m);
+    for (int64_t j = 0; j <= i; ++j) row[j] /= sum;
+    for (int64_t j = i + 1; j < S; ++j) row[j] = 0.0f;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, scores.data(), S,
+              v.data(), D, 0.0f, out.data(), D);
+  benchmark::DoNotOptimize(out.data());
+  return Seconds(t0);
+}
+
+struct Results {
+  std::map<std::string, double> gflops;   // name -> GFLOP/s
+  std::map<std::string, double> seconds;  // name -> seconds per iteration
+};
+
+int Main(int argc, char** argv) {
+  int64_t seq_len = 8192;
+  bool quick = false;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--seq_len=", 10) == 0) {
+      seq_len = std::atoll(argv[i] + 10);
+    } else if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--help") == 0) {
+      std::printf(
+          "usage: %s [--seq_len=N] [--quick] [google benchmark flags]\n"
+          "  --seq_len  sequence length S (default 8192, a multiple of 64)\n"
+          "  --quick    only D=128 fp32 (smoke run)\n",
+          argv[0]);
+      return 0;
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (seq_len < 64 || seq_len % 64 != 0) {
+    std::fprintf(stderr, "error: --seq_len must be a positive multiple of 64\n");
+    return 2;
+  }
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+
+  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx = cpu::CpuContext::Create({});
+  if (!ctx.ok()) {
+    std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("threads %d, isa %s, S=%lld\n", (*ctx)->pool().num_threads(),
+              std::string(cpu::IsaName((*ctx)->isa())).c_str(),
+              static_cast<long long>(seq_len));
+  const double sgemm = MeasureSgemmGflops();
+  std::printf("sgemm peak (OpenBLAS, 2048^3, best of 6): %.1f GFLOP/s\n", sgemm);
+
+  std::vector<Config> configs;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (int64_t d : {128, 256}) {
+      for (bool sliding : {false, true}) {
+        if (quick && (dt != DType::kF32 || d != 128)) continue;
+        configs.push_back({d, sliding, dt});
+      }
+    }
+  }
+
+  Results results;
+  std::map<std::pair<int64_t, DType>, std::unique_ptr<Problem>> problems;
+  auto problem_for = [&](const Config& c) -> Problem& {
+    auto& slot = problems[{c.head_dim, c.dtype}];
+    if (!slot) slot = std::make_unique<Problem>(seq_len, c.head_dim, c.dtype);
+    return *slot;
+  };
+  for (const Config& c : configs) {
+    const double fwd_flops = 4.0 * 16 * seq_len * static_cast<double>(seq_len) *
+                             c.head_dim * AllowedFraction(seq_len, c.Layer());
+    for (bool bwd : {false, true}) {
+      const std::string name = std::string(bwd ? "bwd_" : "fwd_") + c.Name();
+      const double flops = bwd ? 2.5 * fwd_flops : fwd_flops;
+      benchmark::RegisterBenchmark(
+          name.c_str(),
+          [&, c, bwd, name, flops](benchmark::State& state) {
+            Problem& p = problem_for(c);
+            if (bwd && p.out.empty()) (void)p.Forward(c.Layer(), **ctx);
+            // Best of the iterations: other load on a shared machine only
+            // ever slows a run down.
+            double per_iter = INFINITY;
+            for (auto _ : state) {
+              const Clock::time_point t0 = Clock::now();
+              const absl::Status s =
+                  bwd ? p.Backward(c.Layer(), **ctx) : p.Forward(c.Layer(), **ctx);
+              per_iter = std::min(per_iter, Seconds(t0));
+              if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+            }
+            results.seconds[name] = per_iter;
+            results.gflops[name] = flops / per_iter * 1e-9;
+            state.counters["GFLOP/s"] = results.gflops[name];
+            state.counters["of_sgemm_peak"] = results.gflops[name] / sgemm;
+          })
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(2)
+          ->UseRealTime();
+    }
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  const double flash_rss = PeakRssBytes();
+  problems.clear();
+
+  // Dense baselines on D=128 fp32 causal, extrapolated from one head.
+  const int64_t d = 128;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> hq(seq_len * d), hk(seq_len * d), hv(seq_len * d);
+  for (auto* t : {&hq, &hk, &hv}) {
+    for (float& x : *t) x = dist(rng);
+  }
+  const int64_t naive_rows = std::min<int64_t>(seq_len, 128);
+  const double naive_seconds =
+      NaiveDenseSeconds(hq, hk, hv, seq_len, d, naive_rows, scale) *
+      (static_cast<double>(seq_len) / naive_rows) * 16;
+  const double blas_seconds = BlasDenseSeconds(hq, hk, hv, seq_len, d, scale) * 16;
+  const double score_bytes = 16.0 * seq_len * seq_len * sizeof(float);
+  const double input_bytes = 4.0 * 16 * seq_len * 256 * sizeof(float);
+
+  const std::string key = "fwd_fp32_d128_causal";
+  std::printf("\nnaive dense forward (S x S scores, plain loops), D=128 fp32 causal: %.1f s "
+              "(extrapolated from %lld rows of one head)\n",
+              naive_seconds, static_cast<long long>(naive_rows));
+  std::printf("BLAS dense forward (S x S scores, OpenBLAS sgemm): %.2f s (one head x 16)\n",
+              blas_seconds);
+  std::printf("peak RSS during the flash benchmarks: %.0f MiB; the S x S fp32 scores of "
+              "all heads would take %.0f MiB; fp32 Q/K/V/O/dO at D=256: %.0f MiB\n",
+              flash_rss / 1048576.0, score_bytes / 1048576.0, input_bytes / 1048576.0);
+  std::printf("\n");
+  for (const auto& [name, gflops] : results.gflops) {
+    std::printf("figure: cpu_%s_gflops %.1f\n", name.c_str(), gflops);
+    std::printf("figure: cpu_%s_vs_sgemm_peak %.3f\n", name.c_str(), gflops / sgemm);
+  }
+  std::printf("figure: cpu_sgemm_peak_gflops %.1f\n", sgemm);
+  if (results.seconds.count(key)) {
+    std::printf("figure: cpu_fwd_fp32_d128_causal_speedup_vs_naive_dense %.1f\n",
+                naive_seconds / results.seconds[key]);
+    std::printf("figure: cpu_fwd_fp32_d128_causal_speedup_vs_blas_dense %.2f\n",
+                blas_seconds / results.seconds[key]);
+  }
+  std::printf("figure: cpu_flash_peak_rss_mib %.0f\n", flash_rss / 1048576.0);
+  std::printf("figure: cpu_dense_scores_mib %.0f\n", score_bytes / 1048576.0);
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace
+}  // namespace ringattn::kernels
+
+int main(int argc, char** argv) { return ringattn::kernels::Main(argc, argv); }
