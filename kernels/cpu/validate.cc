@@ -99,7 +99,6 @@ absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
   RINGATTN_RETURN_IF_ERROR(CheckTensor("q", q, q.dtype));
   RINGATTN_RETURN_IF_ERROR(CheckTensor("k", k, q.dtype));
   RINGATTN_RETURN_IF_ERROR(CheckTensor("v", v, q.dtype));
-  RINGATTN_RETURN_IF_ERROR(CheckSameShape("v", v, "k", k));
 
   ChunkProblem p;
   p.dtype = q.dtype;
@@ -117,6 +116,7 @@ absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
     return absl::InvalidArgumentError(absl::StrCat(
         "k.shape[3] (head dim) is ", k.shape[3], " but q.shape[3] is ", p.head_dim));
   }
+  RINGATTN_RETURN_IF_ERROR(CheckSameShape("v", v, "k", k));
   if (p.heads % p.kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "query heads (q.shape[1] = ", p.heads,

@@ -1,0 +1,67 @@
+#ifndef RINGATTN_TESTS_KERNELS_TESTING_ATTENTION_CASE_H_
+#define RINGATTN_TESTS_KERNELS_TESTING_ATTENTION_CASE_H_
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_context.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/layer_config.h"
+#include "kernels/reference/chunked_attention.h"
+#include "kernels/reference/synthetic_batch.h"
+
+namespace ringattn::kernels::testing {
+
+// One attention problem checked against the fp64 oracle: a batch layout,
+// a layer, a dtype and a number of contiguous chunks (ring ranks).
+struct AttentionCase {
+  reference::BatchShape shape;
+  std::vector<reference::RowLayout> layouts;  // One per row, or one for all.
+  LayerConfig layer;
+  DType dtype = DType::kF32;
+  int64_t chunks = 1;
+  uint64_t seed = 1;
+  double logit_std = 1.0;  // Of the scaled logits; sets the Q/K amplitude.
+};
+
+reference::SyntheticBatch MakeBatch(const AttentionCase& c);
+
+// Runs the chunk kernels over the case and expects O, LSE (and with
+// `backward`, dQ, dK, dV) within the stated tolerances of the oracle, with
+// no NaN and -inf exactly where the oracle has it.
+void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx,
+                         bool backward = true);
+
+// Every instruction set this CPU supports, for tests parameterized on it.
+std::vector<cpu::Isa> SupportedIsas();
+
+std::unique_ptr<cpu::CpuContext> MakeContext(cpu::Isa isa, int threads = 0);
+
+// A layout with one document covering the whole row: plain causal attention.
+reference::RowLayout SingleDocument(int64_t seq_len);
+
+}  // namespace ringattn::kernels::testing
+
+
+namespace ringattn::kernels::testing {
+
+struct NamedCase {
+  std::string name;  // Spells the configuration, e.g. Sliding_W17_F32_D64_Cp3.
+  AttentionCase c;
+};
+
+// gtest prints the name instead of the bytes of the case.
+inline void PrintTo(const NamedCase& c, std::ostream* os) { *os << c.name; }
+
+// The mask-feature matrix every kernel is checked on: each rule alone and
+// combined, windows smaller and larger than a shard, image blocks across
+// chunk and document boundaries, packed documents, an all-padding last
+// chunk, GQA 8:2 and 8:1, odd lengths, every head dim and dtype.
+std::vector<NamedCase> OracleCases();
+
+}  // namespace ringattn::kernels::testing
+
+#endif  // RINGATTN_TESTS_KERNELS_TESTING_ATTENTION_CASE_H_
