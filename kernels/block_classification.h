@@ -18,16 +18,14 @@ struct TileSummary {
   int32_t valid_count = 0;  // Tokens with doc > 0 and not padding.
   int32_t doc_min = 0;      // Document range over valid tokens.
   int32_t doc_max = -1;
-  int32_t vision_min = 0;  // Vision group range over valid vision tokens;
+  int32_t vision_min = 0;   // Vision group range over valid vision tokens;
   int32_t vision_max = -1;  // empty (min > max) when there are none.
 };
 
 // Summarizes tokens [first, first + count) of one row's metadata.
 // doc, vision, padding: [count] slices; start: global position of token 0.
-RINGATTN_HOST_DEVICE TileSummary Summarize(const int32_t* doc,
-                                           const int32_t* vision,
-                                           const uint8_t* padding,
-                                           int64_t start, int32_t count) {
+RINGATTN_HOST_DEVICE TileSummary Summarize(const int32_t* doc, const int32_t* vision,
+                                           const uint8_t* padding, int64_t start, int32_t count) {
   TileSummary s;
   s.pos_min = start;
   s.pos_max = start + count - 1;
@@ -57,8 +55,7 @@ enum class TileClass : uint8_t {
 
 // Conservative classification: kEmpty only if no pair attends, kFull only if
 // every pair does; anything uncertain is kPartial.
-RINGATTN_HOST_DEVICE TileClass Classify(const MaskRule& rule,
-                                        const TileSummary& q,
+RINGATTN_HOST_DEVICE TileClass Classify(const MaskRule& rule, const TileSummary& q,
                                         const TileSummary& k) {
   if (q.valid_count == 0 || k.valid_count == 0) return TileClass::kEmpty;
   if (q.doc_max < k.doc_min || k.doc_max < q.doc_min) return TileClass::kEmpty;
@@ -66,20 +63,17 @@ RINGATTN_HOST_DEVICE TileClass Classify(const MaskRule& rule,
   const bool future = rule.causal && k.pos_min > q.pos_max;
   const bool out_of_window = rule.windowed && q.pos_min - k.pos_max >= rule.window;
   if (future || out_of_window) {
-    const bool vision_may_attend =
-        rule.vision_bidirectional && q.vision_min <= q.vision_max &&
-        k.vision_min <= k.vision_max && q.vision_min <= k.vision_max &&
-        k.vision_min <= q.vision_max;
+    const bool vision_may_attend = rule.vision_bidirectional && q.vision_min <= q.vision_max &&
+                                   k.vision_min <= k.vision_max && q.vision_min <= k.vision_max &&
+                                   k.vision_min <= q.vision_max;
     if (!vision_may_attend) return TileClass::kEmpty;
     return TileClass::kPartial;
   }
 
   const bool all_valid = q.valid_count == q.count && k.valid_count == k.count;
-  const bool one_doc = q.doc_min == q.doc_max && k.doc_min == k.doc_max &&
-                       q.doc_min == k.doc_min;
+  const bool one_doc = q.doc_min == q.doc_max && k.doc_min == k.doc_max && q.doc_min == k.doc_min;
   const bool all_past = !rule.causal || k.pos_max <= q.pos_min;
-  const bool all_in_window =
-      !rule.windowed || q.pos_max - k.pos_min < rule.window;
+  const bool all_in_window = !rule.windowed || q.pos_max - k.pos_min < rule.window;
   if (all_valid && one_doc && all_past && all_in_window) return TileClass::kFull;
   return TileClass::kPartial;
 }

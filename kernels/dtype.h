@@ -10,9 +10,7 @@ namespace ringattn::kernels {
 // accumulate in fp32.
 enum class DType : uint8_t { kF32, kBF16, kF16 };
 
-constexpr size_t DTypeSize(DType dtype) {
-  return dtype == DType::kF32 ? 4 : 2;
-}
+constexpr size_t DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
 
 // Names follow the KServe/Triton wire convention.
 constexpr const char* DTypeName(DType dtype) {

@@ -36,8 +36,7 @@ struct TokenInfo {
 // Whether query `q` may attend to key `k` (SPEC §2, evaluated in global
 // coordinates). The vision rule overrides causality and the window but
 // never the document or padding rules.
-RINGATTN_HOST_DEVICE bool Allowed(const MaskRule& rule, const TokenInfo& q,
-                                  const TokenInfo& k) {
+RINGATTN_HOST_DEVICE bool Allowed(const MaskRule& rule, const TokenInfo& q, const TokenInfo& k) {
   bool allowed = !rule.causal || k.pos <= q.pos;
   if (rule.windowed) {
     allowed = allowed && (q.pos - k.pos < rule.window);

@@ -6,12 +6,11 @@
 #include "absl/status/status.h"
 
 // Returns from the enclosing function if `expr` (an absl::Status) is an error.
-#define RINGATTN_RETURN_IF_ERROR(expr)                  \
-  do {                                                  \
-    if (absl::Status ringattn_status_ = (expr);         \
-        !ringattn_status_.ok()) {                       \
-      return ringattn_status_;                          \
-    }                                                   \
+#define RINGATTN_RETURN_IF_ERROR(expr)                                    \
+  do {                                                                    \
+    if (absl::Status ringattn_status_ = (expr); !ringattn_status_.ok()) { \
+      return ringattn_status_;                                            \
+    }                                                                     \
   } while (false)
 
 #define RINGATTN_CONCAT_INNER_(a, b) a##b

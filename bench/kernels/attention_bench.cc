@@ -52,8 +52,8 @@ struct Config {
   bool sliding;
   DType dtype;
   std::string Name() const {
-    return std::string(dtype == DType::kF32 ? "fp32" : "bf16") + "_d" +
-           std::to_string(head_dim) + (sliding ? "_sliding512" : "_causal");
+    return std::string(dtype == DType::kF32 ? "fp32" : "bf16") + "_d" + std::to_string(head_dim) +
+           (sliding ? "_sliding512" : "_causal");
   }
   LayerConfig Layer() const {
     LayerConfig layer;
@@ -108,6 +108,15 @@ struct Problem {
   }
   cpu::TokenMetaRef Meta() const { return cpu::TokenMetaRef{doc, vision, padding, 0}; }
 
+  // Bytes of every tensor a caller holds for this problem.
+  double TensorBytes() const {
+    double bytes = 0.0;
+    for (const auto* t : {&q, &k, &v, &out, &dout}) bytes += static_cast<double>(t->size());
+    bytes += static_cast<double>(B * H * S * D) * DTypeSize(dtype);  // out, once filled
+    for (const auto* t : {&o32, &lse, &dq, &dk, &dv}) bytes += 4.0 * t->size();
+    return bytes + static_cast<double>(doc.size() * 9);
+  }
+
   absl::Status Forward(const LayerConfig& layer, cpu::CpuContext& ctx) {
     cpu::ForwardChunkArgs a{Ref(q, H), Ref(k, Hkv), Ref(v, Hkv), Meta(), Meta(), layer, o32, lse};
     absl::Status s = cpu::ForwardChunk(a, ctx);
@@ -132,16 +141,19 @@ struct Problem {
   }
 };
 
-// sgemm peak of this machine: best of several square products on all cores.
+// sgemm peak of this machine: the best of several square products of a few
+// sizes on all cores. Measured before and after the kernels and the larger
+// figure kept, so a noisy moment cannot flatter the ratios.
 double MeasureSgemmGflops() {
-  const int n = 2048;
-  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
   double best = 0.0;
-  for (int rep = 0; rep < 6; ++rep) {
-    const Clock::time_point t0 = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n,
-                b.data(), n, 0.0f, c.data(), n);
-    best = std::max(best, 2.0 * n * n * n / Seconds(t0) * 1e-9);
+  for (int n : {1536, 2048, 3072}) {
+    std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+    for (int rep = 0; rep < 4; ++rep) {
+      const Clock::time_point t0 = Clock::now();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
+                  n, 0.0f, c.data(), n);
+      best = std::max(best, 2.0 * n * n * n / Seconds(t0) * 1e-9);
+    }
   }
   return best;
 }
@@ -150,8 +162,8 @@ double MeasureSgemmGflops() {
 // the S-wide score rows materialized; cost per row is the same for every
 // row, so its rate extrapolates to the whole problem. fp32, causal.
 double NaiveDenseSeconds(const std::vector<float>& q, const std::vector<float>& k,
-                         const std::vector<float>& v, int64_t S, int64_t D,
-                         int64_t rows, float scale) {
+                         const std::vector<float>& v, int64_t S, int64_t D, int64_t rows,
+                         float scale) {
   std::vector<float> scores(rows * S);
   std::vector<float> out(rows * D, 0.0f);
   const Clock::time_point t0 = Clock::now();
@@ -181,8 +193,8 @@ double BlasDenseSeconds(const std::vector<float>& q, const std::vector<float>& k
   std::vector<float> scores(S * S);
   std::vector<float> out(S * D);
   const Clock::time_point t0 = Clock::now();
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, scale, q.data(), D,
-              k.data(), D, 0.0f, scores.data(), S);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, D, scale, q.data(), D, k.data(), D,
+              0.0f, scores.data(), S);
   for (int64_t i = 0; i < S; ++i) {
     float* row = &scores[i * S];
     float m = -INFINITY;
@@ -192,8 +204,8 @@ double BlasDenseSeconds(const std::vector<float>& q, const std::vector<float>& k
     for (int64_t j = 0; j <= i; ++j) row[j] /= sum;
     for (int64_t j = i + 1; j < S; ++j) row[j] = 0.0f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, scores.data(), S,
-              v.data(), D, 0.0f, out.data(), D);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, D, S, 1.0f, scores.data(), S, v.data(),
+              D, 0.0f, out.data(), D);
   benchmark::DoNotOptimize(out.data());
   return Seconds(t0);
 }
@@ -236,10 +248,9 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::printf("threads %d, isa %s, S=%lld\n", (*ctx)->pool().num_threads(),
-              std::string(cpu::IsaName((*ctx)->isa())).c_str(),
-              static_cast<long long>(seq_len));
-  const double sgemm = MeasureSgemmGflops();
-  std::printf("sgemm peak (OpenBLAS, 2048^3, best of 6): %.1f GFLOP/s\n", sgemm);
+              std::string(cpu::IsaName((*ctx)->isa())).c_str(), static_cast<long long>(seq_len));
+  const double sgemm_before = MeasureSgemmGflops();
+  std::printf("sgemm peak before the kernels (OpenBLAS, best of 12): %.1f GFLOP/s\n", sgemm_before);
 
   std::vector<Config> configs;
   for (DType dt : {DType::kF32, DType::kBF16}) {
@@ -252,38 +263,44 @@ int Main(int argc, char** argv) {
   }
 
   Results results;
-  std::map<std::pair<int64_t, DType>, std::unique_ptr<Problem>> problems;
+  // One problem alive at a time (configs sharing D and dtype run back to
+  // back), so peak RSS shows one problem's tensors plus kernel workspace.
+  std::unique_ptr<Problem> problem;
+  double max_tensor_bytes = 0.0;
   auto problem_for = [&](const Config& c) -> Problem& {
-    auto& slot = problems[{c.head_dim, c.dtype}];
-    if (!slot) slot = std::make_unique<Problem>(seq_len, c.head_dim, c.dtype);
-    return *slot;
+    if (!problem || problem->D != c.head_dim || problem->dtype != c.dtype) {
+      problem.reset();
+      problem = std::make_unique<Problem>(seq_len, c.head_dim, c.dtype);
+      max_tensor_bytes = std::max(max_tensor_bytes, problem->TensorBytes());
+    }
+    return *problem;
   };
   for (const Config& c : configs) {
-    const double fwd_flops = 4.0 * 16 * seq_len * static_cast<double>(seq_len) *
-                             c.head_dim * AllowedFraction(seq_len, c.Layer());
+    const double fwd_flops = 4.0 * 16 * seq_len * static_cast<double>(seq_len) * c.head_dim *
+                             AllowedFraction(seq_len, c.Layer());
     for (bool bwd : {false, true}) {
       const std::string name = std::string(bwd ? "bwd_" : "fwd_") + c.Name();
       const double flops = bwd ? 2.5 * fwd_flops : fwd_flops;
-      benchmark::RegisterBenchmark(
-          name.c_str(),
-          [&, c, bwd, name, flops](benchmark::State& state) {
-            Problem& p = problem_for(c);
-            if (bwd && p.out.empty()) (void)p.Forward(c.Layer(), **ctx);
-            // Best of the iterations: other load on a shared machine only
-            // ever slows a run down.
-            double per_iter = INFINITY;
-            for (auto _ : state) {
-              const Clock::time_point t0 = Clock::now();
-              const absl::Status s =
-                  bwd ? p.Backward(c.Layer(), **ctx) : p.Forward(c.Layer(), **ctx);
-              per_iter = std::min(per_iter, Seconds(t0));
-              if (!s.ok()) state.SkipWithError(s.ToString().c_str());
-            }
-            results.seconds[name] = per_iter;
-            results.gflops[name] = flops / per_iter * 1e-9;
-            state.counters["GFLOP/s"] = results.gflops[name];
-            state.counters["of_sgemm_peak"] = results.gflops[name] / sgemm;
-          })
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [&, c, bwd, name, flops](benchmark::State& state) {
+                                     Problem& p = problem_for(c);
+                                     if (bwd && p.out.empty()) (void)p.Forward(c.Layer(), **ctx);
+                                     // Best of the iterations: other load on a shared machine only
+                                     // ever slows a run down.
+                                     double per_iter = INFINITY;
+                                     for (auto _ : state) {
+                                       const Clock::time_point t0 = Clock::now();
+                                       const absl::Status s = bwd ? p.Backward(c.Layer(), **ctx)
+                                                                  : p.Forward(c.Layer(), **ctx);
+                                       per_iter = std::min(per_iter, Seconds(t0));
+                                       if (!s.ok()) state.SkipWithError(s.ToString().c_str());
+                                     }
+                                     results.seconds[name] = per_iter;
+                                     results.gflops[name] = flops / per_iter * 1e-9;
+                                     state.counters["GFLOP/s"] = results.gflops[name];
+                                     state.counters["of_sgemm_peak"] =
+                                         results.gflops[name] / sgemm_before;
+                                   })
           ->Unit(benchmark::kMillisecond)
           ->Iterations(2)
           ->UseRealTime();
@@ -291,7 +308,9 @@ int Main(int argc, char** argv) {
   }
   benchmark::RunSpecifiedBenchmarks();
   const double flash_rss = PeakRssBytes();
-  problems.clear();
+  problem.reset();
+  const double sgemm = std::max(sgemm_before, MeasureSgemmGflops());
+  std::printf("sgemm peak, best of before and after: %.1f GFLOP/s\n", sgemm);
 
   // Dense baselines on D=128 fp32 causal, extrapolated from one head.
   const int64_t d = 128;
@@ -303,22 +322,24 @@ int Main(int argc, char** argv) {
     for (float& x : *t) x = dist(rng);
   }
   const int64_t naive_rows = std::min<int64_t>(seq_len, 128);
-  const double naive_seconds =
-      NaiveDenseSeconds(hq, hk, hv, seq_len, d, naive_rows, scale) *
-      (static_cast<double>(seq_len) / naive_rows) * 16;
+  const double naive_seconds = NaiveDenseSeconds(hq, hk, hv, seq_len, d, naive_rows, scale) *
+                               (static_cast<double>(seq_len) / naive_rows) * 16;
   const double blas_seconds = BlasDenseSeconds(hq, hk, hv, seq_len, d, scale) * 16;
   const double score_bytes = 16.0 * seq_len * seq_len * sizeof(float);
-  const double input_bytes = 4.0 * 16 * seq_len * 256 * sizeof(float);
 
   const std::string key = "fwd_fp32_d128_causal";
-  std::printf("\nnaive dense forward (S x S scores, plain loops), D=128 fp32 causal: %.1f s "
-              "(extrapolated from %lld rows of one head)\n",
-              naive_seconds, static_cast<long long>(naive_rows));
+  std::printf(
+      "\nnaive dense forward (S x S scores, plain loops), D=128 fp32 causal: %.1f s "
+      "(extrapolated from %lld rows of one head)\n",
+      naive_seconds, static_cast<long long>(naive_rows));
   std::printf("BLAS dense forward (S x S scores, OpenBLAS sgemm): %.2f s (one head x 16)\n",
               blas_seconds);
-  std::printf("peak RSS during the flash benchmarks: %.0f MiB; the S x S fp32 scores of "
-              "all heads would take %.0f MiB; fp32 Q/K/V/O/dO at D=256: %.0f MiB\n",
-              flash_rss / 1048576.0, score_bytes / 1048576.0, input_bytes / 1048576.0);
+  std::printf(
+      "peak RSS during the flash benchmarks: %.0f MiB, %.2fx the largest problem's "
+      "own tensors (inputs, outputs, gradients: %.0f MiB); its S x S fp32 scores "
+      "alone would take %.0f MiB\n",
+      flash_rss / 1048576.0, flash_rss / max_tensor_bytes, max_tensor_bytes / 1048576.0,
+      score_bytes / 1048576.0);
   std::printf("\n");
   for (const auto& [name, gflops] : results.gflops) {
     std::printf("figure: cpu_%s_gflops %.1f\n", name.c_str(), gflops);
@@ -332,6 +353,8 @@ int Main(int argc, char** argv) {
                 blas_seconds / results.seconds[key]);
   }
   std::printf("figure: cpu_flash_peak_rss_mib %.0f\n", flash_rss / 1048576.0);
+  std::printf("figure: cpu_flash_peak_rss_vs_tensor_footprint %.2f\n",
+              flash_rss / max_tensor_bytes);
   std::printf("figure: cpu_dense_scores_mib %.0f\n", score_bytes / 1048576.0);
   benchmark::Shutdown();
   return 0;

@@ -18,11 +18,9 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   const int64_t kv_size = p.batch * p.kv_heads * plan.kv_tiles * kBk * dp;
 
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer q, FloatBuffer::Allocate(q_rows * dp, "backward Q"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout,
-                            FloatBuffer::Allocate(q_rows * dp, "backward dO"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout, FloatBuffer::Allocate(q_rows * dp, "backward dO"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer lse, FloatBuffer::Allocate(q_rows, "backward lse"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer delta,
-                            FloatBuffer::Allocate(q_rows, "backward delta"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer delta, FloatBuffer::Allocate(q_rows, "backward delta"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k, FloatBuffer::Allocate(kv_size, "backward K"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(kv_size, "backward K^T"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v_t, FloatBuffer::Allocate(kv_size, "backward V^T"));

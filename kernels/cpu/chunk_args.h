@@ -35,9 +35,9 @@ struct TokenMetaRef {
 };
 
 struct ForwardChunkArgs {
-  TensorRef q;  // [B, H, Lq, D]
-  TensorRef k;  // [B, Hkv, Lk, D]
-  TensorRef v;  // [B, Hkv, Lk, D]
+  TensorRef q;           // [B, H, Lq, D]
+  TensorRef k;           // [B, Hkv, Lk, D]
+  TensorRef v;           // [B, Hkv, Lk, D]
   TokenMetaRef q_meta;   // [B, Lq]
   TokenMetaRef kv_meta;  // [B, Lk]
   LayerConfig layer;
@@ -48,11 +48,11 @@ struct ForwardChunkArgs {
 };
 
 struct BackwardChunkArgs {
-  TensorRef q;     // [B, H, Lq, D]
-  TensorRef k;     // [B, Hkv, Lk, D]
-  TensorRef v;     // [B, Hkv, Lk, D]
-  TensorRef out;   // [B, H, Lq, D] final forward output (all chunks merged)
-  TensorRef dout;  // [B, H, Lq, D] gradient of the loss w.r.t. out
+  TensorRef q;                 // [B, H, Lq, D]
+  TensorRef k;                 // [B, Hkv, Lk, D]
+  TensorRef v;                 // [B, Hkv, Lk, D]
+  TensorRef out;               // [B, H, Lq, D] final forward output (all chunks merged)
+  TensorRef dout;              // [B, H, Lq, D] gradient of the loss w.r.t. out
   std::span<const float> lse;  // [B, H, Lq] final merged log-sum-exp
   TokenMetaRef q_meta;         // [B, Lq]
   TokenMetaRef kv_meta;        // [B, Lk]

@@ -2,9 +2,9 @@
 #define RINGATTN_KERNELS_CPU_FLOAT_BUFFER_H_
 
 #include <cstddef>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace ringattn::kernels::cpu {
 

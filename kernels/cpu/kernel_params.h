@@ -20,12 +20,12 @@ struct MetaPtrs {
 
 struct ChunkProblem {
   DType dtype = DType::kF32;
-  int64_t batch = 0;     // B
-  int64_t heads = 0;     // H
-  int64_t kv_heads = 0;  // Hkv, divides H
-  int64_t q_len = 0;     // Lq
-  int64_t kv_len = 0;    // Lk
-  int64_t head_dim = 0;  // D
+  int64_t batch = 0;        // B
+  int64_t heads = 0;        // H
+  int64_t kv_heads = 0;     // Hkv, divides H
+  int64_t q_len = 0;        // Lq
+  int64_t kv_len = 0;       // Lk
+  int64_t head_dim = 0;     // D
   const void* q = nullptr;  // [B, H, Lq, D]
   const void* k = nullptr;  // [B, Hkv, Lk, D]
   const void* v = nullptr;  // [B, Hkv, Lk, D]

@@ -6,16 +6,14 @@
 
 namespace ringattn::kernels::cpu {
 
-absl::Status MergePartial(std::span<float> out, std::span<float> lse,
-                          std::span<const float> o_s, std::span<const float> lse_s,
-                          int64_t head_dim) {
+absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
+                          std::span<const float> lse_s, int64_t head_dim) {
   if (head_dim <= 0 || lse.size() != lse_s.size() ||
-      out.size() != lse.size() * static_cast<size_t>(head_dim) ||
-      o_s.size() != out.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "MergePartial: out has ", out.size(), " elements, lse ", lse.size(),
-        ", o_s ", o_s.size(), ", lse_s ", lse_s.size(), ", head_dim ", head_dim,
-        "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
+      out.size() != lse.size() * static_cast<size_t>(head_dim) || o_s.size() != out.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MergePartial: out has ", out.size(), " elements, lse ", lse.size(), ", o_s ",
+                     o_s.size(), ", lse_s ", lse_s.size(), ", head_dim ", head_dim,
+                     "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
   }
   const size_t d = static_cast<size_t>(head_dim);
   for (size_t r = 0; r < lse.size(); ++r) {

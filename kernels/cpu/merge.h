@@ -16,9 +16,8 @@ namespace ringattn::kernels::cpu {
 // running result at out = 0, lse = -inf (or at the first chunk's partial).
 //
 // out, o_s: [rows, D]; lse, lse_s: [rows]. INVALID_ARGUMENT on size mismatch.
-absl::Status MergePartial(std::span<float> out, std::span<float> lse,
-                          std::span<const float> o_s, std::span<const float> lse_s,
-                          int64_t head_dim);
+absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
+                          std::span<const float> lse_s, int64_t head_dim);
 
 }  // namespace ringattn::kernels::cpu
 

@@ -16,16 +16,15 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
+  work_cv_.notify_all();
   for (std::thread& t : threads_) t.join();
 }
 
-void ThreadPool::RunTasks(int worker, absl::FunctionRef<void(int64_t, int)> fn,
-                          int64_t num_tasks) {
-  for (int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-       task < num_tasks;
+void ThreadPool::RunTasks(int worker, absl::FunctionRef<void(int64_t, int)> fn, int64_t num_tasks) {
+  for (int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed); task < num_tasks;
        task = next_task_.fetch_add(1, std::memory_order_relaxed)) {
     fn(task, worker);
   }
@@ -34,23 +33,23 @@ void ThreadPool::RunTasks(int worker, absl::FunctionRef<void(int64_t, int)> fn,
 void ThreadPool::ParallelFor(int64_t num_tasks,
                              absl::FunctionRef<void(int64_t task, int worker)> fn) {
   if (num_tasks <= 0) return;
-  absl::MutexLock call_lock(&call_mu_);
+  std::lock_guard<std::mutex> call_lock(call_mu_);
   if (threads_.empty() || num_tasks == 1) {
     for (int64_t task = 0; task < num_tasks; ++task) fn(task, 0);
     return;
   }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     num_tasks_ = num_tasks;
     next_task_.store(0, std::memory_order_relaxed);
     busy_workers_ = static_cast<int>(threads_.size());
     ++generation_;
   }
+  work_cv_.notify_all();
   RunTasks(0, fn, num_tasks);
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](int* busy) { return *busy == 0; }, &busy_workers_));
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [this] { return busy_workers_ == 0; });
   job_ = nullptr;
 }
 
@@ -60,19 +59,20 @@ void ThreadPool::WorkerLoop(int worker) {
     const absl::FunctionRef<void(int64_t, int)>* job;
     int64_t num_tasks;
     {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || generation_ != seen;
-      };
-      mu_.Await(absl::Condition(&ready));
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [this, seen] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
       job = job_;
       num_tasks = num_tasks_;
     }
     RunTasks(worker, *job, num_tasks);
-    absl::MutexLock lock(&mu_);
-    --busy_workers_;
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last = --busy_workers_ == 0;
+    }
+    if (last) done_cv_.notify_one();
   }
 }
 

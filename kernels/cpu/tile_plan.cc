@@ -6,16 +6,16 @@ namespace ringattn::kernels::cpu {
 namespace {
 
 // out: [B, ceil(len / tile)] summaries of meta: [B, len].
-std::vector<TileSummary> SummarizeTiles(const MetaPtrs& meta, int64_t batch,
-                                        int64_t len, int64_t tile) {
+std::vector<TileSummary> SummarizeTiles(const MetaPtrs& meta, int64_t batch, int64_t len,
+                                        int64_t tile) {
   const int64_t tiles = (len + tile - 1) / tile;
   std::vector<TileSummary> out(batch * tiles);
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t first = b * len + t * tile;
       const auto count = static_cast<int32_t>(std::min(tile, len - t * tile));
-      out[b * tiles + t] = Summarize(meta.doc + first, meta.vision + first,
-                                     meta.padding + first, meta.start + t * tile, count);
+      out[b * tiles + t] = Summarize(meta.doc + first, meta.vision + first, meta.padding + first,
+                                     meta.start + t * tile, count);
     }
   }
   return out;

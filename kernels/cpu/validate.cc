@@ -1,11 +1,11 @@
 #include "kernels/cpu/validate.h"
 
 #include <cmath>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "kernels/status_macros.h"
 
 namespace ringattn::kernels::cpu {
@@ -24,29 +24,28 @@ absl::StatusOr<int64_t> CheckedProduct(absl::string_view name,
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, ".shape ", ShapeString(shape), " has a non-positive dimension"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ".shape ", ShapeString(shape), " has a non-positive dimension"));
     }
     if (__builtin_mul_overflow(n, d, &n) || n > kMaxElements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, ".shape ", ShapeString(shape), " is too large"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ".shape ", ShapeString(shape), " is too large"));
     }
   }
   return n;
 }
 
-absl::Status CheckTensor(absl::string_view name, const TensorRef& t,
-                         DType dtype) {
+absl::Status CheckTensor(absl::string_view name, const TensorRef& t, DType dtype) {
   if (t.dtype != dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ".dtype is ", DTypeName(t.dtype), " but q.dtype is ", DTypeName(dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ".dtype is ", DTypeName(t.dtype), " but q.dtype is ", DTypeName(dtype)));
   }
   RINGATTN_ASSIGN_OR_RETURN(const int64_t n, CheckedProduct(name, t.shape));
   const uint64_t want = static_cast<uint64_t>(n) * DTypeSize(dtype);
   if (t.size_bytes != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, " holds ", t.size_bytes, " bytes but shape ", ShapeString(t.shape),
-        " of ", DTypeName(dtype), " needs ", want));
+    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", t.size_bytes,
+                                                   " bytes but shape ", ShapeString(t.shape),
+                                                   " of ", DTypeName(dtype), " needs ", want));
   }
   if (t.data == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(name, ".data is null"));
@@ -54,12 +53,12 @@ absl::Status CheckTensor(absl::string_view name, const TensorRef& t,
   return absl::OkStatus();
 }
 
-absl::Status CheckSameShape(absl::string_view name, const TensorRef& t,
-                            absl::string_view ref_name, const TensorRef& ref) {
+absl::Status CheckSameShape(absl::string_view name, const TensorRef& t, absl::string_view ref_name,
+                            const TensorRef& ref) {
   if (t.shape != ref.shape) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ".shape ", ShapeString(t.shape), " must equal ", ref_name,
-        ".shape ", ShapeString(ref.shape)));
+    return absl::InvalidArgumentError(absl::StrCat(name, ".shape ", ShapeString(t.shape),
+                                                   " must equal ", ref_name, ".shape ",
+                                                   ShapeString(ref.shape)));
   }
   return absl::OkStatus();
 }
@@ -67,14 +66,14 @@ absl::Status CheckSameShape(absl::string_view name, const TensorRef& t,
 template <typename T>
 absl::Status CheckSpan(absl::string_view name, std::span<T> s, int64_t want) {
   if (static_cast<int64_t>(s.size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, " has ", s.size(), " elements, expected ", want));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " has ", s.size(), " elements, expected ", want));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<MetaPtrs> CheckMeta(absl::string_view name, const TokenMetaRef& m,
-                                   int64_t batch, int64_t len) {
+absl::StatusOr<MetaPtrs> CheckMeta(absl::string_view name, const TokenMetaRef& m, int64_t batch,
+                                   int64_t len) {
   const int64_t n = batch * len;
   RINGATTN_RETURN_IF_ERROR(CheckSpan(absl::StrCat(name, ".doc"), m.doc, n));
   RINGATTN_RETURN_IF_ERROR(CheckSpan(absl::StrCat(name, ".vision"), m.vision, n));
@@ -87,10 +86,8 @@ absl::StatusOr<MetaPtrs> CheckMeta(absl::string_view name, const TokenMetaRef& m
 }
 
 // The checks common to forward and backward: q, k, v and metadata.
-absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
-                                         const TensorRef& v,
-                                         const TokenMetaRef& q_meta,
-                                         const TokenMetaRef& kv_meta,
+absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k, const TensorRef& v,
+                                         const TokenMetaRef& q_meta, const TokenMetaRef& kv_meta,
                                          const LayerConfig& layer) {
   RINGATTN_RETURN_IF_ERROR(ValidateLayer(layer));
   if (q.dtype != DType::kF32 && q.dtype != DType::kBF16 && q.dtype != DType::kF16) {
@@ -109,26 +106,25 @@ absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
   p.kv_heads = k.shape[1];
   p.kv_len = k.shape[2];
   if (k.shape[0] != p.batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k.shape[0] (batch) is ", k.shape[0], " but q.shape[0] is ", p.batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k.shape[0] (batch) is ", k.shape[0], " but q.shape[0] is ", p.batch));
   }
   if (k.shape[3] != p.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k.shape[3] (head dim) is ", k.shape[3], " but q.shape[3] is ", p.head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k.shape[3] (head dim) is ", k.shape[3], " but q.shape[3] is ", p.head_dim));
   }
   RINGATTN_RETURN_IF_ERROR(CheckSameShape("v", v, "k", k));
   if (p.heads % p.kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "query heads (q.shape[1] = ", p.heads,
-        ") must be a multiple of key/value heads (k.shape[1] = ", p.kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("query heads (q.shape[1] = ", p.heads,
+                     ") must be a multiple of key/value heads (k.shape[1] = ", p.kv_heads, ")"));
   }
   if (p.head_dim > kMaxHeadDim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "head dim ", p.head_dim, " is not supported (at most ", kMaxHeadDim, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("head dim ", p.head_dim, " is not supported (at most ", kMaxHeadDim, ")"));
   }
   RINGATTN_ASSIGN_OR_RETURN(p.q_meta, CheckMeta("q_meta", q_meta, p.batch, p.q_len));
-  RINGATTN_ASSIGN_OR_RETURN(p.kv_meta,
-                            CheckMeta("kv_meta", kv_meta, p.batch, p.kv_len));
+  RINGATTN_ASSIGN_OR_RETURN(p.kv_meta, CheckMeta("kv_meta", kv_meta, p.batch, p.kv_len));
   p.q = q.data;
   p.k = k.data;
   p.v = v.data;
@@ -141,25 +137,23 @@ absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
 
 absl::Status ValidateLayer(const LayerConfig& layer) {
   if (layer.dropout != 0.0f) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer.dropout is ", layer.dropout,
-        " but dropout is not supported; set it to 0"));
+    return absl::InvalidArgumentError(absl::StrCat("layer.dropout is ", layer.dropout,
+                                                   " but dropout is not supported; set it to 0"));
   }
   if (layer.kind == LayerKind::kSliding && layer.window < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer.window must be >= 1 on a sliding layer, got ", layer.window));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer.window must be >= 1 on a sliding layer, got ", layer.window));
   }
   if (!std::isfinite(layer.scale) || layer.scale <= 0.0f) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer.scale must be finite and positive, got ", layer.scale));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer.scale must be finite and positive, got ", layer.scale));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<ForwardParams> MakeForwardParams(const ForwardChunkArgs& args) {
-  RINGATTN_ASSIGN_OR_RETURN(
-      const ChunkProblem p,
-      MakeProblem(args.q, args.k, args.v, args.q_meta, args.kv_meta, args.layer));
+  RINGATTN_ASSIGN_OR_RETURN(const ChunkProblem p, MakeProblem(args.q, args.k, args.v, args.q_meta,
+                                                              args.kv_meta, args.layer));
   const int64_t rows = p.batch * p.heads * p.q_len;
   RINGATTN_RETURN_IF_ERROR(CheckSpan("out", args.out, rows * p.head_dim));
   RINGATTN_RETURN_IF_ERROR(CheckSpan("lse", args.lse, rows));
@@ -167,9 +161,8 @@ absl::StatusOr<ForwardParams> MakeForwardParams(const ForwardChunkArgs& args) {
 }
 
 absl::StatusOr<BackwardParams> MakeBackwardParams(const BackwardChunkArgs& args) {
-  RINGATTN_ASSIGN_OR_RETURN(
-      const ChunkProblem p,
-      MakeProblem(args.q, args.k, args.v, args.q_meta, args.kv_meta, args.layer));
+  RINGATTN_ASSIGN_OR_RETURN(const ChunkProblem p, MakeProblem(args.q, args.k, args.v, args.q_meta,
+                                                              args.kv_meta, args.layer));
   RINGATTN_RETURN_IF_ERROR(CheckTensor("out", args.out, p.dtype));
   RINGATTN_RETURN_IF_ERROR(CheckSameShape("out", args.out, "q", args.q));
   RINGATTN_RETURN_IF_ERROR(CheckTensor("dout", args.dout, p.dtype));

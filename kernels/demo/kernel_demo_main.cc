@@ -53,9 +53,9 @@ double AllowedFraction(const reference::DenseProblem& p) {
 
 bool Report(const char* what, const reference::ErrorStats& e, double tol) {
   const bool ok = e.Within(tol);
-  std::printf("  %-4s max|err| %.3e  max|ref| %.3e  rel %.3e  tol %.1e  nan %lld  %s\n",
-              what, e.max_abs_err, e.max_ref, e.relative(), tol,
-              static_cast<long long>(e.nans), ok ? "ok" : "FAIL");
+  std::printf("  %-4s max|err| %.3e  max|ref| %.3e  rel %.3e  tol %.1e  nan %lld  %s\n", what,
+              e.max_abs_err, e.max_ref, e.relative(), tol, static_cast<long long>(e.nans),
+              ok ? "ok" : "FAIL");
   return ok;
 }
 
@@ -94,10 +94,9 @@ int Run() {
   shape.kv_heads = absl::GetFlag(FLAGS_kv_heads);
   shape.seq_len = absl::GetFlag(FLAGS_seq_len);
   const int64_t chunks = absl::GetFlag(FLAGS_chunks);
-  if (shape.batch < 1 || shape.heads < 1 || shape.kv_heads < 1 || chunks < 1 ||
-      shape.seq_len < 1 || shape.seq_len % chunks != 0) {
-    std::fprintf(stderr,
-                 "error: need positive sizes and --seq_len a multiple of --chunks\n");
+  if (shape.batch < 1 || shape.heads < 1 || shape.kv_heads < 1 || chunks < 1 || shape.seq_len < 1 ||
+      shape.seq_len % chunks != 0) {
+    std::fprintf(stderr, "error: need positive sizes and --seq_len a multiple of --chunks\n");
     return 2;
   }
 
@@ -110,12 +109,13 @@ int Run() {
   full.scale = 1.0f;
   const std::vector<Layer> layers = {{"sliding", 256, sliding}, {"full", 512, full}};
 
-  std::printf("ringattn kernel demo: B=%lld H=%lld Hkv=%lld S=%lld, %lld chunks, %s, "
-              "isa %s, %d threads\n",
-              static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
-              static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
-              static_cast<long long>(chunks), dtype_name.c_str(),
-              std::string(cpu::IsaName((*ctx)->isa())).c_str(), (*ctx)->pool().num_threads());
+  std::printf(
+      "ringattn kernel demo: B=%lld H=%lld Hkv=%lld S=%lld, %lld chunks, %s, "
+      "isa %s, %d threads\n",
+      static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
+      static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
+      static_cast<long long>(chunks), dtype_name.c_str(),
+      std::string(cpu::IsaName((*ctx)->isa())).c_str(), (*ctx)->pool().num_threads());
   std::printf("batch: two packed documents, one image block, right padding\n");
 
   bool all_ok = true;
@@ -138,8 +138,8 @@ int Run() {
     const reference::DenseGrads grads = reference::DenseBackward(problem, dout);
 
     const double fraction = AllowedFraction(problem);
-    const double fwd_flops = 4.0 * shape.batch * shape.heads * shape.seq_len *
-                             shape.seq_len * shape.head_dim * fraction;
+    const double fwd_flops =
+        4.0 * shape.batch * shape.heads * shape.seq_len * shape.seq_len * shape.head_dim * fraction;
     std::printf("%s layer (D=%lld%s): %.1f%% of pairs attend\n", layer.name.c_str(),
                 static_cast<long long>(layer.head_dim),
                 layer.config.kind == LayerKind::kSliding

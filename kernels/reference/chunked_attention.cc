@@ -32,8 +32,8 @@ struct Shard {
   std::vector<float> lse;    // after forward
 };
 
-cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b,
-                   int64_t h, int64_t l, int64_t d) {
+cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
+                   int64_t d) {
   return cpu::TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
 }
 
@@ -43,16 +43,13 @@ cpu::TokenMetaRef Meta(const Shard& s) {
 
 }  // namespace
 
-absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch,
-                                         const LayerConfig& layer,
-                                         int64_t num_chunks, cpu::CpuContext& ctx,
-                                         bool backward) {
+absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
+                                         int64_t num_chunks, cpu::CpuContext& ctx, bool backward) {
   const BatchShape& sh = batch.shape;
-  const int64_t B = sh.batch, H = sh.heads, Hkv = sh.kv_heads, S = sh.seq_len,
-                D = sh.head_dim;
+  const int64_t B = sh.batch, H = sh.heads, Hkv = sh.kv_heads, S = sh.seq_len, D = sh.head_dim;
   if (num_chunks < 1 || S % num_chunks != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequence length ", S, " is not a multiple of the chunk count ", num_chunks));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence length ", S, " is not a multiple of the chunk count ", num_chunks));
   }
   const int64_t L = S / num_chunks;
   const DType dt = batch.dtype;

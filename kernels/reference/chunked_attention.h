@@ -18,18 +18,17 @@ namespace ringattn::kernels::reference {
 // the chunk's owner (SPEC §4). No transport: this checks the chunk kernels
 // and the merge against the oracle, and gives the demo its numbers.
 struct ChunkedResult {
-  std::vector<float> out;   // [B, H, S, D] final output, rounded to the dtype
-  std::vector<float> lse;   // [B, H, S]
-  std::vector<float> dq;    // [B, H, S, D] fp32
-  std::vector<float> dk;    // [B, Hkv, S, D] fp32
-  std::vector<float> dv;    // [B, Hkv, S, D] fp32
+  std::vector<float> out;  // [B, H, S, D] final output, rounded to the dtype
+  std::vector<float> lse;  // [B, H, S]
+  std::vector<float> dq;   // [B, H, S, D] fp32
+  std::vector<float> dk;   // [B, Hkv, S, D] fp32
+  std::vector<float> dv;   // [B, Hkv, S, D] fp32
   double forward_seconds = 0.0;
   double backward_seconds = 0.0;
 };
 
 // S must be a multiple of num_chunks. Backward is skipped when !backward.
-absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch,
-                                         const LayerConfig& layer,
+absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
                                          int64_t num_chunks, cpu::CpuContext& ctx,
                                          bool backward = true);
 

@@ -11,8 +11,8 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 // Scaled scores of one query row against keys [k0, k1); -inf where masked.
-std::vector<double> ScoreRow(const DenseProblem& p, int64_t b, int64_t h,
-                             int64_t qi, int64_t k0, int64_t k1) {
+std::vector<double> ScoreRow(const DenseProblem& p, int64_t b, int64_t h, int64_t qi, int64_t k0,
+                             int64_t k1) {
   const int64_t S = p.seq_len;
   const int64_t D = p.head_dim;
   const int64_t kvh = h / (p.heads / p.kv_heads);

@@ -45,8 +45,7 @@ struct DenseGrads {
 
 // Keys are restricted to [key_begin, key_end) (the whole sequence by
 // default), which gives the partial result of one chunk.
-DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin = 0,
-                         int64_t key_end = -1);
+DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin = 0, int64_t key_end = -1);
 
 // dout: [B, H, S, D].
 DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout);

@@ -29,8 +29,7 @@ RowLayout GemmaLikeLayout(int64_t seq_len) {
   return layout;
 }
 
-SyntheticBatch MakeSyntheticBatch(const BatchShape& shape,
-                                  const std::vector<RowLayout>& layouts,
+SyntheticBatch MakeSyntheticBatch(const BatchShape& shape, const std::vector<RowLayout>& layouts,
                                   DType dtype, uint64_t seed, float qk_amplitude) {
   SyntheticBatch batch;
   batch.shape = shape;

@@ -52,10 +52,8 @@ RowLayout GemmaLikeLayout(int64_t seq_len);
 // Metadata from `layouts` (one per row, or a single one for every row),
 // vision groups numbered per row in order, and uniform random values rounded
 // to `dtype`: Q and K in [-qk_amplitude, qk_amplitude), V and dO in [-1, 1).
-SyntheticBatch MakeSyntheticBatch(const BatchShape& shape,
-                                  const std::vector<RowLayout>& layouts,
-                                  DType dtype, uint64_t seed,
-                                  float qk_amplitude = 1.0f);
+SyntheticBatch MakeSyntheticBatch(const BatchShape& shape, const std::vector<RowLayout>& layouts,
+                                  DType dtype, uint64_t seed, float qk_amplitude = 1.0f);
 
 // The Q/K amplitude at which the scaled logits scale * q·k have standard
 // deviation `logit_std` (for uniform values: a^2 / 3 * sqrt(D) * scale).
@@ -72,8 +70,8 @@ std::vector<uint8_t> Encode(const std::vector<float>& values, DType dtype);
 
 // Sequence slice [begin, end) of a tensor [outer, S, inner].
 template <typename T>
-std::vector<T> SliceSequence(const std::vector<T>& t, int64_t outer, int64_t seq_len,
-                             int64_t inner, int64_t begin, int64_t end) {
+std::vector<T> SliceSequence(const std::vector<T>& t, int64_t outer, int64_t seq_len, int64_t inner,
+                             int64_t begin, int64_t end) {
   std::vector<T> out;
   out.reserve(outer * (end - begin) * inner);
   for (int64_t o = 0; o < outer; ++o) {
@@ -85,8 +83,8 @@ std::vector<T> SliceSequence(const std::vector<T>& t, int64_t outer, int64_t seq
 
 // Writes `part` [outer, end - begin, inner] into t [outer, S, inner].
 template <typename T>
-void ScatterSequence(const std::vector<T>& part, int64_t outer, int64_t seq_len,
-                     int64_t inner, int64_t begin, int64_t end, std::vector<T>& t) {
+void ScatterSequence(const std::vector<T>& part, int64_t outer, int64_t seq_len, int64_t inner,
+                     int64_t begin, int64_t end, std::vector<T>& t) {
   const int64_t len = end - begin;
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t i = 0; i < len * inner; ++i) {

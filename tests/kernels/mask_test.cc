@@ -51,9 +51,9 @@ TEST(MaskTest, FullLayerHasNoWindow) {
 
 TEST(MaskTest, VisionGroupOverridesCausalityAndWindowOnSlidingLayers) {
   const MaskRule rule = Sliding(2);
-  EXPECT_TRUE(Allowed(rule, Tok(3, 1, 0), Tok(9, 1, 0)));   // future, same group
-  EXPECT_TRUE(Allowed(rule, Tok(9, 1, 0), Tok(3, 1, 0)));   // out of window
-  EXPECT_FALSE(Allowed(rule, Tok(3, 1, 0), Tok(9, 1, 1)));  // other group
+  EXPECT_TRUE(Allowed(rule, Tok(3, 1, 0), Tok(9, 1, 0)));     // future, same group
+  EXPECT_TRUE(Allowed(rule, Tok(9, 1, 0), Tok(3, 1, 0)));     // out of window
+  EXPECT_FALSE(Allowed(rule, Tok(3, 1, 0), Tok(9, 1, 1)));    // other group
   EXPECT_FALSE(Allowed(rule, Tok(3, 1, -1), Tok(9, 1, -1)));  // text is not a group
 }
 

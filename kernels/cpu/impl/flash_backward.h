@@ -28,9 +28,8 @@ struct BackwardTile {
 
 // Computes P = exp(S - lse) and dS = P * (dO V^T - delta) for one tile pair.
 // s: [kBq, kBk] scratch; p, ds: [kBq, kBk] out.
-inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale,
-                               TileClass cls, const MaskRule& rule,
-                               const TileFrame& frame, float* s, float* p,
+inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, TileClass cls,
+                               const MaskRule& rule, const TileFrame& frame, float* s, float* p,
                                float* ds) {
   TileGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, kBk, s, kBk);
   ScaleAndMask(s, scale, cls, rule, frame);
@@ -70,10 +69,8 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     float* row_tmp = ws.scratch + worker * scratch_size;
     const int64_t first = bk * p.kv_len;
     PackRows(p.dtype, p.k, first, p.kv_len, d, dp, ws.k + bk * lkp * dp);
-    PackTransposedTiles(p.dtype, p.k, first, p.kv_len, d, dp, ws.k_t + bk * dp * lkp,
-                        row_tmp);
-    PackTransposedTiles(p.dtype, p.v, first, p.kv_len, d, dp, ws.v_t + bk * dp * lkp,
-                        row_tmp);
+    PackTransposedTiles(p.dtype, p.k, first, p.kv_len, d, dp, ws.k_t + bk * dp * lkp, row_tmp);
+    PackTransposedTiles(p.dtype, p.v, first, p.kv_len, d, dp, ws.v_t + bk * dp * lkp, row_tmp);
   });
 
   // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
@@ -109,27 +106,27 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     if (kv_sum.valid_count == 0) return;
 
     float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
-    float* prob = s + kBq * kBk;                     // [kBq, kBk]
-    float* ds = prob + kBq * kBk;                    // [kBq, kBk]
-    float* dk_acc = ds + kBq * kBk;                  // [kBk, Dp]
-    float* dv_acc = dk_acc + kBk * dp;               // [kBk, Dp]
+    float* prob = s + kBq * kBk;                    // [kBq, kBk]
+    float* ds = prob + kBq * kBk;                   // [kBq, kBk]
+    float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
+    float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
     for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
     bool any = false;
     for (int64_t hh = 0; hh < group; ++hh) {
       const int64_t bh = b * p.heads + kvh * group + hh;
       for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-        const TileClass cls =
-            Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
         if (cls == TileClass::kEmpty) continue;
         any = true;
         const int64_t qrow = bh * lqp + qt * kBq;
-        const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
-                                ws.lse + qrow,           ws.delta + qrow,
+        const BackwardTile tile{ws.q + qrow * dp,
+                                ws.dout + qrow * dp,
+                                ws.lse + qrow,
+                                ws.delta + qrow,
                                 ws.k_t + (bk * lkp + kt * kBk) * dp,
                                 ws.v_t + (bk * lkp + kt * kBk) * dp};
-        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s,
-                           prob, ds);
+        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
         // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
         TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
         TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
@@ -167,19 +164,18 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     const int64_t qrow = bh * lqp + qt * kBq;
     bool any = false;
     for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
-      const TileClass cls =
-          Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;
       any = true;
-      const BackwardTile tile{ws.q + qrow * dp,        ws.dout + qrow * dp,
-                              ws.lse + qrow,           ws.delta + qrow,
+      const BackwardTile tile{ws.q + qrow * dp,
+                              ws.dout + qrow * dp,
+                              ws.lse + qrow,
+                              ws.delta + qrow,
                               ws.k_t + (bk * lkp + kt * kBk) * dp,
                               ws.v_t + (bk * lkp + kt * kBk) * dp};
-      ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob,
-                         ds);
+      ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
       // dQ += dS K (scaled below).
-      TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
-                     dq_acc, dp);
+      TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc, dp);
     }
     if (!any) return;
     const int64_t q0 = qt * kBq;

@@ -22,16 +22,15 @@ static_assert(kBk % kLanes == 0, "score rows must hold whole vectors");
 inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Row `row` of a dense [.., D] tensor of `dtype` -> dst[0, D) in fp32.
-inline void LoadRow(DType dtype, const void* base, int64_t row, int64_t d,
-                    float* dst) {
+inline void LoadRow(DType dtype, const void* base, int64_t row, int64_t d, float* dst) {
   const auto* bytes = static_cast<const unsigned char*>(base);
   ToF32(dtype, bytes + row * d * static_cast<int64_t>(DTypeSize(dtype)), d, dst);
 }
 
 // src rows [0, rows) of [rows, D] -> dst [rows, Dp] fp32; the padding of dst
 // is left as the caller zeroed it.
-inline void PackRows(DType dtype, const void* src, int64_t first_row,
-                     int64_t rows, int64_t d, int64_t dp, float* dst) {
+inline void PackRows(DType dtype, const void* src, int64_t first_row, int64_t rows, int64_t d,
+                     int64_t dp, float* dst) {
   for (int64_t j = 0; j < rows; ++j) LoadRow(dtype, src, first_row + j, d, dst + j * dp);
 }
 
@@ -39,9 +38,8 @@ inline void PackRows(DType dtype, const void* src, int64_t first_row,
 // transposed, one contiguous Dp x kBk panel per key tile, so a tile GEMM
 // walks one dense block instead of rows a power-of-two stride apart (which
 // thrash the same L1 sets). row_tmp: [D] scratch.
-inline void PackTransposedTiles(DType dtype, const void* src, int64_t first_row,
-                                int64_t rows, int64_t d, int64_t dp, float* dst,
-                                float* row_tmp) {
+inline void PackTransposedTiles(DType dtype, const void* src, int64_t first_row, int64_t rows,
+                                int64_t d, int64_t dp, float* dst, float* row_tmp) {
   for (int64_t j = 0; j < rows; ++j) {
     LoadRow(dtype, src, first_row + j, d, row_tmp);
     float* panel = dst + (j / kBk) * dp * kBk + j % kBk;
@@ -69,8 +67,8 @@ inline TokenInfo TokenAt(const MetaPtrs& m, int64_t index, int64_t pos) {
 // s: [kBq, kBk] raw q·k -> scale * q·k where the mask allows, -inf elsewhere
 // (padding rows and columns of the tile included). Full tiles skip the
 // per-element mask entirely.
-inline void ScaleAndMask(float* s, float scale, TileClass cls,
-                         const MaskRule& rule, const TileFrame& f) {
+inline void ScaleAndMask(float* s, float scale, TileClass cls, const MaskRule& rule,
+                         const TileFrame& f) {
   if (cls == TileClass::kFull && f.cols == kBk) {
     for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s + i, Load(s + i) * scale);
     return;
@@ -93,14 +91,9 @@ inline void ScaleAndMask(float* s, float scale, TileClass cls,
 inline TileFrame MakeFrame(const ChunkProblem& p, int64_t b, int64_t qt, int64_t kt) {
   const int64_t q0 = qt * kBq;
   const int64_t k0 = kt * kBk;
-  return TileFrame{&p.q_meta,
-                   &p.kv_meta,
-                   b * p.q_len + q0,
-                   b * p.kv_len + k0,
-                   p.q_meta.start + q0,
-                   p.kv_meta.start + k0,
-                   Min(kBq, p.q_len - q0),
-                   Min(kBk, p.kv_len - k0)};
+  return TileFrame{
+      &p.q_meta,           &p.kv_meta,           b * p.q_len + q0,       b * p.kv_len + k0,
+      p.q_meta.start + q0, p.kv_meta.start + k0, Min(kBq, p.q_len - q0), Min(kBk, p.kv_len - k0)};
 }
 
 }  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS

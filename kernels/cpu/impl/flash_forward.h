@@ -55,8 +55,8 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
   // all query heads of the group and all query tiles.
   pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
-    PackTransposedTiles(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, dp,
-                        ws.k_t + bk * dp * lkp, row_tmp);
+    PackTransposedTiles(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, dp, ws.k_t + bk * dp * lkp,
+                        row_tmp);
     PackRows(p.dtype, p.v, bk * p.kv_len, p.kv_len, d, dp, ws.v + bk * lkp * dp);
   });
 
@@ -75,10 +75,10 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
     const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
 
     float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp]
-    float* s = q_tile + kBq * dp;                         // [kBq, kBk]
-    float* acc = s + kBq * kBk;                           // [kBq, Dp]
-    float* m = acc + kBq * dp;                            // [kBq]
-    float* l = m + kBq;                                   // [kBq]
+    float* s = q_tile + kBq * dp;                        // [kBq, kBk]
+    float* acc = s + kBq * kBk;                          // [kBq, Dp]
+    float* m = acc + kBq * dp;                           // [kBq]
+    float* l = m + kBq;                                  // [kBq]
     for (int64_t i = 0; i < kBq * dp; ++i) q_tile[i] = acc[i] = 0.0f;
     for (int64_t i = 0; i < kBq; ++i) {
       m[i] = -kInf;
@@ -91,8 +91,7 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
     const float* k_t = ws.k_t + (b * p.kv_heads + kvh) * dp * lkp;
     const float* v = ws.v + (b * p.kv_heads + kvh) * lkp * dp;
     for (int64_t kt = 0; q_sum.valid_count > 0 && kt < plan.kv_tiles; ++kt) {
-      const TileClass cls =
-          Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;
       // S = Q K^T over this key tile, masked and scaled.
       TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, k_t + kt * dp * kBk, kBk, s, kBk);

@@ -22,9 +22,9 @@ inline constexpr int64_t kHeadDimAlign = 32;
 inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 struct TilePlan {
-  int64_t head_dim_padded = 0;  // Dp
-  int64_t q_tiles = 0;          // ceil(Lq / kBq)
-  int64_t kv_tiles = 0;         // ceil(Lk / kBk)
+  int64_t head_dim_padded = 0;                // Dp
+  int64_t q_tiles = 0;                        // ceil(Lq / kBq)
+  int64_t kv_tiles = 0;                       // ceil(Lk / kBk)
   const TileSummary* q_summaries = nullptr;   // [B, q_tiles]
   const TileSummary* kv_summaries = nullptr;  // [B, kv_tiles]
 };
@@ -56,12 +56,12 @@ inline constexpr int64_t BackwardScratchPerWorker(int64_t dp) {
   return 3 * kBq * kBk + 2 * kBk * dp + 2 * dp;
 }
 
-#define RINGATTN_DECLARE_ISA_KERNELS(ns)                                    \
-  namespace ns {                                                            \
-  void Forward(const ForwardParams& params, const TilePlan& plan,           \
-               const ForwardWorkspace& ws, ThreadPool& pool);               \
-  void Backward(const BackwardParams& params, const TilePlan& plan,         \
-                const BackwardWorkspace& ws, ThreadPool& pool);             \
+#define RINGATTN_DECLARE_ISA_KERNELS(ns)                                                         \
+  namespace ns {                                                                                 \
+  void Forward(const ForwardParams& params, const TilePlan& plan, const ForwardWorkspace& ws,    \
+               ThreadPool& pool);                                                                \
+  void Backward(const BackwardParams& params, const TilePlan& plan, const BackwardWorkspace& ws, \
+                ThreadPool& pool);                                                               \
   }
 
 RINGATTN_DECLARE_ISA_KERNELS(generic)

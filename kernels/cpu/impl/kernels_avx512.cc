@@ -8,13 +8,13 @@
 
 namespace ringattn::kernels::cpu::avx512 {
 
-void Forward(const ForwardParams& params, const TilePlan& plan,
-             const ForwardWorkspace& ws, ThreadPool& pool) {
+void Forward(const ForwardParams& params, const TilePlan& plan, const ForwardWorkspace& ws,
+             ThreadPool& pool) {
   ForwardImpl(params, plan, ws, pool);
 }
 
-void Backward(const BackwardParams& params, const TilePlan& plan,
-              const BackwardWorkspace& ws, ThreadPool& pool) {
+void Backward(const BackwardParams& params, const TilePlan& plan, const BackwardWorkspace& ws,
+              ThreadPool& pool) {
   BackwardImpl(params, plan, ws, pool);
 }
 

@@ -16,8 +16,8 @@ inline constexpr int kNv = kNr / kLanes;
 
 // c[kMr, kNr] (+)= A[kMr, K] b[K, kNr], A(i, k) = a[i * a_rs + k * a_cs].
 template <bool kAccumulate>
-inline void MicroKernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
-                        const float* b, int64_t ldb, float* c, int64_t ldc) {
+inline void MicroKernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                        int64_t ldb, float* c, int64_t ldc) {
   VecF acc[kMr][kNv];
 #pragma GCC unroll 16
   for (int i = 0; i < kMr; ++i) {
@@ -48,15 +48,13 @@ inline void MicroKernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
 // row-major with leading dims ldb, ldc. M % kMr == 0 and N % kNr == 0: the
 // callers pad their tiles so no edge case exists here.
 template <bool kAccumulate>
-inline void TileGemm(int64_t M, int64_t N, int64_t K, const float* a,
-                     int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
-                     float* c, int64_t ldc) {
+inline void TileGemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
+                     const float* b, int64_t ldb, float* c, int64_t ldc) {
   // Column panels outermost: one K x kNr panel of b stays in L1 while every
   // row block of A streams past it.
   for (int64_t j = 0; j < N; j += kNr) {
     for (int64_t i = 0; i < M; i += kMr) {
-      MicroKernel<kAccumulate>(K, a + i * a_rs, a_rs, a_cs, b + j, ldb,
-                               c + i * ldc + j, ldc);
+      MicroKernel<kAccumulate>(K, a + i * a_rs, a_rs, a_cs, b + j, ldb, c + i * ldc + j, ldc);
     }
   }
 }

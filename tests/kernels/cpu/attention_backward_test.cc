@@ -25,8 +25,7 @@ TEST_P(BackwardOracleTest, MatchesDenseOracle) {
   testing::ExpectMatchesOracle(GetParam().c, *ctx, /*backward=*/true);
 }
 
-INSTANTIATE_TEST_SUITE_P(Matrix, BackwardOracleTest,
-                         ::testing::ValuesIn(testing::OracleCases()),
+INSTANTIATE_TEST_SUITE_P(Matrix, BackwardOracleTest, ::testing::ValuesIn(testing::OracleCases()),
                          [](const auto& info) { return info.param.name; });
 
 class BackwardIsaTest : public ::testing::TestWithParam<Isa> {};
@@ -40,8 +39,7 @@ TEST_P(BackwardIsaTest, GemmaLikeMatchesOracle) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Isas, BackwardIsaTest,
-                         ::testing::ValuesIn(testing::SupportedIsas()),
+INSTANTIATE_TEST_SUITE_P(Isas, BackwardIsaTest, ::testing::ValuesIn(testing::SupportedIsas()),
                          [](const auto& info) { return std::string(IsaName(info.param)); });
 
 bool BitEqual(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
@@ -74,8 +72,7 @@ void ExpectNoLeak(const LayerConfig& layer) {
   perturb(perturbed.v, 2);
   perturb(perturbed.dout, 4);
   absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(base, layer, 2, *ctx);
-  absl::StatusOr<reference::ChunkedResult> b =
-      reference::RunChunked(perturbed, layer, 2, *ctx);
+  absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(perturbed, layer, 2, *ctx);
   ASSERT_TRUE(a.ok() && b.ok());
   int64_t changed_in_doc1 = 0;
   auto check = [&](const std::vector<float>& x, const std::vector<float>& y, int64_t heads,
@@ -126,11 +123,13 @@ TEST(BackwardTest, ResultIsIndependentOfThreadCount) {
   auto one = testing::MakeContext(BestIsa(), 1);
   auto three = testing::MakeContext(BestIsa(), 3);
   absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(batch, c.layer, 2, *one);
-  absl::StatusOr<reference::ChunkedResult> b =
-      reference::RunChunked(batch, c.layer, 2, *three);
+  absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(batch, c.layer, 2, *three);
   ASSERT_TRUE(a.ok() && b.ok());
-  for (auto [x, y] : {std::pair{&a->out, &b->out}, {&a->lse, &b->lse}, {&a->dq, &b->dq},
-                      {&a->dk, &b->dk}, {&a->dv, &b->dv}}) {
+  for (auto [x, y] : {std::pair{&a->out, &b->out},
+                      {&a->lse, &b->lse},
+                      {&a->dq, &b->dq},
+                      {&a->dk, &b->dk},
+                      {&a->dv, &b->dv}}) {
     ASSERT_EQ(x->size(), y->size());
     EXPECT_EQ(std::memcmp(x->data(), y->data(), x->size() * sizeof(float)), 0);
   }

@@ -26,14 +26,13 @@ TEST_P(ForwardOracleTest, MatchesDenseOracle) {
   testing::ExpectMatchesOracle(named.c, *ctx, /*backward=*/false);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Matrix, ForwardOracleTest,
-    ::testing::Combine(::testing::ValuesIn(testing::SupportedIsas()),
-                       ::testing::ValuesIn(testing::OracleCases())),
-    [](const auto& info) {
-      return std::string(IsaName(std::get<0>(info.param))) + "_" +
-             std::get<1>(info.param).name;
-    });
+INSTANTIATE_TEST_SUITE_P(Matrix, ForwardOracleTest,
+                         ::testing::Combine(::testing::ValuesIn(testing::SupportedIsas()),
+                                            ::testing::ValuesIn(testing::OracleCases())),
+                         [](const auto& info) {
+                           return std::string(IsaName(std::get<0>(info.param))) + "_" +
+                                  std::get<1>(info.param).name;
+                         });
 
 // Attention weights made visible: with V[k] = e_k (one-hot by key position,
 // D = S), output row q is exactly the softmax weights of query q.

@@ -64,38 +64,60 @@ TEST(ValidateTest, BadForwardArgumentsAreClearErrors) {
   std::vector<float> short_out(3);
   std::vector<int32_t> short_doc(3);
   const std::vector<BadCase> cases = {
-      {"batch mismatch", [](ForwardChunkArgs& a) { a.k.shape[0] = 2; a.k.size_bytes *= 2; },
+      {"batch mismatch",
+       [](ForwardChunkArgs& a) {
+         a.k.shape[0] = 2;
+         a.k.size_bytes *= 2;
+       },
        "k.shape[0]"},
-      {"head dim mismatch", [](ForwardChunkArgs& a) { a.k.shape[3] = 32; a.k.size_bytes /= 2; },
+      {"head dim mismatch",
+       [](ForwardChunkArgs& a) {
+         a.k.shape[3] = 32;
+         a.k.size_bytes /= 2;
+       },
        "head dim"},
-      {"k and v differ", [](ForwardChunkArgs& a) { a.v.shape[2] = 4; a.v.size_bytes /= 2; },
+      {"k and v differ",
+       [](ForwardChunkArgs& a) {
+         a.v.shape[2] = 4;
+         a.v.size_bytes /= 2;
+       },
        "v.shape"},
       {"byte count", [](ForwardChunkArgs& a) { a.q.size_bytes -= 4; }, "q holds"},
-      {"dtype mismatch", [](ForwardChunkArgs& a) {
+      {"dtype mismatch",
+       [](ForwardChunkArgs& a) {
          a.k.dtype = DType::kBF16;
          a.k.size_bytes /= 2;
-       }, "k.dtype"},
-      {"heads not a multiple", [](ForwardChunkArgs& a) {
+       },
+       "k.dtype"},
+      {"heads not a multiple",
+       [](ForwardChunkArgs& a) {
          a.k.shape[1] = 3;
          a.v.shape[1] = 3;
          a.k.size_bytes = a.v.size_bytes = 3 * L * D * 4;
-       }, "multiple of key/value heads"},
-      {"unsupported head dim", [&](ForwardChunkArgs& a) {
+       },
+       "multiple of key/value heads"},
+      {"unsupported head dim",
+       [&](ForwardChunkArgs& a) {
          a.q = {DType::kF32, {B, H, L, 520}, wide_q.data(), wide_q.size() * 4};
          a.k = a.v = {DType::kF32, {B, Hkv, L, 520}, wide_q.data(), Hkv * L * 520 * 4};
-       }, "head dim 520 is not supported"},
+       },
+       "head dim 520 is not supported"},
       {"dropout", [](ForwardChunkArgs& a) { a.layer.dropout = 0.1f; }, "dropout"},
-      {"window", [](ForwardChunkArgs& a) {
+      {"window",
+       [](ForwardChunkArgs& a) {
          a.layer.kind = LayerKind::kSliding;
          a.layer.window = 0;
-       }, "layer.window"},
+       },
+       "layer.window"},
       {"scale", [](ForwardChunkArgs& a) { a.layer.scale = NAN; }, "layer.scale"},
       {"null data", [](ForwardChunkArgs& a) { a.v.data = nullptr; }, "v.data"},
       {"negative dim", [](ForwardChunkArgs& a) { a.q.shape[2] = -8; }, "non-positive"},
-      {"huge shape", [](ForwardChunkArgs& a) { a.q.shape = {1 << 20, 1 << 20, 1 << 20, 64}; },
+      {"huge shape",
+       [](ForwardChunkArgs& a) {
+         a.q.shape = {1 << 20, 1 << 20, 1 << 20, 64};
+       },
        "too large"},
-      {"metadata size", [&](ForwardChunkArgs& a) { a.kv_meta.doc = short_doc; },
-       "kv_meta.doc"},
+      {"metadata size", [&](ForwardChunkArgs& a) { a.kv_meta.doc = short_doc; }, "kv_meta.doc"},
       {"negative start", [](ForwardChunkArgs& a) { a.q_meta.start = -1; }, "q_meta.start"},
       {"output size", [&](ForwardChunkArgs& a) { a.out = short_out; }, "out has"},
       {"lse size", [&](ForwardChunkArgs& a) { a.lse = short_out; }, "lse has"},

@@ -9,8 +9,8 @@
 namespace ringattn::kernels::testing {
 namespace {
 
-void ExpectWithin(const char* what, std::span<const float> got,
-                  std::span<const double> want, double tolerance) {
+void ExpectWithin(const char* what, std::span<const float> got, std::span<const double> want,
+                  double tolerance) {
   const reference::ErrorStats e = reference::Compare(got, want);
   EXPECT_EQ(e.nans, 0) << what << " has NaN";
   EXPECT_EQ(e.mismatched_infinities, 0) << what << " has -inf where the oracle has not";
@@ -53,8 +53,7 @@ std::vector<cpu::Isa> SupportedIsas() {
 }
 
 std::unique_ptr<cpu::CpuContext> MakeContext(cpu::Isa isa, int threads) {
-  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx =
-      cpu::CpuContext::Create({threads, isa});
+  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx = cpu::CpuContext::Create({threads, isa});
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   return ctx.ok() ? std::move(*ctx) : nullptr;
 }
@@ -70,8 +69,8 @@ reference::RowLayout SingleDocument(int64_t seq_len) {
 namespace ringattn::kernels::testing {
 namespace {
 
-LayerConfig Layer(LayerKind kind, int64_t window = 0, bool causal = true,
-                  bool vision = true, float scale = 0.0f, int64_t head_dim = 64) {
+LayerConfig Layer(LayerKind kind, int64_t window = 0, bool causal = true, bool vision = true,
+                  float scale = 0.0f, int64_t head_dim = 64) {
   LayerConfig layer;
   layer.kind = kind;
   layer.window = window > 0 ? window : 512;
@@ -135,33 +134,30 @@ std::vector<NamedCase> OracleCases() {
   // group by SPEC §1, but the document rule must still split it.
   add("ImageAtDocBoundary_Sliding_W8_F32_D64_Cp2",
       Case(base, {Layout({120, 136}, {{100, 120}, {120, 140}})}, Layer(kSliding, 8), 2));
-  add("LastChunkAllPadding_Full_F32_D64_Cp4",
-      Case(base, {Layout({150, 30})}, Layer(kFull), 4));
+  add("LastChunkAllPadding_Full_F32_D64_Cp4", Case(base, {Layout({150, 30})}, Layer(kFull), 4));
   add("GemmaLike_Sliding_W32_F32_D64_B2_Cp4",
       Case({2, 4, 2, 256, 64},
            {reference::GemmaLikeLayout(256), Layout({40, 100, 60}, {{150, 190}})},
            Layer(kSliding, 32), 4));
   add("GemmaLike_Full_F32_D64_B2_Cp4",
       Case({2, 4, 2, 256, 64},
-           {reference::GemmaLikeLayout(256), Layout({40, 100, 60}, {{150, 190}})},
-           Layer(kFull), 4));
+           {reference::GemmaLikeLayout(256), Layout({40, 100, 60}, {{150, 190}})}, Layer(kFull),
+           4));
   add("Gqa8to2_Full_F32_D64_Cp2",
       Case({1, 8, 2, 128, 64}, {reference::GemmaLikeLayout(128)}, Layer(kFull), 2));
   add("Gqa8to1_Sliding_W24_F32_D64_Cp2",
       Case({1, 8, 1, 128, 64}, {reference::GemmaLikeLayout(128)}, Layer(kSliding, 24), 2));
   add("Mha4to4_Full_F32_D64_Cp2",
       Case({1, 4, 4, 128, 64}, {reference::GemmaLikeLayout(128)}, Layer(kFull), 2));
-  add("OddLengths_Sliding_W20_F32_D40_Cp3",
-      Case({1, 3, 1, 111, 40}, {Layout({60, 45}, {{30, 50}})},
-           Layer(kSliding, 20, true, true, 0.0f, 40), 3));
+  add("OddLengths_Sliding_W20_F32_D40_Cp3", Case({1, 3, 1, 111, 40}, {Layout({60, 45}, {{30, 50}})},
+                                                 Layer(kSliding, 20, true, true, 0.0f, 40), 3));
   for (int64_t d : {128, 256, 512}) {
     add("HeadDim_Full_F32_D" + std::to_string(d) + "_Cp2",
         Case({1, 2, 1, 96, d}, {reference::GemmaLikeLayout(96)},
              Layer(kFull, 0, true, true, 0.0f, d), 2));
   }
-  AttentionCase gemma_scale =
-      Case({1, 4, 2, 128, 256}, {reference::GemmaLikeLayout(128)},
-           Layer(kSliding, 48, true, true, /*scale=*/1.0f), 2);
+  AttentionCase gemma_scale = Case({1, 4, 2, 128, 256}, {reference::GemmaLikeLayout(128)},
+                                   Layer(kSliding, 48, true, true, /*scale=*/1.0f), 2);
   gemma_scale.logit_std = 2.0;
   add("GemmaScale1_Sliding_W48_F32_D256_Cp2", gemma_scale);
   for (DType dt : {DType::kBF16, DType::kF16}) {

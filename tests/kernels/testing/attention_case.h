@@ -32,8 +32,7 @@ reference::SyntheticBatch MakeBatch(const AttentionCase& c);
 // Runs the chunk kernels over the case and expects O, LSE (and with
 // `backward`, dQ, dK, dV) within the stated tolerances of the oracle, with
 // no NaN and -inf exactly where the oracle has it.
-void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx,
-                         bool backward = true);
+void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward = true);
 
 // Every instruction set this CPU supports, for tests parameterized on it.
 std::vector<cpu::Isa> SupportedIsas();
@@ -44,7 +43,6 @@ std::unique_ptr<cpu::CpuContext> MakeContext(cpu::Isa isa, int threads = 0);
 reference::RowLayout SingleDocument(int64_t seq_len);
 
 }  // namespace ringattn::kernels::testing
-
 
 namespace ringattn::kernels::testing {
 
