@@ -21,9 +21,11 @@
 #define RINGATTN_ASSIGN_OR_RETURN(lhs, rexpr) \
   RINGATTN_ASSIGN_OR_RETURN_IMPL_(RINGATTN_CONCAT_(ringattn_or_, __LINE__), lhs, rexpr)
 
+// NOLINTBEGIN(bugprone-macro-parentheses): lhs is a declaration.
 #define RINGATTN_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, rexpr) \
   auto tmp = (rexpr);                                    \
   if (!tmp.ok()) return tmp.status();                    \
   lhs = std::move(*tmp)
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // RINGATTN_KERNELS_STATUS_MACROS_H_

@@ -31,17 +31,7 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   const BackwardWorkspace ws{q.data(), dout.data(), lse.data(), delta.data(),
                              k.data(), k_t.data(),  v_t.data(), scratch.data()};
 
-  switch (ctx.isa()) {
-    case Isa::kAvx512:
-      avx512::Backward(params, plan, ws, ctx.pool());
-      break;
-    case Isa::kAvx2:
-      avx2::Backward(params, plan, ws, ctx.pool());
-      break;
-    case Isa::kGeneric:
-      generic::Backward(params, plan, ws, ctx.pool());
-      break;
-  }
+  KernelsFor(ctx.isa()).backward(params, plan, ws, ctx.pool());
   return absl::OkStatus();
 }
 

@@ -24,17 +24,7 @@ absl::Status ForwardChunk(const ForwardChunkArgs& args, CpuContext& ctx) {
                             "forward scratch"));
   const ForwardWorkspace ws{k_t.data(), v.data(), scratch.data()};
 
-  switch (ctx.isa()) {
-    case Isa::kAvx512:
-      avx512::Forward(params, plan, ws, ctx.pool());
-      break;
-    case Isa::kAvx2:
-      avx2::Forward(params, plan, ws, ctx.pool());
-      break;
-    case Isa::kGeneric:
-      generic::Forward(params, plan, ws, ctx.pool());
-      break;
-  }
+  KernelsFor(ctx.isa()).forward(params, plan, ws, ctx.pool());
   return absl::OkStatus();
 }
 

@@ -20,8 +20,8 @@ class FloatBuffer {
 
   FloatBuffer() = default;
   ~FloatBuffer();
-  FloatBuffer(FloatBuffer&&) noexcept;
-  FloatBuffer& operator=(FloatBuffer&&) noexcept;
+  FloatBuffer(FloatBuffer&& other) noexcept;
+  FloatBuffer& operator=(FloatBuffer&& other) noexcept;
   FloatBuffer(const FloatBuffer&) = delete;
   FloatBuffer& operator=(const FloatBuffer&) = delete;
 

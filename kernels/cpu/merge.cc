@@ -15,7 +15,7 @@ absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<
                      o_s.size(), ", lse_s ", lse_s.size(), ", head_dim ", head_dim,
                      "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
   }
-  const size_t d = static_cast<size_t>(head_dim);
+  const auto d = static_cast<size_t>(head_dim);
   for (size_t r = 0; r < lse.size(); ++r) {
     const float a = lse[r];
     const float b = lse_s[r];

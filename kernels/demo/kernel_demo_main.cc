@@ -45,7 +45,8 @@ double AllowedFraction(const reference::DenseProblem& p) {
   int64_t allowed = 0;
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t q = 0; q < p.seq_len; ++q) {
-      for (int64_t k = 0; k < p.seq_len; ++k) allowed += reference::DenseAllowed(p, b, q, k);
+      for (int64_t k = 0; k < p.seq_len; ++k)
+        allowed += reference::DenseAllowed(p, b, q, k) ? 1 : 0;
     }
   }
   return static_cast<double>(allowed) / static_cast<double>(p.batch * p.seq_len * p.seq_len);

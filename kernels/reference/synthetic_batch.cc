@@ -55,11 +55,14 @@ SyntheticBatch MakeSyntheticBatch(const BatchShape& shape, const std::vector<Row
       for (int64_t i = std::max<int64_t>(begin, 0); i < std::min(end, S); ++i) is_image[i] = 1;
     }
     // Every maximal run of image tokens (that is not padding) is a group.
+    auto image_at = [&](int64_t i) {
+      return is_image[i] != 0 && batch.padding[b * S + i] == 0;
+    };
     int32_t group = -1;
     for (int64_t i = 0; i < S; ++i) {
-      const bool image = is_image[i] && !batch.padding[b * S + i];
-      if (image && (i == 0 || !is_image[i - 1] || batch.padding[b * S + i - 1])) ++group;
-      if (image) batch.vision[b * S + i] = group;
+      if (!image_at(i)) continue;
+      if (i == 0 || !image_at(i - 1)) ++group;
+      batch.vision[b * S + i] = group;
     }
   }
   std::mt19937_64 rng(seed);

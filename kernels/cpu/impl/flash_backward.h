@@ -54,6 +54,15 @@ inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, T
   }
 }
 
+// The tile pair (query tile at packed row `qrow`, key tile kt of kv head
+// `bk`) from the packed backward workspace.
+inline BackwardTile TileAt(const BackwardWorkspace& ws, int64_t qrow, int64_t bk, int64_t kt,
+                           int64_t dp, int64_t lkp) {
+  const int64_t panel = (bk * lkp + kt * kBk) * dp;
+  return BackwardTile{ws.q + qrow * dp, ws.dout + qrow * dp, ws.lse + qrow,
+                      ws.delta + qrow,  ws.k_t + panel,      ws.v_t + panel};
+}
+
 inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
                          const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
@@ -120,12 +129,7 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
         if (cls == TileClass::kEmpty) continue;
         any = true;
         const int64_t qrow = bh * lqp + qt * kBq;
-        const BackwardTile tile{ws.q + qrow * dp,
-                                ws.dout + qrow * dp,
-                                ws.lse + qrow,
-                                ws.delta + qrow,
-                                ws.k_t + (bk * lkp + kt * kBk) * dp,
-                                ws.v_t + (bk * lkp + kt * kBk) * dp};
+        const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
         ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
         // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
         TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
@@ -167,12 +171,7 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
       const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;
       any = true;
-      const BackwardTile tile{ws.q + qrow * dp,
-                              ws.dout + qrow * dp,
-                              ws.lse + qrow,
-                              ws.delta + qrow,
-                              ws.k_t + (bk * lkp + kt * kBk) * dp,
-                              ws.v_t + (bk * lkp + kt * kBk) * dp};
+      const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
       ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
       // dQ += dS K (scaled below).
       TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc, dp);

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/block_classification.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernel_params.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -69,6 +70,14 @@ RINGATTN_DECLARE_ISA_KERNELS(avx2)
 RINGATTN_DECLARE_ISA_KERNELS(avx512)
 
 #undef RINGATTN_DECLARE_ISA_KERNELS
+
+// The kernels built for one instruction set.
+struct IsaKernels {
+  void (*forward)(const ForwardParams&, const TilePlan&, const ForwardWorkspace&, ThreadPool&);
+  void (*backward)(const BackwardParams&, const TilePlan&, const BackwardWorkspace&, ThreadPool&);
+};
+
+const IsaKernels& KernelsFor(Isa isa);
 
 }  // namespace ringattn::kernels::cpu
 

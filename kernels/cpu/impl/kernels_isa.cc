@@ -1,12 +1,14 @@
-// The CPU attention kernels built for the avx512 instruction set; the
-// compile flags of this file select it (see kernels/CMakeLists.txt).
-#define RINGATTN_ISA_NS avx512
+// The CPU attention kernels for one instruction set. CMake compiles this
+// file once per set, with that set's flags and RINGATTN_ISA_NS naming it.
+#ifndef RINGATTN_ISA_NS
+#error "compile with -DRINGATTN_ISA_NS=<generic|avx2|avx512>"
+#endif
 
 #include "kernels/cpu/impl/flash_backward.h"
 #include "kernels/cpu/impl/flash_forward.h"
 #include "kernels/cpu/impl/isa_kernels.h"
 
-namespace ringattn::kernels::cpu::avx512 {
+namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
 
 void Forward(const ForwardParams& params, const TilePlan& plan, const ForwardWorkspace& ws,
              ThreadPool& pool) {
@@ -18,4 +20,4 @@ void Backward(const BackwardParams& params, const TilePlan& plan, const Backward
   BackwardImpl(params, plan, ws, pool);
 }
 
-}  // namespace ringattn::kernels::cpu::avx512
+}  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
