@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libgloo-dev
 )
 
 missing=()

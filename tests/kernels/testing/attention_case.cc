@@ -26,22 +26,27 @@ reference::SyntheticBatch MakeBatch(const AttentionCase& c) {
       reference::AmplitudeForLogitStd(c.logit_std, c.shape.head_dim, c.layer.scale));
 }
 
+void ExpectResultMatchesOracle(const reference::SyntheticBatch& batch, const LayerConfig& layer,
+                               const reference::ChunkedResult& got, bool backward) {
+  const reference::DenseProblem problem = reference::ToDenseProblem(batch, layer);
+  const reference::DenseOutput want = reference::DenseForward(problem);
+  ExpectWithin("O", got.out, want.out, reference::OutputTolerance(batch.dtype));
+  ExpectWithin("LSE", got.lse, want.lse, 1e-5);
+  if (!backward) return;
+  const std::vector<double> dout(batch.dout.begin(), batch.dout.end());
+  const reference::DenseGrads grads = reference::DenseBackward(problem, dout);
+  const double tol = reference::GradientTolerance(batch.dtype);
+  ExpectWithin("dQ", got.dq, grads.dq, tol);
+  ExpectWithin("dK", got.dk, grads.dk, tol);
+  ExpectWithin("dV", got.dv, grads.dv, tol);
+}
+
 void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward) {
   const reference::SyntheticBatch batch = MakeBatch(c);
   absl::StatusOr<reference::ChunkedResult> got =
       reference::RunChunked(batch, c.layer, c.chunks, ctx, backward);
   ASSERT_TRUE(got.ok()) << got.status();
-  const reference::DenseProblem problem = reference::ToDenseProblem(batch, c.layer);
-  const reference::DenseOutput want = reference::DenseForward(problem);
-  ExpectWithin("O", got->out, want.out, reference::OutputTolerance(c.dtype));
-  ExpectWithin("LSE", got->lse, want.lse, 1e-5);
-  if (!backward) return;
-  const std::vector<double> dout(batch.dout.begin(), batch.dout.end());
-  const reference::DenseGrads grads = reference::DenseBackward(problem, dout);
-  const double tol = reference::GradientTolerance(c.dtype);
-  ExpectWithin("dQ", got->dq, grads.dq, tol);
-  ExpectWithin("dK", got->dk, grads.dk, tol);
-  ExpectWithin("dV", got->dv, grads.dv, tol);
+  ExpectResultMatchesOracle(batch, c.layer, *got, backward);
 }
 
 std::vector<cpu::Isa> SupportedIsas() {

@@ -34,6 +34,11 @@ reference::SyntheticBatch MakeBatch(const AttentionCase& c);
 // no NaN and -inf exactly where the oracle has it.
 void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward = true);
 
+// Expects `got` (a whole-sequence result, however computed) within the
+// stated tolerances of the oracle for `batch` under `layer`.
+void ExpectResultMatchesOracle(const reference::SyntheticBatch& batch, const LayerConfig& layer,
+                               const reference::ChunkedResult& got, bool backward);
+
 // Every instruction set this CPU supports, for tests parameterized on it.
 std::vector<cpu::Isa> SupportedIsas();
 

@@ -1,0 +1,55 @@
+#include "server/ring/chunk_message.h"
+
+#include <cstring>
+
+namespace ringattn::ring {
+namespace {
+
+size_t Align8(size_t n) { return (n + 7) / 8 * 8; }
+
+}  // namespace
+
+ChunkLayout::ChunkLayout(const ShardRef& shard)
+    : dtype_(shard.dtype),
+      kv_shape_{shard.batch, shard.kv_heads, shard.shard_len, shard.head_dim},
+      kv_bytes_(static_cast<size_t>(shard.batch * shard.kv_heads * shard.shard_len *
+                                    shard.head_dim) *
+                kernels::DTypeSize(shard.dtype)),
+      tokens_(static_cast<size_t>(shard.batch * shard.shard_len)) {
+  v_at_ = Align8(kv_bytes_);
+  doc_at_ = v_at_ + Align8(kv_bytes_);
+  vision_at_ = doc_at_ + Align8(tokens_ * sizeof(int32_t));
+  padding_at_ = vision_at_ + Align8(tokens_ * sizeof(int32_t));
+  size_ = padding_at_ + Align8(tokens_);
+}
+
+std::vector<std::byte> ChunkLayout::Pack(const ShardRef& shard) const {
+  std::vector<std::byte> msg(size_);
+  std::memcpy(msg.data(), shard.k.data(), kv_bytes_);
+  std::memcpy(msg.data() + v_at_, shard.v.data(), kv_bytes_);
+  std::memcpy(msg.data() + doc_at_, shard.doc.data(), tokens_ * sizeof(int32_t));
+  std::memcpy(msg.data() + vision_at_, shard.vision.data(), tokens_ * sizeof(int32_t));
+  std::memcpy(msg.data() + padding_at_, shard.padding.data(), tokens_);
+  return msg;
+}
+
+kernels::cpu::TensorRef ChunkLayout::K(std::span<const std::byte> msg) const {
+  return {dtype_, kv_shape_, msg.data(), kv_bytes_};
+}
+
+kernels::cpu::TensorRef ChunkLayout::V(std::span<const std::byte> msg) const {
+  return {dtype_, kv_shape_, msg.data() + v_at_, kv_bytes_};
+}
+
+kernels::cpu::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg,
+                                             int64_t start) const {
+  // The offsets are 8-byte aligned in a buffer from operator new, so the
+  // int32 views are aligned.
+  const auto* doc = reinterpret_cast<const int32_t*>(msg.data() + doc_at_);
+  const auto* vision = reinterpret_cast<const int32_t*>(msg.data() + vision_at_);
+  const auto* padding = reinterpret_cast<const uint8_t*>(msg.data() + padding_at_);
+  return {std::span(doc, tokens_), std::span(vision, tokens_), std::span(padding, tokens_),
+          start};
+}
+
+}  // namespace ringattn::ring

@@ -1,0 +1,43 @@
+#ifndef RINGATTN_SERVER_RING_CHUNK_MESSAGE_H_
+#define RINGATTN_SERVER_RING_CHUNK_MESSAGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/cpu/chunk_args.h"
+#include "server/ring/ring_attention.h"
+
+namespace ringattn::ring {
+
+// One K/V chunk with its metadata as a single message buffer:
+//   [ K | V | doc | vision | padding ], each part 8-byte aligned.
+// Every rank derives the same layout from the shapes, so nothing but the
+// bytes travel.
+class ChunkLayout {
+ public:
+  explicit ChunkLayout(const ShardRef& shard);
+
+  size_t size() const { return size_; }
+
+  // Copies the shard's own K, V and metadata into a new message buffer.
+  std::vector<std::byte> Pack(const ShardRef& shard) const;
+
+  // Views of a message buffer as kernel arguments. start: global position of
+  // the chunk's first token.
+  kernels::cpu::TensorRef K(std::span<const std::byte> msg) const;
+  kernels::cpu::TensorRef V(std::span<const std::byte> msg) const;
+  kernels::cpu::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t start) const;
+
+ private:
+  kernels::DType dtype_;
+  std::array<int64_t, 4> kv_shape_;
+  size_t kv_bytes_ = 0;
+  size_t tokens_ = 0;  // B * L
+  size_t v_at_ = 0, doc_at_ = 0, vision_at_ = 0, padding_at_ = 0, size_ = 0;
+};
+
+}  // namespace ringattn::ring
+
+#endif  // RINGATTN_SERVER_RING_CHUNK_MESSAGE_H_

@@ -1,0 +1,100 @@
+#ifndef RINGATTN_SERVER_RING_RING_ATTENTION_H_
+#define RINGATTN_SERVER_RING_RING_ATTENTION_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kernels/cpu/cpu_context.h"
+#include "kernels/dtype.h"
+#include "kernels/layer_config.h"
+#include "server/ring/transport.h"
+
+// Ring attention forward and backward of one rank (SPEC §3-4): K/V chunks
+// travel around the ring while each rank computes its query shard against
+// the chunk it holds; communication of step i+1 overlaps the compute of
+// step i. Every rank of the ring calls these with the same shapes and call
+// config; each wait is bounded by the call's timeout, and on any error the
+// rank aborts its transport so its peers fail fast instead of hanging.
+//
+// Glossary: B batch, H query heads, Hkv kv heads, L shard length, D head dim.
+
+namespace ringattn::ring {
+
+// This rank's contiguous shard [rank * L, (rank + 1) * L) of one call.
+struct ShardRef {
+  kernels::DType dtype = kernels::DType::kF32;
+  int64_t batch = 0;      // B
+  int64_t heads = 0;      // H
+  int64_t kv_heads = 0;   // Hkv
+  int64_t shard_len = 0;  // L
+  int64_t head_dim = 0;   // D
+  std::span<const std::byte> q;      // [B, H, L, D] dtype
+  std::span<const std::byte> k;      // [B, Hkv, L, D] dtype
+  std::span<const std::byte> v;      // [B, Hkv, L, D] dtype
+  std::span<const int32_t> doc;      // [B, L]
+  std::span<const int32_t> vision;   // [B, L]
+  std::span<const uint8_t> padding;  // [B, L]
+};
+
+// What every rank must agree on for one call.
+struct RingCall {
+  kernels::LayerConfig layer;
+  bool batch_has_vision = false;  // Any vision token in the whole batch.
+  uint64_t generation = 0;        // Ring generation; bumped on rebuild.
+  uint64_t sequence = 0;          // Distinct per call within a generation.
+  absl::Duration timeout = absl::Seconds(60);  // Bound on every wait.
+};
+
+struct StepStats {
+  int step = 0;
+  int chunk_owner = 0;
+  bool computed = false;
+  double compute_seconds = 0.0;
+  double wait_seconds = 0.0;  // Blocked on communication after compute.
+  int64_t bytes_sent = 0;
+  int64_t bytes_received = 0;
+};
+
+struct RingStats {
+  std::vector<StepStats> steps;
+  double total_seconds = 0.0;
+  double compute_seconds = 0.0;
+  double wait_seconds = 0.0;
+  int64_t bytes_sent = 0;
+  int64_t bytes_received = 0;
+};
+
+struct RingForwardResult {
+  std::vector<std::byte> out;  // [B, H, L, D] in the input dtype
+  std::vector<float> lse;      // [B, H, L]; -inf for rows that attend nothing
+  RingStats stats;
+};
+
+struct RingBackwardResult {
+  std::vector<float> dq;  // [B, H, L, D]
+  std::vector<float> dk;  // [B, Hkv, L, D], summed over every rank in fp32
+  std::vector<float> dv;  // [B, Hkv, L, D]
+  RingStats stats;
+};
+
+absl::StatusOr<RingForwardResult> RingForward(Transport& transport,
+                                              kernels::cpu::CpuContext& ctx,
+                                              const ShardRef& shard, const RingCall& call);
+
+// out: [B, H, L, D] dtype and lse: [B, H, L], as RingForward returned them;
+// dout: [B, H, L, D] dtype.
+absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
+                                                kernels::cpu::CpuContext& ctx,
+                                                const ShardRef& shard,
+                                                std::span<const std::byte> out,
+                                                std::span<const std::byte> dout,
+                                                std::span<const float> lse,
+                                                const RingCall& call);
+
+}  // namespace ringattn::ring
+
+#endif  // RINGATTN_SERVER_RING_RING_ATTENTION_H_

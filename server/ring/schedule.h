@@ -1,0 +1,58 @@
+#ifndef RINGATTN_SERVER_RING_SCHEDULE_H_
+#define RINGATTN_SERVER_RING_SCHEDULE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/layer_config.h"
+
+// Which K/V chunk a rank holds at each ring step, whether it computes on it,
+// and where gradients go (SPEC §3-4). A pure function of shapes and config:
+// every rank derives the same number of exchanges, so no rank waits for a
+// message that nobody sends.
+
+namespace ringattn::ring {
+
+struct ScheduleConfig {
+  int cp = 1;                 // Ranks in the ring.
+  int rank = 0;               // This rank, in [0, cp).
+  int64_t shard_len = 1;      // L = P / cp.
+  kernels::LayerConfig layer;
+  // Whether the batch (all of it, not this shard) holds vision tokens; with
+  // bidirectional vision on a sliding layer, any chunk may hold part of an
+  // image block, so nothing is skipped by position alone.
+  bool batch_has_vision = false;
+};
+
+struct RingStep {
+  int step = 0;         // i: 0 is the rank's own chunk.
+  int chunk_owner = 0;  // (rank - i) mod cp: whose K/V the rank holds.
+  bool compute = false;  // False if no (query, key) pair can attend by position.
+};
+
+struct RingSchedule {
+  int exchanges = 0;  // K/V hops; steps.size() == exchanges + 1.
+  std::vector<RingStep> steps;
+  // Backward: dK/dV accumulated with a chunk travel with it; after the last
+  // step they go home to their owner. This rank sends the accumulator of the
+  // chunk it holds last to `grad_home`, and receives its own from
+  // `grad_from` (both the rank itself when exchanges == 0).
+  int grad_home = 0;
+  int grad_from = 0;
+};
+
+// Whether the sliding window alone limits how far back keys matter, so a
+// sliding layer needs only min(cp - 1, ceil(W / L)) exchanges.
+bool WindowLimitsExchanges(const kernels::LayerConfig& layer, bool batch_has_vision);
+
+// Whether some query of shard `q_rank` may attend some key of chunk
+// `k_rank` by position alone (all metadata permitting).
+bool ChunkMayAttend(const ScheduleConfig& config, int q_rank, int k_rank);
+
+// INVALID_ARGUMENT for cp < 1, rank out of range, L < 1 or a bad layer.
+absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config);
+
+}  // namespace ringattn::ring
+
+#endif  // RINGATTN_SERVER_RING_SCHEDULE_H_

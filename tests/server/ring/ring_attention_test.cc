@@ -1,0 +1,223 @@
+#include "server/ring/ring_attention.h"
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "server/ring/in_process_transport.h"
+#include "tests/kernels/testing/attention_case.h"
+#include "tests/server/ring/testing/ring_harness.h"
+
+namespace ringattn::ring {
+namespace {
+
+using kernels::LayerConfig;
+using kernels::LayerKind;
+using kernels::reference::BatchShape;
+using kernels::reference::RowLayout;
+
+struct ParityCase {
+  std::string name;
+  int cp;
+  int64_t batch;
+  LayerConfig layer;
+};
+
+void PrintTo(const ParityCase& c, std::ostream* os) { *os << c.name; }
+
+// Packed documents, image blocks across the shard boundaries of every cp
+// tested (48, 64, 96, ...), and >= 48 padding tokens at the end so the last
+// shard is all padding for cp 4 and 8.
+RowLayout ParityLayout(int64_t row) {
+  RowLayout layout;
+  layout.doc_lengths = row == 0 ? std::vector<int64_t>{80, 60} : std::vector<int64_t>{30, 100};
+  layout.images = {{40, 60}, {62, 70}, {90, 100}};
+  return layout;
+}
+
+std::vector<ParityCase> ParityCases() {
+  std::vector<ParityCase> cases;
+  for (int cp : {1, 2, 3, 4, 8}) {
+    for (int64_t b : {1, 2}) {
+      for (int64_t window : {int64_t{10}, int64_t{60}, int64_t{0}}) {
+        LayerConfig layer;
+        layer.kind = window > 0 ? LayerKind::kSliding : LayerKind::kFull;
+        layer.window = window > 0 ? window : 512;
+        layer.scale = 0.125f;
+        const std::string kind =
+            window > 0 ? "Sliding_W" + std::to_string(window) : std::string("Full");
+        cases.push_back({kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp), cp, b,
+                         layer});
+      }
+    }
+  }
+  return cases;
+}
+
+class RingParityTest : public ::testing::TestWithParam<ParityCase> {};
+
+// Forward O/LSE and backward dQ/dK/dV through the in-process ring equal the
+// oracle of the unsharded problem. S = 192: L = 24 at cp 8, so W = 10 is
+// smaller than a shard and W = 60 spans several.
+TEST_P(RingParityTest, MatchesOracle) {
+  const ParityCase& c = GetParam();
+  BatchShape shape{c.batch, 4, 2, 192, 64};
+  std::vector<RowLayout> layouts;
+  for (int64_t b = 0; b < c.batch; ++b) layouts.push_back(ParityLayout(b));
+  const auto batch = kernels::reference::MakeSyntheticBatch(shape, layouts,
+                                                            kernels::DType::kF32, 5 + c.cp);
+  absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, c.layer, c.cp);
+  ASSERT_TRUE(got.ok()) << got.status();
+  kernels::testing::ExpectResultMatchesOracle(batch, c.layer, got->whole, /*backward=*/true);
+  // Window-limited sliding layers exchange only ceil(W / L) chunks.
+  const size_t steps = got->forward_stats[0].steps.size();
+  if (c.layer.kind == LayerKind::kFull || c.cp == 1) {
+    EXPECT_EQ(steps, static_cast<size_t>(c.cp));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, RingParityTest, ::testing::ValuesIn(ParityCases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(RingTest, Bf16RingMatchesOracle) {
+  LayerConfig layer;
+  layer.kind = LayerKind::kSliding;
+  layer.window = 40;
+  layer.scale = 0.125f;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 4, 2, 192, 64}, {ParityLayout(0)}, kernels::DType::kBF16, 9);
+  absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, 4);
+  ASSERT_TRUE(got.ok()) << got.status();
+  kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, true);
+}
+
+TEST(RingTest, SkippedStepsAreNotComputedButStillExchanged) {
+  LayerConfig layer;  // Full causal.
+  layer.scale = 0.125f;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 128, 32}, {kernels::testing::SingleDocument(128)}, kernels::DType::kF32, 2);
+  absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, 4);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (int r = 0; r < 4; ++r) {
+    const RingStats& s = got->forward_stats[r];
+    ASSERT_EQ(s.steps.size(), 4u);
+    int computed = 0;
+    for (const StepStats& step : s.steps) {
+      computed += step.computed;
+      if (!step.computed) {
+        EXPECT_EQ(step.compute_seconds, 0.0);
+      }
+      if (step.step < 3) {
+        EXPECT_GT(step.bytes_sent, 0);
+      }
+    }
+    EXPECT_EQ(computed, r + 1) << "rank " << r << " computes its past chunks only";
+  }
+}
+
+// Two sessions interleaved on the same ring (forward A, forward B, backward
+// A, backward B) with ranks out of step: every buffer is keyed by call and
+// step, so no call ever takes another's chunks, and each result equals the
+// same call run alone, bit for bit.
+TEST(RingTest, InterleavedSessionsDoNotMixChunks) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const int cp = 3;
+  const int64_t L = 32;
+  const auto a = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 96, 32}, {kernels::testing::SingleDocument(96)}, kernels::DType::kF32, 1);
+  const auto b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 96, 32}, {kernels::testing::SingleDocument(96)}, kernels::DType::kF32, 2);
+  absl::StatusOr<testing::RingRunResult> alone_a = testing::RunInProcessRing(a, layer, cp);
+  absl::StatusOr<testing::RingRunResult> alone_b = testing::RunInProcessRing(b, layer, cp);
+  ASSERT_TRUE(alone_a.ok() && alone_b.ok());
+
+  InProcessHub hub(cp);
+  std::vector<std::vector<float>> dq_a(cp), dq_b(cp), dk_a(cp), dk_b(cp);
+  std::vector<absl::Status> status(cp);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < cp; ++r) {
+    threads.emplace_back([&, r] {
+      // Rank r starts late, so its peers' messages for both calls wait for it.
+      std::this_thread::sleep_for(std::chrono::milliseconds(40 * r));
+      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      auto t = hub.Connect(r);
+      const auto sa = testing::SliceShard(a, cp, r);
+      const auto sb = testing::SliceShard(b, cp, r);
+      const RingCall ca{layer, false, 1, 100, absl::Seconds(30)};
+      const RingCall cb{layer, false, 1, 101, absl::Seconds(30)};
+      auto fa = RingForward(*t, **ctx, sa.Ref(a, L), ca);
+      auto fb = RingForward(*t, **ctx, sb.Ref(b, L), cb);
+      if (!fa.ok() || !fb.ok()) {
+        status[r] = fa.ok() ? fb.status() : fa.status();
+        return;
+      }
+      auto ga = RingBackward(*t, **ctx, sa.Ref(a, L), fa->out, std::as_bytes(std::span(sa.dout)),
+                             fa->lse, ca);
+      auto gb = RingBackward(*t, **ctx, sb.Ref(b, L), fb->out, std::as_bytes(std::span(sb.dout)),
+                             fb->lse, cb);
+      if (!ga.ok() || !gb.ok()) {
+        status[r] = ga.ok() ? gb.status() : ga.status();
+        return;
+      }
+      dq_a[r] = ga->dq;
+      dq_b[r] = gb->dq;
+      dk_a[r] = ga->dk;
+      dk_b[r] = gb->dk;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < cp; ++r) {
+    ASSERT_TRUE(status[r].ok()) << status[r];
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t i = 0; i < L * 32; ++i) {
+        const int64_t whole = (h * 96 + r * L) * 32 + i;
+        ASSERT_EQ(dq_a[r][h * L * 32 + i], alone_a->whole.dq[whole]);
+        ASSERT_EQ(dq_b[r][h * L * 32 + i], alone_b->whole.dq[whole]);
+        if (h == 0) {
+          ASSERT_EQ(dk_a[r][i], alone_a->whole.dk[r * L * 32 + i]);
+          ASSERT_EQ(dk_b[r][i], alone_b->whole.dk[r * L * 32 + i]);
+        }
+      }
+    }
+  }
+}
+
+// A rank that dies mid-ring: every other rank returns an error within the
+// timeout, none hangs.
+TEST(RingTest, DeadRankMakesEveryOtherRankFailWithinTheTimeout) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const int cp = 4;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 128, 32}, {kernels::testing::SingleDocument(128)}, kernels::DType::kF32, 4);
+  InProcessHub hub(cp);
+  std::vector<absl::Status> status(cp);
+  std::vector<double> seconds(cp);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < cp; ++r) {
+    threads.emplace_back([&, r] {
+      auto t = hub.Connect(r);
+      if (r == 2) {  // Dies before taking part.
+        hub.Kill(2);
+        return;
+      }
+      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      const auto shard = testing::SliceShard(batch, cp, r);
+      RingCall call{layer, false, 1, 1, absl::Seconds(5)};
+      const auto t0 = std::chrono::steady_clock::now();
+      status[r] = RingForward(*t, **ctx, shard.Ref(batch, 32), call).status();
+      seconds[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r : {0, 1, 3}) {
+    EXPECT_FALSE(status[r].ok()) << "rank " << r;
+    EXPECT_LT(seconds[r], 5.0 + 1.0) << "rank " << r;
+    EXPECT_NE(status[r].message().find("rank"), absl::string_view::npos) << status[r];
+  }
+}
+
+}  // namespace
+}  // namespace ringattn::ring

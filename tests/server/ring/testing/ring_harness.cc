@@ -1,0 +1,119 @@
+#include "tests/server/ring/testing/ring_harness.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "kernels/cpu/convert.h"
+#include "server/ring/in_process_transport.h"
+
+namespace ringattn::ring::testing {
+
+using kernels::reference::Encode;
+using kernels::reference::ScatterSequence;
+using kernels::reference::SliceSequence;
+using kernels::reference::SyntheticBatch;
+
+ShardRef ShardData::Ref(const SyntheticBatch& batch, int64_t shard_len) const {
+  const auto& sh = batch.shape;
+  ShardRef ref;
+  ref.dtype = batch.dtype;
+  ref.batch = sh.batch;
+  ref.heads = sh.heads;
+  ref.kv_heads = sh.kv_heads;
+  ref.shard_len = shard_len;
+  ref.head_dim = sh.head_dim;
+  ref.q = std::as_bytes(std::span(q));
+  ref.k = std::as_bytes(std::span(k));
+  ref.v = std::as_bytes(std::span(v));
+  ref.doc = doc;
+  ref.vision = vision;
+  ref.padding = padding;
+  return ref;
+}
+
+ShardData SliceShard(const SyntheticBatch& batch, int cp, int rank) {
+  const auto& sh = batch.shape;
+  const int64_t L = sh.seq_len / cp;
+  const int64_t b = rank * L, e = b + L;
+  ShardData d;
+  d.q = Encode(SliceSequence(batch.q, sh.batch * sh.heads, sh.seq_len, sh.head_dim, b, e),
+               batch.dtype);
+  d.k = Encode(SliceSequence(batch.k, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, b, e),
+               batch.dtype);
+  d.v = Encode(SliceSequence(batch.v, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, b, e),
+               batch.dtype);
+  d.dout = Encode(SliceSequence(batch.dout, sh.batch * sh.heads, sh.seq_len, sh.head_dim, b, e),
+                  batch.dtype);
+  d.doc = SliceSequence(batch.doc, sh.batch, sh.seq_len, 1, b, e);
+  d.vision = SliceSequence(batch.vision, sh.batch, sh.seq_len, 1, b, e);
+  d.padding = SliceSequence(batch.padding, sh.batch, sh.seq_len, 1, b, e);
+  return d;
+}
+
+bool BatchHasVision(const SyntheticBatch& batch) {
+  return std::any_of(batch.vision.begin(), batch.vision.end(), [](int32_t v) { return v >= 0; });
+}
+
+absl::StatusOr<RingRunResult> RunInProcessRing(const SyntheticBatch& batch,
+                                               const kernels::LayerConfig& layer, int cp,
+                                               int threads_per_rank) {
+  const auto& sh = batch.shape;
+  if (cp < 1 || sh.seq_len % cp != 0) return absl::InvalidArgumentError("S % cp != 0");
+  const int64_t L = sh.seq_len / cp;
+  InProcessHub hub(cp);
+  std::vector<absl::StatusOr<RingForwardResult>> fwd(cp, absl::UnknownError("not run"));
+  std::vector<absl::StatusOr<RingBackwardResult>> bwd(cp, absl::UnknownError("not run"));
+  std::vector<ShardData> shards;
+  for (int r = 0; r < cp; ++r) shards.push_back(SliceShard(batch, cp, r));
+  RingCall call;
+  call.layer = layer;
+  call.batch_has_vision = BatchHasVision(batch);
+  call.generation = 3;
+  call.sequence = 11;
+  call.timeout = absl::Seconds(60);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < cp; ++r) {
+    threads.emplace_back([&, r] {
+      auto ctx = kernels::cpu::CpuContext::Create({threads_per_rank, std::nullopt});
+      if (!ctx.ok()) {
+        fwd[r] = ctx.status();
+        return;
+      }
+      std::unique_ptr<Transport> transport = hub.Connect(r);
+      const ShardRef ref = shards[r].Ref(batch, L);
+      fwd[r] = RingForward(*transport, **ctx, ref, call);
+      if (!fwd[r].ok()) return;
+      bwd[r] = RingBackward(*transport, **ctx, ref, fwd[r]->out,
+                            std::as_bytes(std::span(shards[r].dout)), fwd[r]->lse, call);
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  RingRunResult result;
+  auto& whole = result.whole;
+  whole.out.assign(sh.batch * sh.heads * sh.seq_len * sh.head_dim, 0.0f);
+  whole.lse.assign(sh.batch * sh.heads * sh.seq_len, 0.0f);
+  whole.dq.assign(whole.out.size(), 0.0f);
+  whole.dk.assign(sh.batch * sh.kv_heads * sh.seq_len * sh.head_dim, 0.0f);
+  whole.dv.assign(whole.dk.size(), 0.0f);
+  for (int r = 0; r < cp; ++r) {
+    if (!fwd[r].ok()) return fwd[r].status();
+    if (!bwd[r].ok()) return bwd[r].status();
+    const int64_t b = r * L, e = b + L;
+    std::vector<float> out(fwd[r]->out.size() / kernels::DTypeSize(batch.dtype));
+    kernels::cpu::ToF32(batch.dtype, fwd[r]->out.data(), static_cast<int64_t>(out.size()),
+                        out.data());
+    const int64_t bh = sh.batch * sh.heads, bk = sh.batch * sh.kv_heads;
+    ScatterSequence(out, bh, sh.seq_len, sh.head_dim, b, e, whole.out);
+    ScatterSequence(fwd[r]->lse, bh, sh.seq_len, 1, b, e, whole.lse);
+    ScatterSequence(bwd[r]->dq, bh, sh.seq_len, sh.head_dim, b, e, whole.dq);
+    ScatterSequence(bwd[r]->dk, bk, sh.seq_len, sh.head_dim, b, e, whole.dk);
+    ScatterSequence(bwd[r]->dv, bk, sh.seq_len, sh.head_dim, b, e, whole.dv);
+    result.forward_stats.push_back(fwd[r]->stats);
+    result.backward_stats.push_back(bwd[r]->stats);
+  }
+  return result;
+}
+
+}  // namespace ringattn::ring::testing

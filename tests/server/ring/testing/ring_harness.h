@@ -1,0 +1,40 @@
+#ifndef RINGATTN_TESTS_SERVER_RING_TESTING_RING_HARNESS_H_
+#define RINGATTN_TESTS_SERVER_RING_TESTING_RING_HARNESS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/reference/chunked_attention.h"
+#include "kernels/reference/synthetic_batch.h"
+#include "server/ring/ring_attention.h"
+
+namespace ringattn::ring::testing {
+
+// One rank's inputs, sliced from a whole synthetic batch.
+struct ShardData {
+  std::vector<uint8_t> q, k, v, dout;  // dtype bytes
+  std::vector<int32_t> doc, vision;
+  std::vector<uint8_t> padding;
+  ShardRef Ref(const kernels::reference::SyntheticBatch& batch, int64_t shard_len) const;
+};
+
+ShardData SliceShard(const kernels::reference::SyntheticBatch& batch, int cp, int rank);
+
+bool BatchHasVision(const kernels::reference::SyntheticBatch& batch);
+
+struct RingRunResult {
+  kernels::reference::ChunkedResult whole;  // Reassembled [.., S, ..] results.
+  std::vector<RingStats> forward_stats;     // Per rank.
+  std::vector<RingStats> backward_stats;
+};
+
+// A whole ring in one process: one thread per rank over an InProcessHub,
+// forward then backward, results reassembled over the whole sequence.
+absl::StatusOr<RingRunResult> RunInProcessRing(const kernels::reference::SyntheticBatch& batch,
+                                               const kernels::LayerConfig& layer, int cp,
+                                               int threads_per_rank = 1);
+
+}  // namespace ringattn::ring::testing
+
+#endif  // RINGATTN_TESTS_SERVER_RING_TESTING_RING_HARNESS_H_
