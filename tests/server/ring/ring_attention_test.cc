@@ -26,15 +26,7 @@ struct ParityCase {
 
 void PrintTo(const ParityCase& c, std::ostream* os) { *os << c.name; }
 
-// Packed documents, image blocks across the shard boundaries of every cp
-// tested (48, 64, 96, ...), and >= 48 padding tokens at the end so the last
-// shard is all padding for cp 4 and 8.
-RowLayout ParityLayout(int64_t row) {
-  RowLayout layout;
-  layout.doc_lengths = row == 0 ? std::vector<int64_t>{80, 60} : std::vector<int64_t>{30, 100};
-  layout.images = {{40, 60}, {62, 70}, {90, 100}};
-  return layout;
-}
+RowLayout ParityLayout(int64_t row) { return testing::RingTestLayout(row); }
 
 std::vector<ParityCase> ParityCases() {
   std::vector<ParityCase> cases;

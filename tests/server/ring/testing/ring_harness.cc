@@ -51,6 +51,13 @@ ShardData SliceShard(const SyntheticBatch& batch, int cp, int rank) {
   return d;
 }
 
+kernels::reference::RowLayout RingTestLayout(int64_t row) {
+  kernels::reference::RowLayout layout;
+  layout.doc_lengths = row == 0 ? std::vector<int64_t>{80, 60} : std::vector<int64_t>{30, 100};
+  layout.images = {{40, 60}, {62, 70}, {90, 100}};
+  return layout;
+}
+
 bool BatchHasVision(const SyntheticBatch& batch) {
   return std::any_of(batch.vision.begin(), batch.vision.end(), [](int32_t v) { return v >= 0; });
 }

@@ -21,6 +21,11 @@ struct ShardData {
 
 ShardData SliceShard(const kernels::reference::SyntheticBatch& batch, int cp, int rank);
 
+// Packed documents, image blocks across the shard boundaries of every cp
+// tested (48, 64, 96, ...), and >= 48 padding tokens at the end of S = 192,
+// so the last shard is all padding for cp 4 and 8. Row 1 differs from row 0.
+kernels::reference::RowLayout RingTestLayout(int64_t row);
+
 bool BatchHasVision(const kernels::reference::SyntheticBatch& batch);
 
 struct RingRunResult {
