@@ -12,9 +12,9 @@ size_t Align8(size_t n) { return (n + 7) / 8 * 8; }
 ChunkLayout::ChunkLayout(const ShardRef& shard)
     : dtype_(shard.dtype),
       kv_shape_{shard.batch, shard.kv_heads, shard.shard_len, shard.head_dim},
-      kv_bytes_(static_cast<size_t>(shard.batch * shard.kv_heads * shard.shard_len *
-                                    shard.head_dim) *
-                kernels::DTypeSize(shard.dtype)),
+      kv_bytes_(
+          static_cast<size_t>(shard.batch * shard.kv_heads * shard.shard_len * shard.head_dim) *
+          kernels::DTypeSize(shard.dtype)),
       tokens_(static_cast<size_t>(shard.batch * shard.shard_len)) {
   v_at_ = Align8(kv_bytes_);
   doc_at_ = v_at_ + Align8(kv_bytes_);
@@ -41,15 +41,13 @@ kernels::cpu::TensorRef ChunkLayout::V(std::span<const std::byte> msg) const {
   return {dtype_, kv_shape_, msg.data() + v_at_, kv_bytes_};
 }
 
-kernels::cpu::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg,
-                                             int64_t start) const {
+kernels::cpu::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t start) const {
   // The offsets are 8-byte aligned in a buffer from operator new, so the
   // int32 views are aligned.
   const auto* doc = reinterpret_cast<const int32_t*>(msg.data() + doc_at_);
   const auto* vision = reinterpret_cast<const int32_t*>(msg.data() + vision_at_);
   const auto* padding = reinterpret_cast<const uint8_t*>(msg.data() + padding_at_);
-  return {std::span(doc, tokens_), std::span(vision, tokens_), std::span(padding, tokens_),
-          start};
+  return {std::span(doc, tokens_), std::span(vision, tokens_), std::span(padding, tokens_), start};
 }
 
 }  // namespace ringattn::ring

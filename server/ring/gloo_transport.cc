@@ -62,13 +62,12 @@ class GlooOp : public PendingOp {
 
   absl::Status Wait(absl::Duration timeout) override {
     try {
-      const bool done = is_send_ ? buffer_->waitSend(Millis(timeout))
-                                 : buffer_->waitRecv(Millis(timeout));
+      const bool done =
+          is_send_ ? buffer_->waitSend(Millis(timeout)) : buffer_->waitRecv(Millis(timeout));
       if (!done) return absl::UnavailableError("transport aborted");
       return absl::OkStatus();
     } catch (const std::exception& e) {
-      return FromException(e, absl::StrCat(is_send_ ? "send to" : "receive from", " rank ",
-                                           peer_));
+      return FromException(e, absl::StrCat(is_send_ ? "send to" : "receive from", " rank ", peer_));
     }
   }
 
@@ -108,7 +107,8 @@ class GlooTransport : public Transport {
                                                    size_t size, bool is_send) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!context_) return absl::UnavailableError("transport aborted");
-    if (peer < 0 || peer >= size_) return absl::InvalidArgumentError(absl::StrCat("no rank ", peer));
+    if (peer < 0 || peer >= size_)
+      return absl::InvalidArgumentError(absl::StrCat("no rank ", peer));
     try {
       // Gloo's buffers only read from `data` on send; its API is not const.
       auto buffer = context_->createUnboundBuffer(data, size);

@@ -14,9 +14,9 @@ namespace ringattn::ring {
 struct GlooOptions {
   int rank = 0;
   int size = 1;
-  uint64_t generation = 0;  // Keys the rendezvous, so a rebuilt ring never
-                            // meets the addresses of an old one.
-  std::string hostname = "127.0.0.1";  // Address this rank listens on.
+  uint64_t generation = 0;                     // Keys the rendezvous, so a rebuilt ring never
+                                               // meets the addresses of an old one.
+  std::string hostname = "127.0.0.1";          // Address this rank listens on.
   absl::Duration timeout = absl::Seconds(60);  // Rendezvous and connect bound.
 };
 

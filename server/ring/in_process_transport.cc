@@ -14,8 +14,7 @@ class InProcessRecv : public PendingOp {
 
   absl::Status Wait(absl::Duration timeout) override {
     std::unique_lock<std::mutex> lock(hub_->mu_);
-    const auto deadline =
-        std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+    const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
     const int source = std::get<0>(key_);
     const int dest = std::get<1>(key_);
     while (true) {
@@ -35,8 +34,8 @@ class InProcessRecv : public PendingOp {
         return absl::UnavailableError(absl::StrCat("rank ", source, " is gone"));
       }
       if (hub_->cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            "no message from rank ", source, " within ", absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(absl::StrCat("no message from rank ", source, " within ",
+                                                        absl::FormatDuration(timeout)));
       }
     }
   }

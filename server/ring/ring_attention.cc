@@ -27,7 +27,6 @@ double Since(Clock::time_point t0) {
 
 std::span<std::byte> Bytes(std::vector<float>& v) { return std::as_writable_bytes(std::span(v)); }
 
-
 // Checks the shard against its own shapes, so that the kernels' errors can
 // only be ones every rank hits alike.
 absl::Status CheckShard(const ShardRef& s, const Transport& t) {
@@ -41,8 +40,8 @@ absl::Status CheckShard(const ShardRef& s, const Transport& t) {
   const auto tokens = static_cast<size_t>(s.batch * s.shard_len);
   if (s.q.size() != q_bytes || s.k.size() != kv_bytes || s.v.size() != kv_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("shard tensors have ", s.q.size(), "/",
-                                                   s.k.size(), "/", s.v.size(),
-                                                   " bytes, expected ", q_bytes, "/", kv_bytes));
+                                                   s.k.size(), "/", s.v.size(), " bytes, expected ",
+                                                   q_bytes, "/", kv_bytes));
   }
   if (s.doc.size() != tokens || s.vision.size() != tokens || s.padding.size() != tokens) {
     return absl::InvalidArgumentError(
@@ -69,8 +68,7 @@ class KvExchange {
   KvExchange(Transport& t, const RingCall& call, MessageKind kind)
       : t_(t), call_(call), kind_(kind) {}
 
-  absl::Status Post(int next_step, std::span<const std::byte> current,
-                    std::span<std::byte> next) {
+  absl::Status Post(int next_step, std::span<const std::byte> current, std::span<std::byte> next) {
     const uint64_t tag = MakeTag(call_.generation, call_.sequence, next_step, kind_);
     const int size = t_.size();
     RINGATTN_ASSIGN_OR_RETURN(recv_, t_.Recv((t_.rank() + size - 1) % size, tag, next));
@@ -91,8 +89,8 @@ class KvExchange {
     send_.reset();
     recv_.reset();
     if (!s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("ring step ", stats.step, " on rank ",
-                                                 t_.rank(), ": ", s.message()));
+      return absl::Status(s.code(), absl::StrCat("ring step ", stats.step, " on rank ", t_.rank(),
+                                                 ": ", s.message()));
     }
     return absl::OkStatus();
   }
@@ -184,8 +182,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::cpu::CpuContext
 }
 
 absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuContext& ctx,
-                                            const ShardRef& shard,
-                                            std::span<const std::byte> out,
+                                            const ShardRef& shard, std::span<const std::byte> out,
                                             std::span<const std::byte> dout,
                                             std::span<const float> lse, const RingCall& call) {
   const Clock::time_point t0 = Clock::now();
@@ -237,9 +234,9 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuConte
     if (i > 0) {
       RINGATTN_RETURN_IF_ERROR(wait(acc_send[i % 2], stats));
       RINGATTN_ASSIGN_OR_RETURN(
-          acc_recv, t.Recv(prev, MakeTag(call.generation, call.sequence, i,
-                                         MessageKind::kGradAccumulator),
-                           Bytes(cur_acc)));
+          acc_recv,
+          t.Recv(prev, MakeTag(call.generation, call.sequence, i, MessageKind::kGradAccumulator),
+                 Bytes(cur_acc)));
     }
     if (i < schedule.exchanges) {
       RINGATTN_RETURN_IF_ERROR(exchange.Post(i + 1, current, next));
@@ -312,19 +309,16 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuConte
 
 }  // namespace
 
-absl::StatusOr<RingForwardResult> RingForward(Transport& transport,
-                                              kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::cpu::CpuContext& ctx,
                                               const ShardRef& shard, const RingCall& call) {
   return AbortOnError(transport, Forward(transport, ctx, shard, call));
 }
 
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
-                                                kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport, kernels::cpu::CpuContext& ctx,
                                                 const ShardRef& shard,
                                                 std::span<const std::byte> out,
                                                 std::span<const std::byte> dout,
-                                                std::span<const float> lse,
-                                                const RingCall& call) {
+                                                std::span<const float> lse, const RingCall& call) {
   return AbortOnError(transport, Backward(transport, ctx, shard, out, dout, lse, call));
 }
 

@@ -27,11 +27,11 @@ namespace ringattn::ring {
 // This rank's contiguous shard [rank * L, (rank + 1) * L) of one call.
 struct ShardRef {
   kernels::DType dtype = kernels::DType::kF32;
-  int64_t batch = 0;      // B
-  int64_t heads = 0;      // H
-  int64_t kv_heads = 0;   // Hkv
-  int64_t shard_len = 0;  // L
-  int64_t head_dim = 0;   // D
+  int64_t batch = 0;                 // B
+  int64_t heads = 0;                 // H
+  int64_t kv_heads = 0;              // Hkv
+  int64_t shard_len = 0;             // L
+  int64_t head_dim = 0;              // D
   std::span<const std::byte> q;      // [B, H, L, D] dtype
   std::span<const std::byte> k;      // [B, Hkv, L, D] dtype
   std::span<const std::byte> v;      // [B, Hkv, L, D] dtype
@@ -43,9 +43,9 @@ struct ShardRef {
 // What every rank must agree on for one call.
 struct RingCall {
   kernels::LayerConfig layer;
-  bool batch_has_vision = false;  // Any vision token in the whole batch.
-  uint64_t generation = 0;        // Ring generation; bumped on rebuild.
-  uint64_t sequence = 0;          // Distinct per call within a generation.
+  bool batch_has_vision = false;               // Any vision token in the whole batch.
+  uint64_t generation = 0;                     // Ring generation; bumped on rebuild.
+  uint64_t sequence = 0;                       // Distinct per call within a generation.
   absl::Duration timeout = absl::Seconds(60);  // Bound on every wait.
 };
 
@@ -81,19 +81,16 @@ struct RingBackwardResult {
   RingStats stats;
 };
 
-absl::StatusOr<RingForwardResult> RingForward(Transport& transport,
-                                              kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::cpu::CpuContext& ctx,
                                               const ShardRef& shard, const RingCall& call);
 
 // out: [B, H, L, D] dtype and lse: [B, H, L], as RingForward returned them;
 // dout: [B, H, L, D] dtype.
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
-                                                kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport, kernels::cpu::CpuContext& ctx,
                                                 const ShardRef& shard,
                                                 std::span<const std::byte> out,
                                                 std::span<const std::byte> dout,
-                                                std::span<const float> lse,
-                                                const RingCall& call);
+                                                std::span<const float> lse, const RingCall& call);
 
 }  // namespace ringattn::ring
 

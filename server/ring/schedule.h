@@ -15,9 +15,9 @@
 namespace ringattn::ring {
 
 struct ScheduleConfig {
-  int cp = 1;                 // Ranks in the ring.
-  int rank = 0;               // This rank, in [0, cp).
-  int64_t shard_len = 1;      // L = P / cp.
+  int cp = 1;             // Ranks in the ring.
+  int rank = 0;           // This rank, in [0, cp).
+  int64_t shard_len = 1;  // L = P / cp.
   kernels::LayerConfig layer;
   // Whether the batch (all of it, not this shard) holds vision tokens; with
   // bidirectional vision on a sliding layer, any chunk may hold part of an
@@ -26,8 +26,8 @@ struct ScheduleConfig {
 };
 
 struct RingStep {
-  int step = 0;         // i: 0 is the rank's own chunk.
-  int chunk_owner = 0;  // (rank - i) mod cp: whose K/V the rank holds.
+  int step = 0;          // i: 0 is the rank's own chunk.
+  int chunk_owner = 0;   // (rank - i) mod cp: whose K/V the rank holds.
   bool compute = false;  // False if no (query, key) pair can attend by position.
 };
 

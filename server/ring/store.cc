@@ -23,8 +23,8 @@ std::string FileStore::PathOf(absl::string_view key) const {
 
 absl::Status FileStore::Set(absl::string_view key, const std::vector<char>& value) {
   const std::string path = PathOf(key);
-  const std::string tmp = absl::StrCat(path, ".tmp.", std::hash<std::thread::id>()(
-                                                          std::this_thread::get_id()));
+  const std::string tmp =
+      absl::StrCat(path, ".tmp.", std::hash<std::thread::id>()(std::this_thread::get_id()));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(value.data(), static_cast<std::streamsize>(value.size()));
@@ -47,8 +47,8 @@ absl::Status FileStore::Wait(const std::vector<std::string>& keys, absl::Duratio
   for (const std::string& key : keys) {
     while (!std::filesystem::exists(PathOf(key))) {
       if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            "store key '", key, "' not set within ", absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(
+            absl::StrCat("store key '", key, "' not set within ", absl::FormatDuration(timeout)));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }

@@ -43,8 +43,8 @@ int Run() {
   const int cp = absl::GetFlag(FLAGS_cp);
   const int rank = absl::GetFlag(FLAGS_rank);
   kernels::reference::BatchShape shape{absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_heads),
-                                       absl::GetFlag(FLAGS_kv_heads),
-                                       absl::GetFlag(FLAGS_seq_len), absl::GetFlag(FLAGS_head_dim)};
+                                       absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_seq_len),
+                                       absl::GetFlag(FLAGS_head_dim)};
   std::vector<kernels::reference::RowLayout> layouts;
   for (int64_t b = 0; b < shape.batch; ++b) layouts.push_back(testing::RingTestLayout(b));
   const auto batch = kernels::reference::MakeSyntheticBatch(shape, layouts, kernels::DType::kF32,
@@ -89,12 +89,12 @@ int Run() {
       std::fprintf(stderr, "rank %d: %s\n", rank, s.ToString().c_str());
       return 3;
     }
-    std::printf("rank %d call %d: forward %.3f s (compute %.3f, wait %.3f), backward %.3f s "
-                "(compute %.3f, wait %.3f), sent %lld bytes\n",
-                rank, i, fwd->stats.total_seconds, fwd->stats.compute_seconds,
-                fwd->stats.wait_seconds, bwd->stats.total_seconds, bwd->stats.compute_seconds,
-                bwd->stats.wait_seconds,
-                static_cast<long long>(fwd->stats.bytes_sent + bwd->stats.bytes_sent));
+    std::printf(
+        "rank %d call %d: forward %.3f s (compute %.3f, wait %.3f), backward %.3f s "
+        "(compute %.3f, wait %.3f), sent %lld bytes\n",
+        rank, i, fwd->stats.total_seconds, fwd->stats.compute_seconds, fwd->stats.wait_seconds,
+        bwd->stats.total_seconds, bwd->stats.compute_seconds, bwd->stats.wait_seconds,
+        static_cast<long long>(fwd->stats.bytes_sent + bwd->stats.bytes_sent));
   }
   std::vector<float> out(fwd->out.size() / sizeof(float));
   kernels::cpu::ToF32(kernels::DType::kF32, fwd->out.data(), static_cast<int64_t>(out.size()),

@@ -66,13 +66,13 @@ ProcessRing StartRing(int cp, int64_t batch, int64_t window, double timeout_seco
                       int stalled_rank = -1) {
   ProcessRing ring{MakeTempDir(), {}};
   for (int r = 0; r < cp; ++r) {
-    ring.pids.push_back(Spawn(
-        {RINGATTN_GLOO_RANK_BINARY, "--store_dir=" + ring.dir, "--rank=" + std::to_string(r),
-         "--cp=" + std::to_string(cp), "--batch=" + std::to_string(batch),
-         "--window=" + std::to_string(window), "--seed=" + std::to_string(cp * 10 + batch),
-         "--out_file=" + ring.dir + "/rank" + std::to_string(r) + ".bin",
-         "--timeout_seconds=" + std::to_string(timeout_seconds),
-         "--stall_seconds=" + std::string(r == stalled_rank ? "60" : "0")}));
+    ring.pids.push_back(
+        Spawn({RINGATTN_GLOO_RANK_BINARY, "--store_dir=" + ring.dir, "--rank=" + std::to_string(r),
+               "--cp=" + std::to_string(cp), "--batch=" + std::to_string(batch),
+               "--window=" + std::to_string(window), "--seed=" + std::to_string(cp * 10 + batch),
+               "--out_file=" + ring.dir + "/rank" + std::to_string(r) + ".bin",
+               "--timeout_seconds=" + std::to_string(timeout_seconds),
+               "--stall_seconds=" + std::string(r == stalled_rank ? "60" : "0")}));
   }
   return ring;
 }
@@ -91,8 +91,8 @@ void ExpectProcessRingMatchesOracle(int cp, int64_t batch_size, int64_t window) 
   kernels::reference::BatchShape shape{batch_size, 4, 2, 192, 64};
   std::vector<kernels::reference::RowLayout> layouts;
   for (int64_t b = 0; b < batch_size; ++b) layouts.push_back(testing::RingTestLayout(b));
-  const auto batch = kernels::reference::MakeSyntheticBatch(shape, layouts, kernels::DType::kF32,
-                                                            static_cast<uint64_t>(cp * 10 + batch_size));
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      shape, layouts, kernels::DType::kF32, static_cast<uint64_t>(cp * 10 + batch_size));
   kernels::LayerConfig layer;
   layer.kind = window > 0 ? kernels::LayerKind::kSliding : kernels::LayerKind::kFull;
   layer.window = window > 0 ? window : 512;

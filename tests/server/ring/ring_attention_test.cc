@@ -39,8 +39,8 @@ std::vector<ParityCase> ParityCases() {
         layer.scale = 0.125f;
         const std::string kind =
             window > 0 ? "Sliding_W" + std::to_string(window) : std::string("Full");
-        cases.push_back({kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp), cp, b,
-                         layer});
+        cases.push_back(
+            {kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp), cp, b, layer});
       }
     }
   }
@@ -57,8 +57,8 @@ TEST_P(RingParityTest, MatchesOracle) {
   BatchShape shape{c.batch, 4, 2, 192, 64};
   std::vector<RowLayout> layouts;
   for (int64_t b = 0; b < c.batch; ++b) layouts.push_back(ParityLayout(b));
-  const auto batch = kernels::reference::MakeSyntheticBatch(shape, layouts,
-                                                            kernels::DType::kF32, 5 + c.cp);
+  const auto batch =
+      kernels::reference::MakeSyntheticBatch(shape, layouts, kernels::DType::kF32, 5 + c.cp);
   absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, c.layer, c.cp);
   ASSERT_TRUE(got.ok()) << got.status();
   kernels::testing::ExpectResultMatchesOracle(batch, c.layer, got->whole, /*backward=*/true);
@@ -77,8 +77,8 @@ TEST(RingTest, Bf16RingMatchesOracle) {
   layer.kind = LayerKind::kSliding;
   layer.window = 40;
   layer.scale = 0.125f;
-  const auto batch = kernels::reference::MakeSyntheticBatch(
-      {1, 4, 2, 192, 64}, {ParityLayout(0)}, kernels::DType::kBF16, 9);
+  const auto batch = kernels::reference::MakeSyntheticBatch({1, 4, 2, 192, 64}, {ParityLayout(0)},
+                                                            kernels::DType::kBF16, 9);
   absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, 4);
   ASSERT_TRUE(got.ok()) << got.status();
   kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, true);

@@ -60,8 +60,8 @@ TEST(ScheduleTest, ComputesExactlyTheNeededChunksOnEveryRank) {
       for (int o = 0; o < c.cp; ++o) {
         const bool needed = NeededByBruteForce(c, r, o);
         ASSERT_EQ(computed.count(o) == 1, needed)
-            << "trial " << trial << " rank " << r << " chunk " << o << " cp " << c.cp
-            << " L " << c.shard_len << " W " << c.layer.window;
+            << "trial " << trial << " rank " << r << " chunk " << o << " cp " << c.cp << " L "
+            << c.shard_len << " W " << c.layer.window;
       }
       // Gradients go home: whoever holds chunk r last sends it to r.
       const int holder = (r + s->exchanges) % c.cp;
