@@ -1,0 +1,291 @@
+// Ring benchmark: forward + backward of one causal full layer (B=1, H=8,
+// Hkv=4, S=4096, D=128, fp32) as a Gloo ring of cp = 2 and cp = 4 separate
+// processes on 127.0.0.1 (one kernel thread each), against one process doing
+// the same total work on all cores, in one run. Prints per-rank compute and
+// step times, ring efficiency (compute / step time), the work imbalance of
+// contiguous causal sharding, bytes per step against the theoretical chunk
+// size, and the fraction of communication hidden behind compute. Ends with
+// `figure: <name> <value>` lines.
+//
+//   build/release/bench/ringattn_ring_bench [--seq_len=4096] [--repeat=2]
+//
+// The binary re-runs itself with --rank=N for each rank.
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "kernels/cpu/cpu_context.h"
+#include "kernels/reference/chunked_attention.h"
+#include "kernels/reference/synthetic_batch.h"
+#include "server/ring/gloo_transport.h"
+#include "server/ring/ring_attention.h"
+
+ABSL_FLAG(int64_t, seq_len, 4096, "Sequence length S (a multiple of 8).");
+ABSL_FLAG(int, repeat, 2, "Timed forward+backward calls per configuration (best kept).");
+ABSL_FLAG(int, rank, -1, "Internal: run as this rank of a ring.");
+ABSL_FLAG(int, cp, 0, "Internal: ring size of the rank run.");
+ABSL_FLAG(std::string, dir, "", "Internal: store and report directory of the rank run.");
+
+extern char** environ;
+
+namespace ringattn::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kB = 1, kH = 8, kHkv = 4, kD = 128;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+kernels::reference::SyntheticBatch MakeBatch(int64_t seq_len) {
+  kernels::reference::RowLayout layout;
+  layout.doc_lengths = {seq_len};
+  return kernels::reference::MakeSyntheticBatch({kB, kH, kHkv, seq_len, kD}, {layout},
+                                                kernels::DType::kF32, 17);
+}
+
+kernels::LayerConfig Layer() {
+  kernels::LayerConfig layer;
+  layer.scale = 0.088388f;  // 1 / sqrt(128)
+  return layer;
+}
+
+// One rank: connect, time a bare K/V exchange (the communication a step
+// would cost with nothing to hide it), then time forward + backward calls.
+int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repeat) {
+  using kernels::reference::Encode;
+  using kernels::reference::SliceSequence;
+  const auto batch = MakeBatch(seq_len);
+  const int64_t L = seq_len / cp;
+  const int64_t b = rank * L, e = b + L;
+  const auto q = Encode(SliceSequence(batch.q, kB * kH, seq_len, kD, b, e), batch.dtype);
+  const auto k = Encode(SliceSequence(batch.k, kB * kHkv, seq_len, kD, b, e), batch.dtype);
+  const auto v = Encode(SliceSequence(batch.v, kB * kHkv, seq_len, kD, b, e), batch.dtype);
+  const auto dout = Encode(SliceSequence(batch.dout, kB * kH, seq_len, kD, b, e), batch.dtype);
+  const auto doc = SliceSequence(batch.doc, kB, seq_len, 1, b, e);
+  const auto vision = SliceSequence(batch.vision, kB, seq_len, 1, b, e);
+  const auto padding = SliceSequence(batch.padding, kB, seq_len, 1, b, e);
+  ring::ShardRef shard{batch.dtype, kB, kH, kHkv, L, kD,
+                       std::as_bytes(std::span(q)), std::as_bytes(std::span(k)),
+                       std::as_bytes(std::span(v)), doc, vision, padding};
+
+  ring::FileStore store(dir);
+  ring::GlooOptions options;
+  options.rank = rank;
+  options.size = cp;
+  auto transport = ring::ConnectGloo(store, options);
+  if (!transport.ok()) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, transport.status().ToString().c_str());
+    return 3;
+  }
+  auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+
+  // Bare exchange of one K/V chunk message, no compute.
+  const size_t chunk_bytes = 2 * q.size() / kH * kHkv + static_cast<size_t>(kB * L) * 9;
+  std::vector<std::byte> send(chunk_bytes), recv(chunk_bytes);
+  double bare = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    const Clock::time_point t0 = Clock::now();
+    auto r = (*transport)->Recv((rank + cp - 1) % cp, 1000 + i, recv);
+    auto s = (*transport)->Send((rank + 1) % cp, 1000 + i, send);
+    if (!r.ok() || !s.ok() || !(*s)->Wait(absl::Seconds(60)).ok() ||
+        !(*r)->Wait(absl::Seconds(60)).ok()) {
+      std::fprintf(stderr, "rank %d: bare exchange failed\n", rank);
+      return 3;
+    }
+    bare = std::min(bare, Since(t0));
+  }
+
+  ring::RingCall call;
+  call.layer = Layer();
+  call.generation = 1;
+  double best_total = 1e30;
+  ring::RingStats best_fwd, best_bwd;
+  for (int i = 0; i < repeat; ++i) {
+    call.sequence = static_cast<uint64_t>(i);
+    auto fwd = ring::RingForward(**transport, **ctx, shard, call);
+    if (!fwd.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, fwd.status().ToString().c_str());
+      return 3;
+    }
+    auto bwd = ring::RingBackward(**transport, **ctx, shard, fwd->out,
+                                  std::as_bytes(std::span(dout)), fwd->lse, call);
+    if (!bwd.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, bwd.status().ToString().c_str());
+      return 3;
+    }
+    const double total = fwd->stats.total_seconds + bwd->stats.total_seconds;
+    if (total < best_total) {
+      best_total = total;
+      best_fwd = fwd->stats;
+      best_bwd = bwd->stats;
+    }
+  }
+  // Report: total, compute, wait, steps with wait and bytes, bare exchange.
+  std::ofstream out(dir + "/report" + std::to_string(rank));
+  const int steps = static_cast<int>(best_fwd.steps.size());
+  out << best_total << " " << best_fwd.compute_seconds + best_bwd.compute_seconds << " "
+      << best_fwd.wait_seconds << " " << steps << " " << best_fwd.bytes_sent << " " << bare
+      << " " << chunk_bytes << " " << best_fwd.total_seconds << " " << best_bwd.total_seconds
+      << "\n";
+  return out ? 0 : 4;
+}
+
+struct RankReport {
+  double total, compute, fwd_wait;
+  int steps;
+  int64_t fwd_bytes;
+  double bare;
+  int64_t chunk_bytes;
+  double fwd_total, bwd_total;
+};
+
+int RunDriver(const char* self, int64_t seq_len, int repeat) {
+  std::printf("ring benchmark: B=%lld H=%lld Hkv=%lld S=%lld D=%lld fp32, causal full layer, "
+              "%u cores\n",
+              static_cast<long long>(kB), static_cast<long long>(kH),
+              static_cast<long long>(kHkv), static_cast<long long>(seq_len),
+              static_cast<long long>(kD), std::thread::hardware_concurrency());
+  // Baseline: the same total work in one process on every core.
+  auto ctx = kernels::cpu::CpuContext::Create({});
+  const auto batch = MakeBatch(seq_len);
+  double single = 1e30;
+  for (int i = 0; i < repeat; ++i) {
+    auto r = kernels::reference::RunChunked(batch, Layer(), 1, **ctx);
+    if (!r.ok()) {
+      std::fprintf(stderr, "error: %s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    single = std::min(single, r->forward_seconds + r->backward_seconds);
+  }
+  std::printf("one process, %d threads: forward+backward %.3f s\n", (*ctx)->pool().num_threads(),
+              single);
+
+  std::vector<std::string> figures;
+  for (int cp : {2, 4}) {
+    char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
+    const std::string dir = mkdtemp(tmpl);
+    std::vector<pid_t> pids;
+    const Clock::time_point t0 = Clock::now();
+    for (int r = 0; r < cp; ++r) {
+      std::vector<std::string> args = {self,
+                                       "--rank=" + std::to_string(r),
+                                       "--cp=" + std::to_string(cp),
+                                       "--dir=" + dir,
+                                       "--seq_len=" + std::to_string(seq_len),
+                                       "--repeat=" + std::to_string(repeat)};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      pid_t pid;
+      if (posix_spawn(&pid, self, nullptr, nullptr, argv.data(), environ) != 0) return 1;
+      pids.push_back(pid);
+    }
+    bool ok = true;
+    for (pid_t pid : pids) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "error: a rank of the cp=%d ring failed\n", cp);
+      return 1;
+    }
+    std::printf("cp=%d ring (%d processes, wall %.1f s incl. start-up):\n", cp, cp, Since(t0));
+    std::vector<RankReport> reports(cp);
+    for (int r = 0; r < cp; ++r) {
+      std::ifstream in(dir + "/report" + std::to_string(r));
+      RankReport& x = reports[r];
+      in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >>
+          x.chunk_bytes >> x.fwd_total >> x.bwd_total;
+      std::printf("  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
+                  "exchange %.4f s\n",
+                  r, x.total, x.compute, x.fwd_wait, x.bare);
+    }
+    std::filesystem::remove_all(dir);
+    // Hidden communication, per rank: the share of a bare exchange that did
+    // not show up as waiting after compute. The wait also holds time spent
+    // on slower peers (causal imbalance), so this is a lower bound.
+    double step_time = 0.0, compute_sum = 0.0, hidden_sum = 0.0;
+    for (const RankReport& x : reports) {
+      step_time = std::max(step_time, x.total);
+      compute_sum += x.compute;
+      const double wait_per_step = x.fwd_wait / std::max(1, x.steps - 1);
+      hidden_sum += std::clamp(1.0 - std::min(wait_per_step, x.bare) / x.bare, 0.0, 1.0);
+    }
+    const double efficiency = compute_sum / (cp * step_time);
+    const double imbalance = reports.back().compute / reports.front().compute;
+    const double mean_compute = compute_sum / cp;
+    double max_compute = 0.0;
+    for (const RankReport& x : reports) max_compute = std::max(max_compute, x.compute);
+    // Theory: one K/V chunk (fp32 K and V of Hkv heads, L tokens) plus 9
+    // bytes of metadata per token, aligned to 8 bytes.
+    const int64_t L = seq_len / cp;
+    const int64_t theory = 2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) +
+                           (kB * L + 7) / 8 * 8;
+    const double per_step = static_cast<double>(reports[0].fwd_bytes) / (reports[0].steps - 1);
+    const double hidden = hidden_sum / cp;
+    std::printf("  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
+                "rank %.2f, max/mean %.2f; bytes per forward step %.0f (theory %lld); "
+                "communication hidden >= %.2f\n",
+                step_time, efficiency, imbalance, max_compute / mean_compute, per_step,
+                static_cast<long long>(theory), hidden);
+    const std::string p = "ring_cp" + std::to_string(cp) + "_";
+    auto fig = [&](const std::string& name, double value) {
+      std::ostringstream s;
+      s << "figure: " << p << name << " " << value;
+      figures.push_back(s.str());
+    };
+    fig("fwd_bwd_seconds", step_time);
+    fig("speedup_vs_one_process", single / step_time);
+    fig("efficiency", efficiency);
+    fig("imbalance_last_over_first_rank", imbalance);
+    fig("imbalance_max_over_mean", max_compute / mean_compute);
+    fig("bytes_per_step_vs_theory", per_step / static_cast<double>(theory));
+    fig("comm_hidden_fraction", hidden);
+  }
+  std::printf("\n");
+  for (const std::string& f : figures) std::printf("%s\n", f.c_str());
+  std::printf("figure: ring_one_process_fwd_bwd_seconds %.3f\n", single);
+  return 0;
+}
+
+}  // namespace
+}  // namespace ringattn::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Benchmarks ring attention over Gloo processes against one process doing the same work.");
+  absl::ParseCommandLine(argc, argv);
+  const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
+  const int repeat = std::max(1, absl::GetFlag(FLAGS_repeat));
+  if (seq_len < 8 || seq_len % 8 != 0) {
+    std::fprintf(stderr, "error: --seq_len must be a positive multiple of 8\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_rank) >= 0) {
+    return ringattn::bench::RunRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp),
+                                    absl::GetFlag(FLAGS_dir), seq_len, repeat);
+  }
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return 1;
+  self[n] = '\0';
+  return ringattn::bench::RunDriver(self, seq_len, repeat);
+}
