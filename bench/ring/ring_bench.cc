@@ -71,19 +71,34 @@ kernels::LayerConfig Layer() {
 int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repeat) {
   using kernels::reference::Encode;
   using kernels::reference::SliceSequence;
-  const auto batch = MakeBatch(seq_len);
   const int64_t L = seq_len / cp;
   const int64_t b = rank * L, e = b + L;
-  const auto q = Encode(SliceSequence(batch.q, kB * kH, seq_len, kD, b, e), batch.dtype);
-  const auto k = Encode(SliceSequence(batch.k, kB * kHkv, seq_len, kD, b, e), batch.dtype);
-  const auto v = Encode(SliceSequence(batch.v, kB * kHkv, seq_len, kD, b, e), batch.dtype);
-  const auto dout = Encode(SliceSequence(batch.dout, kB * kH, seq_len, kD, b, e), batch.dtype);
-  const auto doc = SliceSequence(batch.doc, kB, seq_len, 1, b, e);
-  const auto vision = SliceSequence(batch.vision, kB, seq_len, 1, b, e);
-  const auto padding = SliceSequence(batch.padding, kB, seq_len, 1, b, e);
-  ring::ShardRef shard{batch.dtype, kB, kH, kHkv, L, kD,
-                       std::as_bytes(std::span(q)), std::as_bytes(std::span(k)),
-                       std::as_bytes(std::span(v)), doc, vision, padding};
+  std::vector<uint8_t> q, k, v, dout, padding;
+  std::vector<int32_t> doc, vision;
+  const kernels::DType dtype = kernels::DType::kF32;
+  {
+    // The whole batch only lives long enough to cut this rank's shard.
+    const auto batch = MakeBatch(seq_len);
+    q = Encode(SliceSequence(batch.q, kB * kH, seq_len, kD, b, e), dtype);
+    k = Encode(SliceSequence(batch.k, kB * kHkv, seq_len, kD, b, e), dtype);
+    v = Encode(SliceSequence(batch.v, kB * kHkv, seq_len, kD, b, e), dtype);
+    dout = Encode(SliceSequence(batch.dout, kB * kH, seq_len, kD, b, e), dtype);
+    doc = SliceSequence(batch.doc, kB, seq_len, 1, b, e);
+    vision = SliceSequence(batch.vision, kB, seq_len, 1, b, e);
+    padding = SliceSequence(batch.padding, kB, seq_len, 1, b, e);
+  }
+  ring::ShardRef shard{dtype,
+                       kB,
+                       kH,
+                       kHkv,
+                       L,
+                       kD,
+                       std::as_bytes(std::span(q)),
+                       std::as_bytes(std::span(k)),
+                       std::as_bytes(std::span(v)),
+                       doc,
+                       vision,
+                       padding};
 
   ring::FileStore store(dir);
   ring::GlooOptions options;
@@ -112,6 +127,8 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
     bare = std::min(bare, Since(t0));
   }
 
+  // Peak RSS from here on (Linux: writing 5 to clear_refs resets VmHWM).
+  std::ofstream("/proc/self/clear_refs") << "5";
   ring::RingCall call;
   call.layer = Layer();
   call.generation = 1;
@@ -138,12 +155,27 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
     }
   }
   // Report: total, compute, wait, steps with wait and bytes, bare exchange.
+  double peak_rss = 0.0;
+  {
+    std::ifstream status("/proc/self/status");
+    std::string key;
+    while (status >> key) {
+      if (key == "VmHWM:") {
+        status >> peak_rss;
+        peak_rss *= 1024.0;
+        break;
+      }
+    }
+  }
+  // The shard's own tensors: Q, K, V, dO in, O, LSE, dQ, dK, dV out (fp32).
+  const double shard_bytes = static_cast<double>(q.size() + k.size() + v.size() + dout.size()) +
+                             3.0 * q.size() / kD + 2.0 * static_cast<double>(q.size() + k.size());
   std::ofstream out(dir + "/report" + std::to_string(rank));
   const int steps = static_cast<int>(best_fwd.steps.size());
   out << best_total << " " << best_fwd.compute_seconds + best_bwd.compute_seconds << " "
-      << best_fwd.wait_seconds << " " << steps << " " << best_fwd.bytes_sent << " " << bare
-      << " " << chunk_bytes << " " << best_fwd.total_seconds << " " << best_bwd.total_seconds
-      << "\n";
+      << best_fwd.wait_seconds << " " << steps << " " << best_fwd.bytes_sent << " " << bare << " "
+      << chunk_bytes << " " << best_fwd.total_seconds << " " << best_bwd.total_seconds << " "
+      << peak_rss << " " << shard_bytes << "\n";
   return out ? 0 : 4;
 }
 
@@ -154,14 +186,16 @@ struct RankReport {
   double bare;
   int64_t chunk_bytes;
   double fwd_total, bwd_total;
+  double peak_rss, shard_bytes;
 };
 
 int RunDriver(const char* self, int64_t seq_len, int repeat) {
-  std::printf("ring benchmark: B=%lld H=%lld Hkv=%lld S=%lld D=%lld fp32, causal full layer, "
-              "%u cores\n",
-              static_cast<long long>(kB), static_cast<long long>(kH),
-              static_cast<long long>(kHkv), static_cast<long long>(seq_len),
-              static_cast<long long>(kD), std::thread::hardware_concurrency());
+  std::printf(
+      "ring benchmark: B=%lld H=%lld Hkv=%lld S=%lld D=%lld fp32, causal full layer, "
+      "%u cores\n",
+      static_cast<long long>(kB), static_cast<long long>(kH), static_cast<long long>(kHkv),
+      static_cast<long long>(seq_len), static_cast<long long>(kD),
+      std::thread::hardware_concurrency());
   // Baseline: the same total work in one process on every core.
   auto ctx = kernels::cpu::CpuContext::Create({});
   const auto batch = MakeBatch(seq_len);
@@ -213,10 +247,13 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
       std::ifstream in(dir + "/report" + std::to_string(r));
       RankReport& x = reports[r];
       in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >>
-          x.chunk_bytes >> x.fwd_total >> x.bwd_total;
-      std::printf("  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
-                  "exchange %.4f s\n",
-                  r, x.total, x.compute, x.fwd_wait, x.bare);
+          x.chunk_bytes >> x.fwd_total >> x.bwd_total >> x.peak_rss >> x.shard_bytes;
+      std::printf(
+          "  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
+          "exchange %.4f s, peak RSS in the ring %.0f MiB (%.2fx its shard's tensors, "
+          "process and libraries included)\n",
+          r, x.total, x.compute, x.fwd_wait, x.bare, x.peak_rss / 1048576.0,
+          x.peak_rss / x.shard_bytes);
     }
     std::filesystem::remove_all(dir);
     // Hidden communication, per rank: the share of a bare exchange that did
@@ -237,15 +274,16 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
     // Theory: one K/V chunk (fp32 K and V of Hkv heads, L tokens) plus 9
     // bytes of metadata per token, aligned to 8 bytes.
     const int64_t L = seq_len / cp;
-    const int64_t theory = 2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) +
-                           (kB * L + 7) / 8 * 8;
+    const int64_t theory =
+        2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) + (kB * L + 7) / 8 * 8;
     const double per_step = static_cast<double>(reports[0].fwd_bytes) / (reports[0].steps - 1);
     const double hidden = hidden_sum / cp;
-    std::printf("  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
-                "rank %.2f, max/mean %.2f; bytes per forward step %.0f (theory %lld); "
-                "communication hidden >= %.2f\n",
-                step_time, efficiency, imbalance, max_compute / mean_compute, per_step,
-                static_cast<long long>(theory), hidden);
+    std::printf(
+        "  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
+        "rank %.2f, max/mean %.2f; bytes per forward step %.0f (theory %lld); "
+        "communication hidden >= %.2f\n",
+        step_time, efficiency, imbalance, max_compute / mean_compute, per_step,
+        static_cast<long long>(theory), hidden);
     const std::string p = "ring_cp" + std::to_string(cp) + "_";
     auto fig = [&](const std::string& name, double value) {
       std::ostringstream s;
@@ -259,6 +297,9 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
     fig("imbalance_max_over_mean", max_compute / mean_compute);
     fig("bytes_per_step_vs_theory", per_step / static_cast<double>(theory));
     fig("comm_hidden_fraction", hidden);
+    double rss_ratio = 0.0;
+    for (const RankReport& x : reports) rss_ratio = std::max(rss_ratio, x.peak_rss / x.shard_bytes);
+    fig("peak_rss_vs_shard_tensors_max_rank", rss_ratio);
   }
   std::printf("\n");
   for (const std::string& f : figures) std::printf("%s\n", f.c_str());

@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "kernels/reference/compare.h"
+#include "kernels/reference/dense_attention.h"
 #include "server/ring/in_process_transport.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
@@ -82,6 +84,52 @@ TEST(RingTest, Bf16RingMatchesOracle) {
   absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, 4);
   ASSERT_TRUE(got.ok()) << got.status();
   kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, true);
+}
+
+// dK/dV accumulators travel in fp32, so the bf16 gradient error does not
+// grow with the ring size.
+TEST(RingTest, Bf16GradientErrorIsFlatInCp) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 4, 2, 192, 64}, {kernels::testing::SingleDocument(192)}, kernels::DType::kBF16, 6);
+  const auto problem = kernels::reference::ToDenseProblem(batch, layer);
+  const std::vector<double> dout(batch.dout.begin(), batch.dout.end());
+  const auto want = kernels::reference::DenseBackward(problem, dout);
+  double err_cp1 = 0.0;
+  for (int cp : {1, 2, 4, 8}) {
+    absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, cp);
+    ASSERT_TRUE(got.ok()) << got.status();
+    const double err = std::max(kernels::reference::Compare(got->whole.dk, want.dk).relative(),
+                                kernels::reference::Compare(got->whole.dv, want.dv).relative());
+    if (cp == 1) err_cp1 = err;
+    EXPECT_LE(err, 1.5 * err_cp1 + 1e-6) << "cp " << cp;
+  }
+}
+
+// A rank whose whole shard is padding exchanges like every other and
+// returns exact zeros.
+TEST(RingTest, AllPaddingRankReturnsExactZeros) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 192, 32}, {testing::RingTestLayout(0)}, kernels::DType::kF32, 8);
+  absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, layer, 4);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->forward_stats[3].steps.size(), 4u);
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 144; i < 192; ++i) {
+      EXPECT_EQ(got->whole.lse[h * 192 + i], -INFINITY);
+      for (int64_t d = 0; d < 32; ++d) {
+        ASSERT_EQ(got->whole.out[(h * 192 + i) * 32 + d], 0.0f);
+        ASSERT_EQ(got->whole.dq[(h * 192 + i) * 32 + d], 0.0f);
+        if (h == 0) {
+          ASSERT_EQ(got->whole.dk[i * 32 + d], 0.0f);
+          ASSERT_EQ(got->whole.dv[i * 32 + d], 0.0f);
+        }
+      }
+    }
+  }
 }
 
 TEST(RingTest, SkippedStepsAreNotComputedButStillExchanged) {
