@@ -107,8 +107,9 @@ class GlooTransport : public Transport {
                                                    size_t size, bool is_send) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!context_) return absl::UnavailableError("transport aborted");
-    if (peer < 0 || peer >= size_)
+    if (peer < 0 || peer >= size_) {
       return absl::InvalidArgumentError(absl::StrCat("no rank ", peer));
+    }
     try {
       // Gloo's buffers only read from `data` on send; its API is not const.
       auto buffer = context_->createUnboundBuffer(data, size);

@@ -50,7 +50,7 @@ namespace {
 
 class DoneOp : public PendingOp {
  public:
-  absl::Status Wait(absl::Duration) override { return absl::OkStatus(); }
+  absl::Status Wait(absl::Duration /*timeout*/) override { return absl::OkStatus(); }
 };
 
 }  // namespace
