@@ -163,7 +163,8 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
     RINGATTN_RETURN_IF_ERROR(ExpectInteger("packed_seq_ids", *in.packed_seq_ids));
     for (int64_t i = 0; i < B * S; ++i) out.doc_ids.SetInt(i, in.packed_seq_ids->IntAt(i));
   } else {
-    for (int64_t i = 0; i < B * S; ++i) out.doc_ids.SetInt(i, out.padding_mask.IntAt(i) != 0 ? 0 : 1);
+    for (int64_t i = 0; i < B * S; ++i)
+      out.doc_ids.SetInt(i, out.padding_mask.IntAt(i) != 0 ? 0 : 1);
   }
 
   // Rule 6: vision groups on the full, unsharded sequence: each maximal run

@@ -1,0 +1,161 @@
+#include "client/attention_client.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "proto/wire/tensor_stream.h"
+
+namespace ringattn::client {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+template <typename T>
+std::vector<T> As(const std::vector<std::byte>& bytes) {
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
+
+void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
+}
+
+}  // namespace
+
+AttentionClient::AttentionClient(std::shared_ptr<grpc::Channel> channel)
+    : stub_(attention::v1::AttentionService::NewStub(std::move(channel))) {}
+
+std::unique_ptr<AttentionClient> AttentionClient::Connect(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  args.SetMaxSendMessageSize(8 << 20);
+  return std::make_unique<AttentionClient>(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
+                                                        absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout);
+  auto stream = stub_->Forward(&ctx);
+  attention::v1::ForwardRequest req;
+  attention::v1::ForwardHeader* h = req.mutable_header();
+  *h->mutable_layer() = in.layer;
+  h->set_dtype(in.dtype);
+  h->set_batch(in.batch);
+  h->set_heads(in.heads);
+  h->set_kv_heads(in.kv_heads);
+  h->set_seq_len(in.seq_len);
+  h->set_head_dim(in.head_dim);
+  bool ok = stream->Write(req);
+  auto send = [&](const std::string& name, const std::string& dtype,
+                  const std::vector<int64_t>& shape, std::span<const std::byte> data) {
+    if (!ok) return;
+    wire::SplitTensor(name, dtype, shape, data, [&](const attention::v1::TensorChunk& c) {
+      attention::v1::ForwardRequest r;
+      *r.mutable_chunk() = c;
+      ok = stream->Write(r);
+      return ok;
+    });
+  };
+  const std::vector<int64_t> q_shape = {in.batch, in.heads, in.seq_len, in.head_dim};
+  const std::vector<int64_t> kv_shape = {in.batch, in.kv_heads, in.seq_len, in.head_dim};
+  const std::vector<int64_t> tokens = {in.batch, in.seq_len};
+  send("q", in.dtype, q_shape, in.q);
+  send("k", in.dtype, kv_shape, in.k);
+  send("v", in.dtype, kv_shape, in.v);
+  if (in.doc_ids) send("doc_ids", "INT32", tokens, std::as_bytes(*in.doc_ids));
+  if (in.vision_groups) send("vision_groups", "INT32", tokens, std::as_bytes(*in.vision_groups));
+  if (in.padding_mask) send("padding_mask", "BOOL", tokens, std::as_bytes(*in.padding_mask));
+  stream->WritesDone();
+
+  ForwardOutputs out;
+  wire::TensorAssembler assembler(uint64_t{1} << 40);
+  assembler.Expect("out", in.dtype, q_shape, true);
+  assembler.Expect("lse", "FP32", {in.batch, in.heads, in.seq_len}, true);
+  attention::v1::ForwardResponse resp;
+  absl::Status bad;
+  while (stream->Read(&resp)) {
+    if (resp.has_session()) out.session = resp.session();
+    if (resp.has_metrics()) out.metrics = resp.metrics();
+    if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
+  }
+  if (absl::Status s = FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (bad.ok()) bad = assembler.Finish();
+  if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
+  out.out = assembler.Take("out");
+  out.lse = As<float>(assembler.Take("lse"));
+  return out;
+}
+
+absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& shapes,
+                                                          const std::string& handle,
+                                                          std::span<const std::byte> dout,
+                                                          absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout);
+  auto stream = stub_->Backward(&ctx);
+  attention::v1::BackwardRequest req;
+  req.mutable_header()->set_handle(handle);
+  bool ok = stream->Write(req);
+  const std::vector<int64_t> q_shape = {shapes.batch, shapes.heads, shapes.seq_len,
+                                        shapes.head_dim};
+  const std::vector<int64_t> kv_shape = {shapes.batch, shapes.kv_heads, shapes.seq_len,
+                                         shapes.head_dim};
+  if (ok) {
+    wire::SplitTensor("dout", shapes.dtype, q_shape, dout,
+                      [&](const attention::v1::TensorChunk& c) {
+                        attention::v1::BackwardRequest r;
+                        *r.mutable_chunk() = c;
+                        ok = stream->Write(r);
+                        return ok;
+                      });
+  }
+  stream->WritesDone();
+  BackwardOutputs out;
+  wire::TensorAssembler assembler(uint64_t{1} << 40);
+  assembler.Expect("dq", "FP32", q_shape, true);
+  assembler.Expect("dk", "FP32", kv_shape, true);
+  assembler.Expect("dv", "FP32", kv_shape, true);
+  attention::v1::BackwardResponse resp;
+  absl::Status bad;
+  while (stream->Read(&resp)) {
+    if (resp.has_metrics()) out.metrics = resp.metrics();
+    if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
+  }
+  if (absl::Status s = FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (bad.ok()) bad = assembler.Finish();
+  if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
+  out.dq = As<float>(assembler.Take("dq"));
+  out.dk = As<float>(assembler.Take("dk"));
+  out.dv = As<float>(assembler.Take("dv"));
+  return out;
+}
+
+absl::Status AttentionClient::Release(const std::string& handle) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(30));
+  attention::v1::ReleaseRequest req;
+  req.set_handle(handle);
+  attention::v1::ReleaseResponse resp;
+  return FromGrpc(stub_->Release(&ctx, req, &resp));
+}
+
+absl::StatusOr<attention::v1::ClusterStatusResponse> AttentionClient::Status() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(10));
+  attention::v1::ClusterStatusRequest req;
+  attention::v1::ClusterStatusResponse resp;
+  if (absl::Status s = FromGrpc(stub_->ClusterStatus(&ctx, req, &resp)); !s.ok()) return s;
+  return resp;
+}
+
+}  // namespace ringattn::client

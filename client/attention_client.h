@@ -1,0 +1,69 @@
+#ifndef RINGATTN_CLIENT_ATTENTION_CLIENT_H_
+#define RINGATTN_CLIENT_ATTENTION_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention_service.grpc.pb.h"
+
+// C++ client of the coordinator's public API. Tensors are raw row-major
+// bytes of the stated dtype; the client splits and reassembles them.
+// Glossary: B batch, H heads, Hkv kv heads, S sequence, D head dim.
+
+namespace ringattn::client {
+
+struct ForwardInputs {
+  std::string dtype = "FP32";  // FP32, BF16, FP16
+  int64_t batch = 1, heads = 1, kv_heads = 1, seq_len = 1, head_dim = 1;
+  std::span<const std::byte> q;                           // [B, H, S, D]
+  std::span<const std::byte> k;                           // [B, Hkv, S, D]
+  std::span<const std::byte> v;                           // [B, Hkv, S, D]
+  std::optional<std::span<const int32_t>> doc_ids;        // [B, S]
+  std::optional<std::span<const int32_t>> vision_groups;  // [B, S]
+  std::optional<std::span<const uint8_t>> padding_mask;   // [B, S], 1 = padding
+  attention::v1::LayerConfig layer;
+};
+
+struct ForwardOutputs {
+  attention::v1::SessionInfo session;
+  std::vector<std::byte> out;  // [B, H, S, D] in the input dtype
+  std::vector<float> lse;      // [B, H, S]
+  attention::v1::CallMetrics metrics;
+};
+
+struct BackwardOutputs {
+  std::vector<float> dq;  // [B, H, S, D]
+  std::vector<float> dk;  // [B, Hkv, S, D]
+  std::vector<float> dv;  // [B, Hkv, S, D]
+  attention::v1::CallMetrics metrics;
+};
+
+class AttentionClient {
+ public:
+  explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
+  // Insecure channel to host:port with message limits for 4 MiB pieces.
+  static std::unique_ptr<AttentionClient> Connect(const std::string& address);
+
+  absl::StatusOr<ForwardOutputs> Forward(const ForwardInputs& in,
+                                         absl::Duration timeout = absl::Minutes(10));
+  // dout: [B, H, S, D] in the dtype of the session's forward.
+  absl::StatusOr<BackwardOutputs> Backward(const ForwardInputs& shapes, const std::string& handle,
+                                           std::span<const std::byte> dout,
+                                           absl::Duration timeout = absl::Minutes(10));
+  absl::Status Release(const std::string& handle);
+  absl::StatusOr<attention::v1::ClusterStatusResponse> Status();
+
+ private:
+  std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
+};
+
+}  // namespace ringattn::client
+
+#endif  // RINGATTN_CLIENT_ATTENTION_CLIENT_H_

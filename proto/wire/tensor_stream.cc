@@ -1,0 +1,108 @@
+#include "proto/wire/tensor_stream.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace ringattn::wire {
+
+size_t WireDTypeSize(const std::string& dtype) {
+  if (dtype == "FP32" || dtype == "INT32") return 4;
+  if (dtype == "BF16" || dtype == "FP16") return 2;
+  if (dtype == "INT64") return 8;
+  if (dtype == "BOOL") return 1;
+  return 0;
+}
+
+void SplitTensor(const std::string& name, const std::string& dtype,
+                 const std::vector<int64_t>& shape, std::span<const std::byte> data,
+                 absl::FunctionRef<bool(const attention::v1::TensorChunk&)> emit) {
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(kChunkBytes, data.size() - offset);
+    attention::v1::TensorChunk chunk;
+    chunk.set_name(name);
+    chunk.set_dtype(dtype);
+    for (int64_t d : shape) chunk.add_shape(d);
+    chunk.set_offset(offset);
+    chunk.set_data(data.data() + offset, n);
+    if (!emit(chunk)) return;
+    offset += n;
+  } while (offset < data.size());
+}
+
+void TensorAssembler::Expect(const std::string& name, const std::string& dtype,
+                             std::vector<int64_t> shape, bool required) {
+  Slot& slot = slots_[name];
+  slot.dtype = dtype;
+  slot.shape = std::move(shape);
+  slot.required = required;
+  slot.bytes = WireDTypeSize(dtype);
+  for (int64_t d : slot.shape) slot.bytes *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
+}
+
+absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
+  auto it = slots_.find(chunk.name());
+  if (it == slots_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", chunk.name(), "'"));
+  }
+  Slot& slot = it->second;
+  const std::vector<int64_t> shape(chunk.shape().begin(), chunk.shape().end());
+  if (chunk.dtype() != slot.dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(chunk.name(), ".dtype is '", chunk.dtype(), "', expected ", slot.dtype));
+  }
+  if (shape != slot.shape) {
+    return absl::InvalidArgumentError(absl::StrCat(chunk.name(), ".shape is [",
+                                                   absl::StrJoin(shape, ","), "], expected [",
+                                                   absl::StrJoin(slot.shape, ","), "]"));
+  }
+  // Pieces arrive in order: this one starts where the last one ended.
+  if (chunk.offset() != slot.data.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(chunk.name(), " piece at byte ", chunk.offset(),
+                                                   " is out of order (expected ", slot.data.size(),
+                                                   ")"));
+  }
+  if (slot.data.size() + chunk.data().size() > slot.bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(chunk.name(), " has more than the ", slot.bytes, " bytes its shape holds"));
+  }
+  if (total_ + chunk.data().size() > max_total_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat("tensors of this call exceed the limit of ",
+                                                     max_total_bytes_, " bytes at '", chunk.name(),
+                                                     "'"));
+  }
+  if (!slot.started) {
+    slot.started = true;
+    slot.data.reserve(slot.bytes);  // Bounded: the shape was checked by the caller.
+  }
+  const auto* p = reinterpret_cast<const std::byte*>(chunk.data().data());
+  slot.data.insert(slot.data.end(), p, p + chunk.data().size());
+  total_ += chunk.data().size();
+  return absl::OkStatus();
+}
+
+absl::Status TensorAssembler::Finish() {
+  for (const auto& [name, slot] : slots_) {
+    if (!slot.started && !slot.required) continue;
+    if (slot.data.size() != slot.bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " is incomplete: got ", slot.data.size(),
+                                                     " of ", slot.bytes, " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool TensorAssembler::Has(const std::string& name) const {
+  auto it = slots_.find(name);
+  return it != slots_.end() && it->second.started;
+}
+
+std::vector<std::byte> TensorAssembler::Take(const std::string& name) {
+  return std::move(slots_[name].data);
+}
+
+}  // namespace ringattn::wire

@@ -1,0 +1,72 @@
+#ifndef RINGATTN_PROTO_WIRE_TENSOR_STREAM_H_
+#define RINGATTN_PROTO_WIRE_TENSOR_STREAM_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "attention/v1/tensor.pb.h"
+
+// Tensors on the wire: split into TensorChunk messages of at most
+// kChunkBytes, and reassembled with every piece checked before any memory
+// is sized by what the peer declared.
+
+namespace ringattn::wire {
+
+inline constexpr size_t kChunkBytes = size_t{2} << 20;  // 2 MiB per message
+
+size_t WireDTypeSize(const std::string& dtype);  // 0 if unknown
+
+// Calls emit(chunk) for each piece of `data` (all of it, at least one piece).
+void SplitTensor(const std::string& name, const std::string& dtype,
+                 const std::vector<int64_t>& shape, std::span<const std::byte> data,
+                 absl::FunctionRef<bool(const attention::v1::TensorChunk&)> emit);
+
+struct WireTensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<std::byte> data;
+};
+
+// Collects the pieces of named tensors from a stream. Each name must be
+// expected; shapes and dtypes must agree across pieces; pieces must arrive
+// in order and tile the tensor exactly; the total is bounded.
+class TensorAssembler {
+ public:
+  explicit TensorAssembler(uint64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
+
+  // Declares that tensor `name` may arrive, with its exact dtype and shape.
+  void Expect(const std::string& name, const std::string& dtype, std::vector<int64_t> shape,
+              bool required);
+
+  absl::Status Add(const attention::v1::TensorChunk& chunk);
+
+  // After the stream ends: every required tensor complete, no partial one.
+  absl::Status Finish();
+
+  bool Has(const std::string& name) const;
+  // Moves a complete tensor out.
+  std::vector<std::byte> Take(const std::string& name);
+
+ private:
+  struct Slot {
+    std::string dtype;
+    std::vector<int64_t> shape;
+    bool required = false;
+    uint64_t bytes = 0;
+    std::vector<std::byte> data;
+    bool started = false;
+  };
+  std::map<std::string, Slot> slots_;
+  uint64_t max_total_bytes_;
+  uint64_t total_ = 0;
+};
+
+}  // namespace ringattn::wire
+
+#endif  // RINGATTN_PROTO_WIRE_TENSOR_STREAM_H_

@@ -1,0 +1,483 @@
+#include "server/coordinator/attention_service.h"
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpcpp/client_context.h"
+#include "kernels/cpu/validate.h"
+#include "kernels/status_macros.h"
+#include "proto/wire/tensor_stream.h"
+#include "server/batch/batch_prep.h"
+#include "server/batch/host_tensor.h"
+#include "server/common/layer_config.h"
+#include "server/common/status_convert.h"
+
+namespace ringattn::server {
+namespace {
+
+using attention::v1::TensorChunk;
+using batch::ElemType;
+using batch::HostTensor;
+using Clock = std::chrono::steady_clock;
+
+constexpr int64_t kMaxDim = int64_t{1} << 31;
+
+absl::StatusOr<ElemType> ElemOf(const std::string& dtype) {
+  if (dtype == "FP32") return ElemType::kF32;
+  if (dtype == "BF16") return ElemType::kBF16;
+  if (dtype == "FP16") return ElemType::kF16;
+  if (dtype == "INT32") return ElemType::kI32;
+  if (dtype == "BOOL") return ElemType::kU8;
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", dtype, "'"));
+}
+
+HostTensor Host(const std::string& dtype, std::vector<int64_t> shape, std::vector<std::byte> data) {
+  HostTensor t;
+  t.type = *ElemOf(dtype);
+  t.shape = std::move(shape);
+  t.data = std::move(data);
+  return t;
+}
+
+// Header checks before any tensor memory is sized by the client's numbers.
+absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_bytes) {
+  RINGATTN_RETURN_IF_ERROR(ParseDType(h.dtype()).status());
+  for (auto [name, v] : {std::pair{"batch", h.batch()},
+                         {"heads", h.heads()},
+                         {"kv_heads", h.kv_heads()},
+                         {"seq_len", h.seq_len()},
+                         {"head_dim", h.head_dim()}}) {
+    if (v < 1 || v > kMaxDim) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [1, 2^31], got ", v));
+    }
+  }
+  if (h.heads() % h.kv_heads() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "heads (", h.heads(), ") must be a multiple of kv_heads (", h.kv_heads(), ")"));
+  }
+  if (h.head_dim() > kernels::cpu::kMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "head_dim ", h.head_dim(), " is not supported (at most ", kernels::cpu::kMaxHeadDim, ")"));
+  }
+  RINGATTN_RETURN_IF_ERROR(LayerFromProto(h.layer(), h.head_dim()).status());
+  const long double bytes = static_cast<long double>(h.batch()) * h.seq_len() * h.head_dim() *
+                            (h.heads() + 2.0L * h.kv_heads()) * wire::WireDTypeSize(h.dtype());
+  if (bytes > static_cast<long double>(max_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "q, k and v take %.0Lf bytes, over this coordinator's limit of %d bytes per call", bytes,
+        max_bytes));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Response, typename Stream>
+bool SendTensor(Stream* stream, const std::string& name, const HostTensor& t,
+                const std::string& dtype) {
+  bool ok = true;
+  wire::SplitTensor(name, dtype, t.shape, t.data, [&](const TensorChunk& chunk) {
+    Response resp;
+    *resp.mutable_chunk() = chunk;
+    ok = stream->Write(resp);
+    return ok;
+  });
+  return ok;
+}
+
+// One worker's part of a call: what it returned, and how it went.
+struct RankResult {
+  absl::Status status;
+  std::map<std::string, HostTensor> tensors;
+  attention::v1::RankMetrics metrics;
+};
+
+// Sends `call` and the rank's tensors to one worker and collects what it
+// streams back. `expect` declares the returned tensors.
+template <typename Method>
+RankResult Dispatch(
+    Method method, int rank, const worker::v1::ShardCall& call,
+    const std::vector<std::pair<std::string, HostTensor>>& inputs,
+    const std::vector<std::pair<std::string, std::pair<std::string, std::vector<int64_t>>>>& expect,
+    absl::Duration timeout) {
+  RankResult result;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
+  auto stream = method(&ctx);
+  worker::v1::ShardRequest req;
+  *req.mutable_call() = call;
+  bool ok = stream->Write(req);
+  for (const auto& [name, t] : inputs) {
+    if (!ok) break;
+    const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
+                              : name == "padding_mask"                     ? "BOOL"
+                                                                           : call.dtype();
+    wire::SplitTensor(name, dtype, t.shape, t.data, [&](const TensorChunk& chunk) {
+      worker::v1::ShardRequest r;
+      *r.mutable_chunk() = chunk;
+      ok = stream->Write(r);
+      return ok;
+    });
+  }
+  stream->WritesDone();
+  wire::TensorAssembler assembler(uint64_t{1} << 40);
+  for (const auto& [name, spec] : expect) assembler.Expect(name, spec.first, spec.second, true);
+  worker::v1::ShardResponse resp;
+  absl::Status bad;
+  while (stream->Read(&resp)) {
+    if (resp.has_metrics()) {
+      result.metrics = resp.metrics();
+    } else if (bad.ok()) {
+      bad = assembler.Add(resp.chunk());
+    }
+  }
+  const grpc::Status s = stream->Finish();
+  if (!s.ok()) {
+    result.status = absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                                 absl::StrCat("rank ", rank, ": ", s.error_message()));
+    return result;
+  }
+  if (bad.ok()) bad = assembler.Finish();
+  if (!bad.ok()) {
+    result.status =
+        absl::InternalError(absl::StrCat("rank ", rank, " answered badly: ", bad.message()));
+    return result;
+  }
+  for (const auto& [name, spec] : expect) {
+    result.tensors[name] = Host(spec.first, spec.second, assembler.Take(name));
+  }
+  return result;
+}
+
+// Runs `one(rank)` for every rank at once and returns the results.
+std::vector<RankResult> ForEachRank(int cp, const std::function<RankResult(int)>& one) {
+  std::vector<RankResult> results(cp);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < cp; ++r) threads.emplace_back([&, r] { results[r] = one(r); });
+  for (auto& t : threads) t.join();
+  return results;
+}
+
+absl::Status FirstError(const std::vector<RankResult>& results) {
+  for (const RankResult& r : results) {
+    if (!r.status.ok()) return r.status;
+  }
+  return absl::OkStatus();
+}
+
+// Concatenates the ranks' `name` along the sequence dim and cuts the padding.
+absl::StatusOr<HostTensor> Gather(const std::vector<RankResult>& results, const std::string& name,
+                                  size_t seq_dim, int64_t seq_len) {
+  std::vector<HostTensor> parts;
+  for (const RankResult& r : results) parts.push_back(r.tensors.at(name));
+  RINGATTN_ASSIGN_OR_RETURN(HostTensor whole, batch::ConcatDim(parts, seq_dim));
+  return batch::StripPadding(whole, seq_dim, seq_len);
+}
+
+attention::v1::CallMetrics Metrics(const std::vector<RankResult>& results, double seconds,
+                                   double flops) {
+  attention::v1::CallMetrics m;
+  m.set_seconds(seconds);
+  m.set_flops(flops);
+  m.set_flops_per_second(seconds > 0 ? flops / seconds : 0.0);
+  for (const RankResult& r : results) *m.add_ranks() = r.metrics;
+  return m;
+}
+
+// FLOPs of the pairs the position rules allow (causal, window; documents
+// and images not counted): 4 * B * H * D per pair.
+double ForwardFlops(const attention::v1::ForwardHeader& h, const kernels::LayerConfig& layer) {
+  const double S = static_cast<double>(h.seq_len());
+  double pairs = S * S;
+  if (layer.causal) pairs = S * (S + 1) / 2;
+  if (layer.kind == kernels::LayerKind::kSliding && layer.causal) {
+    const double w = std::min<double>(static_cast<double>(layer.window), S);
+    pairs = w * S - w * (w - 1) / 2;
+  }
+  return 4.0 * h.batch() * h.heads() * h.head_dim() * pairs;
+}
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options)
+    : cluster_(cluster), options_(options) {}
+
+void AttentionServiceImpl::DropExpired() {
+  const absl::Time now = absl::Now();
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->second.expires < now) {
+      bytes_held_ -= it->second.bytes;
+      it = sessions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+grpc::Status AttentionServiceImpl::Forward(
+    grpc::ServerContext* /*context*/,
+    grpc::ServerReaderWriter<attention::v1::ForwardResponse, attention::v1::ForwardRequest>*
+        stream) {
+  const Clock::time_point t0 = Clock::now();
+  attention::v1::ForwardRequest req;
+  if (!stream->Read(&req) || !req.has_header()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "a Forward stream must start with its header");
+  }
+  const attention::v1::ForwardHeader h = req.header();
+  if (absl::Status s = CheckHeader(h, options_.max_call_bytes); !s.ok()) return ToGrpc(s);
+  const kernels::LayerConfig layer = *LayerFromProto(h.layer(), h.head_dim());
+  const int64_t B = h.batch(), H = h.heads(), Hkv = h.kv_heads(), S = h.seq_len(), D = h.head_dim();
+  wire::TensorAssembler assembler(options_.max_call_bytes);
+  assembler.Expect("q", h.dtype(), {B, H, S, D}, true);
+  assembler.Expect("k", h.dtype(), {B, Hkv, S, D}, true);
+  assembler.Expect("v", h.dtype(), {B, Hkv, S, D}, true);
+  assembler.Expect("doc_ids", "INT32", {B, S}, false);
+  assembler.Expect("vision_groups", "INT32", {B, S}, false);
+  assembler.Expect("padding_mask", "BOOL", {B, S}, false);
+  while (stream->Read(&req)) {
+    if (!req.has_chunk()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
+    }
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return ToGrpc(s);
+  }
+  if (absl::Status s = assembler.Finish(); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return ToGrpc(s);
+
+  const int cp = cluster_.cp();
+  const int64_t P = batch::PaddedLength(S, cp);
+  const int64_t L = P / cp;
+  // Metadata over the whole sequence (SPEC §1): padding, documents (1 for
+  // real tokens when absent), vision groups.
+  HostTensor padding = assembler.Has("padding_mask")
+                           ? Host("BOOL", {B, S}, assembler.Take("padding_mask"))
+                           : HostTensor::Zeros(ElemType::kU8, {B, S});
+  HostTensor doc = HostTensor::Zeros(ElemType::kI32, {B, S});
+  if (assembler.Has("doc_ids")) {
+    doc = Host("INT32", {B, S}, assembler.Take("doc_ids"));
+  } else {
+    for (int64_t i = 0; i < B * S; ++i) doc.SetInt(i, padding.IntAt(i) != 0 ? 0 : 1);
+  }
+  HostTensor vision = HostTensor::Zeros(ElemType::kI32, {B, S});
+  bool has_vision = false;
+  if (assembler.Has("vision_groups")) {
+    vision = Host("INT32", {B, S}, assembler.Take("vision_groups"));
+    for (int64_t i = 0; i < B * S; ++i) has_vision |= vision.IntAt(i) >= 0;
+  } else {
+    for (int64_t i = 0; i < B * S; ++i) vision.SetInt(i, -1);
+  }
+  // Pad every sequence tensor to P: Q/K/V 0, padding 1, documents 0, vision -1.
+  std::vector<std::pair<std::string, HostTensor>> whole;
+  for (const char* name : {"q", "k", "v"}) {
+    const int64_t heads = std::string(name) == "q" ? H : Hkv;
+    auto padded = batch::PadDim(Host(h.dtype(), {B, heads, S, D}, assembler.Take(name)), 2, P, 0);
+    if (!padded.ok()) return ToGrpc(padded.status());
+    whole.emplace_back(name, *std::move(padded));
+  }
+  for (auto [name, t, fill] : {std::tuple{"doc_ids", &doc, 0},
+                               {"vision_groups", &vision, -1},
+                               {"padding_mask", &padding, 1}}) {
+    auto padded = batch::PadDim(*t, 1, P, fill);
+    if (!padded.ok()) return ToGrpc(padded.status());
+    whole.emplace_back(name, *std::move(padded));
+  }
+  const uint64_t session_bytes =
+      static_cast<uint64_t>(B) * P * D * (2 * H + 2 * Hkv) * wire::WireDTypeSize(h.dtype()) +
+      static_cast<uint64_t>(B) * P * (H * 4 + 9);
+  std::string handle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    DropExpired();
+    if (bytes_held_ + session_bytes > options_.memory_budget_bytes) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("memory budget exceeded: this session needs ", session_bytes, " bytes, ",
+                       bytes_held_, " of ", options_.memory_budget_bytes,
+                       " are held; release sessions or lower the batch"));
+    }
+    bytes_held_ += session_bytes;
+    std::random_device rd;
+    handle = absl::StrFormat("s%d-%08x", ++next_session_, rd());
+  }
+
+  worker::v1::ShardCall call;
+  call.set_session(handle);
+  call.set_sequence(cluster_.NextSequence());
+  *call.mutable_layer() = h.layer();
+  call.set_batch_has_vision(has_vision);
+  call.set_dtype(h.dtype());
+  call.set_batch(B);
+  call.set_heads(H);
+  call.set_kv_heads(Hkv);
+  call.set_shard_len(L);
+  call.set_head_dim(D);
+  call.set_timeout_seconds(absl::ToDoubleSeconds(options_.ring_timeout));
+  auto workers = cluster_.workers();
+  const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
+    std::vector<std::pair<std::string, HostTensor>> inputs;
+    for (const auto& [name, t] : whole) {
+      const size_t dim = t.shape.size() == 4 ? 2 : 1;
+      inputs.emplace_back(name, *batch::SliceDim(t, dim, r * L, (r + 1) * L));
+    }
+    return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Forward(ctx); }, r, call,
+                    inputs, {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}},
+                    options_.ring_timeout * 2 + absl::Seconds(30));
+  });
+  if (absl::Status s = FirstError(results); !s.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bytes_held_ -= session_bytes;
+    return ToGrpc(s);
+  }
+  auto out = Gather(results, "out", 2, S);
+  auto lse = Gather(results, "lse", 2, S);
+  if (!out.ok() || !lse.ok()) return ToGrpc(out.ok() ? lse.status() : out.status());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions_[handle] = Session{
+        h, P, cluster_.generation(), has_vision, session_bytes, absl::Now() + options_.session_ttl};
+  }
+  attention::v1::ForwardResponse resp;
+  attention::v1::SessionInfo* info = resp.mutable_session();
+  info->set_handle(handle);
+  info->set_padded_len(P);
+  info->set_cp(cp);
+  info->set_ring_generation(cluster_.generation());
+  stream->Write(resp);
+  SendTensor<attention::v1::ForwardResponse>(stream, "out", *out, h.dtype());
+  SendTensor<attention::v1::ForwardResponse>(stream, "lse", *lse, "FP32");
+  attention::v1::ForwardResponse last;
+  *last.mutable_metrics() = Metrics(results, Since(t0), ForwardFlops(h, layer));
+  stream->Write(last);
+  return grpc::Status::OK;
+}
+
+grpc::Status AttentionServiceImpl::Backward(
+    grpc::ServerContext* /*context*/,
+    grpc::ServerReaderWriter<attention::v1::BackwardResponse, attention::v1::BackwardRequest>*
+        stream) {
+  const Clock::time_point t0 = Clock::now();
+  attention::v1::BackwardRequest req;
+  if (!stream->Read(&req) || !req.has_header()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "a Backward stream must start with its header");
+  }
+  const std::string handle = req.header().handle();
+  Session session;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    DropExpired();
+    auto it = sessions_.find(handle);
+    if (it == sessions_.end()) {
+      return grpc::Status(
+          grpc::StatusCode::NOT_FOUND,
+          absl::StrCat("session handle '", handle, "' is unknown, released or expired"));
+    }
+    session = it->second;
+  }
+  if (session.generation != cluster_.generation()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the ring was rebuilt since this session's forward; run forward again");
+  }
+  const attention::v1::ForwardHeader& h = session.header;
+  const int64_t B = h.batch(), H = h.heads(), Hkv = h.kv_heads(), S = h.seq_len(), D = h.head_dim(),
+                P = session.padded_len;
+  wire::TensorAssembler assembler(options_.max_call_bytes);
+  assembler.Expect("dout", h.dtype(), {B, H, S, D}, true);
+  while (stream->Read(&req)) {
+    if (!req.has_chunk()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
+    }
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return ToGrpc(s);
+  }
+  if (absl::Status s = assembler.Finish(); !s.ok()) return ToGrpc(s);
+  auto dout = batch::PadDim(Host(h.dtype(), {B, H, S, D}, assembler.Take("dout")), 2, P, 0);
+  if (!dout.ok()) return ToGrpc(dout.status());
+
+  const int cp = cluster_.cp();
+  const int64_t L = P / cp;
+  worker::v1::ShardCall call;
+  call.set_session(handle);
+  call.set_sequence(cluster_.NextSequence());
+  *call.mutable_layer() = h.layer();
+  call.set_batch_has_vision(session.batch_has_vision);
+  call.set_dtype(h.dtype());
+  call.set_batch(B);
+  call.set_heads(H);
+  call.set_kv_heads(Hkv);
+  call.set_shard_len(L);
+  call.set_head_dim(D);
+  call.set_timeout_seconds(absl::ToDoubleSeconds(options_.ring_timeout));
+  auto workers = cluster_.workers();
+  const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
+    return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Backward(ctx); }, r, call,
+                    {{"dout", *batch::SliceDim(*dout, 2, r * L, (r + 1) * L)}},
+                    {{"dq", {"FP32", {B, H, L, D}}},
+                     {"dk", {"FP32", {B, Hkv, L, D}}},
+                     {"dv", {"FP32", {B, Hkv, L, D}}}},
+                    options_.ring_timeout * 2 + absl::Seconds(30));
+  });
+  if (absl::Status s = FirstError(results); !s.ok()) return ToGrpc(s);
+  for (const char* name : {"dq", "dk", "dv"}) {
+    auto t = Gather(results, name, 2, S);
+    if (!t.ok()) return ToGrpc(t.status());
+    SendTensor<attention::v1::BackwardResponse>(stream, name, *t, "FP32");
+  }
+  attention::v1::BackwardResponse last;
+  *last.mutable_metrics() =
+      Metrics(results, Since(t0), 2.5 * ForwardFlops(h, *LayerFromProto(h.layer(), D)));
+  stream->Write(last);
+  return grpc::Status::OK;
+}
+
+grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
+                                           const attention::v1::ReleaseRequest* request,
+                                           attention::v1::ReleaseResponse* /*response*/) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(request->handle());
+    if (it == sessions_.end()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("session handle '", request->handle(), "' is unknown"));
+    }
+    bytes_held_ -= it->second.bytes;
+    sessions_.erase(it);
+  }
+  for (const auto& w : cluster_.workers()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    worker::v1::WorkerReleaseRequest r;
+    r.set_session(request->handle());
+    worker::v1::WorkerReleaseResponse resp;
+    w->Release(&ctx, r, &resp);  // Best effort: a gone worker holds nothing.
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AttentionServiceImpl::ClusterStatus(
+    grpc::ServerContext* /*context*/, const attention::v1::ClusterStatusRequest* /*request*/,
+    attention::v1::ClusterStatusResponse* response) {
+  response->set_cp(cluster_.cp());
+  response->set_ring_ready(cluster_.ready());
+  response->set_ring_generation(cluster_.generation());
+  const std::vector<std::string> addresses = cluster_.addresses();
+  for (size_t r = 0; r < addresses.size(); ++r) {
+    attention::v1::WorkerStatus* w = response->add_workers();
+    w->set_rank(static_cast<int>(r));
+    w->set_address(addresses[r]);
+    w->set_up(cluster_.ready());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  DropExpired();
+  response->set_open_sessions(static_cast<int>(sessions_.size()));
+  return grpc::Status::OK;
+}
+
+}  // namespace ringattn::server

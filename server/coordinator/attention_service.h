@@ -1,0 +1,62 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_ATTENTION_SERVICE_H_
+#define RINGATTN_SERVER_COORDINATOR_ATTENTION_SERVICE_H_
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "absl/time/time.h"
+#include "attention/v1/attention_service.grpc.pb.h"
+#include "server/coordinator/cluster.h"
+
+namespace ringattn::server {
+
+struct CoordinatorOptions {
+  uint64_t max_call_bytes = uint64_t{1} << 32;       // Tensors of one call, in total.
+  uint64_t memory_budget_bytes = uint64_t{8} << 30;  // Session state held, in total.
+  absl::Duration session_ttl = absl::Minutes(30);
+  absl::Duration ring_timeout = absl::Seconds(60);  // Bound on every ring wait.
+};
+
+// The public API: pads and shards each call (SPEC §1), dispatches it to
+// every worker at once, and streams the reassembled results back.
+class AttentionServiceImpl final : public attention::v1::AttentionService::Service {
+ public:
+  AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options);
+
+  grpc::Status Forward(grpc::ServerContext* context,
+                       grpc::ServerReaderWriter<attention::v1::ForwardResponse,
+                                                attention::v1::ForwardRequest>* stream) override;
+  grpc::Status Backward(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<attention::v1::BackwardResponse,
+                                                 attention::v1::BackwardRequest>* stream) override;
+  grpc::Status Release(grpc::ServerContext* context, const attention::v1::ReleaseRequest* request,
+                       attention::v1::ReleaseResponse* response) override;
+  grpc::Status ClusterStatus(grpc::ServerContext* context,
+                             const attention::v1::ClusterStatusRequest* request,
+                             attention::v1::ClusterStatusResponse* response) override;
+
+ private:
+  struct Session {
+    attention::v1::ForwardHeader header;
+    int64_t padded_len = 0;
+    uint64_t generation = 0;
+    bool batch_has_vision = false;
+    uint64_t bytes = 0;  // Held on the workers for backward.
+    absl::Time expires;
+  };
+
+  void DropExpired();  // Requires mu_.
+
+  Cluster& cluster_;
+  const CoordinatorOptions options_;
+  std::mutex mu_;
+  std::map<std::string, Session> sessions_;  // Guarded by mu_.
+  uint64_t bytes_held_ = 0;                  // Guarded by mu_.
+  uint64_t next_session_ = 0;                // Guarded by mu_.
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_ATTENTION_SERVICE_H_

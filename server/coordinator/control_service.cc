@@ -1,0 +1,48 @@
+#include "server/coordinator/control_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status_convert.h"
+
+namespace ringattn::server {
+
+grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
+                                          const worker::v1::RegisterRequest* request,
+                                          worker::v1::RegisterResponse* response) {
+  if (request->address().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "address is required");
+  }
+  const absl::Status s = cluster_.AddWorker(request->address());
+  if (!s.ok()) return ToGrpc(s);
+  response->set_cp(cluster_.cp());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::StoreSet(grpc::ServerContext* /*context*/,
+                                          const worker::v1::StoreSetRequest* request,
+                                          worker::v1::StoreSetResponse* /*response*/) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    store_[request->key()] = request->value();
+  }
+  cv_.notify_all();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* /*context*/,
+                                          const worker::v1::StoreGetRequest* request,
+                                          worker::v1::StoreGetResponse* response) {
+  const double wait = std::min(std::max(request->wait_seconds(), 0.0), 600.0);
+  std::unique_lock<std::mutex> lock(mu_);
+  const bool found = cv_.wait_for(lock, std::chrono::duration<double>(wait),
+                                  [&] { return store_.count(request->key()) > 0; });
+  if (!found) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("store key '", request->key(), "' is not set"));
+  }
+  response->set_value(store_[request->key()]);
+  return grpc::Status::OK;
+}
+
+}  // namespace ringattn::server

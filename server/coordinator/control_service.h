@@ -1,0 +1,36 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_CONTROL_SERVICE_H_
+#define RINGATTN_SERVER_COORDINATOR_CONTROL_SERVICE_H_
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "server/coordinator/cluster.h"
+#include "worker/v1/worker_service.grpc.pb.h"
+
+namespace ringattn::server {
+
+// The coordinator's side of worker control: registration and the ring's
+// rendezvous store (a key-value map; gets wait, bounded, for keys to appear).
+class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service {
+ public:
+  explicit ControlServiceImpl(Cluster& cluster) : cluster_(cluster) {}
+
+  grpc::Status Register(grpc::ServerContext* context, const worker::v1::RegisterRequest* request,
+                        worker::v1::RegisterResponse* response) override;
+  grpc::Status StoreSet(grpc::ServerContext* context, const worker::v1::StoreSetRequest* request,
+                        worker::v1::StoreSetResponse* response) override;
+  grpc::Status StoreGet(grpc::ServerContext* context, const worker::v1::StoreGetRequest* request,
+                        worker::v1::StoreGetResponse* response) override;
+
+ private:
+  Cluster& cluster_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::string> store_;  // Guarded by mu_.
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_CONTROL_SERVICE_H_

@@ -1,0 +1,82 @@
+// The coordinator: the public ring-attention API, worker registration and
+// the ring's rendezvous store, on one gRPC port.
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "server/common/serve.h"
+#include "server/coordinator/attention_service.h"
+#include "server/coordinator/cluster.h"
+#include "server/coordinator/control_service.h"
+
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface).");
+ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free one (see --port_file).");
+ABSL_FLAG(std::string, advertise_host, "127.0.0.1",
+          "Host name workers use to reach this coordinator's store.");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
+ABSL_FLAG(int, cp, 4, "Workers in the ring (context-parallel ranks).");
+ABSL_FLAG(int64_t, max_call_bytes, int64_t{4} << 30, "Largest total tensor bytes of one call.");
+ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{16} << 30,
+          "Session state the workers may hold in total; over it, calls get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, session_ttl_seconds, 1800, "Sessions not released expire after this.");
+ABSL_FLAG(double, ring_timeout_seconds, 60, "Bound on every ring wait.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ringattn coordinator: accepts attention calls over gRPC, shards them across the ring's "
+      "workers and streams the results back.");
+  absl::ParseCommandLine(argc, argv);
+  using namespace ringattn::server;  // NOLINT(google-build-using-namespace)
+  BlockShutdownSignals();
+  const int cp = absl::GetFlag(FLAGS_cp);
+  if (cp < 1) {
+    std::fprintf(stderr, "error: --cp must be >= 1\n");
+    return 2;
+  }
+  CoordinatorOptions options;
+  options.max_call_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes));
+  options.memory_budget_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
+  options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
+  options.ring_timeout = absl::Seconds(absl::GetFlag(FLAGS_ring_timeout_seconds));
+
+  // The store address needs the port, which is known only once serving, so
+  // the cluster is told it after the server starts.
+  std::unique_ptr<Cluster> cluster;
+  std::string store_address;
+  auto make_cluster = [&](int port) {
+    store_address = absl::StrCat(absl::GetFlag(FLAGS_advertise_host), ":", port);
+    cluster = std::make_unique<Cluster>(cp, store_address, options.ring_timeout);
+  };
+  const int asked = absl::GetFlag(FLAGS_port);
+  if (asked != 0) make_cluster(asked);
+  // With port 0, bind first to learn the port, then build the services.
+  if (asked == 0) {
+    auto probe = StartServer(absl::GetFlag(FLAGS_host), 0, {});
+    if (!probe.ok()) {
+      std::fprintf(stderr, "error: %s\n", probe.status().ToString().c_str());
+      return 1;
+    }
+    const int port = probe->port;
+    probe->server->Shutdown();
+    make_cluster(port);
+  }
+  ControlServiceImpl control(*cluster);
+  AttentionServiceImpl attention(*cluster, options);
+  const int port = std::stoi(store_address.substr(store_address.rfind(':') + 1));
+  auto server = StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control});
+  if (!server.ok()) {
+    std::fprintf(stderr, "error: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "coordinator: serving on %s:%d, waiting for %d workers\n",
+               absl::GetFlag(FLAGS_host).c_str(), server->port, cp);
+  WritePortFile(absl::GetFlag(FLAGS_port_file), server->port);
+  const int sig = WaitForShutdownSignal();
+  std::fprintf(stderr, "coordinator: signal %d, draining in-flight calls\n", sig);
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  return 0;
+}

@@ -1,0 +1,40 @@
+#include "server/worker/call_sequencer.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace ringattn::server {
+
+void CallSequencer::Reset() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    next_ = 1;
+  }
+  cv_.notify_all();
+}
+
+absl::Status CallSequencer::WaitTurn(uint64_t sequence, absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (sequence < next_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ring call ", sequence, " arrived after call ", next_ - 1, " ran"));
+  }
+  const bool turn =
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return next_ == sequence; });
+  if (!turn) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("ring call ", sequence, " waited too long for call ", next_));
+  }
+  return absl::OkStatus();
+}
+
+void CallSequencer::Done(uint64_t sequence) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sequence == next_) ++next_;
+  }
+  cv_.notify_all();
+}
+
+}  // namespace ringattn::server

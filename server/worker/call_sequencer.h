@@ -1,0 +1,37 @@
+#ifndef RINGATTN_SERVER_WORKER_CALL_SEQUENCER_H_
+#define RINGATTN_SERVER_WORKER_CALL_SEQUENCER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace ringattn::server {
+
+// Ring calls must run in the same order on every rank, or two ranks wait on
+// each other's different calls. The coordinator numbers calls 1, 2, 3, ...
+// per ring generation; each worker runs call n only after call n - 1.
+class CallSequencer {
+ public:
+  // Starts a new generation: the next call to run is 1.
+  void Reset();
+
+  // Blocks until it is `sequence`'s turn. DEADLINE_EXCEEDED after `timeout`
+  // (an earlier call never arrived); FAILED_PRECONDITION if the call is
+  // from the past.
+  absl::Status WaitTurn(uint64_t sequence, absl::Duration timeout);
+
+  // Marks `sequence` done (successful or not) so the next call may run.
+  void Done(uint64_t sequence);
+
+ private:
+  std::mutex mu_;  // std::mutex: visible to ThreadSanitizer.
+  std::condition_variable cv_;
+  uint64_t next_ = 1;
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_WORKER_CALL_SEQUENCER_H_

@@ -1,0 +1,64 @@
+#ifndef RINGATTN_SERVER_WORKER_WORKER_SERVICE_H_
+#define RINGATTN_SERVER_WORKER_WORKER_SERVICE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_context.h"
+#include "server/ring/transport.h"
+#include "server/worker/call_sequencer.h"
+#include "worker/v1/worker_service.grpc.pb.h"
+
+namespace ringattn::server {
+
+// One rank's daemon: joins the ring when the coordinator says so, keeps its
+// shard and saved forward state per session, and runs ring forward and
+// backward calls in the coordinator's order.
+class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
+ public:
+  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes);
+
+  grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
+                        worker::v1::JoinRingResponse* response) override;
+  grpc::Status Forward(grpc::ServerContext* context,
+                       grpc::ServerReaderWriter<worker::v1::ShardResponse,
+                                                worker::v1::ShardRequest>* stream) override;
+  grpc::Status Backward(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<worker::v1::ShardResponse,
+                                                 worker::v1::ShardRequest>* stream) override;
+  grpc::Status Release(grpc::ServerContext* context,
+                       const worker::v1::WorkerReleaseRequest* request,
+                       worker::v1::WorkerReleaseResponse* response) override;
+
+  int open_sessions();
+
+ private:
+  // What forward leaves for backward: the shard and its output.
+  struct Session {
+    worker::v1::ShardCall call;
+    std::vector<std::byte> q, k, v, out;
+    std::vector<int32_t> doc, vision;
+    std::vector<uint8_t> padding;
+    std::vector<float> lse;
+  };
+
+  // The transport of the current ring generation, shared with calls in
+  // flight so a rebuild cannot pull it from under them.
+  std::shared_ptr<ring::Transport> transport();
+
+  kernels::cpu::CpuContext& ctx_;
+  const uint64_t max_call_bytes_;
+  CallSequencer sequencer_;
+  std::mutex mu_;
+  std::shared_ptr<ring::Transport> transport_;                // Guarded by mu_.
+  int rank_ = -1;                                             // Guarded by mu_.
+  std::map<std::string, std::shared_ptr<Session>> sessions_;  // Guarded by mu_.
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_WORKER_WORKER_SERVICE_H_

@@ -1,0 +1,292 @@
+// The service end to end: a real coordinator and worker processes on
+// 127.0.0.1 ephemeral ports, driven through the C++ client.
+#include "server/coordinator/attention_service.h"
+
+#include <cstring>
+#include <thread>
+
+#include "client/attention_client.h"
+#include "client/local_cluster.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/reference/chunked_attention.h"
+#include "kernels/reference/compare.h"
+#include "tests/kernels/testing/attention_case.h"
+
+namespace ringattn::server {
+namespace {
+
+using kernels::reference::SyntheticBatch;
+
+std::unique_ptr<client::LocalCluster> StartCluster(int cp, std::vector<std::string> flags = {}) {
+  client::LocalClusterOptions options;
+  options.cp = cp;
+  options.bin_dir = RINGATTN_BIN_DIR;
+  options.ring_timeout_seconds = 30;
+  options.coordinator_flags = std::move(flags);
+  auto cluster = client::LocalCluster::Start(options);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return cluster.ok() ? *std::move(cluster) : nullptr;
+}
+
+attention::v1::LayerConfig WireLayer(const kernels::LayerConfig& layer) {
+  attention::v1::LayerConfig w;
+  w.set_kind(layer.kind == kernels::LayerKind::kSliding ? attention::v1::LayerConfig::KIND_SLIDING
+                                                        : attention::v1::LayerConfig::KIND_FULL);
+  w.set_window(layer.window);
+  w.set_scale(layer.scale);
+  w.set_causal(layer.causal);
+  w.set_vision_bidirectional(layer.vision_bidirectional);
+  w.set_dropout(layer.dropout);
+  return w;
+}
+
+const char* WireDType(kernels::DType dt) { return kernels::DTypeName(dt); }
+
+// A synthetic batch as client inputs; the byte buffers live in `store`.
+struct Encoded {
+  std::vector<uint8_t> q, k, v, dout, padding;
+  client::ForwardInputs in;
+};
+
+std::unique_ptr<Encoded> Encode(const SyntheticBatch& b, const kernels::LayerConfig& layer) {
+  auto e = std::make_unique<Encoded>();
+  e->q = kernels::reference::Encode(b.q, b.dtype);
+  e->k = kernels::reference::Encode(b.k, b.dtype);
+  e->v = kernels::reference::Encode(b.v, b.dtype);
+  e->dout = kernels::reference::Encode(b.dout, b.dtype);
+  e->padding = b.padding;
+  client::ForwardInputs& in = e->in;
+  in.dtype = WireDType(b.dtype);
+  in.batch = b.shape.batch;
+  in.heads = b.shape.heads;
+  in.kv_heads = b.shape.kv_heads;
+  in.seq_len = b.shape.seq_len;
+  in.head_dim = b.shape.head_dim;
+  in.q = std::as_bytes(std::span(e->q));
+  in.k = std::as_bytes(std::span(e->k));
+  in.v = std::as_bytes(std::span(e->v));
+  in.doc_ids = std::span<const int32_t>(b.doc);
+  in.vision_groups = std::span<const int32_t>(b.vision);
+  in.padding_mask = std::span<const uint8_t>(e->padding);
+  in.layer = WireLayer(layer);
+  return e;
+}
+
+// Forward and backward through the service, as a whole-sequence result.
+absl::StatusOr<kernels::reference::ChunkedResult> RunThroughService(
+    client::AttentionClient& c, const SyntheticBatch& b, const kernels::LayerConfig& layer,
+    bool backward = true) {
+  auto e = Encode(b, layer);
+  absl::StatusOr<client::ForwardOutputs> f = c.Forward(e->in);
+  if (!f.ok()) return f.status();
+  kernels::reference::ChunkedResult r;
+  r.out.resize(f->out.size() / kernels::DTypeSize(b.dtype));
+  kernels::cpu::ToF32(b.dtype, f->out.data(), static_cast<int64_t>(r.out.size()), r.out.data());
+  r.lse = f->lse;
+  if (backward) {
+    absl::StatusOr<client::BackwardOutputs> g =
+        c.Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout)));
+    if (!g.ok()) return g.status();
+    r.dq = g->dq;
+    r.dk = g->dk;
+    r.dv = g->dv;
+  }
+  if (absl::Status s = c.Release(f->session.handle()); !s.ok()) return s;
+  return r;
+}
+
+kernels::LayerConfig Sliding(int64_t window) {
+  kernels::LayerConfig layer;
+  layer.kind = kernels::LayerKind::kSliding;
+  layer.window = window;
+  layer.scale = 0.125f;
+  return layer;
+}
+
+kernels::LayerConfig Full() {
+  kernels::LayerConfig layer;
+  layer.scale = 0.125f;
+  return layer;
+}
+
+class ServiceParityTest : public ::testing::TestWithParam<int> {};
+
+// S = 200 is not a multiple of 2 * cp for cp = 4 (and 3 * 2 ...), so the
+// coordinator's padding and stripping are on the path.
+TEST_P(ServiceParityTest, ForwardAndBackwardMatchTheOracle) {
+  const int cp = GetParam();
+  auto cluster = StartCluster(cp);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  for (const kernels::LayerConfig& layer : {Sliding(32), Full()}) {
+    const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+        {2, 4, 2, 200, 64},
+        {kernels::reference::GemmaLikeLayout(200), kernels::reference::GemmaLikeLayout(160)},
+        kernels::DType::kF32, 40 + cp);
+    absl::StatusOr<kernels::reference::ChunkedResult> got = RunThroughService(*c, b, layer);
+    ASSERT_TRUE(got.ok()) << got.status();
+    kernels::testing::ExpectResultMatchesOracle(b, layer, *got, /*backward=*/true);
+  }
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cp, ServiceParityTest, ::testing::Values(1, 2, 4),
+                         [](const auto& info) { return "Cp" + std::to_string(info.param); });
+
+TEST(ServiceTest, ConcurrentClientsAndSessionsGetTheirOwnResults) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  std::vector<SyntheticBatch> batches;
+  for (int i = 0; i < 3; ++i) {
+    batches.push_back(kernels::reference::MakeSyntheticBatch(
+        {1, 2, 1, 96, 32}, {kernels::reference::GemmaLikeLayout(96)},
+        i == 1 ? kernels::DType::kBF16 : kernels::DType::kF32, 100 + i));
+  }
+  std::vector<absl::StatusOr<kernels::reference::ChunkedResult>> got(3,
+                                                                     absl::UnknownError("not run"));
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&, i] {
+      auto c = client::AttentionClient::Connect(cluster->address());
+      for (int rep = 0; rep < 2; ++rep) got[i] = RunThroughService(*c, batches[i], Sliding(24));
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(got[i].ok()) << got[i].status();
+    kernels::testing::ExpectResultMatchesOracle(batches[i], Sliding(24), *got[i], true);
+  }
+}
+
+// Q/K/V of 4.7 MiB each (several stream pieces) and of over 64 MiB: the
+// service's result equals the in-process chunked computation.
+TEST(ServiceTest, LargeTensorsCrossTheWireIntact) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  auto ctx = kernels::cpu::CpuContext::Create({});
+  ASSERT_TRUE(ctx.ok());
+  for (int64_t S : {int64_t{4800}, int64_t{16512}}) {
+    const int64_t H = S > 10000 ? 8 : 4;
+    const int64_t D = S > 10000 ? 128 : 64;
+    kernels::reference::RowLayout layout;
+    layout.doc_lengths = {S - 100};
+    const SyntheticBatch b = kernels::reference::MakeSyntheticBatch({1, H, H / 2, S, D}, {layout},
+                                                                    kernels::DType::kF32, 7);
+    ASSERT_GT(b.q.size() * 4, S > 10000 ? (64u << 20) : (4u << 20));
+    const kernels::LayerConfig layer = Sliding(64);
+    const bool backward = S < 10000;
+    absl::StatusOr<kernels::reference::ChunkedResult> got =
+        RunThroughService(*c, b, layer, backward);
+    ASSERT_TRUE(got.ok()) << got.status();
+    absl::StatusOr<kernels::reference::ChunkedResult> want =
+        kernels::reference::RunChunked(b, layer, 1, **ctx, backward);
+    ASSERT_TRUE(want.ok());
+    const std::vector<double> out(want->out.begin(), want->out.end());
+    EXPECT_TRUE(kernels::reference::Compare(got->out, out).Within(1e-5)) << "S=" << S;
+    if (backward) {
+      const std::vector<double> dk(want->dk.begin(), want->dk.end());
+      EXPECT_TRUE(kernels::reference::Compare(got->dk, dk).Within(1e-5));
+    }
+  }
+}
+
+grpc::Status RawForward(const std::string& address,
+                        const std::vector<attention::v1::ForwardRequest>& msgs) {
+  auto stub = attention::v1::AttentionService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->Forward(&ctx);
+  for (const auto& m : msgs) stream->Write(m);
+  stream->WritesDone();
+  attention::v1::ForwardResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  return stream->Finish();
+}
+
+attention::v1::ForwardRequest Header(int64_t H, int64_t Hkv, int64_t S, int64_t D,
+                                     float dropout = 0.0f) {
+  attention::v1::ForwardRequest r;
+  auto* h = r.mutable_header();
+  h->set_dtype("FP32");
+  h->set_batch(1);
+  h->set_heads(H);
+  h->set_kv_heads(Hkv);
+  h->set_seq_len(S);
+  h->set_head_dim(D);
+  h->mutable_layer()->set_dropout(dropout);
+  return r;
+}
+
+attention::v1::ForwardRequest Chunk(const std::string& name, const std::string& dtype,
+                                    std::vector<int64_t> shape, size_t bytes) {
+  attention::v1::ForwardRequest r;
+  auto* c = r.mutable_chunk();
+  c->set_name(name);
+  c->set_dtype(dtype);
+  for (int64_t d : shape) c->add_shape(d);
+  c->set_data(std::string(bytes, '\0'));
+  return r;
+}
+
+void ExpectError(const grpc::Status& s, grpc::StatusCode code, const std::string& needle) {
+  EXPECT_EQ(s.error_code(), code) << s.error_message();
+  EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+}
+
+TEST(ServiceTest, BadCallsGetActionableErrorsAndTheClusterKeepsServing) {
+  auto cluster = StartCluster(2, {"--max_call_bytes=2000000", "--memory_budget_bytes=300000"});
+  ASSERT_NE(cluster, nullptr);
+  const std::string& a = cluster->address();
+  using grpc::StatusCode;
+  ExpectError(RawForward(a, {Header(3, 2, 8, 16)}), StatusCode::INVALID_ARGUMENT, "kv_heads");
+  ExpectError(RawForward(a, {Header(2, 1, 8, 16, 0.1f)}), StatusCode::INVALID_ARGUMENT, "dropout");
+  ExpectError(RawForward(a, {Header(2, 1, 8, 600)}), StatusCode::INVALID_ARGUMENT, "head_dim");
+  ExpectError(RawForward(a, {Header(2, 1, -8, 16)}), StatusCode::INVALID_ARGUMENT, "seq_len");
+  // Declared dtype and shape disagree with the tensors sent.
+  ExpectError(RawForward(a, {Header(2, 1, 8, 16), Chunk("q", "BF16", {1, 2, 8, 16}, 512)}),
+              StatusCode::INVALID_ARGUMENT, "q.dtype");
+  ExpectError(RawForward(a, {Header(2, 1, 8, 16), Chunk("q", "FP32", {1, 2, 9, 16}, 1152)}),
+              StatusCode::INVALID_ARGUMENT, "q.shape");
+  // Byte count short of the shape.
+  ExpectError(RawForward(a, {Header(2, 1, 8, 16), Chunk("q", "FP32", {1, 2, 8, 16}, 1000),
+                             Chunk("k", "FP32", {1, 1, 8, 16}, 512),
+                             Chunk("v", "FP32", {1, 1, 8, 16}, 512)}),
+              StatusCode::INVALID_ARGUMENT, "q is incomplete");
+  // Over the per-call tensor limit: refused from the header alone.
+  ExpectError(RawForward(a, {Header(8, 8, 4096, 64)}), StatusCode::RESOURCE_EXHAUSTED, "limit");
+  auto c = client::AttentionClient::Connect(a);
+  const absl::Status unknown = c->Release("no-such-handle");
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kNotFound);
+  client::ForwardInputs shapes;
+  std::vector<float> dout(16);
+  const auto bwd = c->Backward(shapes, "no-such-handle", std::as_bytes(std::span(dout)));
+  EXPECT_EQ(bwd.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(bwd.status().message().find("no-such-handle"), absl::string_view::npos);
+
+  // Memory budget: sessions are held until released.
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 256, 32}, {kernels::testing::SingleDocument(256)}, kernels::DType::kF32, 3);
+  auto e = Encode(b, Full());
+  absl::StatusOr<client::ForwardOutputs> first = c->Forward(e->in);
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<client::ForwardOutputs> second = c->Forward(e->in);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  EXPECT_NE(second.status().message().find("memory budget"), absl::string_view::npos);
+  ASSERT_TRUE(c->Release(first->session.handle()).ok());
+  // After all of it, a good call still works and is right.
+  absl::StatusOr<kernels::reference::ChunkedResult> got = RunThroughService(*c, b, Full());
+  ASSERT_TRUE(got.ok()) << got.status();
+  kernels::testing::ExpectResultMatchesOracle(b, Full(), *got, true);
+  c.reset();  // An open client channel holds the coordinator's drain for seconds.
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+}  // namespace
+}  // namespace ringattn::server
