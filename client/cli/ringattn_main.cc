@@ -63,8 +63,8 @@ attention::v1::LayerConfig Wire(const kernels::LayerConfig& l) {
 }
 
 void PrintMetrics(const char* what, const attention::v1::CallMetrics& m) {
-  std::printf("  %-8s %8.1f ms  %7.2f GFLOP/s (pairs allowed by position)\n", what, 1e3 * m.seconds(),
-              m.flops_per_second() * 1e-9);
+  std::printf("  %-8s %8.1f ms  %7.2f GFLOP/s (pairs allowed by position)\n", what,
+              1e3 * m.seconds(), m.flops_per_second() * 1e-9);
   for (const auto& r : m.ranks()) {
     std::printf("    rank %d: step %7.1f ms  compute %7.1f ms  comm wait %6.1f ms  sent %.1f MiB\n",
                 r.rank(), 1e3 * r.total_seconds(), 1e3 * r.compute_seconds(),
@@ -98,8 +98,8 @@ int Synthetic(const std::string& address) {
   kernels::LayerConfig full;
   const std::vector<Layer> layers = {{"sliding", 256, sliding}, {"full", 512, full}};
   kernels::reference::BatchShape shape{absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_heads),
-                                       absl::GetFlag(FLAGS_kv_heads),
-                                       absl::GetFlag(FLAGS_seq_len), 0};
+                                       absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_seq_len),
+                                       0};
   std::printf("ringattn: B=%lld H=%lld Hkv=%lld S=%lld %s through a ring of %d workers at %s\n",
               static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
               static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
@@ -172,8 +172,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartLocal() {
   LocalClusterOptions options;
   options.cp = absl::GetFlag(FLAGS_cp);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
-  std::printf("starting a local cluster: 1 coordinator, %d CPU workers on 127.0.0.1\n",
-              options.cp);
+  std::printf("starting a local cluster: 1 coordinator, %d CPU workers on 127.0.0.1\n", options.cp);
   return LocalCluster::Start(options);
 }
 

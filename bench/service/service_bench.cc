@@ -1,0 +1,262 @@
+// Service benchmark, in one run:
+//  1. raw gRPC loopback streaming: a sink/echo AttentionService in this
+//     process, 2 MiB TensorChunk messages up and back (the baseline);
+//  2. bytes/s through the real service (coordinator + 2 workers): a forward
+//     with little compute and a lot of data (sliding W=16), bytes in + out
+//     over the call's wall time, against the baseline;
+//  3. forward + backward step time through the service against the same
+//     ring run in-process (threads over the in-process transport): the
+//     service's overhead.
+// Ends with `figure: <name> <value>` lines.
+//
+//   build/release/bench/ringattn_service_bench
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "attention/v1/attention_service.grpc.pb.h"
+#include "client/attention_client.h"
+#include "client/local_cluster.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "kernels/reference/synthetic_batch.h"
+#include "server/ring/in_process_transport.h"
+#include "server/ring/ring_attention.h"
+
+ABSL_FLAG(int64_t, stream_mib, 512, "MiB each way for the raw streaming baseline.");
+ABSL_FLAG(int, repeat, 3, "Repetitions of each measurement (best kept).");
+
+namespace ringattn::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using attention::v1::ForwardRequest;
+using attention::v1::ForwardResponse;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Reads every piece and streams the same number of bytes back.
+class EchoService final : public attention::v1::AttentionService::Service {
+  grpc::Status Forward(grpc::ServerContext*,
+                       grpc::ServerReaderWriter<ForwardResponse, ForwardRequest>* stream) override {
+    ForwardRequest req;
+    uint64_t bytes = 0;
+    attention::v1::TensorChunk last;
+    while (stream->Read(&req)) {
+      if (req.has_chunk()) {
+        bytes += req.chunk().data().size();
+        last = req.chunk();
+      }
+    }
+    ForwardResponse resp;
+    *resp.mutable_chunk() = last;
+    for (uint64_t sent = 0; sent < bytes; sent += last.data().size()) stream->Write(resp);
+    return grpc::Status::OK;
+  }
+};
+
+double RawStreamBytesPerSecond(int64_t mib, int repeat) {
+  EchoService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(8 << 20);
+  builder.SetMaxSendMessageSize(8 << 20);
+  builder.RegisterService(&service);
+  auto server = builder.BuildAndStart();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  args.SetMaxSendMessageSize(8 << 20);
+  auto stub = attention::v1::AttentionService::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args));
+  ForwardRequest req;
+  req.mutable_chunk()->set_name("q");
+  req.mutable_chunk()->set_data(std::string(2 << 20, 'x'));
+  double best = 0.0;
+  for (int r = 0; r < repeat; ++r) {
+    grpc::ClientContext ctx;
+    const Clock::time_point t0 = Clock::now();
+    auto stream = stub->Forward(&ctx);
+    for (int64_t i = 0; i < mib / 2; ++i) stream->Write(req);
+    stream->WritesDone();
+    ForwardResponse resp;
+    uint64_t got = 0;
+    while (stream->Read(&resp)) got += resp.chunk().data().size();
+    stream->Finish();
+    best = std::max(best, (static_cast<double>(mib) * 1048576.0 + got) / Since(t0));
+  }
+  server->Shutdown();
+  return best;
+}
+
+struct Problem {
+  kernels::reference::SyntheticBatch batch;
+  std::vector<uint8_t> q, k, v, dout;
+  client::ForwardInputs in;
+};
+
+std::unique_ptr<Problem> MakeProblem(kernels::reference::BatchShape shape, int64_t window) {
+  auto p = std::make_unique<Problem>();
+  kernels::reference::RowLayout layout;
+  layout.doc_lengths = {shape.seq_len};
+  p->batch = kernels::reference::MakeSyntheticBatch(shape, {layout}, kernels::DType::kF32, 9);
+  p->q = kernels::reference::Encode(p->batch.q, kernels::DType::kF32);
+  p->k = kernels::reference::Encode(p->batch.k, kernels::DType::kF32);
+  p->v = kernels::reference::Encode(p->batch.v, kernels::DType::kF32);
+  p->dout = kernels::reference::Encode(p->batch.dout, kernels::DType::kF32);
+  client::ForwardInputs& in = p->in;
+  in.batch = shape.batch;
+  in.heads = shape.heads;
+  in.kv_heads = shape.kv_heads;
+  in.seq_len = shape.seq_len;
+  in.head_dim = shape.head_dim;
+  in.q = std::as_bytes(std::span(p->q));
+  in.k = std::as_bytes(std::span(p->k));
+  in.v = std::as_bytes(std::span(p->v));
+  in.layer.set_kind(window > 0 ? attention::v1::LayerConfig::KIND_SLIDING
+                               : attention::v1::LayerConfig::KIND_FULL);
+  in.layer.set_window(window > 0 ? window : 512);
+  return p;
+}
+
+// The same forward + backward as a ring of `cp` threads in this process.
+double InProcessRingSeconds(const Problem& p, int cp, int64_t window) {
+  using kernels::reference::SliceSequence;
+  const auto& sh = p.batch.shape;
+  const int64_t L = sh.seq_len / cp;
+  ring::InProcessHub hub(cp);
+  ring::RingCall call;
+  call.layer.kind = window > 0 ? kernels::LayerKind::kSliding : kernels::LayerKind::kFull;
+  call.layer.window = window > 0 ? window : 512;
+  call.layer.scale = 1.0f / std::sqrt(static_cast<float>(sh.head_dim));
+  std::vector<std::thread> threads;
+  const Clock::time_point t0 = Clock::now();
+  for (int r = 0; r < cp; ++r) {
+    threads.emplace_back([&, r] {
+      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      auto t = hub.Connect(r);
+      const int64_t b = r * L, e = b + L;
+      const auto enc = [&](const std::vector<float>& x, int64_t heads) {
+        return kernels::reference::Encode(
+            SliceSequence(x, sh.batch * heads, sh.seq_len, sh.head_dim, b, e),
+            kernels::DType::kF32);
+      };
+      const auto q = enc(p.batch.q, sh.heads), k = enc(p.batch.k, sh.kv_heads),
+                 v = enc(p.batch.v, sh.kv_heads), dout = enc(p.batch.dout, sh.heads);
+      const auto doc = SliceSequence(p.batch.doc, sh.batch, sh.seq_len, 1, b, e);
+      const auto vision = SliceSequence(p.batch.vision, sh.batch, sh.seq_len, 1, b, e);
+      const auto padding = SliceSequence(p.batch.padding, sh.batch, sh.seq_len, 1, b, e);
+      ring::ShardRef shard{kernels::DType::kF32,
+                           sh.batch,
+                           sh.heads,
+                           sh.kv_heads,
+                           L,
+                           sh.head_dim,
+                           std::as_bytes(std::span(q)),
+                           std::as_bytes(std::span(k)),
+                           std::as_bytes(std::span(v)),
+                           doc,
+                           vision,
+                           padding};
+      auto f = ring::RingForward(*t, **ctx, shard, call);
+      if (f.ok()) {
+        (void)ring::RingBackward(*t, **ctx, shard, f->out, std::as_bytes(std::span(dout)), f->lse,
+                                 call);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return Since(t0);
+}
+
+int Main() {
+  const int repeat = std::max(1, absl::GetFlag(FLAGS_repeat));
+  const double raw = RawStreamBytesPerSecond(absl::GetFlag(FLAGS_stream_mib), repeat);
+  std::printf("raw gRPC loopback streaming (2 MiB messages, up and back): %.0f MiB/s\n",
+              raw / 1048576.0);
+
+  client::LocalClusterOptions options;
+  options.cp = 2;
+  auto cluster = client::LocalCluster::Start(options);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "error: %s\n", cluster.status().ToString().c_str());
+    return 1;
+  }
+  auto c = client::AttentionClient::Connect((*cluster)->address());
+
+  // Data-heavy forward: 3 x 128 MiB in, 128 MiB + LSE out, little compute.
+  auto heavy = MakeProblem({1, 8, 8, 32768, 128}, 16);
+  double service_bps = 0.0;
+  for (int r = 0; r < repeat; ++r) {
+    const Clock::time_point t0 = Clock::now();
+    auto f = c->Forward(heavy->in);
+    const double s = Since(t0);
+    if (!f.ok()) {
+      std::fprintf(stderr, "error: %s\n", f.status().ToString().c_str());
+      return 1;
+    }
+    (void)c->Release(f->session.handle());
+    std::printf("  forward %.3f s: coordinator %.3f s", s, f->metrics.seconds());
+    for (const auto& rk : f->metrics.ranks()) {
+      std::printf(", rank %d ring %.3f s (compute %.3f)", rk.rank(), rk.total_seconds(),
+                  rk.compute_seconds());
+    }
+    std::printf("\n");
+    const double bytes = static_cast<double>(heavy->q.size() + heavy->k.size() + heavy->v.size() +
+                                             f->out.size() + f->lse.size() * sizeof(float));
+    service_bps = std::max(service_bps, bytes / s);
+  }
+  heavy.reset();
+  std::printf(
+      "through the service (forward, S=32768 H=8 D=128 fp32, W=16): %.0f MiB/s, "
+      "%.2f of raw\n",
+      service_bps / 1048576.0, service_bps / raw);
+
+  // Compute-bound forward + backward, service against in-process ring.
+  auto problem = MakeProblem({1, 8, 4, 4096, 128}, 0);
+  double service_step = 1e30, inproc_step = 1e30;
+  for (int r = 0; r < repeat; ++r) {
+    const Clock::time_point t0 = Clock::now();
+    auto f = c->Forward(problem->in);
+    if (!f.ok()) return 1;
+    auto g = c->Backward(problem->in, f->session.handle(), std::as_bytes(std::span(problem->dout)));
+    if (!g.ok()) return 1;
+    service_step = std::min(service_step, Since(t0));
+    (void)c->Release(f->session.handle());
+    inproc_step = std::min(inproc_step, InProcessRingSeconds(*problem, 2, 0));
+  }
+  c.reset();
+  (void)(*cluster)->Stop();
+  const double overhead = 100.0 * (service_step - inproc_step) / inproc_step;
+  std::printf(
+      "forward+backward, causal S=4096 H=8 Hkv=4 D=128, cp=2: service %.3f s, "
+      "in-process ring %.3f s, overhead %.1f%%\n",
+      service_step, inproc_step, overhead);
+  std::printf("\nfigure: grpc_loopback_stream_mib_per_s %.0f\n", raw / 1048576.0);
+  std::printf("figure: service_forward_mib_per_s %.0f\n", service_bps / 1048576.0);
+  std::printf("figure: service_bytes_per_s_vs_grpc_loopback %.2f\n", service_bps / raw);
+  std::printf("figure: service_step_seconds %.3f\n", service_step);
+  std::printf("figure: in_process_ring_step_seconds %.3f\n", inproc_step);
+  std::printf("figure: service_overhead_percent %.1f\n", overhead);
+  return 0;
+}
+
+}  // namespace
+}  // namespace ringattn::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Benchmarks bytes/s and step time through the ringattn service against raw gRPC "
+      "streaming and an in-process ring.");
+  absl::ParseCommandLine(argc, argv);
+  return ringattn::bench::Main();
+}
