@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
+# Paths relative to the checkout, so ccache hits across clones.
+export CCACHE_BASEDIR="$PWD"
 
 scripts/setup_deps.sh
 cmake --preset release >/dev/null

@@ -11,6 +11,8 @@ case "$preset" in
   *) echo "usage: $0 [release|asan|tsan|debug]" >&2; exit 2 ;;
 esac
 jobs="$(nproc)"
+# Paths relative to the checkout, so ccache hits across clones.
+export CCACHE_BASEDIR="$PWD"
 
 scripts/setup_deps.sh
 echo "== configure ($preset)"

@@ -9,6 +9,10 @@
 //   ringattn status   --coordinator=HOST:PORT: the ring and its workers
 //   ringattn synthetic --coordinator=HOST:PORT: the demo against a running
 //                     cluster
+//   ringattn forward  --coordinator --q --k --v [--doc_ids --vision_groups
+//                     --padding_mask] --out_dir: O and LSE as .npy files
+//   ringattn backward --coordinator --handle --dout --kv_heads --out_dir:
+//                     dQ, dK, dV as .npy files
 
 #include <csignal>
 #include <cstdio>
@@ -21,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
+#include "client/npy.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
@@ -36,6 +41,17 @@ ABSL_FLAG(int64_t, kv_heads, 2, "Key/value heads.");
 ABSL_FLAG(int64_t, window, 512, "Sliding window of the sliding layer.");
 ABSL_FLAG(std::string, dtype, "FP32", "FP32, BF16 or FP16.");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the synthetic batch.");
+ABSL_FLAG(std::string, q, "", "forward: q.npy [B,H,S,D] (float32, float16, or uint16 bf16 bits).");
+ABSL_FLAG(std::string, k, "", "forward: k.npy [B,Hkv,S,D].");
+ABSL_FLAG(std::string, v, "", "forward: v.npy [B,Hkv,S,D].");
+ABSL_FLAG(std::string, doc_ids, "", "forward: optional doc_ids.npy [B,S] int32.");
+ABSL_FLAG(std::string, vision_groups, "", "forward: optional vision_groups.npy [B,S] int32.");
+ABSL_FLAG(std::string, padding_mask, "", "forward: optional padding_mask.npy [B,S] bool/uint8.");
+ABSL_FLAG(std::string, dout, "", "backward: dout.npy [B,H,S,D] in the forward dtype.");
+ABSL_FLAG(std::string, handle, "", "backward: the session handle forward printed.");
+ABSL_FLAG(std::string, out_dir, ".", "forward/backward: where the result .npy files go.");
+ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else full).");
+ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
 
 namespace ringattn::client {
 namespace {
@@ -168,6 +184,149 @@ int Synthetic(const std::string& address) {
   return all_ok ? 0 : 1;
 }
 
+size_t ItemSizeOf(const NpyArray& a) {
+  return a.shape.empty() ? 0 : a.data.size() / std::max<size_t>(1, [&] {
+                                 size_t n = 1;
+                                 for (int64_t d : a.shape) n *= static_cast<size_t>(d);
+                                 return n;
+                               }());
+}
+
+// The wire dtype of an .npy array: float32, float16, or uint16 holding bf16
+// bits when --dtype=BF16.
+absl::StatusOr<std::string> WireDType(const NpyArray& a) {
+  if (a.descr == "<f4") return std::string("FP32");
+  if (a.descr == "<f2") return std::string("FP16");
+  if (a.descr == "<u2" && absl::GetFlag(FLAGS_dtype) == "BF16") return std::string("BF16");
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unsupported .npy dtype ", a.descr, " (float32, float16, or uint16 with --dtype=BF16)"));
+}
+
+absl::Status WriteFloat(const std::string& name, std::vector<int64_t> shape,
+                        std::span<const std::byte> data, const std::string& descr) {
+  NpyArray a{descr, std::move(shape), {data.begin(), data.end()}};
+  const std::string path = absl::GetFlag(FLAGS_out_dir) + "/" + name + ".npy";
+  absl::Status s = WriteNpy(path, a);
+  if (s.ok()) std::printf("wrote %s\n", path.c_str());
+  return s;
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+int ForwardFromFiles(const std::string& address) {
+  std::vector<NpyArray> qkv;
+  for (const std::string& path :
+       {absl::GetFlag(FLAGS_q), absl::GetFlag(FLAGS_k), absl::GetFlag(FLAGS_v)}) {
+    if (path.empty()) return Fail(absl::InvalidArgumentError("forward needs --q, --k and --v"));
+    absl::StatusOr<NpyArray> a = ReadNpy(path);
+    if (!a.ok()) return Fail(a.status());
+    if (a->shape.size() != 4) {
+      return Fail(absl::InvalidArgumentError(path + " must be 4-D [B, heads, S, D]"));
+    }
+    qkv.push_back(*std::move(a));
+  }
+  absl::StatusOr<std::string> dtype = WireDType(qkv[0]);
+  if (!dtype.ok()) return Fail(dtype.status());
+  ForwardInputs in;
+  in.dtype = *dtype;
+  in.batch = qkv[0].shape[0];
+  in.heads = qkv[0].shape[1];
+  in.kv_heads = qkv[1].shape[1];
+  in.seq_len = qkv[0].shape[2];
+  in.head_dim = qkv[0].shape[3];
+  in.q = qkv[0].data;
+  in.k = qkv[1].data;
+  in.v = qkv[2].data;
+  std::vector<NpyArray> meta(3);
+  const std::string meta_paths[] = {absl::GetFlag(FLAGS_doc_ids),
+                                    absl::GetFlag(FLAGS_vision_groups),
+                                    absl::GetFlag(FLAGS_padding_mask)};
+  for (int i = 0; i < 3; ++i) {
+    if (meta_paths[i].empty()) continue;
+    absl::StatusOr<NpyArray> a = ReadNpy(meta_paths[i]);
+    if (!a.ok()) return Fail(a.status());
+    meta[i] = *std::move(a);
+    const size_t want = i < 2 ? 4 : 1;
+    if (ItemSizeOf(meta[i]) != want) {
+      return Fail(absl::InvalidArgumentError(meta_paths[i] +
+                                             (i < 2 ? " must be int32" : " must be bool/uint8")));
+    }
+  }
+  if (!meta_paths[0].empty()) {
+    in.doc_ids =
+        std::span(reinterpret_cast<const int32_t*>(meta[0].data.data()), meta[0].data.size() / 4);
+  }
+  if (!meta_paths[1].empty()) {
+    in.vision_groups =
+        std::span(reinterpret_cast<const int32_t*>(meta[1].data.data()), meta[1].data.size() / 4);
+  }
+  if (!meta_paths[2].empty()) {
+    in.padding_mask =
+        std::span(reinterpret_cast<const uint8_t*>(meta[2].data.data()), meta[2].data.size());
+  }
+  kernels::LayerConfig layer;
+  if (absl::GetFlag(FLAGS_sliding)) layer.kind = kernels::LayerKind::kSliding;
+  layer.window = absl::GetFlag(FLAGS_window);
+  in.layer = Wire(layer);
+  if (absl::GetFlag(FLAGS_scale) > 0) {
+    in.layer.set_scale(static_cast<float>(absl::GetFlag(FLAGS_scale)));
+  } else {
+    in.layer.clear_scale();
+  }
+  const double mib = static_cast<double>(in.q.size() + in.k.size() + in.v.size()) / 1048576.0;
+  std::printf("forward: sending %.1f MiB to %s ...\n", mib, address.c_str());
+  std::fflush(stdout);
+  auto c = AttentionClient::Connect(address);
+  absl::StatusOr<ForwardOutputs> f = c->Forward(in);
+  if (!f.ok()) return Fail(f.status());
+  PrintMetrics("forward", f->metrics);
+  const std::string descr = qkv[0].descr;
+  absl::Status s = WriteFloat("out", {in.batch, in.heads, in.seq_len, in.head_dim}, f->out, descr);
+  if (s.ok()) {
+    s = WriteFloat("lse", {in.batch, in.heads, in.seq_len}, std::as_bytes(std::span(f->lse)),
+                   "<f4");
+  }
+  if (!s.ok()) return Fail(s);
+  std::printf("handle %s\n", f->session.handle().c_str());
+  return 0;
+}
+
+int BackwardFromFiles(const std::string& address) {
+  if (absl::GetFlag(FLAGS_handle).empty() || absl::GetFlag(FLAGS_dout).empty()) {
+    return Fail(absl::InvalidArgumentError("backward needs --handle and --dout"));
+  }
+  absl::StatusOr<NpyArray> dout = ReadNpy(absl::GetFlag(FLAGS_dout));
+  if (!dout.ok()) return Fail(dout.status());
+  absl::StatusOr<std::string> dtype = WireDType(*dout);
+  if (!dtype.ok()) return Fail(dtype.status());
+  if (dout->shape.size() != 4) return Fail(absl::InvalidArgumentError("--dout must be 4-D"));
+  ForwardInputs shapes;
+  shapes.dtype = *dtype;
+  shapes.batch = dout->shape[0];
+  shapes.heads = dout->shape[1];
+  shapes.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  shapes.seq_len = dout->shape[2];
+  shapes.head_dim = dout->shape[3];
+  std::printf("backward: sending %.1f MiB ...\n",
+              static_cast<double>(dout->data.size()) / 1048576.0);
+  std::fflush(stdout);
+  auto c = AttentionClient::Connect(address);
+  absl::StatusOr<BackwardOutputs> g = c->Backward(shapes, absl::GetFlag(FLAGS_handle), dout->data);
+  if (!g.ok()) return Fail(g.status());
+  PrintMetrics("backward", g->metrics);
+  const int64_t B = shapes.batch, H = shapes.heads, Hkv = shapes.kv_heads, S = shapes.seq_len,
+                D = shapes.head_dim;
+  for (auto [name, t, heads] :
+       {std::tuple{"dq", &g->dq, H}, {"dk", &g->dk, Hkv}, {"dv", &g->dv, Hkv}}) {
+    absl::Status s = WriteFloat(name, {B, heads, S, D}, std::as_bytes(std::span(*t)), "<f4");
+    if (!s.ok()) return Fail(s);
+  }
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<LocalCluster>> StartLocal() {
   LocalClusterOptions options;
   options.cp = absl::GetFlag(FLAGS_cp);
@@ -226,7 +385,10 @@ int Run(const std::string& command) {
     return 0;
   }
   if (command == "synthetic") return Synthetic(address);
-  std::fprintf(stderr, "error: unknown command '%s' (demo, serve, status, synthetic)\n",
+  if (command == "forward") return ForwardFromFiles(address);
+  if (command == "backward") return BackwardFromFiles(address);
+  std::fprintf(stderr,
+               "error: unknown command '%s' (demo, serve, status, synthetic, forward, backward)\n",
                command.c_str());
   return 2;
 }
@@ -241,7 +403,9 @@ int main(int argc, char** argv) {
       "             check it against the fp64 oracle, stop the cluster\n"
       "  serve      start a local cluster and keep it running until Ctrl-C\n"
       "  status     show a running cluster (--coordinator)\n"
-      "  synthetic  the demo's batch against a running cluster (--coordinator)");
+      "  synthetic  the demo's batch against a running cluster (--coordinator)\n"
+      "  forward    --q --k --v .npy files -> out.npy, lse.npy and a session handle\n"
+      "  backward   --handle --dout .npy -> dq.npy, dk.npy, dv.npy");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const std::string command = args.size() > 1 ? args[1] : "demo";
   return ringattn::client::Run(command);

@@ -210,14 +210,31 @@ double Since(Clock::time_point t0) {
 AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options)
     : cluster_(cluster), options_(options) {}
 
-void AttentionServiceImpl::DropExpired() {
+std::vector<std::string> AttentionServiceImpl::DropExpired() {
   const absl::Time now = absl::Now();
+  std::vector<std::string> expired;
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->second.expires < now) {
       bytes_held_ -= it->second.bytes;
+      expired.push_back(it->first);
       it = sessions_.erase(it);
     } else {
       ++it;
+    }
+  }
+  return expired;
+}
+
+void AttentionServiceImpl::ReleaseOnWorkers(const std::vector<std::string>& handles) {
+  if (handles.empty()) return;
+  for (const auto& w : cluster_.workers()) {
+    for (const std::string& handle : handles) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      worker::v1::WorkerReleaseRequest r;
+      r.set_session(handle);
+      worker::v1::WorkerReleaseResponse resp;
+      w->Release(&ctx, r, &resp);  // Best effort: a gone worker holds nothing.
     }
   }
 }
@@ -293,9 +310,10 @@ grpc::Status AttentionServiceImpl::Forward(
       static_cast<uint64_t>(B) * P * D * (2 * H + 2 * Hkv) * wire::WireDTypeSize(h.dtype()) +
       static_cast<uint64_t>(B) * P * (H * 4 + 9);
   std::string handle;
+  std::vector<std::string> expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    DropExpired();
+    expired = DropExpired();
     if (bytes_held_ + session_bytes > options_.memory_budget_bytes) {
       return grpc::Status(
           grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -307,6 +325,7 @@ grpc::Status AttentionServiceImpl::Forward(
     std::random_device rd;
     handle = absl::StrFormat("s%d-%08x", ++next_session_, rd());
   }
+  ReleaseOnWorkers(expired);
 
   worker::v1::ShardCall call;
   call.set_session(handle);
@@ -371,16 +390,22 @@ grpc::Status AttentionServiceImpl::Backward(
   }
   const std::string handle = req.header().handle();
   Session session;
+  bool found = false;
+  std::vector<std::string> expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    DropExpired();
+    expired = DropExpired();
     auto it = sessions_.find(handle);
-    if (it == sessions_.end()) {
-      return grpc::Status(
-          grpc::StatusCode::NOT_FOUND,
-          absl::StrCat("session handle '", handle, "' is unknown, released or expired"));
+    if (it != sessions_.end()) {
+      session = it->second;
+      found = true;
     }
-    session = it->second;
+  }
+  ReleaseOnWorkers(expired);
+  if (!found) {
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("session handle '", handle, "' is unknown, released or expired"));
   }
   if (session.generation != cluster_.generation()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -450,14 +475,7 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
     bytes_held_ -= it->second.bytes;
     sessions_.erase(it);
   }
-  for (const auto& w : cluster_.workers()) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    worker::v1::WorkerReleaseRequest r;
-    r.set_session(request->handle());
-    worker::v1::WorkerReleaseResponse resp;
-    w->Release(&ctx, r, &resp);  // Best effort: a gone worker holds nothing.
-  }
+  ReleaseOnWorkers({request->handle()});
   return grpc::Status::OK;
 }
 
@@ -474,9 +492,13 @@ grpc::Status AttentionServiceImpl::ClusterStatus(
     w->set_address(addresses[r]);
     w->set_up(cluster_.ready());
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  DropExpired();
-  response->set_open_sessions(static_cast<int>(sessions_.size()));
+  std::vector<std::string> expired;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    expired = DropExpired();
+    response->set_open_sessions(static_cast<int>(sessions_.size()));
+  }
+  ReleaseOnWorkers(expired);
   return grpc::Status::OK;
 }
 

@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "attention/v1/attention_service.grpc.pb.h"
@@ -47,7 +48,11 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
     absl::Time expires;
   };
 
-  void DropExpired();  // Requires mu_.
+  // Drops expired sessions from the table (requires mu_) and returns their
+  // handles, for ReleaseOnWorkers once mu_ is released.
+  std::vector<std::string> DropExpired();
+  // Frees the sessions' state on every worker (best effort).
+  void ReleaseOnWorkers(const std::vector<std::string>& handles);
 
   Cluster& cluster_;
   const CoordinatorOptions options_;

@@ -288,5 +288,22 @@ TEST(ServiceTest, BadCallsGetActionableErrorsAndTheClusterKeepsServing) {
   EXPECT_TRUE(cluster->Stop().ok());
 }
 
+TEST(ServiceTest, ExpiredSessionIsNotFound) {
+  auto cluster = StartCluster(1, {"--session_ttl_seconds=0.3"});
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 5);
+  auto e = Encode(b, Full());
+  absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const auto g = c->Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout)));
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kNotFound) << g.status();
+  EXPECT_NE(g.status().message().find("expired"), absl::string_view::npos);
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
 }  // namespace
 }  // namespace ringattn::server
