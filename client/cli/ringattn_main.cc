@@ -13,6 +13,7 @@
 //                     --padding_mask] --out_dir: O and LSE as .npy files
 //   ringattn backward --coordinator --handle --dout --kv_heads --out_dir:
 //                     dQ, dK, dV as .npy files
+//   ringattn bench    --coordinator: time forward + backward calls
 
 #include <csignal>
 #include <cstdio>
@@ -52,6 +53,8 @@ ABSL_FLAG(std::string, handle, "", "backward: the session handle forward printed
 ABSL_FLAG(std::string, out_dir, ".", "forward/backward: where the result .npy files go.");
 ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else full).");
 ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
+ABSL_FLAG(int, iterations, 5, "bench: forward+backward calls to time.");
+ABSL_FLAG(int64_t, head_dim, 128, "bench: head dim.");
 
 namespace ringattn::client {
 namespace {
@@ -327,6 +330,63 @@ int BackwardFromFiles(const std::string& address) {
   return 0;
 }
 
+// Times forward + backward of one synthetic layer against a running cluster,
+// printing progress after every call.
+int Bench(const std::string& address) {
+  kernels::reference::BatchShape shape{absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_heads),
+                                       absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_seq_len),
+                                       absl::GetFlag(FLAGS_head_dim)};
+  kernels::reference::RowLayout layout;
+  layout.doc_lengths = {shape.seq_len};
+  const auto batch =
+      kernels::reference::MakeSyntheticBatch(shape, {layout}, kernels::DType::kF32, 1);
+  const auto q = kernels::reference::Encode(batch.q, kernels::DType::kF32);
+  const auto k = kernels::reference::Encode(batch.k, kernels::DType::kF32);
+  const auto v = kernels::reference::Encode(batch.v, kernels::DType::kF32);
+  const auto dout = kernels::reference::Encode(batch.dout, kernels::DType::kF32);
+  ForwardInputs in;
+  in.batch = shape.batch;
+  in.heads = shape.heads;
+  in.kv_heads = shape.kv_heads;
+  in.seq_len = shape.seq_len;
+  in.head_dim = shape.head_dim;
+  in.q = std::as_bytes(std::span(q));
+  in.k = std::as_bytes(std::span(k));
+  in.v = std::as_bytes(std::span(v));
+  kernels::LayerConfig layer;
+  if (absl::GetFlag(FLAGS_sliding)) layer.kind = kernels::LayerKind::kSliding;
+  layer.window = absl::GetFlag(FLAGS_window);
+  in.layer = Wire(layer);
+  in.layer.clear_scale();
+  auto c = AttentionClient::Connect(address);
+  const int iterations = std::max(1, absl::GetFlag(FLAGS_iterations));
+  double best_fwd = 1e30, best_bwd = 1e30, flops_fwd = 0, flops_bwd = 0;
+  std::printf("bench: B=%lld H=%lld Hkv=%lld S=%lld D=%lld %s, %d iterations\n",
+              static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
+              static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
+              static_cast<long long>(shape.head_dim),
+              layer.kind == kernels::LayerKind::kSliding ? "sliding" : "causal full", iterations);
+  for (int i = 0; i < iterations; ++i) {
+    absl::StatusOr<ForwardOutputs> f = c->Forward(in);
+    if (!f.ok()) return Fail(f.status());
+    absl::StatusOr<BackwardOutputs> g =
+        c->Backward(in, f->session.handle(), std::as_bytes(std::span(dout)));
+    if (!g.ok()) return Fail(g.status());
+    (void)c->Release(f->session.handle());
+    best_fwd = std::min(best_fwd, f->metrics.seconds());
+    best_bwd = std::min(best_bwd, g->metrics.seconds());
+    flops_fwd = f->metrics.flops();
+    flops_bwd = g->metrics.flops();
+    std::printf("  [%d/%d] forward %.1f ms, backward %.1f ms\n", i + 1, iterations,
+                1e3 * f->metrics.seconds(), 1e3 * g->metrics.seconds());
+    std::fflush(stdout);
+  }
+  std::printf("best: forward %.1f ms (%.2f GFLOP/s), backward %.1f ms (%.2f GFLOP/s)\n",
+              1e3 * best_fwd, flops_fwd / best_fwd * 1e-9, 1e3 * best_bwd,
+              flops_bwd / best_bwd * 1e-9);
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<LocalCluster>> StartLocal() {
   LocalClusterOptions options;
   options.cp = absl::GetFlag(FLAGS_cp);
@@ -386,10 +446,12 @@ int Run(const std::string& command) {
   }
   if (command == "synthetic") return Synthetic(address);
   if (command == "forward") return ForwardFromFiles(address);
+  if (command == "bench") return Bench(address);
   if (command == "backward") return BackwardFromFiles(address);
-  std::fprintf(stderr,
-               "error: unknown command '%s' (demo, serve, status, synthetic, forward, backward)\n",
-               command.c_str());
+  std::fprintf(
+      stderr,
+      "error: unknown command '%s' (demo, serve, status, synthetic, forward, backward, bench)\n",
+      command.c_str());
   return 2;
 }
 
@@ -405,7 +467,8 @@ int main(int argc, char** argv) {
       "  status     show a running cluster (--coordinator)\n"
       "  synthetic  the demo's batch against a running cluster (--coordinator)\n"
       "  forward    --q --k --v .npy files -> out.npy, lse.npy and a session handle\n"
-      "  backward   --handle --dout .npy -> dq.npy, dk.npy, dv.npy");
+      "  backward   --handle --dout .npy -> dq.npy, dk.npy, dv.npy\n"
+      "  bench      time forward+backward of a synthetic layer (--iterations, --seq_len, ...)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const std::string command = args.size() > 1 ? args[1] : "demo";
   return ringattn::client::Run(command);
