@@ -1,11 +1,11 @@
 #include "client/local_cluster.h"
 
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -113,7 +113,7 @@ absl::Status LocalCluster::Stop() {
     int code = WaitExit(pid, absl::Seconds(40));
     if (code < 0) {
       kill(pid, SIGKILL);
-      code = WaitExit(pid, absl::Seconds(10));
+      WaitExit(pid, absl::Seconds(10));  // Reap it.
       result = absl::DeadlineExceededError(absl::StrCat("process ", pid, " did not stop"));
     } else if (code != 0 && result.ok()) {
       result = absl::InternalError(absl::StrCat("process ", pid, " exited with ", code));

@@ -55,8 +55,9 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
     header_len = static_cast<unsigned char>(bytes[8]) | static_cast<unsigned char>(bytes[9]) << 8;
     at = 10;
   } else if (bytes.size() >= 12) {
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 4; ++i) {
       header_len |= size_t{static_cast<unsigned char>(bytes[8 + i])} << (8 * i);
+    }
     at = 12;
   }
   if (at == 0 || at + header_len > bytes.size()) {

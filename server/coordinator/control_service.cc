@@ -36,7 +36,7 @@ grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* /*context*/,
   const double wait = std::min(std::max(request->wait_seconds(), 0.0), 600.0);
   std::unique_lock<std::mutex> lock(mu_);
   const bool found = cv_.wait_for(lock, std::chrono::duration<double>(wait),
-                                  [&] { return store_.count(request->key()) > 0; });
+                                  [&] { return store_.contains(request->key()); });
   if (!found) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
                         absl::StrCat("store key '", request->key(), "' is not set"));
