@@ -23,6 +23,7 @@
 #include "attention/v1/attention_service.grpc.pb.h"
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
+#include "client/synthetic_inputs.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -100,7 +101,7 @@ double RawStreamBytesPerSecond(int64_t mib, int repeat) {
 
 struct Problem {
   kernels::reference::SyntheticBatch batch;
-  std::vector<uint8_t> q, k, v, dout;
+  std::unique_ptr<client::EncodedBatch> encoded;
   client::ForwardInputs in;
 };
 
@@ -109,22 +110,12 @@ std::unique_ptr<Problem> MakeProblem(kernels::reference::BatchShape shape, int64
   kernels::reference::RowLayout layout;
   layout.doc_lengths = {shape.seq_len};
   p->batch = kernels::reference::MakeSyntheticBatch(shape, {layout}, kernels::DType::kF32, 9);
-  p->q = kernels::reference::Encode(p->batch.q, kernels::DType::kF32);
-  p->k = kernels::reference::Encode(p->batch.k, kernels::DType::kF32);
-  p->v = kernels::reference::Encode(p->batch.v, kernels::DType::kF32);
-  p->dout = kernels::reference::Encode(p->batch.dout, kernels::DType::kF32);
-  client::ForwardInputs& in = p->in;
-  in.batch = shape.batch;
-  in.heads = shape.heads;
-  in.kv_heads = shape.kv_heads;
-  in.seq_len = shape.seq_len;
-  in.head_dim = shape.head_dim;
-  in.q = std::as_bytes(std::span(p->q));
-  in.k = std::as_bytes(std::span(p->k));
-  in.v = std::as_bytes(std::span(p->v));
-  in.layer.set_kind(window > 0 ? attention::v1::LayerConfig::KIND_SLIDING
-                               : attention::v1::LayerConfig::KIND_FULL);
-  in.layer.set_window(window > 0 ? window : 512);
+  kernels::LayerConfig layer;
+  layer.kind = window > 0 ? kernels::LayerKind::kSliding : kernels::LayerKind::kFull;
+  layer.window = window > 0 ? window : 512;
+  p->encoded = client::EncodeBatch(p->batch, layer, /*with_metadata=*/false);
+  p->in = p->encoded->in;
+  p->in.layer.clear_scale();  // The service's default, 1/sqrt(D).
   return p;
 }
 
@@ -211,8 +202,9 @@ int Main() {
                   rk.compute_seconds());
     }
     std::printf("\n");
-    const double bytes = static_cast<double>(heavy->q.size() + heavy->k.size() + heavy->v.size() +
-                                             f->out.size() + f->lse.size() * sizeof(float));
+    const double bytes =
+        static_cast<double>(heavy->in.q.size() + heavy->in.k.size() + heavy->in.v.size() +
+                            f->out.size() + f->lse.size() * sizeof(float));
     service_bps = std::max(service_bps, bytes / s);
   }
   heavy.reset();
@@ -228,7 +220,8 @@ int Main() {
     const Clock::time_point t0 = Clock::now();
     auto f = c->Forward(problem->in);
     if (!f.ok()) return 1;
-    auto g = c->Backward(problem->in, f->session.handle(), std::as_bytes(std::span(problem->dout)));
+    auto g = c->Backward(problem->in, f->session.handle(),
+                         std::as_bytes(std::span(problem->encoded->dout)));
     if (!g.ok()) return 1;
     service_step = std::min(service_step, Since(t0));
     (void)c->Release(f->session.handle());

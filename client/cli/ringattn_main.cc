@@ -27,6 +27,7 @@
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
 #include "client/npy.h"
+#include "client/synthetic_inputs.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
@@ -70,15 +71,6 @@ bool Report(const char* what, const kernels::reference::ErrorStats& e, double to
   std::printf("  %-4s max|err| %.3e  rel %.3e  tol %.1e  nan %lld  %s\n", what, e.max_abs_err,
               e.relative(), tol, static_cast<long long>(e.nans), ok ? "ok" : "FAIL");
   return ok;
-}
-
-attention::v1::LayerConfig Wire(const kernels::LayerConfig& l) {
-  attention::v1::LayerConfig w;
-  w.set_kind(l.kind == kernels::LayerKind::kSliding ? attention::v1::LayerConfig::KIND_SLIDING
-                                                    : attention::v1::LayerConfig::KIND_FULL);
-  w.set_window(l.window);
-  w.set_scale(l.scale);
-  return w;
 }
 
 void PrintMetrics(const char* what, const attention::v1::CallMetrics& m) {
@@ -133,31 +125,15 @@ int Synthetic(const std::string& address) {
     const auto batch = kernels::reference::MakeSyntheticBatch(
         shape, {kernels::reference::GemmaLikeLayout(shape.seq_len)}, dtype, seed++,
         kernels::reference::AmplitudeForLogitStd(2.0, layer.head_dim, config.scale));
-    const auto q = kernels::reference::Encode(batch.q, dtype);
-    const auto k = kernels::reference::Encode(batch.k, dtype);
-    const auto v = kernels::reference::Encode(batch.v, dtype);
-    const auto dout = kernels::reference::Encode(batch.dout, dtype);
-    ForwardInputs in;
-    in.dtype = name;
-    in.batch = shape.batch;
-    in.heads = shape.heads;
-    in.kv_heads = shape.kv_heads;
-    in.seq_len = shape.seq_len;
-    in.head_dim = shape.head_dim;
-    in.q = std::as_bytes(std::span(q));
-    in.k = std::as_bytes(std::span(k));
-    in.v = std::as_bytes(std::span(v));
-    in.doc_ids = std::span<const int32_t>(batch.doc);
-    in.vision_groups = std::span<const int32_t>(batch.vision);
-    in.padding_mask = std::span<const uint8_t>(batch.padding);
-    in.layer = Wire(config);
+    const std::unique_ptr<EncodedBatch> encoded = EncodeBatch(batch, config);
+    const ForwardInputs& in = encoded->in;
     absl::StatusOr<ForwardOutputs> f = c->Forward(in);
     if (!f.ok()) {
       std::fprintf(stderr, "error: forward: %s\n", f.status().ToString().c_str());
       return 1;
     }
     absl::StatusOr<BackwardOutputs> g =
-        c->Backward(in, f->session.handle(), std::as_bytes(std::span(dout)));
+        c->Backward(in, f->session.handle(), std::as_bytes(std::span(encoded->dout)));
     if (!g.ok()) {
       std::fprintf(stderr, "error: backward: %s\n", g.status().ToString().c_str());
       return 1;
@@ -273,7 +249,7 @@ int ForwardFromFiles(const std::string& address) {
   kernels::LayerConfig layer;
   if (absl::GetFlag(FLAGS_sliding)) layer.kind = kernels::LayerKind::kSliding;
   layer.window = absl::GetFlag(FLAGS_window);
-  in.layer = Wire(layer);
+  in.layer = ToWire(layer);
   if (absl::GetFlag(FLAGS_scale) > 0) {
     in.layer.set_scale(static_cast<float>(absl::GetFlag(FLAGS_scale)));
   } else {
@@ -340,24 +316,12 @@ int Bench(const std::string& address) {
   layout.doc_lengths = {shape.seq_len};
   const auto batch =
       kernels::reference::MakeSyntheticBatch(shape, {layout}, kernels::DType::kF32, 1);
-  const auto q = kernels::reference::Encode(batch.q, kernels::DType::kF32);
-  const auto k = kernels::reference::Encode(batch.k, kernels::DType::kF32);
-  const auto v = kernels::reference::Encode(batch.v, kernels::DType::kF32);
-  const auto dout = kernels::reference::Encode(batch.dout, kernels::DType::kF32);
-  ForwardInputs in;
-  in.batch = shape.batch;
-  in.heads = shape.heads;
-  in.kv_heads = shape.kv_heads;
-  in.seq_len = shape.seq_len;
-  in.head_dim = shape.head_dim;
-  in.q = std::as_bytes(std::span(q));
-  in.k = std::as_bytes(std::span(k));
-  in.v = std::as_bytes(std::span(v));
   kernels::LayerConfig layer;
   if (absl::GetFlag(FLAGS_sliding)) layer.kind = kernels::LayerKind::kSliding;
   layer.window = absl::GetFlag(FLAGS_window);
-  in.layer = Wire(layer);
-  in.layer.clear_scale();
+  const std::unique_ptr<EncodedBatch> encoded = EncodeBatch(batch, layer, false);
+  ForwardInputs in = encoded->in;
+  in.layer.clear_scale();  // The service's default, 1/sqrt(D).
   auto c = AttentionClient::Connect(address);
   const int iterations = std::max(1, absl::GetFlag(FLAGS_iterations));
   double best_fwd = 1e30, best_bwd = 1e30, flops_fwd = 0, flops_bwd = 0;
@@ -370,7 +334,7 @@ int Bench(const std::string& address) {
     absl::StatusOr<ForwardOutputs> f = c->Forward(in);
     if (!f.ok()) return Fail(f.status());
     absl::StatusOr<BackwardOutputs> g =
-        c->Backward(in, f->session.handle(), std::as_bytes(std::span(dout)));
+        c->Backward(in, f->session.handle(), std::as_bytes(std::span(encoded->dout)));
     if (!g.ok()) return Fail(g.status());
     (void)c->Release(f->session.handle());
     best_fwd = std::min(best_fwd, f->metrics.seconds());

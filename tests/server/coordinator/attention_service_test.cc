@@ -7,6 +7,7 @@
 
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
+#include "client/synthetic_inputs.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
@@ -31,55 +32,13 @@ std::unique_ptr<client::LocalCluster> StartCluster(int cp, std::vector<std::stri
   return cluster.ok() ? *std::move(cluster) : nullptr;
 }
 
-attention::v1::LayerConfig WireLayer(const kernels::LayerConfig& layer) {
-  attention::v1::LayerConfig w;
-  w.set_kind(layer.kind == kernels::LayerKind::kSliding ? attention::v1::LayerConfig::KIND_SLIDING
-                                                        : attention::v1::LayerConfig::KIND_FULL);
-  w.set_window(layer.window);
-  w.set_scale(layer.scale);
-  w.set_causal(layer.causal);
-  w.set_vision_bidirectional(layer.vision_bidirectional);
-  w.set_dropout(layer.dropout);
-  return w;
-}
-
-const char* WireDType(kernels::DType dt) { return kernels::DTypeName(dt); }
-
-// A synthetic batch as client inputs; the byte buffers live in `store`.
-struct Encoded {
-  std::vector<uint8_t> q, k, v, dout, padding;
-  client::ForwardInputs in;
-};
-
-std::unique_ptr<Encoded> Encode(const SyntheticBatch& b, const kernels::LayerConfig& layer) {
-  auto e = std::make_unique<Encoded>();
-  e->q = kernels::reference::Encode(b.q, b.dtype);
-  e->k = kernels::reference::Encode(b.k, b.dtype);
-  e->v = kernels::reference::Encode(b.v, b.dtype);
-  e->dout = kernels::reference::Encode(b.dout, b.dtype);
-  e->padding = b.padding;
-  client::ForwardInputs& in = e->in;
-  in.dtype = WireDType(b.dtype);
-  in.batch = b.shape.batch;
-  in.heads = b.shape.heads;
-  in.kv_heads = b.shape.kv_heads;
-  in.seq_len = b.shape.seq_len;
-  in.head_dim = b.shape.head_dim;
-  in.q = std::as_bytes(std::span(e->q));
-  in.k = std::as_bytes(std::span(e->k));
-  in.v = std::as_bytes(std::span(e->v));
-  in.doc_ids = std::span<const int32_t>(b.doc);
-  in.vision_groups = std::span<const int32_t>(b.vision);
-  in.padding_mask = std::span<const uint8_t>(e->padding);
-  in.layer = WireLayer(layer);
-  return e;
-}
+using client::EncodeBatch;
 
 // Forward and backward through the service, as a whole-sequence result.
 absl::StatusOr<kernels::reference::ChunkedResult> RunThroughService(
     client::AttentionClient& c, const SyntheticBatch& b, const kernels::LayerConfig& layer,
     bool backward = true) {
-  auto e = Encode(b, layer);
+  auto e = EncodeBatch(b, layer);
   absl::StatusOr<client::ForwardOutputs> f = c.Forward(e->in);
   if (!f.ok()) return f.status();
   kernels::reference::ChunkedResult r;
@@ -273,7 +232,7 @@ TEST(ServiceTest, BadCallsGetActionableErrorsAndTheClusterKeepsServing) {
   // Memory budget: sessions are held until released.
   const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
       {1, 2, 1, 256, 32}, {kernels::testing::SingleDocument(256)}, kernels::DType::kF32, 3);
-  auto e = Encode(b, Full());
+  auto e = EncodeBatch(b, Full());
   absl::StatusOr<client::ForwardOutputs> first = c->Forward(e->in);
   ASSERT_TRUE(first.ok()) << first.status();
   absl::StatusOr<client::ForwardOutputs> second = c->Forward(e->in);
@@ -294,7 +253,7 @@ TEST(ServiceTest, ExpiredSessionIsNotFound) {
   auto c = client::AttentionClient::Connect(cluster->address());
   const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
       {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 5);
-  auto e = Encode(b, Full());
+  auto e = EncodeBatch(b, Full());
   absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
   ASSERT_TRUE(f.ok()) << f.status();
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
