@@ -59,9 +59,9 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   auto send = [&](const std::string& name, const std::string& dtype,
                   const std::vector<int64_t>& shape, std::span<const std::byte> data) {
     if (!ok) return;
-    wire::SplitTensor(name, dtype, shape, data, [&](const attention::v1::TensorChunk& c) {
+    wire::SplitTensor(name, dtype, shape, data, [&](attention::v1::TensorChunk& c) {
       attention::v1::ForwardRequest r;
-      *r.mutable_chunk() = c;
+      *r.mutable_chunk() = std::move(c);
       ok = stream->Write(r);
       return ok;
     });
@@ -112,9 +112,9 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
                                          shapes.head_dim};
   if (ok) {
     wire::SplitTensor("dout", shapes.dtype, q_shape, dout,
-                      [&](const attention::v1::TensorChunk& c) {
+                      [&](attention::v1::TensorChunk& c) {
                         attention::v1::BackwardRequest r;
-                        *r.mutable_chunk() = c;
+                        *r.mutable_chunk() = std::move(c);
                         ok = stream->Write(r);
                         return ok;
                       });

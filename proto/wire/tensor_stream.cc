@@ -19,7 +19,7 @@ size_t WireDTypeSize(const std::string& dtype) {
 
 void SplitTensor(const std::string& name, const std::string& dtype,
                  const std::vector<int64_t>& shape, std::span<const std::byte> data,
-                 absl::FunctionRef<bool(const attention::v1::TensorChunk&)> emit) {
+                 absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit) {
   size_t offset = 0;
   do {
     const size_t n = std::min(kChunkBytes, data.size() - offset);

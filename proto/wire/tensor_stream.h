@@ -22,10 +22,11 @@ inline constexpr size_t kChunkBytes = size_t{2} << 20;  // 2 MiB per message
 
 size_t WireDTypeSize(const std::string& dtype);  // 0 if unknown
 
-// Calls emit(chunk) for each piece of `data` (all of it, at least one piece).
+// Calls emit(chunk) for each piece of `data` (all of it, at least one piece);
+// emit may move the chunk into its message. Stops early when emit is false.
 void SplitTensor(const std::string& name, const std::string& dtype,
                  const std::vector<int64_t>& shape, std::span<const std::byte> data,
-                 absl::FunctionRef<bool(const attention::v1::TensorChunk&)> emit);
+                 absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit);
 
 struct WireTensor {
   std::string dtype;

@@ -80,9 +80,9 @@ template <typename Response, typename Stream>
 bool SendTensor(Stream* stream, const std::string& name, const HostTensor& t,
                 const std::string& dtype) {
   bool ok = true;
-  wire::SplitTensor(name, dtype, t.shape, t.data, [&](const TensorChunk& chunk) {
+  wire::SplitTensor(name, dtype, t.shape, t.data, [&](TensorChunk& chunk) {
     Response resp;
-    *resp.mutable_chunk() = chunk;
+    *resp.mutable_chunk() = std::move(chunk);
     ok = stream->Write(resp);
     return ok;
   });
@@ -116,9 +116,9 @@ RankResult Dispatch(
     const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
                               : name == "padding_mask"                     ? "BOOL"
                                                                            : call.dtype();
-    wire::SplitTensor(name, dtype, t.shape, t.data, [&](const TensorChunk& chunk) {
+    wire::SplitTensor(name, dtype, t.shape, t.data, [&](TensorChunk& chunk) {
       worker::v1::ShardRequest r;
-      *r.mutable_chunk() = chunk;
+      *r.mutable_chunk() = std::move(chunk);
       ok = stream->Write(r);
       return ok;
     });
@@ -175,6 +175,7 @@ absl::StatusOr<HostTensor> Gather(const std::vector<RankResult>& results, const 
   std::vector<HostTensor> parts;
   for (const RankResult& r : results) parts.push_back(r.tensors.at(name));
   RINGATTN_ASSIGN_OR_RETURN(HostTensor whole, batch::ConcatDim(parts, seq_dim));
+  if (whole.shape[seq_dim] == seq_len) return whole;  // No padding to cut.
   return batch::StripPadding(whole, seq_dim, seq_len);
 }
 
@@ -295,7 +296,12 @@ grpc::Status AttentionServiceImpl::Forward(
   std::vector<std::pair<std::string, HostTensor>> whole;
   for (const char* name : {"q", "k", "v"}) {
     const int64_t heads = std::string(name) == "q" ? H : Hkv;
-    auto padded = batch::PadDim(Host(h.dtype(), {B, heads, S, D}, assembler.Take(name)), 2, P, 0);
+    HostTensor t = Host(h.dtype(), {B, heads, S, D}, assembler.Take(name));
+    if (P == S) {  // Already a multiple of 2 * cp: no copy.
+      whole.emplace_back(name, std::move(t));
+      continue;
+    }
+    auto padded = batch::PadDim(t, 2, P, 0);
     if (!padded.ok()) return ToGrpc(padded.status());
     whole.emplace_back(name, *std::move(padded));
   }

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/malloc_tuning.h"
 #include "server/common/serve.h"
 #include "server/coordinator/attention_service.h"
 #include "server/coordinator/cluster.h"
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace ringattn::server;  // NOLINT(google-build-using-namespace)
   BlockShutdownSignals();
+  TuneMallocForLargeBuffers();
   const int cp = absl::GetFlag(FLAGS_cp);
   if (cp < 1) {
     std::fprintf(stderr, "error: --cp must be >= 1\n");

@@ -14,6 +14,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/cpu/cpu_context.h"
+#include "server/common/malloc_tuning.h"
 #include "server/common/serve.h"
 #include "server/worker/worker_service.h"
 
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace ringattn;  // NOLINT(google-build-using-namespace)
   server::BlockShutdownSignals();
+  server::TuneMallocForLargeBuffers();
   auto ctx = kernels::cpu::CpuContext::Create({absl::GetFlag(FLAGS_threads), std::nullopt});
   if (!ctx.ok()) {
     std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());

@@ -71,9 +71,9 @@ ring::RingCall RingCallOf(const ShardCall& call, const kernels::LayerConfig& lay
 bool Send(Stream* stream, const std::string& name, const std::string& dtype,
           const std::vector<int64_t>& shape, std::span<const std::byte> data) {
   bool ok = true;
-  wire::SplitTensor(name, dtype, shape, data, [&](const attention::v1::TensorChunk& chunk) {
+  wire::SplitTensor(name, dtype, shape, data, [&](attention::v1::TensorChunk& chunk) {
     ShardResponse resp;
-    *resp.mutable_chunk() = chunk;
+    *resp.mutable_chunk() = std::move(chunk);
     ok = stream->Write(resp);
     return ok;
   });
