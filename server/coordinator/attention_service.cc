@@ -89,6 +89,26 @@ bool SendTensor(Stream* stream, const std::string& name, const HostTensor& t,
   return ok;
 }
 
+// What every worker is told about one ring call; `sequence` is the call's
+// place in the global order.
+worker::v1::ShardCall ShardCallFor(const attention::v1::ForwardHeader& h, const std::string& handle,
+                                   uint64_t sequence, bool has_vision, int64_t shard_len,
+                                   absl::Duration timeout) {
+  worker::v1::ShardCall call;
+  call.set_session(handle);
+  call.set_sequence(sequence);
+  *call.mutable_layer() = h.layer();
+  call.set_batch_has_vision(has_vision);
+  call.set_dtype(h.dtype());
+  call.set_batch(h.batch());
+  call.set_heads(h.heads());
+  call.set_kv_heads(h.kv_heads());
+  call.set_shard_len(shard_len);
+  call.set_head_dim(h.head_dim());
+  call.set_timeout_seconds(absl::ToDoubleSeconds(timeout));
+  return call;
+}
+
 // One worker's part of a call: what it returned, and how it went.
 struct RankResult {
   absl::Status status;
@@ -333,18 +353,8 @@ grpc::Status AttentionServiceImpl::Forward(
   }
   ReleaseOnWorkers(expired);
 
-  worker::v1::ShardCall call;
-  call.set_session(handle);
-  call.set_sequence(cluster_.NextSequence());
-  *call.mutable_layer() = h.layer();
-  call.set_batch_has_vision(has_vision);
-  call.set_dtype(h.dtype());
-  call.set_batch(B);
-  call.set_heads(H);
-  call.set_kv_heads(Hkv);
-  call.set_shard_len(L);
-  call.set_head_dim(D);
-  call.set_timeout_seconds(absl::ToDoubleSeconds(options_.ring_timeout));
+  const worker::v1::ShardCall call =
+      ShardCallFor(h, handle, cluster_.NextSequence(), has_vision, L, options_.ring_timeout);
   auto workers = cluster_.workers();
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
     std::vector<std::pair<std::string, HostTensor>> inputs;
@@ -434,18 +444,8 @@ grpc::Status AttentionServiceImpl::Backward(
 
   const int cp = cluster_.cp();
   const int64_t L = P / cp;
-  worker::v1::ShardCall call;
-  call.set_session(handle);
-  call.set_sequence(cluster_.NextSequence());
-  *call.mutable_layer() = h.layer();
-  call.set_batch_has_vision(session.batch_has_vision);
-  call.set_dtype(h.dtype());
-  call.set_batch(B);
-  call.set_heads(H);
-  call.set_kv_heads(Hkv);
-  call.set_shard_len(L);
-  call.set_head_dim(D);
-  call.set_timeout_seconds(absl::ToDoubleSeconds(options_.ring_timeout));
+  const worker::v1::ShardCall call = ShardCallFor(
+      h, handle, cluster_.NextSequence(), session.batch_has_vision, L, options_.ring_timeout);
   auto workers = cluster_.workers();
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
     return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Backward(ctx); }, r, call,

@@ -89,6 +89,16 @@ void SendMetrics(Stream* stream, int rank, const ring::RingStats& stats) {
   m->set_total_seconds(stats.total_seconds);
   m->set_bytes_sent(stats.bytes_sent);
   m->set_bytes_received(stats.bytes_received);
+  for (const ring::StepStats& st : stats.steps) {
+    attention::v1::StepMetrics* step = m->add_steps();
+    step->set_step(st.step);
+    step->set_chunk_owner(st.chunk_owner);
+    step->set_computed(st.computed);
+    step->set_compute_seconds(st.compute_seconds);
+    step->set_comm_wait_seconds(st.wait_seconds);
+    step->set_bytes_sent(st.bytes_sent);
+    step->set_bytes_received(st.bytes_received);
+  }
   stream->Write(resp);
 }
 

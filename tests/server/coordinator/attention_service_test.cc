@@ -89,6 +89,23 @@ TEST_P(ServiceParityTest, ForwardAndBackwardMatchTheOracle) {
     ASSERT_TRUE(got.ok()) << got.status();
     kernels::testing::ExpectResultMatchesOracle(b, layer, *got, /*backward=*/true);
   }
+  // Metrics: one entry per rank, each with its ring steps (cp for a full
+  // causal layer; the backward's last entry is the gradients' trip home).
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 2);
+  auto e = EncodeBatch(b, Full());
+  absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->metrics.ranks_size(), cp);
+  for (const auto& rank : f->metrics.ranks()) {
+    ASSERT_EQ(rank.steps_size(), cp) << "rank " << rank.rank();
+    int computed = 0;
+    for (const auto& step : rank.steps()) computed += step.computed() ? 1 : 0;
+    EXPECT_EQ(computed, rank.rank() + 1) << "causal: rank r computes r + 1 chunks";
+    EXPECT_EQ(rank.steps(0).chunk_owner(), rank.rank());
+  }
+  EXPECT_GT(f->metrics.flops_per_second(), 0.0);
+  ASSERT_TRUE(c->Release(f->session.handle()).ok());
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());
 }
