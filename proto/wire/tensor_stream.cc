@@ -17,21 +17,55 @@ size_t WireDTypeSize(const std::string& dtype) {
   return 0;
 }
 
+PieceWriter::PieceWriter(const std::string& name, const std::string& dtype,
+                         const std::vector<int64_t>& shape,
+                         absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit)
+    : emit_(emit) {
+  chunk_.set_name(name);
+  chunk_.set_dtype(dtype);
+  for (int64_t d : shape) chunk_.add_shape(d);
+}
+
+bool PieceWriter::Flush() {
+  const size_t n = chunk_.data().size();
+  attention::v1::TensorChunk piece;
+  piece.set_name(chunk_.name());
+  piece.set_dtype(chunk_.dtype());
+  *piece.mutable_shape() = chunk_.shape();
+  piece.set_offset(offset_);
+  piece.mutable_data()->swap(*chunk_.mutable_data());  // Moves the bytes, no copy.
+  ok_ = emit_(piece);
+  emitted_ = true;
+  offset_ += n;
+  return ok_;
+}
+
+bool PieceWriter::Append(std::span<const std::byte> run) {
+  const auto* p = reinterpret_cast<const char*>(run.data());
+  size_t left = run.size();
+  while (ok_ && left > 0) {
+    std::string* data = chunk_.mutable_data();
+    if (data->empty()) data->reserve(kChunkBytes);
+    const size_t n = std::min(left, kChunkBytes - data->size());
+    data->append(p, n);
+    p += n;
+    left -= n;
+    if (data->size() == kChunkBytes) Flush();
+  }
+  return ok_;
+}
+
+bool PieceWriter::Finish() {
+  if (ok_ && (!chunk_.data().empty() || !emitted_)) Flush();
+  return ok_;
+}
+
 void SplitTensor(const std::string& name, const std::string& dtype,
                  const std::vector<int64_t>& shape, std::span<const std::byte> data,
                  absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit) {
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(kChunkBytes, data.size() - offset);
-    attention::v1::TensorChunk chunk;
-    chunk.set_name(name);
-    chunk.set_dtype(dtype);
-    for (int64_t d : shape) chunk.add_shape(d);
-    chunk.set_offset(offset);
-    chunk.set_data(data.data() + offset, n);
-    if (!emit(chunk)) return;
-    offset += n;
-  } while (offset < data.size());
+  PieceWriter writer(name, dtype, shape, emit);
+  writer.Append(data);
+  writer.Finish();
 }
 
 void TensorAssembler::Expect(const std::string& name, const std::string& dtype,

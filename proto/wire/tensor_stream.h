@@ -28,6 +28,30 @@ void SplitTensor(const std::string& name, const std::string& dtype,
                  const std::vector<int64_t>& shape, std::span<const std::byte> data,
                  absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit);
 
+// Emits one tensor, given as byte runs in row-major order, as pieces of at
+// most kChunkBytes, without first gathering the runs into one buffer (used to
+// stream a shard's slice, or ranks' outputs in sequence order, straight from
+// where they lie).
+class PieceWriter {
+ public:
+  PieceWriter(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+              absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit);
+
+  // False once the receiver refused a piece; later calls do nothing.
+  bool Append(std::span<const std::byte> run);
+  // Emits what is left (at least one piece per tensor, even an empty one).
+  bool Finish();
+
+ private:
+  bool Flush();
+
+  attention::v1::TensorChunk chunk_;
+  absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit_;
+  uint64_t offset_ = 0;
+  bool ok_ = true;
+  bool emitted_ = false;
+};
+
 struct WireTensor {
   std::string dtype;
   std::vector<int64_t> shape;

@@ -76,19 +76,6 @@ absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_byt
   return absl::OkStatus();
 }
 
-template <typename Response, typename Stream>
-bool SendTensor(Stream* stream, const std::string& name, const HostTensor& t,
-                const std::string& dtype) {
-  bool ok = true;
-  wire::SplitTensor(name, dtype, t.shape, t.data, [&](TensorChunk& chunk) {
-    Response resp;
-    *resp.mutable_chunk() = std::move(chunk);
-    ok = stream->Write(resp);
-    return ok;
-  });
-  return ok;
-}
-
 // What every worker is told about one ring call; `sequence` is the call's
 // place in the global order.
 worker::v1::ShardCall ShardCallFor(const attention::v1::ForwardHeader& h, const std::string& handle,
@@ -116,12 +103,46 @@ struct RankResult {
   attention::v1::RankMetrics metrics;
 };
 
-// Sends `call` and the rank's tensors to one worker and collects what it
-// streams back. `expect` declares the returned tensors.
+// Splits a tensor [outer..., len, inner...] around `dim`.
+void AroundDim(const std::vector<int64_t>& shape, size_t dim, int64_t& outer, int64_t& inner) {
+  outer = 1;
+  inner = 1;
+  for (size_t i = 0; i < dim; ++i) outer *= shape[i];
+  for (size_t i = dim + 1; i < shape.size(); ++i) inner *= shape[i];
+}
+
+// One input of a shard: the slice [begin, end) of `whole` along `dim`,
+// streamed straight from `whole` (never copied into a slice first).
+struct SliceInput {
+  std::string name;
+  std::string dtype;
+  const HostTensor* whole;
+  size_t dim;
+};
+
+bool WriteSlice(const SliceInput& in, int64_t begin, int64_t end,
+                absl::FunctionRef<bool(TensorChunk&)> emit) {
+  const HostTensor& t = *in.whole;
+  int64_t outer, inner;
+  AroundDim(t.shape, in.dim, outer, inner);
+  std::vector<int64_t> shape = t.shape;
+  shape[in.dim] = end - begin;
+  const int64_t row = inner * static_cast<int64_t>(batch::ElemSize(t.type));
+  const int64_t len = t.shape[in.dim];
+  wire::PieceWriter writer(in.name, in.dtype, shape, emit);
+  for (int64_t o = 0; o < outer; ++o) {
+    const std::byte* p = t.data.data() + (o * len + begin) * row;
+    if (!writer.Append({p, static_cast<size_t>((end - begin) * row)})) return false;
+  }
+  return writer.Finish();
+}
+
+// Sends `call` and the rank's slices [begin, end) of `inputs` to one worker
+// and collects what it streams back. `expect` declares the returned tensors.
 template <typename Method>
 RankResult Dispatch(
     Method method, int rank, const worker::v1::ShardCall& call,
-    const std::vector<std::pair<std::string, HostTensor>>& inputs,
+    const std::vector<SliceInput>& inputs, int64_t begin, int64_t end,
     const std::vector<std::pair<std::string, std::pair<std::string, std::vector<int64_t>>>>& expect,
     absl::Duration timeout) {
   RankResult result;
@@ -131,16 +152,12 @@ RankResult Dispatch(
   worker::v1::ShardRequest req;
   *req.mutable_call() = call;
   bool ok = stream->Write(req);
-  for (const auto& [name, t] : inputs) {
+  for (const SliceInput& in : inputs) {
     if (!ok) break;
-    const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
-                              : name == "padding_mask"                     ? "BOOL"
-                                                                           : call.dtype();
-    wire::SplitTensor(name, dtype, t.shape, t.data, [&](TensorChunk& chunk) {
+    ok = WriteSlice(in, begin, end, [&](TensorChunk& chunk) {
       worker::v1::ShardRequest r;
       *r.mutable_chunk() = std::move(chunk);
-      ok = stream->Write(r);
-      return ok;
+      return stream->Write(r);
     });
   }
   stream->WritesDone();
@@ -189,14 +206,32 @@ absl::Status FirstError(const std::vector<RankResult>& results) {
   return absl::OkStatus();
 }
 
-// Concatenates the ranks' `name` along the sequence dim and cuts the padding.
-absl::StatusOr<HostTensor> Gather(const std::vector<RankResult>& results, const std::string& name,
-                                  size_t seq_dim, int64_t seq_len) {
-  std::vector<HostTensor> parts;
-  for (const RankResult& r : results) parts.push_back(r.tensors.at(name));
-  RINGATTN_ASSIGN_OR_RETURN(HostTensor whole, batch::ConcatDim(parts, seq_dim));
-  if (whole.shape[seq_dim] == seq_len) return whole;  // No padding to cut.
-  return batch::StripPadding(whole, seq_dim, seq_len);
+// Streams the ranks' `name` outputs as one tensor, concatenated along the
+// sequence dim `dim` and cut to `seq_len`, straight from the ranks' buffers.
+template <typename Response, typename Stream>
+bool SendGathered(Stream* stream, const std::vector<RankResult>& results, const std::string& name,
+                  const std::string& dtype, size_t dim, int64_t seq_len) {
+  const HostTensor& first = results[0].tensors.at(name);
+  int64_t outer, inner;
+  AroundDim(first.shape, dim, outer, inner);
+  const int64_t len = first.shape[dim];  // L, the same on every rank.
+  const int64_t row = inner * static_cast<int64_t>(batch::ElemSize(first.type));
+  std::vector<int64_t> shape = first.shape;
+  shape[dim] = seq_len;
+  wire::PieceWriter writer(name, dtype, shape, [&](TensorChunk& chunk) {
+    Response resp;
+    *resp.mutable_chunk() = std::move(chunk);
+    return stream->Write(resp);
+  });
+  for (int64_t o = 0; o < outer; ++o) {
+    for (size_t r = 0; r < results.size(); ++r) {
+      const int64_t rows = std::min<int64_t>(len, seq_len - static_cast<int64_t>(r) * len);
+      if (rows <= 0) break;  // The rest is padding.
+      const std::byte* p = results[r].tensors.at(name).data.data() + o * len * row;
+      if (!writer.Append({p, static_cast<size_t>(rows * row)})) return false;
+    }
+  }
+  return writer.Finish();
 }
 
 attention::v1::CallMetrics Metrics(const std::vector<RankResult>& results, double seconds,
@@ -356,14 +391,17 @@ grpc::Status AttentionServiceImpl::Forward(
   const worker::v1::ShardCall call =
       ShardCallFor(h, handle, cluster_.NextSequence(), has_vision, L, options_.ring_timeout);
   auto workers = cluster_.workers();
+  std::vector<SliceInput> inputs;
+  for (const auto& [name, t] : whole) {
+    const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
+                              : name == "padding_mask"                     ? "BOOL"
+                                                                           : h.dtype();
+    inputs.push_back({name, dtype, &t, t.shape.size() == 4 ? size_t{2} : size_t{1}});
+  }
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
-    std::vector<std::pair<std::string, HostTensor>> inputs;
-    for (const auto& [name, t] : whole) {
-      const size_t dim = t.shape.size() == 4 ? 2 : 1;
-      inputs.emplace_back(name, *batch::SliceDim(t, dim, r * L, (r + 1) * L));
-    }
     return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Forward(ctx); }, r, call,
-                    inputs, {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}},
+                    inputs, r * L, (r + 1) * L,
+                    {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}},
                     options_.ring_timeout * 2 + absl::Seconds(30));
   });
   if (absl::Status s = FirstError(results); !s.ok()) {
@@ -371,9 +409,6 @@ grpc::Status AttentionServiceImpl::Forward(
     bytes_held_ -= session_bytes;
     return ToGrpc(s);
   }
-  auto out = Gather(results, "out", 2, S);
-  auto lse = Gather(results, "lse", 2, S);
-  if (!out.ok() || !lse.ok()) return ToGrpc(out.ok() ? lse.status() : out.status());
   {
     std::lock_guard<std::mutex> lock(mu_);
     sessions_[handle] = Session{
@@ -386,8 +421,8 @@ grpc::Status AttentionServiceImpl::Forward(
   info->set_cp(cp);
   info->set_ring_generation(cluster_.generation());
   stream->Write(resp);
-  SendTensor<attention::v1::ForwardResponse>(stream, "out", *out, h.dtype());
-  SendTensor<attention::v1::ForwardResponse>(stream, "lse", *lse, "FP32");
+  SendGathered<attention::v1::ForwardResponse>(stream, results, "out", h.dtype(), 2, S);
+  SendGathered<attention::v1::ForwardResponse>(stream, results, "lse", "FP32", 2, S);
   attention::v1::ForwardResponse last;
   *last.mutable_metrics() = Metrics(results, Since(t0), ForwardFlops(h, layer));
   stream->Write(last);
@@ -449,7 +484,7 @@ grpc::Status AttentionServiceImpl::Backward(
   auto workers = cluster_.workers();
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
     return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Backward(ctx); }, r, call,
-                    {{"dout", *batch::SliceDim(*dout, 2, r * L, (r + 1) * L)}},
+                    {SliceInput{"dout", h.dtype(), &*dout, 2}}, r * L, (r + 1) * L,
                     {{"dq", {"FP32", {B, H, L, D}}},
                      {"dk", {"FP32", {B, Hkv, L, D}}},
                      {"dv", {"FP32", {B, Hkv, L, D}}}},
@@ -457,9 +492,7 @@ grpc::Status AttentionServiceImpl::Backward(
   });
   if (absl::Status s = FirstError(results); !s.ok()) return ToGrpc(s);
   for (const char* name : {"dq", "dk", "dv"}) {
-    auto t = Gather(results, name, 2, S);
-    if (!t.ok()) return ToGrpc(t.status());
-    SendTensor<attention::v1::BackwardResponse>(stream, name, *t, "FP32");
+    SendGathered<attention::v1::BackwardResponse>(stream, results, name, "FP32", 2, S);
   }
   attention::v1::BackwardResponse last;
   *last.mutable_metrics() =
