@@ -19,8 +19,8 @@ size_t WireDTypeSize(const std::string& dtype) {
 
 PieceWriter::PieceWriter(const std::string& name, const std::string& dtype,
                          const std::vector<int64_t>& shape,
-                         absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit)
-    : emit_(emit) {
+                         std::function<bool(attention::v1::TensorChunk&)> emit)
+    : emit_(std::move(emit)) {
   chunk_.set_name(name);
   chunk_.set_dtype(dtype);
   for (int64_t d : shape) chunk_.add_shape(d);

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -34,8 +35,10 @@ void SplitTensor(const std::string& name, const std::string& dtype,
 // where they lie).
 class PieceWriter {
  public:
+  // `emit` is kept (a copy) for the writer's lifetime: a lambda passed here
+  // may be a temporary.
   PieceWriter(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
-              absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit);
+              std::function<bool(attention::v1::TensorChunk&)> emit);
 
   // False once the receiver refused a piece; later calls do nothing.
   bool Append(std::span<const std::byte> run);
@@ -46,7 +49,7 @@ class PieceWriter {
   bool Flush();
 
   attention::v1::TensorChunk chunk_;
-  absl::FunctionRef<bool(attention::v1::TensorChunk&)> emit_;
+  std::function<bool(attention::v1::TensorChunk&)> emit_;
   uint64_t offset_ = 0;
   bool ok_ = true;
   bool emitted_ = false;
