@@ -7,22 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "proto/wire/grpc_status.h"
 #include "proto/wire/tensor_stream.h"
 
 namespace ringattn::client {
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
-template <typename T>
-std::vector<T> As(const std::vector<std::byte>& bytes) {
-  std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
-  return out;
-}
 
 void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
@@ -88,11 +77,11 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
     if (resp.has_metrics()) out.metrics = resp.metrics();
     if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
   }
-  if (absl::Status s = FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (absl::Status s = wire::FromGrpc(stream->Finish()); !s.ok()) return s;
   if (bad.ok()) bad = assembler.Finish();
   if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
   out.out = assembler.Take("out");
-  out.lse = As<float>(assembler.Take("lse"));
+  out.lse = wire::BytesAs<float>(assembler.Take("lse"));
   return out;
 }
 
@@ -111,13 +100,12 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   const std::vector<int64_t> kv_shape = {shapes.batch, shapes.kv_heads, shapes.seq_len,
                                          shapes.head_dim};
   if (ok) {
-    wire::SplitTensor("dout", shapes.dtype, q_shape, dout,
-                      [&](attention::v1::TensorChunk& c) {
-                        attention::v1::BackwardRequest r;
-                        *r.mutable_chunk() = std::move(c);
-                        ok = stream->Write(r);
-                        return ok;
-                      });
+    wire::SplitTensor("dout", shapes.dtype, q_shape, dout, [&](attention::v1::TensorChunk& c) {
+      attention::v1::BackwardRequest r;
+      *r.mutable_chunk() = std::move(c);
+      ok = stream->Write(r);
+      return ok;
+    });
   }
   stream->WritesDone();
   BackwardOutputs out;
@@ -131,12 +119,12 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
     if (resp.has_metrics()) out.metrics = resp.metrics();
     if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
   }
-  if (absl::Status s = FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (absl::Status s = wire::FromGrpc(stream->Finish()); !s.ok()) return s;
   if (bad.ok()) bad = assembler.Finish();
   if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
-  out.dq = As<float>(assembler.Take("dq"));
-  out.dk = As<float>(assembler.Take("dk"));
-  out.dv = As<float>(assembler.Take("dv"));
+  out.dq = wire::BytesAs<float>(assembler.Take("dq"));
+  out.dk = wire::BytesAs<float>(assembler.Take("dk"));
+  out.dv = wire::BytesAs<float>(assembler.Take("dv"));
   return out;
 }
 
@@ -146,7 +134,7 @@ absl::Status AttentionClient::Release(const std::string& handle) {
   attention::v1::ReleaseRequest req;
   req.set_handle(handle);
   attention::v1::ReleaseResponse resp;
-  return FromGrpc(stub_->Release(&ctx, req, &resp));
+  return wire::FromGrpc(stub_->Release(&ctx, req, &resp));
 }
 
 absl::StatusOr<attention::v1::ClusterStatusResponse> AttentionClient::Status() {
@@ -154,7 +142,7 @@ absl::StatusOr<attention::v1::ClusterStatusResponse> AttentionClient::Status() {
   SetDeadline(ctx, absl::Seconds(10));
   attention::v1::ClusterStatusRequest req;
   attention::v1::ClusterStatusResponse resp;
-  if (absl::Status s = FromGrpc(stub_->ClusterStatus(&ctx, req, &resp)); !s.ok()) return s;
+  if (absl::Status s = wire::FromGrpc(stub_->ClusterStatus(&ctx, req, &resp)); !s.ok()) return s;
   return resp;
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <span>
@@ -55,11 +56,13 @@ class PieceWriter {
   bool emitted_ = false;
 };
 
-struct WireTensor {
-  std::string dtype;
-  std::vector<int64_t> shape;
-  std::vector<std::byte> data;
-};
+// Raw little-endian bytes of a received tensor as a vector of T.
+template <typename T>
+std::vector<T> BytesAs(std::span<const std::byte> bytes) {
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
 
 // Collects the pieces of named tensors from a stream. Each name must be
 // expected; shapes and dtypes must agree across pieces; pieces must arrive

@@ -3,7 +3,7 @@
 #include <chrono>
 
 #include "grpcpp/client_context.h"
-#include "server/common/status_convert.h"
+#include "proto/wire/grpc_status.h"
 
 namespace ringattn::server {
 
@@ -14,7 +14,7 @@ absl::Status GrpcStore::Set(absl::string_view key, const std::vector<char>& valu
   req.set_key(std::string(key));
   req.set_value(value.data(), value.size());
   worker::v1::StoreSetResponse resp;
-  return FromGrpc(stub_->StoreSet(&ctx, req, &resp));
+  return wire::FromGrpc(stub_->StoreSet(&ctx, req, &resp));
 }
 
 absl::StatusOr<std::vector<char>> GrpcStore::GetWaiting(absl::string_view key,
@@ -27,7 +27,7 @@ absl::StatusOr<std::vector<char>> GrpcStore::GetWaiting(absl::string_view key,
   req.set_wait_seconds(absl::ToDoubleSeconds(wait));
   worker::v1::StoreGetResponse resp;
   const grpc::Status s = stub_->StoreGet(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpc(s);
+  if (!s.ok()) return wire::FromGrpc(s);
   return std::vector<char>(resp.value().begin(), resp.value().end());
 }
 

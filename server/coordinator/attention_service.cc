@@ -12,11 +12,11 @@
 #include "grpcpp/client_context.h"
 #include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
+#include "proto/wire/grpc_status.h"
 #include "proto/wire/tensor_stream.h"
 #include "server/batch/batch_prep.h"
 #include "server/batch/host_tensor.h"
 #include "server/common/layer_config.h"
-#include "server/common/status_convert.h"
 
 namespace ringattn::server {
 namespace {
@@ -174,8 +174,8 @@ RankResult Dispatch(
   }
   const grpc::Status s = stream->Finish();
   if (!s.ok()) {
-    result.status = absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                                 absl::StrCat("rank ", rank, ": ", s.error_message()));
+    const absl::Status st = wire::FromGrpc(s);
+    result.status = absl::Status(st.code(), absl::StrCat("rank ", rank, ": ", st.message()));
     return result;
   }
   if (bad.ok()) bad = assembler.Finish();
@@ -306,7 +306,7 @@ grpc::Status AttentionServiceImpl::Forward(
                         "a Forward stream must start with its header");
   }
   const attention::v1::ForwardHeader h = req.header();
-  if (absl::Status s = CheckHeader(h, options_.max_call_bytes); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = CheckHeader(h, options_.max_call_bytes); !s.ok()) return wire::ToGrpc(s);
   const kernels::LayerConfig layer = *LayerFromProto(h.layer(), h.head_dim());
   const int64_t B = h.batch(), H = h.heads(), Hkv = h.kv_heads(), S = h.seq_len(), D = h.head_dim();
   wire::TensorAssembler assembler(options_.max_call_bytes);
@@ -320,10 +320,10 @@ grpc::Status AttentionServiceImpl::Forward(
     if (!req.has_chunk()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
     }
-    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return ToGrpc(s);
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
-  if (absl::Status s = assembler.Finish(); !s.ok()) return ToGrpc(s);
-  if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
+  if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return wire::ToGrpc(s);
 
   const int cp = cluster_.cp();
   const int64_t P = batch::PaddedLength(S, cp);
@@ -357,14 +357,14 @@ grpc::Status AttentionServiceImpl::Forward(
       continue;
     }
     auto padded = batch::PadDim(t, 2, P, 0);
-    if (!padded.ok()) return ToGrpc(padded.status());
+    if (!padded.ok()) return wire::ToGrpc(padded.status());
     whole.emplace_back(name, *std::move(padded));
   }
   for (auto [name, t, fill] : {std::tuple{"doc_ids", &doc, 0},
                                {"vision_groups", &vision, -1},
                                {"padding_mask", &padding, 1}}) {
     auto padded = batch::PadDim(*t, 1, P, fill);
-    if (!padded.ok()) return ToGrpc(padded.status());
+    if (!padded.ok()) return wire::ToGrpc(padded.status());
     whole.emplace_back(name, *std::move(padded));
   }
   const uint64_t session_bytes =
@@ -407,7 +407,7 @@ grpc::Status AttentionServiceImpl::Forward(
   if (absl::Status s = FirstError(results); !s.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
     bytes_held_ -= session_bytes;
-    return ToGrpc(s);
+    return wire::ToGrpc(s);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -471,11 +471,11 @@ grpc::Status AttentionServiceImpl::Backward(
     if (!req.has_chunk()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
     }
-    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return ToGrpc(s);
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
-  if (absl::Status s = assembler.Finish(); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
   auto dout = batch::PadDim(Host(h.dtype(), {B, H, S, D}, assembler.Take("dout")), 2, P, 0);
-  if (!dout.ok()) return ToGrpc(dout.status());
+  if (!dout.ok()) return wire::ToGrpc(dout.status());
 
   const int cp = cluster_.cp();
   const int64_t L = P / cp;
@@ -490,7 +490,7 @@ grpc::Status AttentionServiceImpl::Backward(
                      {"dv", {"FP32", {B, Hkv, L, D}}}},
                     options_.ring_timeout * 2 + absl::Seconds(30));
   });
-  if (absl::Status s = FirstError(results); !s.ok()) return ToGrpc(s);
+  if (absl::Status s = FirstError(results); !s.ok()) return wire::ToGrpc(s);
   for (const char* name : {"dq", "dk", "dv"}) {
     SendGathered<attention::v1::BackwardResponse>(stream, results, name, "FP32", 2, S);
   }

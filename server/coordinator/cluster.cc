@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
-#include "server/common/status_convert.h"
+#include "proto/wire/grpc_status.h"
 
 namespace ringattn::server {
 

@@ -3,7 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "server/common/status_convert.h"
+#include "proto/wire/grpc_status.h"
 
 namespace ringattn::server {
 
@@ -14,7 +14,7 @@ grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "address is required");
   }
   const absl::Status s = cluster_.AddWorker(request->address());
-  if (!s.ok()) return ToGrpc(s);
+  if (!s.ok()) return wire::ToGrpc(s);
   response->set_cp(cluster_.cp());
   return grpc::Status::OK;
 }

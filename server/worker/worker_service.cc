@@ -6,10 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/status_macros.h"
+#include "proto/wire/grpc_status.h"
 #include "proto/wire/tensor_stream.h"
 #include "server/common/grpc_store.h"
 #include "server/common/layer_config.h"
-#include "server/common/status_convert.h"
 #include "server/ring/gloo_transport.h"
 #include "server/ring/ring_attention.h"
 
@@ -20,13 +20,6 @@ using worker::v1::ShardCall;
 using worker::v1::ShardRequest;
 using worker::v1::ShardResponse;
 using Stream = grpc::ServerReaderWriter<ShardResponse, ShardRequest>;
-
-template <typename T>
-std::vector<T> As(std::vector<std::byte> bytes) {
-  std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
-  return out;
-}
 
 absl::Status CheckCall(const ShardCall& c) {
   if (c.batch() < 1 || c.heads() < 1 || c.kv_heads() < 1 || c.shard_len() < 1 || c.head_dim() < 1 ||
@@ -112,11 +105,6 @@ std::shared_ptr<ring::Transport> WorkerServiceImpl::transport() {
   return transport_;
 }
 
-int WorkerServiceImpl::open_sessions() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int>(sessions_.size());
-}
-
 grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
                                          const worker::v1::JoinRingRequest* request,
                                          worker::v1::JoinRingResponse* /*response*/) {
@@ -130,7 +118,7 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
   options.generation = request->generation();
   options.hostname = request->listen_host().empty() ? "127.0.0.1" : request->listen_host();
   absl::StatusOr<std::unique_ptr<ring::Transport>> t = ring::ConnectGloo(store, options);
-  if (!t.ok()) return ToGrpc(t.status());
+  if (!t.ok()) return wire::ToGrpc(t.status());
   std::lock_guard<std::mutex> lock(mu_);
   transport_ = std::move(*t);
   rank_ = request->rank();
@@ -153,20 +141,20 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
     assembler.Expect("vision_groups", "INT32", tokens, true);
     assembler.Expect("padding_mask", "BOOL", tokens, true);
   });
-  if (!call.ok()) return ToGrpc(call.status());
+  if (!call.ok()) return wire::ToGrpc(call.status());
   absl::StatusOr<kernels::LayerConfig> layer = LayerFromProto(call->layer(), call->head_dim());
-  if (!layer.ok()) return ToGrpc(layer.status());
+  if (!layer.ok()) return wire::ToGrpc(layer.status());
   session->call = *call;
   session->q = assembler.Take("q");
   session->k = assembler.Take("k");
   session->v = assembler.Take("v");
-  session->doc = As<int32_t>(assembler.Take("doc_ids"));
-  session->vision = As<int32_t>(assembler.Take("vision_groups"));
-  session->padding = As<uint8_t>(assembler.Take("padding_mask"));
+  session->doc = wire::BytesAs<int32_t>(assembler.Take("doc_ids"));
+  session->vision = wire::BytesAs<int32_t>(assembler.Take("vision_groups"));
+  session->padding = wire::BytesAs<uint8_t>(assembler.Take("padding_mask"));
 
   const ring::RingCall rc = RingCallOf(*call, *layer);
   if (absl::Status s = sequencer_.WaitTurn(call->sequence(), rc.timeout); !s.ok()) {
-    return ToGrpc(s);
+    return wire::ToGrpc(s);
   }
   std::shared_ptr<ring::Transport> t = transport();
   if (!t) {
@@ -187,7 +175,7 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
                        session->padding};
   absl::StatusOr<ring::RingForwardResult> r = ring::RingForward(*t, ctx_, shard, rc);
   sequencer_.Done(call->sequence());
-  if (!r.ok()) return ToGrpc(r.status());
+  if (!r.ok()) return wire::ToGrpc(r.status());
 
   const std::vector<int64_t> q_shape = {call->batch(), call->heads(), call->shard_len(),
                                         call->head_dim()};
@@ -212,7 +200,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
   absl::StatusOr<ShardCall> call = ReadCall(stream, assembler, [&](const ShardCall& c) {
     assembler.Expect("dout", c.dtype(), {c.batch(), c.heads(), c.shard_len(), c.head_dim()}, true);
   });
-  if (!call.ok()) return ToGrpc(call.status());
+  if (!call.ok()) return wire::ToGrpc(call.status());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(call->session());
@@ -223,7 +211,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
       absl::Seconds(call->timeout_seconds() > 0 ? call->timeout_seconds() : 60);
   // Take the turn even for a call that will fail, so later calls still run.
   if (absl::Status s = sequencer_.WaitTurn(call->sequence(), timeout); !s.ok()) {
-    return ToGrpc(s);
+    return wire::ToGrpc(s);
   }
   if (!session || !t) {
     sequencer_.Done(call->sequence());
@@ -250,7 +238,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
   absl::StatusOr<ring::RingBackwardResult> r =
       ring::RingBackward(*t, ctx_, shard, session->out, dout, session->lse, rc);
   sequencer_.Done(call->sequence());
-  if (!r.ok()) return ToGrpc(r.status());
+  if (!r.ok()) return wire::ToGrpc(r.status());
   const std::vector<int64_t> q_shape = {fc.batch(), fc.heads(), fc.shard_len(), fc.head_dim()};
   const std::vector<int64_t> kv_shape = {fc.batch(), fc.kv_heads(), fc.shard_len(), fc.head_dim()};
   Send(stream, "dq", "FP32", q_shape, std::as_bytes(std::span(r->dq)));

@@ -34,8 +34,6 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
                        const worker::v1::WorkerReleaseRequest* request,
                        worker::v1::WorkerReleaseResponse* response) override;
 
-  int open_sessions();
-
  private:
   // What forward leaves for backward: the shard and its output.
   struct Session {

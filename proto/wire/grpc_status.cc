@@ -1,8 +1,8 @@
-#include "server/common/status_convert.h"
+#include "proto/wire/grpc_status.h"
 
 #include <string>
 
-namespace ringattn::server {
+namespace ringattn::wire {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -15,4 +15,4 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::wire
