@@ -48,56 +48,125 @@ int WaitExit(pid_t pid, absl::Duration timeout) {
   }
 }
 
+// Reads the number a daemon wrote to `path` once serving; 0 while absent.
+int ReadPortFile(const std::string& path) {
+  int port = 0;
+  std::ifstream in(path);
+  if (!(in >> port)) port = 0;
+  return port;
+}
+
 }  // namespace
+
+absl::Status LocalCluster::StartCoordinator(int port) {
+  const std::string port_file = dir_ + "/port";
+  const std::string metrics_file = dir_ + "/coordinator.metrics";
+  std::filesystem::remove(port_file);
+  std::filesystem::remove(metrics_file);
+  std::vector<std::string> args = {
+      bin_ + "/ringattn-coordinator",
+      absl::StrCat("--port=", port),
+      "--port_file=" + port_file,
+      "--metrics_port=0",
+      "--metrics_port_file=" + metrics_file,
+      "--cp=" + std::to_string(options_.cp),
+      absl::StrCat("--ring_timeout_seconds=", options_.ring_timeout_seconds)};
+  args.insert(args.end(), options_.coordinator_flags.begin(), options_.coordinator_flags.end());
+  absl::StatusOr<pid_t> coordinator = Spawn(args);
+  if (!coordinator.ok()) return coordinator.status();
+  coordinator_ = *coordinator;
+  const absl::Time deadline = absl::Now() + options_.start_timeout;
+  int bound = 0, metrics = 0;
+  while ((bound = ReadPortFile(port_file)) == 0 || (metrics = ReadPortFile(metrics_file)) == 0) {
+    if (WaitExit(coordinator_, absl::ZeroDuration()) >= 0) {
+      coordinator_ = -1;
+      return absl::UnavailableError("the coordinator exited while starting");
+    }
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("coordinator did not start");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  address_ = absl::StrCat("127.0.0.1:", bound);
+  coordinator_metrics_ = absl::StrCat("127.0.0.1:", metrics);
+  return absl::OkStatus();
+}
+
+absl::Status LocalCluster::StartWorker(int rank) {
+  if (rank < 0 || rank >= options_.cp) return absl::InvalidArgumentError("no such rank");
+  if (workers_[rank] > 0) return absl::FailedPreconditionError("that worker is running");
+  const std::string metrics_file = absl::StrCat(dir_, "/worker", rank, ".metrics");
+  std::filesystem::remove(metrics_file);
+  std::vector<std::string> args = {bin_ + "/ringattn-worker",
+                                   "--coordinator=" + address_,
+                                   "--port=0",
+                                   absl::StrCat("--rank=", rank),
+                                   "--metrics_port=0",
+                                   "--metrics_port_file=" + metrics_file,
+                                   "--threads=" + std::to_string(options_.worker_threads)};
+  args.insert(args.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  absl::StatusOr<pid_t> w = Spawn(args);
+  if (!w.ok()) return w.status();
+  workers_[rank] = *w;
+  return absl::OkStatus();
+}
+
+absl::Status LocalCluster::KillWorker(int rank) {
+  if (rank < 0 || rank >= options_.cp || workers_[rank] <= 0) {
+    return absl::FailedPreconditionError("that worker is not running");
+  }
+  kill(workers_[rank], SIGKILL);
+  WaitExit(workers_[rank], absl::Seconds(10));  // Reap it.
+  workers_[rank] = -1;
+  return absl::OkStatus();
+}
+
+absl::Status LocalCluster::RestartCoordinator() {
+  const int port = std::stoi(address_.substr(address_.rfind(':') + 1));
+  if (coordinator_ > 0) {
+    kill(coordinator_, SIGKILL);
+    WaitExit(coordinator_, absl::Seconds(10));
+    coordinator_ = -1;
+  }
+  if (absl::Status s = StartCoordinator(port); !s.ok()) return s;
+  return WaitReady();
+}
+
+absl::Status LocalCluster::WaitReady() {
+  const absl::Time deadline = absl::Now() + options_.start_timeout;
+  std::unique_ptr<AttentionClient> client = AttentionClient::Connect(address_);
+  while (true) {
+    absl::StatusOr<attention::v1::ClusterStatusResponse> s = client->Status();
+    if (s.ok() && s->ring_ready()) return absl::OkStatus();
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the ring did not come up within ", absl::FormatDuration(options_.start_timeout)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::vector<std::string> LocalCluster::worker_metrics_addresses() const {
+  std::vector<std::string> out;
+  for (int r = 0; r < options_.cp; ++r) {
+    const int port = ReadPortFile(absl::StrCat(dir_, "/worker", r, ".metrics"));
+    out.push_back(port == 0 ? "" : absl::StrCat("127.0.0.1:", port));
+  }
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
     const LocalClusterOptions& options) {
   std::unique_ptr<LocalCluster> c(new LocalCluster());
-  const std::string bin = options.bin_dir.empty() ? SelfDir() : options.bin_dir;
+  c->options_ = options;
+  c->bin_ = options.bin_dir.empty() ? SelfDir() : options.bin_dir;
   char tmpl[] = "/tmp/ringattn_cluster_XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return absl::InternalError("cannot make a temp dir");
   c->dir_ = tmpl;
-  const absl::Time deadline = absl::Now() + options.start_timeout;
-
-  std::vector<std::string> args = {
-      bin + "/ringattn-coordinator", "--port=0", "--port_file=" + c->dir_ + "/port",
-      "--cp=" + std::to_string(options.cp),
-      absl::StrCat("--ring_timeout_seconds=", options.ring_timeout_seconds)};
-  args.insert(args.end(), options.coordinator_flags.begin(), options.coordinator_flags.end());
-  absl::StatusOr<pid_t> coordinator = Spawn(args);
-  if (!coordinator.ok()) return coordinator.status();
-  c->coordinator_ = *coordinator;
-  int port = 0;
-  while (port == 0) {
-    std::ifstream in(c->dir_ + "/port");
-    if (!(in >> port)) port = 0;
-    if (port == 0) {
-      if (WaitExit(c->coordinator_, absl::ZeroDuration()) >= 0) {
-        c->coordinator_ = -1;
-        return absl::UnavailableError("the coordinator exited while starting");
-      }
-      if (absl::Now() > deadline) return absl::DeadlineExceededError("coordinator did not start");
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  c->address_ = absl::StrCat("127.0.0.1:", port);
+  if (absl::Status s = c->StartCoordinator(0); !s.ok()) return s;
+  c->workers_.assign(options.cp, -1);
   for (int r = 0; r < options.cp; ++r) {
-    absl::StatusOr<pid_t> w =
-        Spawn({bin + "/ringattn-worker", "--coordinator=" + c->address_, "--port=0",
-               "--threads=" + std::to_string(options.worker_threads)});
-    if (!w.ok()) return w.status();
-    c->workers_.push_back(*w);
+    if (absl::Status s = c->StartWorker(r); !s.ok()) return s;
   }
-  std::unique_ptr<AttentionClient> client = AttentionClient::Connect(c->address_);
-  while (true) {
-    absl::StatusOr<attention::v1::ClusterStatusResponse> s = client->Status();
-    if (s.ok() && s->ring_ready()) break;
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("the ring did not come up within ",
-                                                      absl::FormatDuration(options.start_timeout)));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  if (absl::Status s = c->WaitReady(); !s.ok()) return s;
   return c;
 }
 

@@ -20,6 +20,7 @@ struct LocalClusterOptions {
   int worker_threads = 1;
   double ring_timeout_seconds = 60;
   std::vector<std::string> coordinator_flags;  // Extra flags, e.g. limits.
+  std::vector<std::string> worker_flags;       // Extra flags for every worker.
   absl::Duration start_timeout = absl::Seconds(60);
 };
 
@@ -36,6 +37,19 @@ class LocalCluster {
   const std::string& address() const { return address_; }
   pid_t coordinator_pid() const { return coordinator_; }
   const std::vector<pid_t>& worker_pids() const { return workers_; }
+  // host:port of each daemon's Prometheus endpoint.
+  const std::string& coordinator_metrics_address() const { return coordinator_metrics_; }
+  std::vector<std::string> worker_metrics_addresses() const;
+
+  // Fault injection for tests: SIGKILL a worker (reaped), and start a fresh
+  // process for its rank (it registers and the ring is rebuilt).
+  absl::Status KillWorker(int rank);
+  absl::Status StartWorker(int rank);
+  // SIGKILL the coordinator and start a new one on the same port; the
+  // workers re-register by their heartbeat. Waits (bounded) for the ring.
+  absl::Status RestartCoordinator();
+  // Waits (bounded by the start timeout) until the ring is ready.
+  absl::Status WaitReady();
 
   // SIGTERM to every process, then waits (bounded; SIGKILL after). An error
   // if any process did not exit cleanly.
@@ -43,9 +57,13 @@ class LocalCluster {
 
  private:
   LocalCluster() = default;
+  absl::Status StartCoordinator(int port);
 
+  LocalClusterOptions options_;
+  std::string bin_;
   std::string dir_;
   std::string address_;
+  std::string coordinator_metrics_;
   pid_t coordinator_ = -1;
   std::vector<pid_t> workers_;
 };

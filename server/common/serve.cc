@@ -36,8 +36,10 @@ int WaitForShutdownSignal() {
   return sig;
 }
 
-absl::StatusOr<StartedServer> StartServer(const std::string& host, int port,
-                                          const std::vector<grpc::Service*>& services) {
+absl::StatusOr<StartedServer> StartServer(
+    const std::string& host, int port, const std::vector<grpc::Service*>& services,
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -47,6 +49,7 @@ absl::StatusOr<StartedServer> StartServer(const std::string& host, int port,
   builder.SetMaxReceiveMessageSize(8 << 20);
   builder.SetMaxSendMessageSize(8 << 20);
   for (grpc::Service* s : services) builder.RegisterService(s);
+  if (!interceptors.empty()) builder.experimental().SetInterceptorCreators(std::move(interceptors));
   started.server = builder.BuildAndStart();
   if (!started.server || started.port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":", port));

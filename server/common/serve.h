@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
 #include "grpcpp/support/config.h"
+#include "grpcpp/support/server_interceptor.h"
 
 namespace grpc {
 class Service;
@@ -29,8 +30,11 @@ struct StartedServer {
 
 // Starts a gRPC server on host:port with the services, the standard health
 // service and reflection, and message limits large enough for 4 MiB pieces.
-absl::StatusOr<StartedServer> StartServer(const std::string& host, int port,
-                                          const std::vector<grpc::Service*>& services);
+// `interceptors` see every call (request metrics).
+absl::StatusOr<StartedServer> StartServer(
+    const std::string& host, int port, const std::vector<grpc::Service*>& services,
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors = {});
 
 // Writes `port` to `path` (atomically), for launchers that asked for port 0.
 void WritePortFile(const std::string& path, int port);

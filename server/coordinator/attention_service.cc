@@ -1,6 +1,7 @@
 #include "server/coordinator/attention_service.h"
 
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -137,17 +138,49 @@ bool WriteSlice(const SliceInput& in, int64_t begin, int64_t end,
   return writer.Finish();
 }
 
+// Every rank's dispatch meets here once its inputs are sent; the call is
+// committed to all ranks or to none. Committing to some ranks only would
+// leave them waiting in the ring for the rest until their timeout.
+class CommitGate {
+ public:
+  CommitGate(int ranks, std::function<bool()> still_wanted)
+      : waiting_(ranks), still_wanted_(std::move(still_wanted)) {}
+
+  // Blocks until every rank arrived; true if all sent their inputs and the
+  // client still waits for the answer.
+  bool Arrive(bool sent) {
+    std::unique_lock<std::mutex> lock(mu_);
+    all_sent_ &= sent;
+    if (--waiting_ == 0) {
+      go_ = all_sent_ && still_wanted_();
+      cv_.notify_all();
+    }
+    cv_.wait(lock, [&] { return waiting_ == 0; });
+    return go_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int waiting_;
+  bool all_sent_ = true;
+  bool go_ = false;
+  std::function<bool()> still_wanted_;
+};
+
 // Sends `call` and the rank's slices [begin, end) of `inputs` to one worker
 // and collects what it streams back. `expect` declares the returned tensors.
+// The stream's deadline is the client's, capped at `timeout`.
 template <typename Method>
 RankResult Dispatch(
     Method method, int rank, const worker::v1::ShardCall& call,
     const std::vector<SliceInput>& inputs, int64_t begin, int64_t end,
     const std::vector<std::pair<std::string, std::pair<std::string, std::vector<int64_t>>>>& expect,
-    absl::Duration timeout) {
+    std::chrono::system_clock::time_point deadline, CommitGate& gate, prometheus::Counter& sent,
+    prometheus::Counter& received) {
   RankResult result;
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
+  ctx.set_deadline(deadline);
   auto stream = method(&ctx);
   worker::v1::ShardRequest req;
   *req.mutable_call() = call;
@@ -155,11 +188,24 @@ RankResult Dispatch(
   for (const SliceInput& in : inputs) {
     if (!ok) break;
     ok = WriteSlice(in, begin, end, [&](TensorChunk& chunk) {
+      sent.Increment(static_cast<double>(chunk.data().size()));
       worker::v1::ShardRequest r;
       *r.mutable_chunk() = std::move(chunk);
       return stream->Write(r);
     });
   }
+  if (!gate.Arrive(ok)) {
+    ctx.TryCancel();
+    const grpc::Status s = stream->Finish();
+    result.status = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
+                        ? absl::CancelledError("the call was withdrawn before the ring started")
+                        : absl::Status(wire::FromGrpc(s).code(),
+                                       absl::StrCat("rank ", rank, ": ", s.error_message()));
+    return result;
+  }
+  worker::v1::ShardRequest commit;
+  commit.set_commit(true);
+  stream->Write(commit);
   stream->WritesDone();
   wire::TensorAssembler assembler(uint64_t{1} << 40);
   for (const auto& [name, spec] : expect) assembler.Expect(name, spec.first, spec.second, true);
@@ -169,6 +215,7 @@ RankResult Dispatch(
     if (resp.has_metrics()) {
       result.metrics = resp.metrics();
     } else if (bad.ok()) {
+      received.Increment(static_cast<double>(resp.chunk().data().size()));
       bad = assembler.Add(resp.chunk());
     }
   }
@@ -199,18 +246,23 @@ std::vector<RankResult> ForEachRank(int cp, const std::function<RankResult(int)>
   return results;
 }
 
+// The error to report: a rank's own failure over the withdrawals it caused.
 absl::Status FirstError(const std::vector<RankResult>& results) {
+  absl::Status first;
   for (const RankResult& r : results) {
-    if (!r.status.ok()) return r.status;
+    if (r.status.ok()) continue;
+    if (!absl::IsCancelled(r.status)) return r.status;
+    if (first.ok()) first = r.status;
   }
-  return absl::OkStatus();
+  return first;
 }
 
 // Streams the ranks' `name` outputs as one tensor, concatenated along the
 // sequence dim `dim` and cut to `seq_len`, straight from the ranks' buffers.
 template <typename Response, typename Stream>
 bool SendGathered(Stream* stream, const std::vector<RankResult>& results, const std::string& name,
-                  const std::string& dtype, size_t dim, int64_t seq_len) {
+                  const std::string& dtype, size_t dim, int64_t seq_len,
+                  prometheus::Counter& sent) {
   const HostTensor& first = results[0].tensors.at(name);
   int64_t outer, inner;
   AroundDim(first.shape, dim, outer, inner);
@@ -219,6 +271,7 @@ bool SendGathered(Stream* stream, const std::vector<RankResult>& results, const 
   std::vector<int64_t> shape = first.shape;
   shape[dim] = seq_len;
   wire::PieceWriter writer(name, dtype, shape, [&](TensorChunk& chunk) {
+    sent.Increment(static_cast<double>(chunk.data().size()));
     Response resp;
     *resp.mutable_chunk() = std::move(chunk);
     return stream->Write(resp);
@@ -261,19 +314,81 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Whether a failed ring call left the ring's transport aborted (the ring
+// aborts on any error inside it), so the ring must be rebuilt.
+bool BreaksRing(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsInternal(s) ||
+         absl::IsAborted(s) || absl::IsUnknown(s);
+}
+
+// The deadline of a worker stream: the client's, but never past `bound`.
+std::chrono::system_clock::time_point ShardDeadline(const grpc::ServerContext& context,
+                                                    absl::Duration bound) {
+  return std::min(context.deadline(),
+                  std::chrono::system_clock::now() + absl::ToChronoNanoseconds(bound));
+}
+
+// Keeps ringattn_calls_in_flight and the latency histogram for one call.
+class CallScope {
+ public:
+  CallScope(CoordinatorMetrics& m, Op op) : m_(m), op_(op), t0_(Clock::now()) {
+    m_.calls_in_flight[op_].Increment();
+  }
+  ~CallScope() { m_.calls_in_flight[op_].Decrement(); }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+  Clock::time_point start() const { return t0_; }
+  // A completed call: its latency and its FLOPs.
+  void Completed(double flops) {
+    const double seconds = Since(t0_);
+    m_.call_duration_seconds[op_].Observe(seconds);
+    m_.flops_total[op_].Increment(flops);
+    if (seconds > 0) m_.achieved_flops_per_second[op_].Set(flops / seconds);
+  }
+
+ private:
+  CoordinatorMetrics& m_;
+  const Op op_;
+  const Clock::time_point t0_;
+};
+
 }  // namespace
 
-AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options)
-    : cluster_(cluster), options_(options) {}
+AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options,
+                                           CoordinatorMetrics& metrics)
+    : cluster_(cluster), options_(options), metrics_(metrics) {
+  metrics_.memory_budget_bytes.Set(static_cast<double>(options_.memory_budget_bytes));
+}
+
+void AttentionServiceImpl::PublishLocked() {
+  metrics_.service.sessions_open.Set(static_cast<double>(sessions_.size()));
+  metrics_.service.memory_held_bytes.Set(static_cast<double>(bytes_held_));
+}
+
+void AttentionServiceImpl::ForgetLocked(uint64_t bytes) {
+  bytes_held_ -= bytes;
+  PublishLocked();
+}
+
+absl::Status AttentionServiceImpl::RingCallFailed(uint64_t generation, const absl::Status& status) {
+  if (!BreaksRing(status)) return status;
+  const std::string down = cluster_.DescribeDownRanks();
+  cluster_.RingFailed(generation, down.empty() ? std::string(status.message()) : down);
+  if (down.empty()) return status;
+  return absl::UnavailableError(
+      absl::StrCat(down, " (", status.message(), "); the ring is rebuilt when it is back"));
+}
 
 std::vector<std::string> AttentionServiceImpl::DropExpired() {
   const absl::Time now = absl::Now();
   std::vector<std::string> expired;
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->second.expires < now) {
-      bytes_held_ -= it->second.bytes;
+      const uint64_t bytes = it->second.bytes;
       expired.push_back(it->first);
       it = sessions_.erase(it);
+      ForgetLocked(bytes);
     } else {
       ++it;
     }
@@ -283,10 +398,11 @@ std::vector<std::string> AttentionServiceImpl::DropExpired() {
 
 void AttentionServiceImpl::ReleaseOnWorkers(const std::vector<std::string>& handles) {
   if (handles.empty()) return;
-  for (const auto& w : cluster_.workers()) {
+  const Cluster::RingView view = cluster_.View();
+  for (const auto& w : view.stubs) {
     for (const std::string& handle : handles) {
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
       worker::v1::WorkerReleaseRequest r;
       r.set_session(handle);
       worker::v1::WorkerReleaseResponse resp;
@@ -296,10 +412,11 @@ void AttentionServiceImpl::ReleaseOnWorkers(const std::vector<std::string>& hand
 }
 
 grpc::Status AttentionServiceImpl::Forward(
-    grpc::ServerContext* /*context*/,
+    grpc::ServerContext* context,
     grpc::ServerReaderWriter<attention::v1::ForwardResponse, attention::v1::ForwardRequest>*
         stream) {
-  const Clock::time_point t0 = Clock::now();
+  CallScope scope(metrics_, Op::kForward);
+  prometheus::Counter& api_in = metrics_.service.received_bytes(Channel::kApi);
   attention::v1::ForwardRequest req;
   if (!stream->Read(&req) || !req.has_header()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -320,6 +437,7 @@ grpc::Status AttentionServiceImpl::Forward(
     if (!req.has_chunk()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
     }
+    api_in.Increment(static_cast<double>(req.chunk().data().size()));
     if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
@@ -383,14 +501,25 @@ grpc::Status AttentionServiceImpl::Forward(
                        " are held; release sessions or lower the batch"));
     }
     bytes_held_ += session_bytes;
+    PublishLocked();
     std::random_device rd;
     handle = absl::StrFormat("s%d-%08x", ++next_session_, rd());
   }
   ReleaseOnWorkers(expired);
+  auto unreserve = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    ForgetLocked(session_bytes);
+  };
 
-  const worker::v1::ShardCall call =
-      ShardCallFor(h, handle, cluster_.NextSequence(), has_vision, L, options_.ring_timeout);
-  auto workers = cluster_.workers();
+  absl::StatusOr<Cluster::Ticket> ticket = cluster_.NextCall();
+  if (!ticket.ok()) {
+    unreserve();
+    return wire::ToGrpc(ticket.status());
+  }
+  worker::v1::ShardCall call =
+      ShardCallFor(h, handle, ticket->sequence, has_vision, L, options_.ring_timeout);
+  call.set_generation(ticket->generation);
+  const auto& workers = ticket->stubs;
   std::vector<SliceInput> inputs;
   for (const auto& [name, t] : whole) {
     const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
@@ -398,42 +527,63 @@ grpc::Status AttentionServiceImpl::Forward(
                                                                            : h.dtype();
     inputs.push_back({name, dtype, &t, t.shape.size() == 4 ? size_t{2} : size_t{1}});
   }
+  CommitGate gate(cp, [context] { return !context->IsCancelled(); });
+  const auto deadline = ShardDeadline(*context, options_.ring_timeout * 2 + absl::Seconds(30));
+  prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
+  prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
     return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Forward(ctx); }, r, call,
                     inputs, r * L, (r + 1) * L,
-                    {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}},
-                    options_.ring_timeout * 2 + absl::Seconds(30));
+                    {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}}, deadline,
+                    gate, shard_out, shard_in);
   });
   if (absl::Status s = FirstError(results); !s.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    bytes_held_ -= session_bytes;
-    return wire::ToGrpc(s);
+    unreserve();
+    ReleaseOnWorkers({handle});  // Ranks that finished keep the session otherwise.
+    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     sessions_[handle] = Session{
-        h, P, cluster_.generation(), has_vision, session_bytes, absl::Now() + options_.session_ttl};
+        h, P, ticket->generation, has_vision, session_bytes, absl::Now() + options_.session_ttl};
+    PublishLocked();
   }
   attention::v1::ForwardResponse resp;
   attention::v1::SessionInfo* info = resp.mutable_session();
   info->set_handle(handle);
   info->set_padded_len(P);
   info->set_cp(cp);
-  info->set_ring_generation(cluster_.generation());
-  stream->Write(resp);
-  SendGathered<attention::v1::ForwardResponse>(stream, results, "out", h.dtype(), 2, S);
-  SendGathered<attention::v1::ForwardResponse>(stream, results, "lse", "FP32", 2, S);
+  info->set_ring_generation(ticket->generation);
+  prometheus::Counter& api_out = metrics_.service.sent_bytes(Channel::kApi);
+  const double flops = ForwardFlops(h, layer);
   attention::v1::ForwardResponse last;
-  *last.mutable_metrics() = Metrics(results, Since(t0), ForwardFlops(h, layer));
-  stream->Write(last);
+  *last.mutable_metrics() = Metrics(results, Since(scope.start()), flops);
+  const bool delivered =
+      stream->Write(resp) &&
+      SendGathered<attention::v1::ForwardResponse>(stream, results, "out", h.dtype(), 2, S,
+                                                   api_out) &&
+      SendGathered<attention::v1::ForwardResponse>(stream, results, "lse", "FP32", 2, S, api_out) &&
+      stream->Write(last);
+  if (!delivered) {
+    // The client left (cancelled, or its deadline passed): nobody can use
+    // or release this session, so free it on the workers now.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sessions_.erase(handle) > 0) ForgetLocked(session_bytes);
+    }
+    ReleaseOnWorkers({handle});
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away; session released");
+  }
+  scope.Completed(flops);
   return grpc::Status::OK;
 }
 
 grpc::Status AttentionServiceImpl::Backward(
-    grpc::ServerContext* /*context*/,
+    grpc::ServerContext* context,
     grpc::ServerReaderWriter<attention::v1::BackwardResponse, attention::v1::BackwardRequest>*
         stream) {
-  const Clock::time_point t0 = Clock::now();
+  CallScope scope(metrics_, Op::kBackward);
+  prometheus::Counter& api_in = metrics_.service.received_bytes(Channel::kApi);
   attention::v1::BackwardRequest req;
   if (!stream->Read(&req) || !req.has_header()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -458,7 +608,7 @@ grpc::Status AttentionServiceImpl::Backward(
         grpc::StatusCode::NOT_FOUND,
         absl::StrCat("session handle '", handle, "' is unknown, released or expired"));
   }
-  if (session.generation != cluster_.generation()) {
+  if (session.generation != cluster_.View().generation) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the ring was rebuilt since this session's forward; run forward again");
   }
@@ -471,6 +621,7 @@ grpc::Status AttentionServiceImpl::Backward(
     if (!req.has_chunk()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
     }
+    api_in.Increment(static_cast<double>(req.chunk().data().size()));
     if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
@@ -479,25 +630,44 @@ grpc::Status AttentionServiceImpl::Backward(
 
   const int cp = cluster_.cp();
   const int64_t L = P / cp;
-  const worker::v1::ShardCall call = ShardCallFor(
-      h, handle, cluster_.NextSequence(), session.batch_has_vision, L, options_.ring_timeout);
-  auto workers = cluster_.workers();
+  absl::StatusOr<Cluster::Ticket> ticket = cluster_.NextCall();
+  if (!ticket.ok()) return wire::ToGrpc(ticket.status());
+  if (ticket->generation != session.generation) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the ring was rebuilt since this session's forward; run forward again");
+  }
+  worker::v1::ShardCall call =
+      ShardCallFor(h, handle, ticket->sequence, session.batch_has_vision, L, options_.ring_timeout);
+  call.set_generation(ticket->generation);
+  const auto& workers = ticket->stubs;
+  CommitGate gate(cp, [context] { return !context->IsCancelled(); });
+  const auto deadline = ShardDeadline(*context, options_.ring_timeout * 2 + absl::Seconds(30));
+  prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
+  prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
     return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Backward(ctx); }, r, call,
                     {SliceInput{"dout", h.dtype(), &*dout, 2}}, r * L, (r + 1) * L,
                     {{"dq", {"FP32", {B, H, L, D}}},
                      {"dk", {"FP32", {B, Hkv, L, D}}},
                      {"dv", {"FP32", {B, Hkv, L, D}}}},
-                    options_.ring_timeout * 2 + absl::Seconds(30));
+                    deadline, gate, shard_out, shard_in);
   });
-  if (absl::Status s = FirstError(results); !s.ok()) return wire::ToGrpc(s);
-  for (const char* name : {"dq", "dk", "dv"}) {
-    SendGathered<attention::v1::BackwardResponse>(stream, results, name, "FP32", 2, S);
+  if (absl::Status s = FirstError(results); !s.ok()) {
+    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
   }
+  prometheus::Counter& api_out = metrics_.service.sent_bytes(Channel::kApi);
+  for (const char* name : {"dq", "dk", "dv"}) {
+    if (!SendGathered<attention::v1::BackwardResponse>(stream, results, name, "FP32", 2, S,
+                                                       api_out)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+  }
+  const double flops = 2.5 * ForwardFlops(h, *LayerFromProto(h.layer(), D));
   attention::v1::BackwardResponse last;
-  *last.mutable_metrics() =
-      Metrics(results, Since(t0), 2.5 * ForwardFlops(h, *LayerFromProto(h.layer(), D)));
-  stream->Write(last);
+  *last.mutable_metrics() = Metrics(results, Since(scope.start()), flops);
+  if (!stream->Write(last))
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+  scope.Completed(flops);
   return grpc::Status::OK;
 }
 
@@ -511,8 +681,9 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           absl::StrCat("session handle '", request->handle(), "' is unknown"));
     }
-    bytes_held_ -= it->second.bytes;
+    const uint64_t bytes = it->second.bytes;
     sessions_.erase(it);
+    ForgetLocked(bytes);
   }
   ReleaseOnWorkers({request->handle()});
   return grpc::Status::OK;
@@ -521,15 +692,16 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
 grpc::Status AttentionServiceImpl::ClusterStatus(
     grpc::ServerContext* /*context*/, const attention::v1::ClusterStatusRequest* /*request*/,
     attention::v1::ClusterStatusResponse* response) {
+  const Cluster::RingView view = cluster_.View();
   response->set_cp(cluster_.cp());
-  response->set_ring_ready(cluster_.ready());
-  response->set_ring_generation(cluster_.generation());
-  const std::vector<std::string> addresses = cluster_.addresses();
-  for (size_t r = 0; r < addresses.size(); ++r) {
+  response->set_ring_ready(view.ready);
+  response->set_ring_generation(view.generation);
+  for (size_t r = 0; r < view.workers.size(); ++r) {
+    if (view.workers[r].address.empty()) continue;
     attention::v1::WorkerStatus* w = response->add_workers();
     w->set_rank(static_cast<int>(r));
-    w->set_address(addresses[r]);
-    w->set_up(cluster_.ready());
+    w->set_address(view.workers[r].address);
+    w->set_up(view.workers[r].up);
   }
   std::vector<std::string> expired;
   {

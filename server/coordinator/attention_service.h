@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "attention/v1/attention_service.grpc.pb.h"
 #include "server/coordinator/cluster.h"
+#include "server/coordinator/coordinator_metrics.h"
 
 namespace ringattn::server {
 
@@ -24,7 +25,7 @@ struct CoordinatorOptions {
 // every worker at once, and streams the reassembled results back.
 class AttentionServiceImpl final : public attention::v1::AttentionService::Service {
  public:
-  AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options);
+  AttentionServiceImpl(Cluster& cluster, CoordinatorOptions options, CoordinatorMetrics& metrics);
 
   grpc::Status Forward(grpc::ServerContext* context,
                        grpc::ServerReaderWriter<attention::v1::ForwardResponse,
@@ -53,9 +54,16 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   std::vector<std::string> DropExpired();
   // Frees the sessions' state on every worker (best effort).
   void ReleaseOnWorkers(const std::vector<std::string>& handles);
+  // Un-reserves a session's bytes (requires mu_) and updates the gauges.
+  void ForgetLocked(uint64_t bytes);
+  void PublishLocked();
+  // A failed ring call's status for the client: names the ranks that are
+  // down, and marks the ring for rebuilding when the failure broke it.
+  absl::Status RingCallFailed(uint64_t generation, const absl::Status& status);
 
   Cluster& cluster_;
   const CoordinatorOptions options_;
+  CoordinatorMetrics& metrics_;
   std::mutex mu_;
   std::map<std::string, Session> sessions_;  // Guarded by mu_.
   uint64_t bytes_held_ = 0;                  // Guarded by mu_.

@@ -5,126 +5,311 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
-#include "proto/wire/grpc_status.h"
+#include "grpcpp/security/credentials.h"
 
 namespace ringattn::server {
+namespace {
 
-Cluster::Cluster(int cp, std::string store_address, absl::Duration join_timeout)
-    : cp_(cp), store_address_(std::move(store_address)), join_timeout_(join_timeout) {}
+// The host part of "host:port" (the worker's advertised name, which its
+// ring endpoint binds too).
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+bool Healthy(grpc::Channel& channel, absl::Duration timeout) {
+  grpc::health::v1::Health::Stub health(
+      std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  return health.Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace
+
+Cluster::Cluster(ClusterOptions options, CoordinatorMetrics& metrics)
+    : options_(std::move(options)), metrics_(metrics), slots_(options_.cp) {
+  metrics_.ring_size.Set(options_.cp);
+  monitor_ = std::thread([this] { Monitor(); });
+}
 
 Cluster::~Cluster() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  monitor_.join();
   if (builder_.joinable()) builder_.join();
 }
 
-absl::Status Cluster::AddWorker(const std::string& address) {
-  std::vector<std::string> build;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (std::find(addresses_.begin(), addresses_.end(), address) != addresses_.end()) {
-      return absl::OkStatus();
+absl::StatusOr<int> Cluster::Register(const std::string& address, std::optional<int> rank,
+                                      const std::string& incarnation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (rank && (*rank < 0 || *rank >= options_.cp)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", *rank, " is outside this ring of ", options_.cp));
+  }
+  auto known = std::find_if(slots_.begin(), slots_.end(),
+                            [&](const Slot& s) { return s.address == address; });
+  int r = -1;
+  if (known != slots_.end() && (!rank || *rank == known - slots_.begin())) {
+    r = static_cast<int>(known - slots_.begin());
+  } else if (rank) {
+    const Slot& held = slots_[*rank];
+    if (!held.address.empty() && held.up && held.address != address) {
+      return absl::AlreadyExistsError(absl::StrCat("rank ", *rank, " is held by the worker at ",
+                                                   held.address, ", which is up"));
     }
-    if (static_cast<int>(addresses_.size()) >= cp_) {
+    r = *rank;
+  } else {
+    auto free =
+        std::find_if(slots_.begin(), slots_.end(), [](const Slot& s) { return s.address.empty(); });
+    if (free == slots_.end()) {
+      free = std::find_if(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.up; });
+    }
+    if (free == slots_.end()) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("the ring already has its ", cp_, " workers"));
+          absl::StrCat("the ring already has its ", options_.cp, " workers, all up"));
     }
-    addresses_.push_back(address);
-    std::fprintf(stderr, "coordinator: worker %zu/%d registered at %s\n", addresses_.size(), cp_,
-                 address.c_str());
-    if (static_cast<int>(addresses_.size()) == cp_ && !building_) {
-      building_ = true;
-      build = addresses_;
+    r = static_cast<int>(free - slots_.begin());
+  }
+  if (known != slots_.end() && known - slots_.begin() != r) *known = Slot{};  // It moved.
+  Slot& slot = slots_[r];
+  const bool same = slot.address == address && slot.incarnation == incarnation;
+  if (!same) {
+    const bool replacing = !slot.address.empty();
+    std::fprintf(stderr, "coordinator: worker at %s %s rank %d\n", address.c_str(),
+                 replacing ? "takes over" : "registered as", r);
+    slot = Slot{};
+    slot.address = address;
+    slot.incarnation = incarnation;
+    auto creds = options_.worker_credentials ? options_.worker_credentials
+                                             : grpc::InsecureChannelCredentials();
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(8 << 20);
+    args.SetMaxSendMessageSize(8 << 20);
+    slot.channel = grpc::CreateCustomChannel(address, creds, args);
+    slot.stub = worker::v1::WorkerService::NewStub(slot.channel);
+    // A new process at a rank of the ring: the ring's transport on it is gone.
+    if (ready_) {
+      ready_ = false;
+      ring_.clear();
+      last_error_ = absl::StrCat("rank ", r, " restarted (", address, ")");
     }
+    next_build_ = absl::InfinitePast();
   }
-  if (!build.empty()) {
-    if (builder_.joinable()) builder_.join();
-    builder_ = std::thread([this, build] { BuildRing(build); });
-  }
-  return absl::OkStatus();
+  slot.up = true;  // It just called us.
+  PublishLocked();
+  MaybeBuildLocked();
+  return r;
 }
 
-void Cluster::BuildRing(std::vector<std::string> addresses) {
-  uint64_t generation;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    generation = ++generation_;
+void Cluster::PublishLocked() {
+  int registered = 0, up = 0;
+  for (const Slot& s : slots_) {
+    registered += s.address.empty() ? 0 : 1;
+    up += s.up ? 1 : 0;
   }
-  std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs;
-  for (const std::string& a : addresses) {
-    stubs.push_back(worker::v1::WorkerService::NewStub(
-        grpc::CreateChannel(a, grpc::InsecureChannelCredentials())));
+  metrics_.workers_registered.Set(registered);
+  metrics_.workers_up.Set(up);
+  metrics_.service.ring_generation.Set(static_cast<double>(generation_));
+}
+
+void Cluster::MaybeBuildLocked() {
+  if (ready_ || building_ || stopping_ || absl::Now() < next_build_) return;
+  for (const Slot& s : slots_) {
+    if (s.address.empty() || !s.up) return;
   }
+  building_ = true;
+  const uint64_t generation = ++generation_;
+  if (generation > 1) metrics_.ring_rebuilds_total.Increment();
+  PublishLocked();
+  // building_ was false, so the last builder has left its locked section and
+  // only returns now: joining it here cannot wait on mu_.
+  if (builder_.joinable()) builder_.join();
+  builder_ = std::thread([this, generation, slots = slots_] { BuildRing(generation, slots); });
+}
+
+void Cluster::BuildRing(uint64_t generation, std::vector<Slot> slots) {
+  std::fprintf(stderr, "coordinator: building ring generation %llu with %d workers\n",
+               static_cast<unsigned long long>(generation), options_.cp);
   // Every worker must be joining at once: Gloo's rendezvous waits for all.
-  std::vector<grpc::Status> status(addresses.size());
+  std::vector<grpc::Status> status(slots.size());
   std::vector<std::thread> joins;
-  for (size_t r = 0; r < addresses.size(); ++r) {
+  for (size_t r = 0; r < slots.size(); ++r) {
     joins.emplace_back([&, r] {
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(join_timeout_));
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoNanoseconds(options_.join_timeout));
       worker::v1::JoinRingRequest req;
       req.set_rank(static_cast<int>(r));
-      req.set_cp(cp_);
+      req.set_cp(options_.cp);
       req.set_generation(generation);
-      req.set_store_address(store_address_);
-      req.set_listen_host("127.0.0.1");
+      req.set_store_address(options_.store_address);
+      req.set_listen_host(HostOf(slots[r].address));
       worker::v1::JoinRingResponse resp;
-      status[r] = stubs[r]->JoinRing(&ctx, req, &resp);
+      status[r] = slots[r].stub->JoinRing(&ctx, req, &resp);
     });
   }
   for (auto& t : joins) t.join();
-  std::lock_guard<std::mutex> lock(mu_);
-  building_ = false;
-  for (size_t r = 0; r < status.size(); ++r) {
-    if (!status[r].ok()) {
-      last_error_ = absl::StrCat("rank ", r, " at ", addresses[r],
-                                 " could not join the ring: ", status[r].error_message());
-      std::fprintf(stderr, "coordinator: %s\n", last_error_.c_str());
-      cv_.notify_all();
-      return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    building_ = false;
+    std::string error;
+    for (size_t r = 0; r < status.size(); ++r) {
+      if (!status[r].ok()) {
+        error = absl::StrCat("rank ", r, " at ", slots[r].address,
+                             " could not join the ring: ", status[r].error_message());
+        break;
+      }
+    }
+    // A worker may have been replaced while the ring was being built.
+    for (size_t r = 0; error.empty() && r < slots.size(); ++r) {
+      if (slots_[r].incarnation != slots[r].incarnation || slots_[r].address != slots[r].address) {
+        error = absl::StrCat("rank ", r, " changed while the ring was being built");
+      }
+    }
+    if (!error.empty()) {
+      last_error_ = error;
+      next_build_ = absl::Now() + absl::Seconds(1);  // Don't spin on a worker that can't join.
+      std::fprintf(stderr, "coordinator: %s\n", error.c_str());
+    } else if (generation == generation_) {
+      for (const Slot& s : slots) ring_.push_back(s.stub);
+      ready_ = true;
+      sequence_ = 0;
+      last_error_.clear();
+      std::fprintf(stderr, "coordinator: ring generation %llu ready with %d workers\n",
+                   static_cast<unsigned long long>(generation), options_.cp);
+    }
+    PublishLocked();
+  }
+  cv_.notify_all();
+}
+
+void Cluster::Monitor() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.health_interval));
+    if (stopping_) break;
+    std::vector<std::pair<int, std::shared_ptr<grpc::Channel>>> check;
+    for (size_t r = 0; r < slots_.size(); ++r) {
+      if (slots_[r].channel) check.emplace_back(static_cast<int>(r), slots_[r].channel);
+    }
+    lock.unlock();
+    std::vector<std::pair<int, bool>> health;
+    for (const auto& [r, channel] : check) {
+      health.emplace_back(r, Healthy(*channel, options_.health_interval));
+    }
+    lock.lock();
+    for (size_t i = 0; i < health.size(); ++i) {
+      const auto [r, up] = health[i];
+      Slot& s = slots_[r];
+      if (s.channel != check[i].second) continue;  // Replaced while we probed.
+      if (s.up && !up) {
+        std::fprintf(stderr, "coordinator: rank %d at %s is down\n", r, s.address.c_str());
+        if (ready_) {
+          ready_ = false;
+          ring_.clear();
+          last_error_ = absl::StrCat("rank ", r, " at ", s.address, " is down");
+        }
+      }
+      s.up = up;
+    }
+    PublishLocked();
+    MaybeBuildLocked();
+    cv_.notify_all();
+  }
+}
+
+void Cluster::RingFailed(uint64_t generation, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (generation != generation_ || !ready_) return;
+    ready_ = false;
+    ring_.clear();
+    last_error_ = reason;
+    std::fprintf(stderr, "coordinator: ring generation %llu broke: %s\n",
+                 static_cast<unsigned long long>(generation), reason.c_str());
+    MaybeBuildLocked();
+  }
+  cv_.notify_all();
+}
+
+std::string Cluster::DescribeDownRanks() {
+  std::vector<std::pair<std::string, std::shared_ptr<grpc::Channel>>> check;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Slot& s : slots_) check.emplace_back(s.address, s.channel);
+  }
+  std::vector<std::string> down;
+  std::vector<std::thread> probes;
+  std::vector<char> healthy(check.size(), 0);
+  for (size_t r = 0; r < check.size(); ++r) {
+    probes.emplace_back([&, r] {
+      healthy[r] = check[r].second && Healthy(*check[r].second, absl::Milliseconds(500));
+    });
+  }
+  for (auto& t : probes) t.join();
+  for (size_t r = 0; r < check.size(); ++r) {
+    if (!healthy[r]) {
+      down.push_back(check[r].first.empty()
+                         ? absl::StrCat("rank ", r, " has no worker")
+                         : absl::StrCat("rank ", r, " at ", check[r].first, " is down"));
     }
   }
-  stubs_ = std::move(stubs);
-  ready_ = true;
-  sequence_ = 0;
-  std::fprintf(stderr, "coordinator: ring generation %llu ready with %d workers\n",
-               static_cast<unsigned long long>(generation), cp_);
-  cv_.notify_all();
+  return absl::StrJoin(down, "; ");
 }
 
 absl::Status Cluster::WaitReady(absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-               [&] { return ready_ || (!building_ && !last_error_.empty()); });
+  auto missing = [&] {
+    std::vector<std::string> out;
+    for (size_t r = 0; r < slots_.size(); ++r) {
+      if (slots_[r].address.empty()) {
+        out.push_back(absl::StrCat("rank ", r, " has no worker"));
+      } else if (!slots_[r].up) {
+        out.push_back(absl::StrCat("rank ", r, " at ", slots_[r].address, " is down"));
+      }
+    }
+    return out;
+  };
+  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] {
+    // Only a build can make the ring ready; without every worker up there is none.
+    return ready_ || stopping_ || (!building_ && !missing().empty() && generation_ > 0);
+  });
   if (ready_) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat("the ring is not ready: ", addresses_.size(), " of ",
-                                             cp_, " workers registered",
-                                             last_error_.empty() ? "" : "; ", last_error_));
+  std::vector<std::string> why = missing();
+  if (!last_error_.empty()) why.push_back(last_error_);
+  return absl::UnavailableError(
+      absl::StrCat("the ring is not ready", why.empty() ? "" : ": ", absl::StrJoin(why, "; "),
+                   why.empty() || generation_ == 0 ? "" : "; it is rebuilt when they are back"));
 }
 
-bool Cluster::ready() {
+Cluster::RingView Cluster::View() {
   std::lock_guard<std::mutex> lock(mu_);
-  return ready_;
+  RingView v;
+  v.ready = ready_;
+  v.generation = generation_;
+  if (ready_) v.stubs = ring_;
+  for (const Slot& s : slots_) v.workers.push_back({s.address, s.up});
+  return v;
 }
 
-uint64_t Cluster::generation() {
+absl::StatusOr<Cluster::Ticket> Cluster::NextCall() {
   std::lock_guard<std::mutex> lock(mu_);
-  return generation_;
-}
-
-std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> Cluster::workers() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return stubs_;
-}
-
-std::vector<std::string> Cluster::addresses() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return addresses_;
-}
-
-uint64_t Cluster::NextSequence() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return ++sequence_;
+  if (!ready_) {
+    return absl::UnavailableError(
+        absl::StrCat("the ring is being rebuilt", last_error_.empty() ? "" : ": ", last_error_));
+  }
+  return Ticket{generation_, ++sequence_, ring_};
 }
 
 }  // namespace ringattn::server

@@ -1,63 +1,125 @@
 #ifndef RINGATTN_SERVER_COORDINATOR_CLUSTER_H_
 #define RINGATTN_SERVER_COORDINATOR_CLUSTER_H_
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
+#include "server/coordinator/coordinator_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
 namespace ringattn::server {
 
-// The ring's workers as the coordinator sees them: they register (rank =
-// order of registration); once cp have, the coordinator tells each to join
-// ring generation g + 1, with rendezvous through its own store.
+struct ClusterOptions {
+  int cp = 1;
+  std::string store_address;  // This coordinator's CoordinatorControl endpoint.
+  absl::Duration join_timeout = absl::Seconds(60);
+  // How often every worker's health is checked; a worker that fails a
+  // check is down until it passes one (or registers again).
+  absl::Duration health_interval = absl::Seconds(1);
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;  // Null: insecure.
+};
+
+// The ring's workers as the coordinator sees them: cp rank slots filled by
+// registration. When every slot holds a healthy worker and there is no
+// working ring, the cluster builds one: every worker joins generation g + 1
+// with rendezvous through the coordinator's store. A ring breaks when one
+// of its workers goes down or a ring call fails (the transport aborts on
+// error); it is rebuilt as soon as every slot is healthy again.
 class Cluster {
  public:
-  Cluster(int cp, std::string store_address, absl::Duration join_timeout);
+  Cluster(ClusterOptions options, CoordinatorMetrics& metrics);
   ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
 
-  int cp() const { return cp_; }
+  int cp() const { return options_.cp; }
 
-  // Registers a worker endpoint; the cp-th registration builds the ring.
-  absl::Status AddWorker(const std::string& address);
+  // Registration and heartbeat. `rank` pins the slot (a pod's ordinal);
+  // otherwise the worker gets its old slot, a free one, or that of a worker
+  // that is down. A new incarnation at a known address is a restart.
+  // Returns the worker's rank.
+  absl::StatusOr<int> Register(const std::string& address, std::optional<int> rank,
+                               const std::string& incarnation);
 
-  // Blocks until the ring is built (or `timeout`): UNAVAILABLE if not.
+  // Blocks until a ring is ready (or `timeout`): UNAVAILABLE, naming the
+  // ranks that are missing or down, if not. Returns at once when a worker
+  // is down, since no rebuild can happen until it returns.
   absl::Status WaitReady(absl::Duration timeout);
 
-  bool ready();
-  uint64_t generation();
-  // Worker stubs by rank; empty until ready.
-  std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> workers();
-  std::vector<std::string> addresses();
+  // A ring call of `generation` failed in a way that leaves the transport
+  // aborted: the ring must be rebuilt before the next call.
+  void RingFailed(uint64_t generation, const std::string& reason);
 
-  // Ring calls are numbered 1, 2, ... per generation; workers run them in
-  // this order.
-  uint64_t NextSequence();
+  // Health-checks every rank now (bounded) and names those that are down,
+  // e.g. "rank 2 at 10.0.0.7:5000 is down"; empty if all answer.
+  std::string DescribeDownRanks();
+
+  struct WorkerView {
+    std::string address;
+    bool up = false;
+  };
+  struct RingView {
+    bool ready = false;
+    uint64_t generation = 0;
+    // Stubs by rank; empty unless ready.
+    std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs;
+    std::vector<WorkerView> workers;  // By rank; empty address: slot free.
+  };
+  RingView View();
+
+  // One ring call's place: the generation it runs on, its number in that
+  // generation's global order (1, 2, ...; workers run calls in it) and the
+  // generation's workers by rank, taken together so a rebuild between them
+  // cannot mix two rings.
+  struct Ticket {
+    uint64_t generation = 0;
+    uint64_t sequence = 0;
+    std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs;
+  };
+  // UNAVAILABLE when no ring is ready.
+  absl::StatusOr<Ticket> NextCall();
 
  private:
-  void BuildRing(std::vector<std::string> addresses);
+  struct Slot {
+    std::string address;
+    std::string incarnation;
+    std::shared_ptr<grpc::Channel> channel;
+    std::shared_ptr<worker::v1::WorkerService::StubInterface> stub;
+    bool up = false;
+  };
 
-  const int cp_;
-  const std::string store_address_;
-  const absl::Duration join_timeout_;
+  // Starts a build if one is due (requires mu_).
+  void MaybeBuildLocked();
+  void BuildRing(uint64_t generation, std::vector<Slot> slots);
+  void Monitor();
+  void PublishLocked();  // Gauges from the slots (requires mu_).
+
+  const ClusterOptions options_;
+  CoordinatorMetrics& metrics_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::string> addresses_;                                            // Guarded by mu_.
-  std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs_;  // Guarded.
-  bool ready_ = false;                                                            // Guarded by mu_.
-  bool building_ = false;                                                         // Guarded by mu_.
-  uint64_t generation_ = 0;                                                       // Guarded by mu_.
-  uint64_t sequence_ = 0;                                                         // Guarded by mu_.
-  std::string last_error_;                                                        // Guarded by mu_.
+  std::vector<Slot> slots_;                       // By rank. Guarded by mu_.
+  bool ready_ = false;                            // A ring of generation_ is up. Guarded by mu_.
+  bool building_ = false;                         // Guarded by mu_.
+  bool stopping_ = false;                         // Guarded by mu_.
+  uint64_t generation_ = 0;                       // Guarded by mu_.
+  uint64_t sequence_ = 0;                         // Guarded by mu_.
+  absl::Time next_build_ = absl::InfinitePast();  // Backoff after a failed build. Guarded.
+  std::string last_error_;                        // Guarded by mu_.
+  std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> ring_;  // Guarded.
   std::thread builder_;
+  std::thread monitor_;
 };
 
 }  // namespace ringattn::server

@@ -13,9 +13,13 @@ grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
   if (request->address().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "address is required");
   }
-  const absl::Status s = cluster_.AddWorker(request->address());
-  if (!s.ok()) return wire::ToGrpc(s);
+  const absl::StatusOr<int> rank = cluster_.Register(
+      request->address(), request->has_rank() ? std::optional<int>(request->rank()) : std::nullopt,
+      request->incarnation());
+  if (!rank.ok()) return wire::ToGrpc(rank.status());
   response->set_cp(cluster_.cp());
+  response->set_rank(*rank);
+  response->set_coordinator_id(coordinator_id_);
   return grpc::Status::OK;
 }
 

@@ -15,7 +15,9 @@ namespace ringattn::server {
 // rendezvous store (a key-value map; gets wait, bounded, for keys to appear).
 class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service {
  public:
-  explicit ControlServiceImpl(Cluster& cluster) : cluster_(cluster) {}
+  // `coordinator_id` is random per start: workers see a restart in it.
+  ControlServiceImpl(Cluster& cluster, std::string coordinator_id)
+      : cluster_(cluster), coordinator_id_(std::move(coordinator_id)) {}
 
   grpc::Status Register(grpc::ServerContext* context, const worker::v1::RegisterRequest* request,
                         worker::v1::RegisterResponse* response) override;
@@ -26,6 +28,7 @@ class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service 
 
  private:
   Cluster& cluster_;
+  const std::string coordinator_id_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::string> store_;  // Guarded by mu_.

@@ -2,17 +2,22 @@
 // the ring's rendezvous store, on one gRPC port.
 
 #include <cstdio>
+#include <random>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "server/common/malloc_tuning.h"
+#include "server/common/metrics_server.h"
+#include "server/common/request_metrics.h"
 #include "server/common/serve.h"
 #include "server/coordinator/attention_service.h"
 #include "server/coordinator/cluster.h"
 #include "server/coordinator/control_service.h"
+#include "server/coordinator/coordinator_metrics.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface).");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free one (see --port_file).");
@@ -25,6 +30,11 @@ ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{16} << 30,
           "Session state the workers may hold in total; over it, calls get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, session_ttl_seconds, 1800, "Sessions not released expire after this.");
 ABSL_FLAG(double, ring_timeout_seconds, 60, "Bound on every ring wait.");
+ABSL_FLAG(int, metrics_port, 9464,
+          "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
+ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
+ABSL_FLAG(double, health_interval_seconds, 1,
+          "How often the coordinator checks each worker's health.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -45,13 +55,34 @@ int main(int argc, char** argv) {
   options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   options.ring_timeout = absl::Seconds(absl::GetFlag(FLAGS_ring_timeout_seconds));
 
+  auto registry = std::make_shared<prometheus::Registry>();
+  CoordinatorMetrics metrics(*registry);
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto started = MetricsServer::Start(absl::GetFlag(FLAGS_host),
+                                        absl::GetFlag(FLAGS_metrics_port), registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    metrics_server = *std::move(started);
+    std::fprintf(stderr, "coordinator: metrics on %s:%d/metrics\n",
+                 absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
+    WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
+  }
+
   // The store address needs the port, which is known only once serving, so
   // the cluster is told it after the server starts.
   std::unique_ptr<Cluster> cluster;
   std::string store_address;
   auto make_cluster = [&](int port) {
     store_address = absl::StrCat(absl::GetFlag(FLAGS_advertise_host), ":", port);
-    cluster = std::make_unique<Cluster>(cp, store_address, options.ring_timeout);
+    ClusterOptions cluster_options;
+    cluster_options.cp = cp;
+    cluster_options.store_address = store_address;
+    cluster_options.join_timeout = options.ring_timeout;
+    cluster_options.health_interval = absl::Seconds(absl::GetFlag(FLAGS_health_interval_seconds));
+    cluster = std::make_unique<Cluster>(cluster_options, metrics);
   };
   const int asked = absl::GetFlag(FLAGS_port);
   if (asked != 0) make_cluster(asked);
@@ -66,10 +97,14 @@ int main(int argc, char** argv) {
     probe->server->Shutdown();
     make_cluster(port);
   }
-  ControlServiceImpl control(*cluster);
-  AttentionServiceImpl attention(*cluster, options);
+  std::random_device rd;
+  ControlServiceImpl control(*cluster, absl::StrFormat("%08x%08x", rd(), rd()));
+  AttentionServiceImpl attention(*cluster, options, metrics);
   const int port = std::stoi(store_address.substr(store_address.rfind(':') + 1));
-  auto server = StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control});
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(RequestCounter(metrics.service));
+  auto server =
+      StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control}, std::move(interceptors));
   if (!server.ok()) {
     std::fprintf(stderr, "error: %s\n", server.status().ToString().c_str());
     return 1;

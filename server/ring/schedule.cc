@@ -50,7 +50,9 @@ absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config) {
   schedule.exchanges = config.cp - 1;
   if (WindowLimitsExchanges(config.layer, config.batch_has_vision)) {
     // Keys older than ceil(W / L) chunks are out of every query's window.
-    const int64_t back = (config.layer.window + config.shard_len - 1) / config.shard_len;
+    // ceil(W / L) without W + L - 1, which overflows for W near INT64_MAX.
+    const int64_t back = config.layer.window / config.shard_len +
+                         (config.layer.window % config.shard_len != 0 ? 1 : 0);
     schedule.exchanges = static_cast<int>(std::min<int64_t>(schedule.exchanges, back));
   }
   for (int i = 0; i <= schedule.exchanges; ++i) {

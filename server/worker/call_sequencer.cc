@@ -10,6 +10,7 @@ void CallSequencer::Reset() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     next_ = 1;
+    done_early_.clear();
   }
   cv_.notify_all();
 }
@@ -32,7 +33,11 @@ absl::Status CallSequencer::WaitTurn(uint64_t sequence, absl::Duration timeout) 
 void CallSequencer::Done(uint64_t sequence) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (sequence == next_) ++next_;
+    if (sequence > next_) done_early_.insert(sequence);
+    if (sequence == next_) {
+      ++next_;
+      while (done_early_.erase(next_) > 0) ++next_;
+    }
   }
   cv_.notify_all();
 }

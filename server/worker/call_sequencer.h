@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -24,12 +25,15 @@ class CallSequencer {
   absl::Status WaitTurn(uint64_t sequence, absl::Duration timeout);
 
   // Marks `sequence` done (successful or not) so the next call may run.
+  // May come before its turn: a call withdrawn before it ran is done
+  // without running, and later calls must not wait for it.
   void Done(uint64_t sequence);
 
  private:
   std::mutex mu_;  // std::mutex: visible to ThreadSanitizer.
   std::condition_variable cv_;
   uint64_t next_ = 1;
+  std::set<uint64_t> done_early_;  // Done before their turn; all > next_.
 };
 
 }  // namespace ringattn::server

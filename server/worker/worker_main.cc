@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -11,19 +13,34 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/cpu/cpu_context.h"
 #include "server/common/malloc_tuning.h"
+#include "server/common/metrics_server.h"
+#include "server/common/request_metrics.h"
 #include "server/common/serve.h"
+#include "server/worker/registration.h"
+#include "server/worker/worker_metrics.h"
 #include "server/worker/worker_service.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "Coordinator address (host:port).");
-ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on and to advertise.");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
+ABSL_FLAG(std::string, advertise_host, "",
+          "Host name the coordinator and the ring's peers reach this worker by (its pod's DNS "
+          "name, say); empty: --host.");
+ABSL_FLAG(int, rank, -1,
+          "The rank this worker must hold (a StatefulSet pod's ordinal); -1: any free one.");
 ABSL_FLAG(int, port, 0, "gRPC port; 0 picks a free one.");
 ABSL_FLAG(int, threads, 0, "Kernel threads; 0 = one per core.");
 ABSL_FLAG(int64_t, max_call_bytes, int64_t{4} << 30, "Largest total tensor bytes of one call.");
 ABSL_FLAG(double, register_timeout_seconds, 60, "Give up registering after this long.");
+ABSL_FLAG(double, heartbeat_seconds, 1,
+          "Re-register this often, so a restarted coordinator learns its workers again.");
+ABSL_FLAG(int, metrics_port, 9465,
+          "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
+ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -38,44 +55,50 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
     return 1;
   }
-  server::WorkerServiceImpl service(**ctx,
-                                    static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)));
+  auto registry = std::make_shared<prometheus::Registry>();
+  server::WorkerMetrics metrics(*registry, "cpu");
   const std::string host = absl::GetFlag(FLAGS_host);
-  auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service});
+  std::unique_ptr<server::MetricsServer> metrics_server;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto m = server::MetricsServer::Start(host, absl::GetFlag(FLAGS_metrics_port), registry);
+    if (!m.ok()) {
+      std::fprintf(stderr, "error: %s\n", m.status().ToString().c_str());
+      return 1;
+    }
+    metrics_server = *std::move(m);
+    server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
+  }
+  server::WorkerServiceImpl service(
+      **ctx, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(server::RequestCounter(metrics.service));
+  auto started =
+      server::StartServer(host, absl::GetFlag(FLAGS_port), {&service}, std::move(interceptors));
   if (!started.ok()) {
     std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
     return 1;
   }
-  const std::string address = absl::StrCat(host, ":", started->port);
-  std::fprintf(stderr, "worker: serving on %s (CPU backend, %s, %d threads)\n", address.c_str(),
-               std::string(kernels::cpu::IsaName((*ctx)->isa())).c_str(),
-               (*ctx)->pool().num_threads());
+  const std::string advertise =
+      absl::GetFlag(FLAGS_advertise_host).empty() ? host : absl::GetFlag(FLAGS_advertise_host);
+  const std::string address = absl::StrCat(advertise, ":", started->port);
+  std::fprintf(stderr, "worker: serving on %s (CPU backend, %s, %d threads), metrics on port %d\n",
+               address.c_str(), std::string(kernels::cpu::IsaName((*ctx)->isa())).c_str(),
+               (*ctx)->pool().num_threads(), metrics_server ? metrics_server->port() : -1);
 
-  auto stub = worker::v1::CoordinatorControl::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials()));
-  const auto give_up = std::chrono::steady_clock::now() +
-                       std::chrono::duration<double>(absl::GetFlag(FLAGS_register_timeout_seconds));
-  while (true) {
-    grpc::ClientContext rctx;
-    rctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    worker::v1::RegisterRequest req;
-    req.set_address(address);
-    worker::v1::RegisterResponse resp;
-    const grpc::Status s = stub->Register(&rctx, req, &resp);
-    if (s.ok()) {
-      std::fprintf(stderr, "worker: registered with %s (ring of %d)\n",
-                   absl::GetFlag(FLAGS_coordinator).c_str(), resp.cp());
-      break;
-    }
-    if (std::chrono::steady_clock::now() > give_up) {
-      std::fprintf(stderr, "error: cannot register with %s: %s\n",
-                   absl::GetFlag(FLAGS_coordinator).c_str(), s.error_message().c_str());
-      return 1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  server::RegistrationOptions reg;
+  reg.coordinator = absl::GetFlag(FLAGS_coordinator);
+  reg.address = address;
+  if (absl::GetFlag(FLAGS_rank) >= 0) reg.rank = absl::GetFlag(FLAGS_rank);
+  reg.first_timeout = absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds));
+  reg.heartbeat = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_seconds));
+  auto registration = server::Registration::Start(reg);
+  if (!registration.ok()) {
+    std::fprintf(stderr, "error: %s\n", registration.status().ToString().c_str());
+    return 1;
   }
   const int sig = server::WaitForShutdownSignal();
   std::fprintf(stderr, "worker: signal %d, draining\n", sig);
+  registration->reset();  // No heartbeats while draining.
   started->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(30));
   return 0;
 }

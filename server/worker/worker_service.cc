@@ -1,5 +1,6 @@
 #include "server/worker/worker_service.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -33,20 +34,34 @@ absl::Status CheckCall(const ShardCall& c) {
   return absl::OkStatus();
 }
 
-// Reads the call message and then every tensor chunk until the coordinator
-// closes its side.
+// Reads the call message, then every tensor chunk, then the commit. `seen`
+// gets the call as soon as it is read, so a caller can give up its turn when
+// the rest never comes.
 absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assembler,
-                                   const std::function<void(const ShardCall&)>& expect) {
+                                   const std::function<void(const ShardCall&)>& expect,
+                                   std::optional<ShardCall>& seen, prometheus::Counter& received) {
   ShardRequest req;
   if (!stream->Read(&req) || !req.has_call()) {
     return absl::InvalidArgumentError("a shard stream must start with its call");
   }
-  ShardCall call = req.call();
+  seen = req.call();
+  const ShardCall& call = *seen;
   RINGATTN_RETURN_IF_ERROR(CheckCall(call));
   expect(call);
-  while (stream->Read(&req)) {
-    if (!req.has_chunk()) return absl::InvalidArgumentError("only tensor chunks follow the call");
-    RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));
+  bool committed = false;
+  while (!committed && stream->Read(&req)) {
+    if (req.has_commit()) {
+      committed = true;
+    } else if (req.has_chunk()) {
+      received.Increment(static_cast<double>(req.chunk().data().size()));
+      RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));
+    } else {
+      return absl::InvalidArgumentError("only tensor chunks and the commit follow the call");
+    }
+  }
+  if (!committed) {
+    return absl::CancelledError(
+        absl::StrCat("ring call ", call.sequence(), " was withdrawn before it started"));
   }
   RINGATTN_RETURN_IF_ERROR(assembler.Finish());
   return call;
@@ -57,14 +72,17 @@ ring::RingCall RingCallOf(const ShardCall& call, const kernels::LayerConfig& lay
   rc.layer = layer;
   rc.batch_has_vision = call.batch_has_vision();
   rc.sequence = call.sequence();
+  rc.generation = call.generation();
   rc.timeout = absl::Seconds(call.timeout_seconds() > 0 ? call.timeout_seconds() : 60);
   return rc;
 }
 
 bool Send(Stream* stream, const std::string& name, const std::string& dtype,
-          const std::vector<int64_t>& shape, std::span<const std::byte> data) {
+          const std::vector<int64_t>& shape, std::span<const std::byte> data,
+          prometheus::Counter& sent) {
   bool ok = true;
   wire::SplitTensor(name, dtype, shape, data, [&](attention::v1::TensorChunk& chunk) {
+    sent.Increment(static_cast<double>(chunk.data().size()));
     ShardResponse resp;
     *resp.mutable_chunk() = std::move(chunk);
     ok = stream->Write(resp);
@@ -97,8 +115,34 @@ void SendMetrics(Stream* stream, int rank, const ring::RingStats& stats) {
 
 }  // namespace
 
-WorkerServiceImpl::WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes)
-    : ctx_(ctx), max_call_bytes_(max_call_bytes) {}
+WorkerServiceImpl::WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes,
+                                     WorkerMetrics& metrics)
+    : ctx_(ctx), max_call_bytes_(max_call_bytes), metrics_(metrics) {}
+
+void WorkerServiceImpl::PublishLocked() {
+  uint64_t bytes = 0;
+  for (const auto& [handle, session] : sessions_) bytes += session->bytes();
+  metrics_.service.sessions_open.Set(static_cast<double>(sessions_.size()));
+  metrics_.service.memory_held_bytes.Set(static_cast<double>(bytes));
+}
+
+absl::Status WorkerServiceImpl::CheckGeneration(const ShardCall& call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (call.generation() != generation_) {
+    return absl::UnavailableError(absl::StrCat("ring call of generation ", call.generation(),
+                                               " reached a worker in generation ", generation_,
+                                               "; the ring was rebuilt"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status WorkerServiceImpl::Withdrawn(const std::optional<ShardCall>& seen,
+                                          const absl::Status& status) {
+  // The call never runs here: give up its turn so later calls need not wait
+  // for it (only in the generation it was numbered in).
+  if (seen && CheckGeneration(*seen).ok()) sequencer_.Done(seen->sequence());
+  return wire::ToGrpc(status);
+}
 
 std::shared_ptr<ring::Transport> WorkerServiceImpl::transport() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -122,26 +166,37 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
   std::lock_guard<std::mutex> lock(mu_);
   transport_ = std::move(*t);
   rank_ = request->rank();
+  generation_ = request->generation();
   sessions_.clear();  // A new ring: state of the old one is gone.
   sequencer_.Reset();
+  PublishLocked();
+  metrics_.ring_rank.Set(rank_);
+  metrics_.service.ring_generation.Set(static_cast<double>(generation_));
+  std::fprintf(stderr, "worker: joined ring generation %llu as rank %d of %d\n",
+               static_cast<unsigned long long>(generation_), rank_, request->cp());
   return grpc::Status::OK;
 }
 
 grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream* stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
   auto session = std::make_shared<Session>();
-  absl::StatusOr<ShardCall> call = ReadCall(stream, assembler, [&](const ShardCall& c) {
-    const std::vector<int64_t> q = {c.batch(), c.heads(), c.shard_len(), c.head_dim()};
-    const std::vector<int64_t> kv = {c.batch(), c.kv_heads(), c.shard_len(), c.head_dim()};
-    const std::vector<int64_t> tokens = {c.batch(), c.shard_len()};
-    assembler.Expect("q", c.dtype(), q, true);
-    assembler.Expect("k", c.dtype(), kv, true);
-    assembler.Expect("v", c.dtype(), kv, true);
-    assembler.Expect("doc_ids", "INT32", tokens, true);
-    assembler.Expect("vision_groups", "INT32", tokens, true);
-    assembler.Expect("padding_mask", "BOOL", tokens, true);
-  });
-  if (!call.ok()) return wire::ToGrpc(call.status());
+  std::optional<ShardCall> seen;
+  absl::StatusOr<ShardCall> call = ReadCall(
+      stream, assembler,
+      [&](const ShardCall& c) {
+        const std::vector<int64_t> q = {c.batch(), c.heads(), c.shard_len(), c.head_dim()};
+        const std::vector<int64_t> kv = {c.batch(), c.kv_heads(), c.shard_len(), c.head_dim()};
+        const std::vector<int64_t> tokens = {c.batch(), c.shard_len()};
+        assembler.Expect("q", c.dtype(), q, true);
+        assembler.Expect("k", c.dtype(), kv, true);
+        assembler.Expect("v", c.dtype(), kv, true);
+        assembler.Expect("doc_ids", "INT32", tokens, true);
+        assembler.Expect("vision_groups", "INT32", tokens, true);
+        assembler.Expect("padding_mask", "BOOL", tokens, true);
+      },
+      seen, metrics_.service.received_bytes(Channel::kShard));
+  if (!call.ok()) return Withdrawn(seen, call.status());
+  if (absl::Status s = CheckGeneration(*call); !s.ok()) return wire::ToGrpc(s);
   absl::StatusOr<kernels::LayerConfig> layer = LayerFromProto(call->layer(), call->head_dim());
   if (!layer.ok()) return wire::ToGrpc(layer.status());
   session->call = *call;
@@ -176,19 +231,23 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
   absl::StatusOr<ring::RingForwardResult> r = ring::RingForward(*t, ctx_, shard, rc);
   sequencer_.Done(call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
+  metrics_.RecordRingCall(Op::kForward, r->stats);
 
   const std::vector<int64_t> q_shape = {call->batch(), call->heads(), call->shard_len(),
                                         call->head_dim()};
   const std::vector<int64_t> lse_shape = {call->batch(), call->heads(), call->shard_len()};
-  Send(stream, "out", call->dtype(), q_shape, r->out);
-  Send(stream, "lse", "FP32", lse_shape, std::as_bytes(std::span(r->lse)));
+  prometheus::Counter& sent = metrics_.service.sent_bytes(Channel::kShard);
+  Send(stream, "out", call->dtype(), q_shape, r->out, sent);
+  Send(stream, "lse", "FP32", lse_shape, std::as_bytes(std::span(r->lse)), sent);
   int rank;
   {
     std::lock_guard<std::mutex> lock(mu_);
     rank = rank_;
     session->out = std::move(r->out);
     session->lse = std::move(r->lse);
-    sessions_[call->session()] = session;
+    // Only while the ring that made it stands: a rebuild cleared the table.
+    if (generation_ == call->generation()) sessions_[call->session()] = session;
+    PublishLocked();
   }
   SendMetrics(stream, rank, r->stats);
   return grpc::Status::OK;
@@ -197,10 +256,16 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
 grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Stream* stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
   std::shared_ptr<Session> session;
-  absl::StatusOr<ShardCall> call = ReadCall(stream, assembler, [&](const ShardCall& c) {
-    assembler.Expect("dout", c.dtype(), {c.batch(), c.heads(), c.shard_len(), c.head_dim()}, true);
-  });
-  if (!call.ok()) return wire::ToGrpc(call.status());
+  std::optional<ShardCall> seen;
+  absl::StatusOr<ShardCall> call = ReadCall(
+      stream, assembler,
+      [&](const ShardCall& c) {
+        assembler.Expect("dout", c.dtype(), {c.batch(), c.heads(), c.shard_len(), c.head_dim()},
+                         true);
+      },
+      seen, metrics_.service.received_bytes(Channel::kShard));
+  if (!call.ok()) return Withdrawn(seen, call.status());
+  if (absl::Status s = CheckGeneration(*call); !s.ok()) return wire::ToGrpc(s);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(call->session());
@@ -239,11 +304,13 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
       ring::RingBackward(*t, ctx_, shard, session->out, dout, session->lse, rc);
   sequencer_.Done(call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
+  metrics_.RecordRingCall(Op::kBackward, r->stats);
   const std::vector<int64_t> q_shape = {fc.batch(), fc.heads(), fc.shard_len(), fc.head_dim()};
   const std::vector<int64_t> kv_shape = {fc.batch(), fc.kv_heads(), fc.shard_len(), fc.head_dim()};
-  Send(stream, "dq", "FP32", q_shape, std::as_bytes(std::span(r->dq)));
-  Send(stream, "dk", "FP32", kv_shape, std::as_bytes(std::span(r->dk)));
-  Send(stream, "dv", "FP32", kv_shape, std::as_bytes(std::span(r->dv)));
+  prometheus::Counter& sent = metrics_.service.sent_bytes(Channel::kShard);
+  Send(stream, "dq", "FP32", q_shape, std::as_bytes(std::span(r->dq)), sent);
+  Send(stream, "dk", "FP32", kv_shape, std::as_bytes(std::span(r->dk)), sent);
+  Send(stream, "dv", "FP32", kv_shape, std::as_bytes(std::span(r->dv)), sent);
   int rank;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -258,6 +325,7 @@ grpc::Status WorkerServiceImpl::Release(grpc::ServerContext* /*context*/,
                                         worker::v1::WorkerReleaseResponse* /*response*/) {
   std::lock_guard<std::mutex> lock(mu_);
   sessions_.erase(request->session());
+  PublishLocked();
   return grpc::Status::OK;
 }
 

@@ -5,12 +5,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_context.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
+#include "server/worker/worker_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
 namespace ringattn::server {
@@ -20,7 +22,7 @@ namespace ringattn::server {
 // backward calls in the coordinator's order.
 class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  public:
-  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes);
+  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes, WorkerMetrics& metrics);
 
   grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
                         worker::v1::JoinRingResponse* response) override;
@@ -42,18 +44,31 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
     std::vector<int32_t> doc, vision;
     std::vector<uint8_t> padding;
     std::vector<float> lse;
+
+    uint64_t bytes() const {
+      return q.size() + k.size() + v.size() + out.size() + doc.size() * 4 + vision.size() * 4 +
+             padding.size() + lse.size() * 4;
+    }
   };
 
   // The transport of the current ring generation, shared with calls in
   // flight so a rebuild cannot pull it from under them.
   std::shared_ptr<ring::Transport> transport();
+  // Whether `call` was numbered in this worker's current ring generation.
+  absl::Status CheckGeneration(const worker::v1::ShardCall& call);
+  // A call whose stream ended before its commit: `status` for the caller.
+  grpc::Status Withdrawn(const std::optional<worker::v1::ShardCall>& seen,
+                         const absl::Status& status);
+  void PublishLocked();  // Session gauges (requires mu_).
 
   kernels::cpu::CpuContext& ctx_;
   const uint64_t max_call_bytes_;
+  WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;
   std::shared_ptr<ring::Transport> transport_;                // Guarded by mu_.
   int rank_ = -1;                                             // Guarded by mu_.
+  uint64_t generation_ = 0;                                   // Guarded by mu_.
   std::map<std::string, std::shared_ptr<Session>> sessions_;  // Guarded by mu_.
 };
 

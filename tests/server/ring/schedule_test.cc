@@ -1,5 +1,6 @@
 #include "server/ring/schedule.h"
 
+#include <limits>
 #include <random>
 #include <set>
 
@@ -89,6 +90,11 @@ TEST(ScheduleTest, SlidingLayerExchangesStopAtTheWindow) {
   EXPECT_EQ(MakeSchedule(c)->exchanges, 7);
   c.layer.vision_bidirectional = false;
   EXPECT_EQ(MakeSchedule(c)->exchanges, 3);
+  // A window of "no limit" (any int64 the API accepts) means every chunk.
+  c.layer.window = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(MakeSchedule(c)->exchanges, 7);
+  c.shard_len = 1;
+  EXPECT_EQ(MakeSchedule(c)->exchanges, 7);
 }
 
 TEST(ScheduleTest, CausalFutureChunksAreSkippedButStillHeld) {

@@ -40,10 +40,33 @@ TEST(CallSequencerTest, MissingEarlierCallTimesOutAndPastCallsAreRefused) {
   EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(sequencer.WaitTurn(1, absl::Seconds(1)).ok());
   sequencer.Done(1);
-  EXPECT_EQ(sequencer.WaitTurn(1, absl::Seconds(1)).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(sequencer.WaitTurn(1, absl::Seconds(1)).code(), absl::StatusCode::kFailedPrecondition);
   sequencer.Reset();  // A new ring generation starts over at 1.
   EXPECT_TRUE(sequencer.WaitTurn(1, absl::Seconds(1)).ok());
+}
+
+// A call withdrawn before its turn (Done early) must not hold up later ones.
+TEST(CallSequencerTest, CallsDoneBeforeTheirTurnAreSkipped) {
+  CallSequencer sequencer;
+  sequencer.Done(2);  // Withdrawn.
+  sequencer.Done(3);  // Withdrawn.
+  EXPECT_EQ(sequencer.WaitTurn(4, absl::Milliseconds(50)).code(),
+            absl::StatusCode::kDeadlineExceeded);  // 1 has not run yet.
+  std::thread four([&] {
+    EXPECT_TRUE(sequencer.WaitTurn(4, absl::Seconds(10)).ok());
+    sequencer.Done(4);
+  });
+  ASSERT_TRUE(sequencer.WaitTurn(1, absl::Seconds(1)).ok());
+  sequencer.Done(1);
+  four.join();
+  EXPECT_TRUE(sequencer.WaitTurn(5, absl::Seconds(1)).ok());
+  sequencer.Reset();  // Early dones belong to their generation only.
+  sequencer.Done(2);
+  sequencer.Reset();
+  ASSERT_TRUE(sequencer.WaitTurn(1, absl::Seconds(1)).ok());
+  sequencer.Done(1);
+  EXPECT_EQ(sequencer.WaitTurn(3, absl::Milliseconds(50)).code(),
+            absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace

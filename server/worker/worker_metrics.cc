@@ -1,0 +1,41 @@
+#include "server/worker/worker_metrics.h"
+
+namespace ringattn::server {
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& backend)
+    : service(registry, backend),
+      shard_call_duration_seconds(prometheus::BuildHistogram()
+                                      .Name("ringattn_shard_call_duration_seconds")
+                                      .Help("This rank's whole ring calls.")
+                                      .Register(registry),
+                                  DoublingBuckets(0.001, 18)),
+      ring_step_compute_seconds(prometheus::BuildHistogram()
+                                    .Name("ringattn_ring_step_compute_seconds")
+                                    .Help("Compute time of one ring step on this rank.")
+                                    .Register(registry),
+                                DoublingBuckets(0.0001, 20)),
+      ring_step_comm_wait_seconds(
+          prometheus::BuildHistogram()
+              .Name("ringattn_ring_step_comm_wait_seconds")
+              .Help("Time one ring step waited on the ring after its compute (exposed comm).")
+              .Register(registry),
+          DoublingBuckets(0.0001, 20)),
+      ring_rank(prometheus::BuildGauge()
+                    .Name("ringattn_ring_rank")
+                    .Help("This worker's rank in the current ring; -1 outside a ring.")
+                    .Register(registry)
+                    .Add({})) {
+  ring_rank.Set(-1);
+}
+
+void WorkerMetrics::RecordRingCall(Op op, const ring::RingStats& stats) {
+  shard_call_duration_seconds[op].Observe(stats.total_seconds);
+  for (const ring::StepStats& step : stats.steps) {
+    ring_step_compute_seconds[op].Observe(step.compute_seconds);
+    ring_step_comm_wait_seconds[op].Observe(step.wait_seconds);
+  }
+  service.sent_bytes(Channel::kRing).Increment(static_cast<double>(stats.bytes_sent));
+  service.received_bytes(Channel::kRing).Increment(static_cast<double>(stats.bytes_received));
+}
+
+}  // namespace ringattn::server

@@ -1,0 +1,27 @@
+#ifndef RINGATTN_SERVER_WORKER_WORKER_METRICS_H_
+#define RINGATTN_SERVER_WORKER_WORKER_METRICS_H_
+
+#include "prometheus/registry.h"
+#include "server/common/service_metrics.h"
+#include "server/ring/ring_attention.h"
+
+namespace ringattn::server {
+
+// What a worker exports: the shared service metrics plus its ring calls,
+// each ring step split into compute and waiting on the ring.
+struct WorkerMetrics {
+  WorkerMetrics(prometheus::Registry& registry, const std::string& backend);
+
+  // Records one finished ring call of this rank.
+  void RecordRingCall(Op op, const ring::RingStats& stats);
+
+  ServiceMetrics service;
+  PerOp<prometheus::Histogram> shard_call_duration_seconds;
+  PerOp<prometheus::Histogram> ring_step_compute_seconds;
+  PerOp<prometheus::Histogram> ring_step_comm_wait_seconds;
+  prometheus::Gauge& ring_rank;
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_WORKER_WORKER_METRICS_H_
