@@ -30,9 +30,36 @@ std::unique_ptr<AttentionClient> AttentionClient::Connect(const std::string& add
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
+absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Connect(
+    const std::string& address, const wire::ChannelSecurity& security) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  args.SetMaxSendMessageSize(8 << 20);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      wire::CreateChannel(address, security, std::move(args));
+  if (!channel.ok()) return channel.status();
+  return std::make_unique<AttentionClient>(*std::move(channel));
+}
+
+AttentionClient::Tracked::Tracked(AttentionClient& c, grpc::ClientContext& ctx) : c_(c), ctx_(ctx) {
+  std::lock_guard<std::mutex> lock(c_.mu_);
+  c_.in_flight_.insert(&ctx_);
+}
+
+AttentionClient::Tracked::~Tracked() {
+  std::lock_guard<std::mutex> lock(c_.mu_);
+  c_.in_flight_.erase(&ctx_);
+}
+
+void AttentionClient::CancelAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (grpc::ClientContext* ctx : in_flight_) ctx->TryCancel();
+}
+
 absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
                                                         absl::Duration timeout) {
   grpc::ClientContext ctx;
+  Tracked tracked(*this, ctx);
   SetDeadline(ctx, timeout);
   auto stream = stub_->Forward(&ctx);
   attention::v1::ForwardRequest req;
@@ -90,6 +117,7 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
                                                           std::span<const std::byte> dout,
                                                           absl::Duration timeout) {
   grpc::ClientContext ctx;
+  Tracked tracked(*this, ctx);
   SetDeadline(ctx, timeout);
   auto stream = stub_->Backward(&ctx);
   attention::v1::BackwardRequest req;

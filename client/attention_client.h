@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <optional>
 #include <span>
 #include <string>
@@ -12,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "attention/v1/attention_service.grpc.pb.h"
+#include "proto/wire/security.h"
 
 // C++ client of the coordinator's public API. Tensors are raw row-major
 // bytes of the stated dtype; the client splits and reassembles them.
@@ -50,6 +53,10 @@ class AttentionClient {
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel);
   // Insecure channel to host:port with message limits for 4 MiB pieces.
   static std::unique_ptr<AttentionClient> Connect(const std::string& address);
+  // The same with TLS, a client certificate and a token as `security` says;
+  // an error when one of its files cannot be used.
+  static absl::StatusOr<std::unique_ptr<AttentionClient>> Connect(
+      const std::string& address, const wire::ChannelSecurity& security);
 
   absl::StatusOr<ForwardOutputs> Forward(const ForwardInputs& in,
                                          absl::Duration timeout = absl::Minutes(10));
@@ -60,8 +67,27 @@ class AttentionClient {
   absl::Status Release(const std::string& handle);
   absl::StatusOr<attention::v1::ClusterStatusResponse> Status();
 
+  // Cancels every Forward and Backward of this client in flight (from
+  // another thread); they return CANCELLED. The service frees what they held.
+  void CancelAll();
+
  private:
+  // Keeps a call's context in in_flight_ while it runs, for CancelAll.
+  class Tracked {
+   public:
+    Tracked(AttentionClient& c, grpc::ClientContext& ctx);
+    ~Tracked();
+    Tracked(const Tracked&) = delete;
+    Tracked& operator=(const Tracked&) = delete;
+
+   private:
+    AttentionClient& c_;
+    grpc::ClientContext& ctx_;
+  };
+
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
+  std::mutex mu_;
+  std::set<grpc::ClientContext*> in_flight_;  // Guarded by mu_.
 };
 
 }  // namespace ringattn::client

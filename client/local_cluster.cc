@@ -56,6 +56,21 @@ int ReadPortFile(const std::string& path) {
   return port;
 }
 
+// The TLS and token flags of one daemon.
+std::vector<std::string> SecurityFlags(const LocalClusterOptions& o, bool coordinator) {
+  std::vector<std::string> flags;
+  auto add = [&](const char* name, const std::string& value) {
+    if (!value.empty()) flags.push_back(absl::StrCat("--", name, "=", value));
+  };
+  add("tls_cert_file", o.tls_cert_file);
+  add("tls_key_file", o.tls_key_file);
+  add("tls_ca_file", o.tls_ca_file);
+  if (!o.tls_require_client_cert) flags.push_back("--tls_require_client_cert=false");
+  add("cluster_token_file", o.cluster_token_file);
+  if (coordinator) add("auth_token_file", o.auth_token_file);
+  return flags;
+}
+
 }  // namespace
 
 absl::Status LocalCluster::StartCoordinator(int port) {
@@ -71,6 +86,7 @@ absl::Status LocalCluster::StartCoordinator(int port) {
       "--metrics_port_file=" + metrics_file,
       "--cp=" + std::to_string(options_.cp),
       absl::StrCat("--ring_timeout_seconds=", options_.ring_timeout_seconds)};
+  for (std::string& flag : SecurityFlags(options_, true)) args.push_back(std::move(flag));
   args.insert(args.end(), options_.coordinator_flags.begin(), options_.coordinator_flags.end());
   absl::StatusOr<pid_t> coordinator = Spawn(args);
   if (!coordinator.ok()) return coordinator.status();
@@ -102,6 +118,7 @@ absl::Status LocalCluster::StartWorker(int rank) {
                                    "--metrics_port=0",
                                    "--metrics_port_file=" + metrics_file,
                                    "--threads=" + std::to_string(options_.worker_threads)};
+  for (std::string& flag : SecurityFlags(options_, false)) args.push_back(std::move(flag));
   args.insert(args.end(), options_.worker_flags.begin(), options_.worker_flags.end());
   absl::StatusOr<pid_t> w = Spawn(args);
   if (!w.ok()) return w.status();
@@ -132,7 +149,10 @@ absl::Status LocalCluster::RestartCoordinator() {
 
 absl::Status LocalCluster::WaitReady() {
   const absl::Time deadline = absl::Now() + options_.start_timeout;
-  std::unique_ptr<AttentionClient> client = AttentionClient::Connect(address_);
+  absl::StatusOr<std::unique_ptr<AttentionClient>> connected =
+      AttentionClient::Connect(address_, client_security_);
+  if (!connected.ok()) return connected.status();
+  std::unique_ptr<AttentionClient> client = *std::move(connected);
   while (true) {
     absl::StatusOr<attention::v1::ClusterStatusResponse> s = client->Status();
     if (s.ok() && s->ring_ready()) return absl::OkStatus();
@@ -158,6 +178,15 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
   std::unique_ptr<LocalCluster> c(new LocalCluster());
   c->options_ = options;
   c->bin_ = options.bin_dir.empty() ? SelfDir() : options.bin_dir;
+  c->client_security_.tls = !options.tls_cert_file.empty();
+  c->client_security_.ca_file = options.tls_ca_file;
+  c->client_security_.cert_file = options.tls_cert_file;
+  c->client_security_.key_file = options.tls_key_file;
+  if (!options.auth_token_file.empty()) {
+    absl::StatusOr<std::string> token = wire::ReadFirstToken(options.auth_token_file);
+    if (!token.ok()) return token.status();
+    c->client_security_.token = *std::move(token);
+  }
   char tmpl[] = "/tmp/ringattn_cluster_XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return absl::InternalError("cannot make a temp dir");
   c->dir_ = tmpl;

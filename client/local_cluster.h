@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/wire/security.h"
 
 namespace ringattn::client {
 
@@ -22,6 +23,13 @@ struct LocalClusterOptions {
   std::vector<std::string> coordinator_flags;  // Extra flags, e.g. limits.
   std::vector<std::string> worker_flags;       // Extra flags for every worker.
   absl::Duration start_timeout = absl::Seconds(60);
+  // TLS and tokens (the daemons' flags of the same names), the same files for
+  // every daemon. The launcher's own calls show tls_cert_file as client
+  // certificate and send the first token of auth_token_file.
+  std::string tls_cert_file, tls_key_file, tls_ca_file;
+  bool tls_require_client_cert = true;
+  std::string auth_token_file;     // The coordinator's client tokens.
+  std::string cluster_token_file;  // Shared by the coordinator and the workers.
 };
 
 // One coordinator and cp CPU worker processes on 127.0.0.1 with ephemeral
@@ -35,6 +43,8 @@ class LocalCluster {
   LocalCluster& operator=(const LocalCluster&) = delete;
 
   const std::string& address() const { return address_; }
+  // How the launcher reaches the coordinator (see the options' TLS files).
+  const wire::ChannelSecurity& client_security() const { return client_security_; }
   pid_t coordinator_pid() const { return coordinator_; }
   const std::vector<pid_t>& worker_pids() const { return workers_; }
   // host:port of each daemon's Prometheus endpoint.
@@ -64,6 +74,7 @@ class LocalCluster {
   std::string dir_;
   std::string address_;
   std::string coordinator_metrics_;
+  wire::ChannelSecurity client_security_;
   pid_t coordinator_ = -1;
   std::vector<pid_t> workers_;
 };

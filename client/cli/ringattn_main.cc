@@ -17,6 +17,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -56,9 +57,52 @@ ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else fu
 ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
 ABSL_FLAG(int, iterations, 5, "bench: forward+backward calls to time.");
 ABSL_FLAG(int64_t, head_dim, 128, "bench: head dim.");
+ABSL_FLAG(bool, tls, false,
+          "Reach the coordinator over TLS (implied by --tls_ca_file, --tls_cert_file).");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA that verifies the coordinator (default: the system's); demo/serve: the daemons' "
+          "--tls_ca_file.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM client certificate, for coordinators that require one; demo/serve: every daemon's "
+          "certificate, shown by this client too.");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name expected in the coordinator's certificate (default: the host of --coordinator).");
+ABSL_FLAG(bool, tls_require_client_cert, true,
+          "demo/serve: daemons with --tls_ca_file require client certificates.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Token file; its first token is sent as 'authorization: Bearer'. demo/serve: the "
+          "coordinator's client tokens.");
+ABSL_FLAG(std::string, cluster_token_file, "",
+          "demo/serve: the token the local coordinator and workers share.");
 
 namespace ringattn::client {
 namespace {
+
+// A client of `address` with the TLS and token flags; exits on a file that
+// cannot be used.
+std::unique_ptr<AttentionClient> ConnectFromFlags(const std::string& address) {
+  wire::ChannelSecurity security;
+  security.tls = absl::GetFlag(FLAGS_tls);
+  security.ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  security.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  security.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  security.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  absl::StatusOr<std::unique_ptr<AttentionClient>> c = [&]() {
+    if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+      absl::StatusOr<std::string> token =
+          wire::ReadFirstToken(absl::GetFlag(FLAGS_auth_token_file));
+      if (!token.ok()) return absl::StatusOr<std::unique_ptr<AttentionClient>>(token.status());
+      security.token = *std::move(token);
+    }
+    return AttentionClient::Connect(address, security);
+  }();
+  if (!c.ok()) {
+    std::fprintf(stderr, "error: %s\n", c.status().ToString().c_str());
+    std::exit(2);
+  }
+  return *std::move(c);
+}
 
 struct Layer {
   std::string name;
@@ -97,7 +141,7 @@ int Synthetic(const std::string& address) {
     std::fprintf(stderr, "error: --dtype must be FP32, BF16 or FP16\n");
     return 2;
   }
-  auto c = AttentionClient::Connect(address);
+  auto c = ConnectFromFlags(address);
   absl::StatusOr<attention::v1::ClusterStatusResponse> status = c->Status();
   if (!status.ok()) {
     std::fprintf(stderr, "error: %s\n", status.status().ToString().c_str());
@@ -258,7 +302,7 @@ int ForwardFromFiles(const std::string& address) {
   const double mib = static_cast<double>(in.q.size() + in.k.size() + in.v.size()) / 1048576.0;
   std::printf("forward: sending %.1f MiB to %s ...\n", mib, address.c_str());
   std::fflush(stdout);
-  auto c = AttentionClient::Connect(address);
+  auto c = ConnectFromFlags(address);
   absl::StatusOr<ForwardOutputs> f = c->Forward(in);
   if (!f.ok()) return Fail(f.status());
   PrintMetrics("forward", f->metrics);
@@ -292,7 +336,7 @@ int BackwardFromFiles(const std::string& address) {
   std::printf("backward: sending %.1f MiB ...\n",
               static_cast<double>(dout->data.size()) / 1048576.0);
   std::fflush(stdout);
-  auto c = AttentionClient::Connect(address);
+  auto c = ConnectFromFlags(address);
   absl::StatusOr<BackwardOutputs> g = c->Backward(shapes, absl::GetFlag(FLAGS_handle), dout->data);
   if (!g.ok()) return Fail(g.status());
   PrintMetrics("backward", g->metrics);
@@ -322,7 +366,7 @@ int Bench(const std::string& address) {
   const std::unique_ptr<EncodedBatch> encoded = EncodeBatch(batch, layer, false);
   ForwardInputs in = encoded->in;
   in.layer.clear_scale();  // The service's default, 1/sqrt(D).
-  auto c = AttentionClient::Connect(address);
+  auto c = ConnectFromFlags(address);
   const int iterations = std::max(1, absl::GetFlag(FLAGS_iterations));
   double best_fwd = 1e30, best_bwd = 1e30, flops_fwd = 0, flops_bwd = 0;
   std::printf("bench: B=%lld H=%lld Hkv=%lld S=%lld D=%lld %s, %d iterations\n",
@@ -355,6 +399,12 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartLocal() {
   LocalClusterOptions options;
   options.cp = absl::GetFlag(FLAGS_cp);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  options.tls_require_client_cert = absl::GetFlag(FLAGS_tls_require_client_cert);
+  options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  options.cluster_token_file = absl::GetFlag(FLAGS_cluster_token_file);
   std::printf("starting a local cluster: 1 coordinator, %d CPU workers on 127.0.0.1\n", options.cp);
   return LocalCluster::Start(options);
 }
@@ -394,7 +444,7 @@ int Run(const std::string& command) {
     return 2;
   }
   if (command == "status") {
-    auto c = AttentionClient::Connect(address);
+    auto c = ConnectFromFlags(address);
     absl::StatusOr<attention::v1::ClusterStatusResponse> s = c->Status();
     if (!s.ok()) {
       std::fprintf(stderr, "error: %s\n", s.status().ToString().c_str());

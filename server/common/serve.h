@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/support/config.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -30,11 +31,13 @@ struct StartedServer {
 
 // Starts a gRPC server on host:port with the services, the standard health
 // service and reflection, and message limits large enough for 4 MiB pieces.
-// `interceptors` see every call (request metrics).
+// `interceptors` see every call (request metrics). `credentials` (from
+// wire::ServerCredentials: TLS, client certificates, tokens); null: insecure.
 absl::StatusOr<StartedServer> StartServer(
     const std::string& host, int port, const std::vector<grpc::Service*>& services,
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors = {});
+        interceptors = {},
+    std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
 
 // Writes `port` to `path` (atomically), for launchers that asked for port 0.
 void WritePortFile(const std::string& path, int port);

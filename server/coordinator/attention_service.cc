@@ -4,12 +4,14 @@
 #include <condition_variable>
 #include <cstring>
 #include <random>
+#include <span>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "grpcpp/client_context.h"
 #include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
@@ -28,6 +30,10 @@ using batch::HostTensor;
 using Clock = std::chrono::steady_clock;
 
 constexpr int64_t kMaxDim = int64_t{1} << 31;
+// At most what every worker accepts (CheckCall in worker_service.cc): a
+// call the coordinator takes must never be refused by a rank.
+constexpr int64_t kMaxBatch = int64_t{1} << 20;
+constexpr int64_t kMaxHeads = 4096;
 
 absl::StatusOr<ElemType> ElemOf(const std::string& dtype) {
   if (dtype == "FP32") return ElemType::kF32;
@@ -49,13 +55,13 @@ HostTensor Host(const std::string& dtype, std::vector<int64_t> shape, std::vecto
 // Header checks before any tensor memory is sized by the client's numbers.
 absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_bytes) {
   RINGATTN_RETURN_IF_ERROR(ParseDType(h.dtype()).status());
-  for (auto [name, v] : {std::pair{"batch", h.batch()},
-                         {"heads", h.heads()},
-                         {"kv_heads", h.kv_heads()},
-                         {"seq_len", h.seq_len()},
-                         {"head_dim", h.head_dim()}}) {
-    if (v < 1 || v > kMaxDim) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [1, 2^31], got ", v));
+  for (auto [name, v, max] : {std::tuple{"batch", h.batch(), kMaxBatch},
+                              {"heads", h.heads(), kMaxHeads},
+                              {"kv_heads", h.kv_heads(), kMaxHeads},
+                              {"seq_len", h.seq_len(), kMaxDim},
+                              {"head_dim", h.head_dim(), kMaxDim}}) {
+    if (v < 1 || v > max) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [1, ", max, "], got ", v));
     }
   }
   if (h.heads() % h.kv_heads() != 0) {
@@ -77,14 +83,44 @@ absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_byt
   return absl::OkStatus();
 }
 
-// What every worker is told about one ring call; `sequence` is the call's
-// place in the global order.
+// Index of the first element of `data` whose exponent bits are all ones
+// (Inf or NaN in every float format), or -1.
+template <typename Bits>
+int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
+  const int64_t n = static_cast<int64_t>(data.size() / sizeof(Bits));
+  for (int64_t i = 0; i < n; ++i) {
+    Bits bits;
+    std::memcpy(&bits, data.data() + i * sizeof(Bits), sizeof(Bits));
+    if ((bits & exponent) == exponent) return i;
+  }
+  return -1;
+}
+
+// Q, K, V and dO must be finite. A NaN or Inf would not stay in its own
+// rows: masked keys still enter a tile's products with weight 0, and
+// 0 * NaN is NaN, so one NaN in a document's V reaches other documents'
+// outputs in the same tile, depending on tiling and sharding.
+absl::Status CheckFinite(const char* name, const HostTensor& t) {
+  const int64_t at = t.type == ElemType::kF32    ? FirstNonFinite<uint32_t>(t.data, 0x7f800000u)
+                     : t.type == ElemType::kBF16 ? FirstNonFinite<uint16_t>(t.data, 0x7f80u)
+                                                 : FirstNonFinite<uint16_t>(t.data, 0x7c00u);
+  if (at < 0) return absl::OkStatus();
+  std::vector<int64_t> index(t.shape.size());
+  for (size_t d = t.shape.size(), rest = static_cast<size_t>(at); d-- > 0;) {
+    index[d] = static_cast<int64_t>(rest % t.shape[d]);
+    rest /= t.shape[d];
+  }
+  return absl::InvalidArgumentError(absl::StrCat(name, " holds a NaN or Inf at [",
+                                                 absl::StrJoin(index, ", "),
+                                                 "]; q, k, v and dout must be finite"));
+}
+
+// What every worker is told about one ring call (its place in the global
+// order comes with the commit).
 worker::v1::ShardCall ShardCallFor(const attention::v1::ForwardHeader& h, const std::string& handle,
-                                   uint64_t sequence, bool has_vision, int64_t shard_len,
-                                   absl::Duration timeout) {
+                                   bool has_vision, int64_t shard_len, absl::Duration timeout) {
   worker::v1::ShardCall call;
   call.set_session(handle);
-  call.set_sequence(sequence);
   *call.mutable_layer() = h.layer();
   call.set_batch_has_vision(has_vision);
   call.set_dtype(h.dtype());
@@ -143,20 +179,21 @@ bool WriteSlice(const SliceInput& in, int64_t begin, int64_t end,
 // leave them waiting in the ring for the rest until their timeout.
 class CommitGate {
  public:
-  CommitGate(int ranks, std::function<bool()> still_wanted)
-      : waiting_(ranks), still_wanted_(std::move(still_wanted)) {}
+  // `commit` runs once, when every rank has arrived and sent its inputs: it
+  // returns the call's sequence, or nothing to withdraw the call.
+  CommitGate(int ranks, std::function<std::optional<uint64_t>()> commit)
+      : waiting_(ranks), commit_(std::move(commit)) {}
 
-  // Blocks until every rank arrived; true if all sent their inputs and the
-  // client still waits for the answer.
-  bool Arrive(bool sent) {
+  // Blocks until every rank arrived; the sequence if the call is committed.
+  std::optional<uint64_t> Arrive(bool sent) {
     std::unique_lock<std::mutex> lock(mu_);
     all_sent_ &= sent;
     if (--waiting_ == 0) {
-      go_ = all_sent_ && still_wanted_();
+      if (all_sent_) sequence_ = commit_();
       cv_.notify_all();
     }
     cv_.wait(lock, [&] { return waiting_ == 0; });
-    return go_;
+    return sequence_;
   }
 
  private:
@@ -164,9 +201,21 @@ class CommitGate {
   std::condition_variable cv_;
   int waiting_;
   bool all_sent_ = true;
-  bool go_ = false;
-  std::function<bool()> still_wanted_;
+  std::optional<uint64_t> sequence_;
+  std::function<std::optional<uint64_t>()> commit_;
 };
+
+// The commit of a call on ring `generation`: a sequence, unless the client
+// has gone or the ring changed.
+std::function<std::optional<uint64_t>()> CommitIfWanted(Cluster& cluster, uint64_t generation,
+                                                        grpc::ServerContext* context) {
+  return [&cluster, generation, context]() -> std::optional<uint64_t> {
+    if (context->IsCancelled()) return std::nullopt;
+    absl::StatusOr<uint64_t> sequence = cluster.Commit(generation);
+    if (!sequence.ok()) return std::nullopt;
+    return *sequence;
+  };
+}
 
 // Sends `call` and the rank's slices [begin, end) of `inputs` to one worker
 // and collects what it streams back. `expect` declares the returned tensors.
@@ -194,7 +243,8 @@ RankResult Dispatch(
       return stream->Write(r);
     });
   }
-  if (!gate.Arrive(ok)) {
+  const std::optional<uint64_t> sequence = gate.Arrive(ok);
+  if (!sequence) {
     ctx.TryCancel();
     const grpc::Status s = stream->Finish();
     result.status = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
@@ -204,7 +254,7 @@ RankResult Dispatch(
     return result;
   }
   worker::v1::ShardRequest commit;
-  commit.set_commit(true);
+  commit.mutable_commit()->set_sequence(*sequence);
   stream->Write(commit);
   stream->WritesDone();
   wire::TensorAssembler assembler(uint64_t{1} << 40);
@@ -321,11 +371,12 @@ bool BreaksRing(const absl::Status& s) {
          absl::IsAborted(s) || absl::IsUnknown(s);
 }
 
-// The deadline of a worker stream: the client's, but never past `bound`.
-std::chrono::system_clock::time_point ShardDeadline(const grpc::ServerContext& context,
-                                                    absl::Duration bound) {
-  return std::min(context.deadline(),
-                  std::chrono::system_clock::now() + absl::ToChronoNanoseconds(bound));
+// The deadline of a worker stream: the ring's bound, not the client's
+// deadline. Cutting one rank's stream mid-ring would abort the ring for
+// every call; a client that leaves is handled at the commit gate (before
+// the ring) or by releasing its session (after).
+std::chrono::system_clock::time_point ShardDeadline(absl::Duration bound) {
+  return std::chrono::system_clock::now() + absl::ToChronoNanoseconds(bound);
 }
 
 // Keeps ringattn_calls_in_flight and the latency histogram for one call.
@@ -373,7 +424,7 @@ void AttentionServiceImpl::ForgetLocked(uint64_t bytes) {
 
 absl::Status AttentionServiceImpl::RingCallFailed(uint64_t generation, const absl::Status& status) {
   if (!BreaksRing(status)) return status;
-  const std::string down = cluster_.DescribeDownRanks();
+  const std::string down = cluster_.CheckRanksNow();
   cluster_.RingFailed(generation, down.empty() ? std::string(status.message()) : down);
   if (down.empty()) return status;
   return absl::UnavailableError(
@@ -440,6 +491,12 @@ grpc::Status AttentionServiceImpl::Forward(
     api_in.Increment(static_cast<double>(req.chunk().data().size()));
     if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
+  // Read() also ends when the client cancels or its deadline passes: such
+  // a stream is not a request even if every byte came, and must not take a
+  // place in the ring's call order.
+  if (context->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled before the stream ended");
+  }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
   if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return wire::ToGrpc(s);
 
@@ -470,6 +527,7 @@ grpc::Status AttentionServiceImpl::Forward(
   for (const char* name : {"q", "k", "v"}) {
     const int64_t heads = std::string(name) == "q" ? H : Hkv;
     HostTensor t = Host(h.dtype(), {B, heads, S, D}, assembler.Take(name));
+    if (absl::Status s = CheckFinite(name, t); !s.ok()) return wire::ToGrpc(s);
     if (P == S) {  // Already a multiple of 2 * cp: no copy.
       whole.emplace_back(name, std::move(t));
       continue;
@@ -516,8 +574,7 @@ grpc::Status AttentionServiceImpl::Forward(
     unreserve();
     return wire::ToGrpc(ticket.status());
   }
-  worker::v1::ShardCall call =
-      ShardCallFor(h, handle, ticket->sequence, has_vision, L, options_.ring_timeout);
+  worker::v1::ShardCall call = ShardCallFor(h, handle, has_vision, L, options_.ring_timeout);
   call.set_generation(ticket->generation);
   const auto& workers = ticket->stubs;
   std::vector<SliceInput> inputs;
@@ -527,8 +584,8 @@ grpc::Status AttentionServiceImpl::Forward(
                                                                            : h.dtype();
     inputs.push_back({name, dtype, &t, t.shape.size() == 4 ? size_t{2} : size_t{1}});
   }
-  CommitGate gate(cp, [context] { return !context->IsCancelled(); });
-  const auto deadline = ShardDeadline(*context, options_.ring_timeout * 2 + absl::Seconds(30));
+  CommitGate gate(cp, CommitIfWanted(cluster_, ticket->generation, context));
+  const auto deadline = ShardDeadline(options_.ring_timeout * 2 + absl::Seconds(30));
   prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
   prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
@@ -604,9 +661,8 @@ grpc::Status AttentionServiceImpl::Backward(
   }
   ReleaseOnWorkers(expired);
   if (!found) {
-    return grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("session handle '", handle, "' is unknown, released or expired"));
+    return wire::ToGrpc(absl::NotFoundError(
+        absl::StrCat("session handle '", handle, "' is unknown, released or expired")));
   }
   if (session.generation != cluster_.View().generation) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -624,8 +680,16 @@ grpc::Status AttentionServiceImpl::Backward(
     api_in.Increment(static_cast<double>(req.chunk().data().size()));
     if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
   }
+  // Read() also ends when the client cancels or its deadline passes: such
+  // a stream is not a request even if every byte came, and must not take a
+  // place in the ring's call order.
+  if (context->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled before the stream ended");
+  }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
-  auto dout = batch::PadDim(Host(h.dtype(), {B, H, S, D}, assembler.Take("dout")), 2, P, 0);
+  absl::StatusOr<HostTensor> dout = Host(h.dtype(), {B, H, S, D}, assembler.Take("dout"));
+  if (absl::Status s = CheckFinite("dout", *dout); !s.ok()) return wire::ToGrpc(s);
+  dout = batch::PadDim(*dout, 2, P, 0);
   if (!dout.ok()) return wire::ToGrpc(dout.status());
 
   const int cp = cluster_.cp();
@@ -637,11 +701,11 @@ grpc::Status AttentionServiceImpl::Backward(
                         "the ring was rebuilt since this session's forward; run forward again");
   }
   worker::v1::ShardCall call =
-      ShardCallFor(h, handle, ticket->sequence, session.batch_has_vision, L, options_.ring_timeout);
+      ShardCallFor(h, handle, session.batch_has_vision, L, options_.ring_timeout);
   call.set_generation(ticket->generation);
   const auto& workers = ticket->stubs;
-  CommitGate gate(cp, [context] { return !context->IsCancelled(); });
-  const auto deadline = ShardDeadline(*context, options_.ring_timeout * 2 + absl::Seconds(30));
+  CommitGate gate(cp, CommitIfWanted(cluster_, ticket->generation, context));
+  const auto deadline = ShardDeadline(options_.ring_timeout * 2 + absl::Seconds(30));
   prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
   prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
   const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
@@ -678,8 +742,8 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(request->handle());
     if (it == sessions_.end()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("session handle '", request->handle(), "' is unknown"));
+      return wire::ToGrpc(absl::NotFoundError(
+          absl::StrCat("session handle '", request->handle(), "' is unknown")));
     }
     const uint64_t bytes = it->second.bytes;
     sessions_.erase(it);

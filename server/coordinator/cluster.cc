@@ -143,10 +143,15 @@ void Cluster::BuildRing(uint64_t generation, std::vector<Slot> slots) {
                static_cast<unsigned long long>(generation), options_.cp);
   // Every worker must be joining at once: Gloo's rendezvous waits for all.
   std::vector<grpc::Status> status(slots.size());
+  std::vector<grpc::ClientContext> contexts(slots.size());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (grpc::ClientContext& ctx : contexts) joining_.push_back(&ctx);
+  }
   std::vector<std::thread> joins;
   for (size_t r = 0; r < slots.size(); ++r) {
     joins.emplace_back([&, r] {
-      grpc::ClientContext ctx;
+      grpc::ClientContext& ctx = contexts[r];
       ctx.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoNanoseconds(options_.join_timeout));
       worker::v1::JoinRingRequest req;
@@ -155,6 +160,7 @@ void Cluster::BuildRing(uint64_t generation, std::vector<Slot> slots) {
       req.set_generation(generation);
       req.set_store_address(options_.store_address);
       req.set_listen_host(HostOf(slots[r].address));
+      req.set_coordinator_id(options_.coordinator_id);
       worker::v1::JoinRingResponse resp;
       status[r] = slots[r].stub->JoinRing(&ctx, req, &resp);
     });
@@ -162,6 +168,7 @@ void Cluster::BuildRing(uint64_t generation, std::vector<Slot> slots) {
   for (auto& t : joins) t.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    joining_.clear();
     building_ = false;
     std::string error;
     for (size_t r = 0; r < status.size(); ++r) {
@@ -214,19 +221,33 @@ void Cluster::Monitor() {
       Slot& s = slots_[r];
       if (s.channel != check[i].second) continue;  // Replaced while we probed.
       if (s.up && !up) {
-        std::fprintf(stderr, "coordinator: rank %d at %s is down\n", r, s.address.c_str());
-        if (ready_) {
-          ready_ = false;
-          ring_.clear();
-          last_error_ = absl::StrCat("rank ", r, " at ", s.address, " is down");
-        }
+        MarkDownLocked(r, "its health check failed");
+      } else {
+        s.up = up;
       }
-      s.up = up;
     }
     PublishLocked();
     MaybeBuildLocked();
     cv_.notify_all();
   }
+}
+
+void Cluster::MarkDownLocked(int r, const std::string& why) {
+  Slot& s = slots_[r];
+  if (!s.up) return;
+  s.up = false;
+  std::fprintf(stderr, "coordinator: rank %d at %s is down (%s)\n", r, s.address.c_str(),
+               why.c_str());
+  if (ready_) {
+    ready_ = false;
+    ring_.clear();
+    last_error_ = absl::StrCat("rank ", r, " at ", s.address, " is down");
+  }
+  // The others would wait in the rendezvous for this rank until the join
+  // timeout; a new build starts once it is back.
+  for (grpc::ClientContext* ctx : joining_) ctx->TryCancel();
+  PublishLocked();
+  cv_.notify_all();
 }
 
 void Cluster::RingFailed(uint64_t generation, const std::string& reason) {
@@ -243,7 +264,7 @@ void Cluster::RingFailed(uint64_t generation, const std::string& reason) {
   cv_.notify_all();
 }
 
-std::string Cluster::DescribeDownRanks() {
+std::string Cluster::CheckRanksNow() {
   std::vector<std::pair<std::string, std::shared_ptr<grpc::Channel>>> check;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -258,6 +279,14 @@ std::string Cluster::DescribeDownRanks() {
     });
   }
   for (auto& t : probes) t.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t r = 0; r < check.size(); ++r) {
+      if (!healthy[r] && check[r].second && slots_[r].channel == check[r].second) {
+        MarkDownLocked(static_cast<int>(r), "a ring call failed and it does not answer");
+      }
+    }
+  }
   for (size_t r = 0; r < check.size(); ++r) {
     if (!healthy[r]) {
       down.push_back(check[r].first.empty()
@@ -309,7 +338,15 @@ absl::StatusOr<Cluster::Ticket> Cluster::NextCall() {
     return absl::UnavailableError(
         absl::StrCat("the ring is being rebuilt", last_error_.empty() ? "" : ": ", last_error_));
   }
-  return Ticket{generation_, ++sequence_, ring_};
+  return Ticket{generation_, ring_};
+}
+
+absl::StatusOr<uint64_t> Cluster::Commit(uint64_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ready_ || generation != generation_) {
+    return absl::UnavailableError("the ring was rebuilt while the call was being dispatched");
+  }
+  return ++sequence_;
 }
 
 }  // namespace ringattn::server

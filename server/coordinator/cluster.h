@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "server/coordinator/coordinator_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
@@ -23,6 +24,7 @@ namespace ringattn::server {
 struct ClusterOptions {
   int cp = 1;
   std::string store_address;  // This coordinator's CoordinatorControl endpoint.
+  std::string coordinator_id;  // Random per start (see JoinRingRequest).
   absl::Duration join_timeout = absl::Seconds(60);
   // How often every worker's health is checked; a worker that fails a
   // check is down until it passes one (or registers again).
@@ -61,9 +63,9 @@ class Cluster {
   // aborted: the ring must be rebuilt before the next call.
   void RingFailed(uint64_t generation, const std::string& reason);
 
-  // Health-checks every rank now (bounded) and names those that are down,
-  // e.g. "rank 2 at 10.0.0.7:5000 is down"; empty if all answer.
-  std::string DescribeDownRanks();
+  // Health-checks every rank now (bounded), marks those that fail down and
+  // names them, e.g. "rank 2 at 10.0.0.7:5000 is down"; empty if all answer.
+  std::string CheckRanksNow();
 
   struct WorkerView {
     std::string address;
@@ -78,17 +80,19 @@ class Cluster {
   };
   RingView View();
 
-  // One ring call's place: the generation it runs on, its number in that
-  // generation's global order (1, 2, ...; workers run calls in it) and the
-  // generation's workers by rank, taken together so a rebuild between them
-  // cannot mix two rings.
+  // The ring a call is dispatched to: its generation and workers by rank,
+  // taken together so a rebuild between them cannot mix two rings.
   struct Ticket {
     uint64_t generation = 0;
-    uint64_t sequence = 0;
     std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs;
   };
   // UNAVAILABLE when no ring is ready.
   absl::StatusOr<Ticket> NextCall();
+
+  // The next number in `generation`'s global call order (1, 2, ...; workers
+  // run calls in it), given when a call is committed. UNAVAILABLE if that
+  // ring is gone.
+  absl::StatusOr<uint64_t> Commit(uint64_t generation);
 
  private:
   struct Slot {
@@ -104,6 +108,9 @@ class Cluster {
   void BuildRing(uint64_t generation, std::vector<Slot> slots);
   void Monitor();
   void PublishLocked();  // Gauges from the slots (requires mu_).
+  // Marks rank `r` down (requires mu_): the ring breaks, and a build that
+  // waits for the rank is called off rather than left to its timeout.
+  void MarkDownLocked(int r, const std::string& why);
 
   const ClusterOptions options_;
   CoordinatorMetrics& metrics_;
@@ -118,6 +125,7 @@ class Cluster {
   absl::Time next_build_ = absl::InfinitePast();  // Backoff after a failed build. Guarded.
   std::string last_error_;                        // Guarded by mu_.
   std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> ring_;  // Guarded.
+  std::vector<grpc::ClientContext*> joining_;  // JoinRing calls of the build. Guarded by mu_.
   std::thread builder_;
   std::thread monitor_;
 };

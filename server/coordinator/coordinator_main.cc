@@ -13,6 +13,7 @@
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
 #include "server/common/request_metrics.h"
+#include "server/common/security_flags.h"
 #include "server/common/serve.h"
 #include "server/coordinator/attention_service.h"
 #include "server/coordinator/cluster.h"
@@ -35,6 +36,9 @@ ABSL_FLAG(int, metrics_port, 9464,
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
 ABSL_FLAG(double, health_interval_seconds, 1,
           "How often the coordinator checks each worker's health.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Client tokens of the public API, one a line, 'token' or 'name:token' (the name is the "
+          "client's identity); callers without one get UNAUTHENTICATED. Needs TLS.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -44,6 +48,13 @@ int main(int argc, char** argv) {
   using namespace ringattn::server;  // NOLINT(google-build-using-namespace)
   BlockShutdownSignals();
   TuneMallocForLargeBuffers();
+  ringattn::wire::SecurityOptions security_options = SecurityOptionsFromFlags();
+  security_options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  const absl::StatusOr<DaemonSecurity> security = LoadDaemonSecurity(security_options);
+  if (!security.ok()) {
+    std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
+    return 2;
+  }
   const int cp = absl::GetFlag(FLAGS_cp);
   if (cp < 1) {
     std::fprintf(stderr, "error: --cp must be >= 1\n");
@@ -71,6 +82,8 @@ int main(int argc, char** argv) {
     WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
 
+  std::random_device rd;
+  const std::string coordinator_id = absl::StrFormat("%08x%08x", rd(), rd());
   // The store address needs the port, which is known only once serving, so
   // the cluster is told it after the server starts.
   std::unique_ptr<Cluster> cluster;
@@ -80,6 +93,8 @@ int main(int argc, char** argv) {
     ClusterOptions cluster_options;
     cluster_options.cp = cp;
     cluster_options.store_address = store_address;
+    cluster_options.worker_credentials = security->peer_credentials;
+    cluster_options.coordinator_id = coordinator_id;
     cluster_options.join_timeout = options.ring_timeout;
     cluster_options.health_interval = absl::Seconds(absl::GetFlag(FLAGS_health_interval_seconds));
     cluster = std::make_unique<Cluster>(cluster_options, metrics);
@@ -97,14 +112,13 @@ int main(int argc, char** argv) {
     probe->server->Shutdown();
     make_cluster(port);
   }
-  std::random_device rd;
-  ControlServiceImpl control(*cluster, absl::StrFormat("%08x%08x", rd(), rd()));
+  ControlServiceImpl control(*cluster, coordinator_id);
   AttentionServiceImpl attention(*cluster, options, metrics);
   const int port = std::stoi(store_address.substr(store_address.rfind(':') + 1));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(RequestCounter(metrics.service));
-  auto server =
-      StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control}, std::move(interceptors));
+  auto server = StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control},
+                            std::move(interceptors), security->server);
   if (!server.ok()) {
     std::fprintf(stderr, "error: %s\n", server.status().ToString().c_str());
     return 1;

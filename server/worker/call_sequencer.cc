@@ -6,23 +6,31 @@
 
 namespace ringattn::server {
 
-void CallSequencer::Reset() {
+void CallSequencer::Reset(uint64_t generation) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    generation_ = generation;
     next_ = 1;
     done_early_.clear();
   }
   cv_.notify_all();
 }
 
-absl::Status CallSequencer::WaitTurn(uint64_t sequence, absl::Duration timeout) {
+absl::Status CallSequencer::WaitTurn(uint64_t generation, uint64_t sequence,
+                                     absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (sequence < next_) {
+  if (generation == generation_ && sequence < next_) {
     return absl::FailedPreconditionError(
         absl::StrCat("ring call ", sequence, " arrived after call ", next_ - 1, " ran"));
   }
-  const bool turn =
-      cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return next_ == sequence; });
+  const bool turn = cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] {
+    return generation != generation_ || next_ == sequence;
+  });
+  if (generation != generation_) {
+    return absl::UnavailableError(absl::StrCat("ring call of generation ", generation,
+                                               " found generation ", generation_,
+                                               "; the ring was rebuilt"));
+  }
   if (!turn) {
     return absl::DeadlineExceededError(
         absl::StrCat("ring call ", sequence, " waited too long for call ", next_));
@@ -30,9 +38,10 @@ absl::Status CallSequencer::WaitTurn(uint64_t sequence, absl::Duration timeout) 
   return absl::OkStatus();
 }
 
-void CallSequencer::Done(uint64_t sequence) {
+void CallSequencer::Done(uint64_t generation, uint64_t sequence) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (generation != generation_) return;
     if (sequence > next_) done_early_.insert(sequence);
     if (sequence == next_) {
       ++next_;

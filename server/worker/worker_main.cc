@@ -20,6 +20,7 @@
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
 #include "server/common/request_metrics.h"
+#include "server/common/security_flags.h"
 #include "server/common/serve.h"
 #include "server/worker/registration.h"
 #include "server/worker/worker_metrics.h"
@@ -50,6 +51,12 @@ int main(int argc, char** argv) {
   using namespace ringattn;  // NOLINT(google-build-using-namespace)
   server::BlockShutdownSignals();
   server::TuneMallocForLargeBuffers();
+  const absl::StatusOr<server::DaemonSecurity> security =
+      server::LoadDaemonSecurity(server::SecurityOptionsFromFlags());
+  if (!security.ok()) {
+    std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
+    return 2;
+  }
   auto ctx = kernels::cpu::CpuContext::Create({absl::GetFlag(FLAGS_threads), std::nullopt});
   if (!ctx.ok()) {
     std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
@@ -69,11 +76,11 @@ int main(int argc, char** argv) {
     server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
   server::WorkerServiceImpl service(
-      **ctx, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics);
+      **ctx, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics, security->peer);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(server::RequestCounter(metrics.service));
-  auto started =
-      server::StartServer(host, absl::GetFlag(FLAGS_port), {&service}, std::move(interceptors));
+  auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service},
+                                     std::move(interceptors), security->server);
   if (!started.ok()) {
     std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
     return 1;
@@ -91,6 +98,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_rank) >= 0) reg.rank = absl::GetFlag(FLAGS_rank);
   reg.first_timeout = absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds));
   reg.heartbeat = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_seconds));
+  reg.credentials = security->peer_credentials;
   auto registration = server::Registration::Start(reg);
   if (!registration.ok()) {
     std::fprintf(stderr, "error: %s\n", registration.status().ToString().c_str());

@@ -45,6 +45,7 @@ absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assemb
     return absl::InvalidArgumentError("a shard stream must start with its call");
   }
   seen = req.call();
+  seen->set_sequence(0);  // Given at commit.
   const ShardCall& call = *seen;
   RINGATTN_RETURN_IF_ERROR(CheckCall(call));
   expect(call);
@@ -52,6 +53,7 @@ absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assemb
   while (!committed && stream->Read(&req)) {
     if (req.has_commit()) {
       committed = true;
+      seen->set_sequence(req.commit().sequence());
     } else if (req.has_chunk()) {
       received.Increment(static_cast<double>(req.chunk().data().size()));
       RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));
@@ -61,10 +63,11 @@ absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assemb
   }
   if (!committed) {
     return absl::CancelledError(
-        absl::StrCat("ring call ", call.sequence(), " was withdrawn before it started"));
+        absl::StrCat("the ring call of session '", call.session(),
+                     "' was withdrawn before it started"));
   }
   RINGATTN_RETURN_IF_ERROR(assembler.Finish());
-  return call;
+  return *seen;
 }
 
 ring::RingCall RingCallOf(const ShardCall& call, const kernels::LayerConfig& layer) {
@@ -116,8 +119,11 @@ void SendMetrics(Stream* stream, int rank, const ring::RingStats& stats) {
 }  // namespace
 
 WorkerServiceImpl::WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes,
-                                     WorkerMetrics& metrics)
-    : ctx_(ctx), max_call_bytes_(max_call_bytes), metrics_(metrics) {}
+                                     WorkerMetrics& metrics, wire::ChannelSecurity store_security)
+    : ctx_(ctx),
+      max_call_bytes_(max_call_bytes),
+      store_security_(std::move(store_security)),
+      metrics_(metrics) {}
 
 void WorkerServiceImpl::PublishLocked() {
   uint64_t bytes = 0;
@@ -126,21 +132,25 @@ void WorkerServiceImpl::PublishLocked() {
   metrics_.service.memory_held_bytes.Set(static_cast<double>(bytes));
 }
 
-absl::Status WorkerServiceImpl::CheckGeneration(const ShardCall& call) {
+absl::StatusOr<uint64_t> WorkerServiceImpl::CheckGeneration(const ShardCall& call) {
   std::lock_guard<std::mutex> lock(mu_);
   if (call.generation() != generation_) {
     return absl::UnavailableError(absl::StrCat("ring call of generation ", call.generation(),
                                                " reached a worker in generation ", generation_,
                                                "; the ring was rebuilt"));
   }
-  return absl::OkStatus();
+  return epoch_;
 }
 
 grpc::Status WorkerServiceImpl::Withdrawn(const std::optional<ShardCall>& seen,
                                           const absl::Status& status) {
-  // The call never runs here: give up its turn so later calls need not wait
-  // for it (only in the generation it was numbered in).
-  if (seen && CheckGeneration(*seen).ok()) sequencer_.Done(seen->sequence());
+  // A call without its commit has no place in the order yet: nothing to give
+  // up. One that was committed and then failed (bad chunks) gives up its turn.
+  if (seen && seen->sequence() != 0) {
+    if (absl::StatusOr<uint64_t> epoch = CheckGeneration(*seen); epoch.ok()) {
+      sequencer_.Done(*epoch, seen->sequence());
+    }
+  }
   return wire::ToGrpc(status);
 }
 
@@ -152,9 +162,11 @@ std::shared_ptr<ring::Transport> WorkerServiceImpl::transport() {
 grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
                                          const worker::v1::JoinRingRequest* request,
                                          worker::v1::JoinRingResponse* /*response*/) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      wire::CreateChannel(request->store_address(), store_security_);
+  if (!channel.ok()) return wire::ToGrpc(channel.status());
   auto stub = std::shared_ptr<worker::v1::CoordinatorControl::StubInterface>(
-      worker::v1::CoordinatorControl::NewStub(
-          grpc::CreateChannel(request->store_address(), grpc::InsecureChannelCredentials())));
+      worker::v1::CoordinatorControl::NewStub(*channel));
   GrpcStore store(stub);
   ring::GlooOptions options;
   options.rank = request->rank();
@@ -164,11 +176,19 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
   absl::StatusOr<std::unique_ptr<ring::Transport>> t = ring::ConnectGloo(store, options);
   if (!t.ok()) return wire::ToGrpc(t.status());
   std::lock_guard<std::mutex> lock(mu_);
+  // A join called off and retried can finish after its successor: the ring
+  // of the newest generation wins.
+  if (request->coordinator_id() == coordinator_id_ && request->generation() < generation_) {
+    return grpc::Status(grpc::StatusCode::ABORTED,
+                        absl::StrCat("generation ", request->generation(),
+                                     " was superseded by ", generation_));
+  }
   transport_ = std::move(*t);
   rank_ = request->rank();
   generation_ = request->generation();
+  coordinator_id_ = request->coordinator_id();
   sessions_.clear();  // A new ring: state of the old one is gone.
-  sequencer_.Reset();
+  sequencer_.Reset(++epoch_);
   PublishLocked();
   metrics_.ring_rank.Set(rank_);
   metrics_.service.ring_generation.Set(static_cast<double>(generation_));
@@ -196,7 +216,8 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
       },
       seen, metrics_.service.received_bytes(Channel::kShard));
   if (!call.ok()) return Withdrawn(seen, call.status());
-  if (absl::Status s = CheckGeneration(*call); !s.ok()) return wire::ToGrpc(s);
+  absl::StatusOr<uint64_t> epoch = CheckGeneration(*call);
+  if (!epoch.ok()) return wire::ToGrpc(epoch.status());
   absl::StatusOr<kernels::LayerConfig> layer = LayerFromProto(call->layer(), call->head_dim());
   if (!layer.ok()) return wire::ToGrpc(layer.status());
   session->call = *call;
@@ -208,12 +229,12 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
   session->padding = wire::BytesAs<uint8_t>(assembler.Take("padding_mask"));
 
   const ring::RingCall rc = RingCallOf(*call, *layer);
-  if (absl::Status s = sequencer_.WaitTurn(call->sequence(), rc.timeout); !s.ok()) {
+  if (absl::Status s = sequencer_.WaitTurn(*epoch, call->sequence(), rc.timeout); !s.ok()) {
     return wire::ToGrpc(s);
   }
   std::shared_ptr<ring::Transport> t = transport();
   if (!t) {
-    sequencer_.Done(call->sequence());
+    sequencer_.Done(*epoch, call->sequence());
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is not in a ring");
   }
   ring::ShardRef shard{DTypeFromWire(call->dtype()),
@@ -229,7 +250,7 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
                        session->vision,
                        session->padding};
   absl::StatusOr<ring::RingForwardResult> r = ring::RingForward(*t, ctx_, shard, rc);
-  sequencer_.Done(call->sequence());
+  sequencer_.Done(*epoch, call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
   metrics_.RecordRingCall(Op::kForward, r->stats);
 
@@ -246,7 +267,7 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
     session->out = std::move(r->out);
     session->lse = std::move(r->lse);
     // Only while the ring that made it stands: a rebuild cleared the table.
-    if (generation_ == call->generation()) sessions_[call->session()] = session;
+    if (epoch_ == *epoch) sessions_[call->session()] = session;
     PublishLocked();
   }
   SendMetrics(stream, rank, r->stats);
@@ -265,7 +286,8 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
       },
       seen, metrics_.service.received_bytes(Channel::kShard));
   if (!call.ok()) return Withdrawn(seen, call.status());
-  if (absl::Status s = CheckGeneration(*call); !s.ok()) return wire::ToGrpc(s);
+  absl::StatusOr<uint64_t> epoch = CheckGeneration(*call);
+  if (!epoch.ok()) return wire::ToGrpc(epoch.status());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(call->session());
@@ -275,11 +297,11 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
   const absl::Duration timeout =
       absl::Seconds(call->timeout_seconds() > 0 ? call->timeout_seconds() : 60);
   // Take the turn even for a call that will fail, so later calls still run.
-  if (absl::Status s = sequencer_.WaitTurn(call->sequence(), timeout); !s.ok()) {
+  if (absl::Status s = sequencer_.WaitTurn(*epoch, call->sequence(), timeout); !s.ok()) {
     return wire::ToGrpc(s);
   }
   if (!session || !t) {
-    sequencer_.Done(call->sequence());
+    sequencer_.Done(*epoch, call->sequence());
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
                         absl::StrCat("session '", call->session(), "' is not on this worker"));
   }
@@ -302,7 +324,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
                        session->padding};
   absl::StatusOr<ring::RingBackwardResult> r =
       ring::RingBackward(*t, ctx_, shard, session->out, dout, session->lse, rc);
-  sequencer_.Done(call->sequence());
+  sequencer_.Done(*epoch, call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
   metrics_.RecordRingCall(Op::kBackward, r->stats);
   const std::vector<int64_t> q_shape = {fc.batch(), fc.heads(), fc.shard_len(), fc.head_dim()};

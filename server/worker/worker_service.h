@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_context.h"
+#include "proto/wire/security.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
 #include "server/worker/worker_metrics.h"
@@ -22,7 +23,9 @@ namespace ringattn::server {
 // backward calls in the coordinator's order.
 class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  public:
-  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes, WorkerMetrics& metrics);
+  // `store_security`: how JoinRing reaches the coordinator's store (TLS, cluster token).
+  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes, WorkerMetrics& metrics,
+                    wire::ChannelSecurity store_security = {});
 
   grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
                         worker::v1::JoinRingResponse* response) override;
@@ -54,8 +57,9 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   // The transport of the current ring generation, shared with calls in
   // flight so a rebuild cannot pull it from under them.
   std::shared_ptr<ring::Transport> transport();
-  // Whether `call` was numbered in this worker's current ring generation.
-  absl::Status CheckGeneration(const worker::v1::ShardCall& call);
+  // Whether `call` was numbered in this worker's current ring; if so, the
+  // ring's epoch (this worker's count of rings joined) for the sequencer.
+  absl::StatusOr<uint64_t> CheckGeneration(const worker::v1::ShardCall& call);
   // A call whose stream ended before its commit: `status` for the caller.
   grpc::Status Withdrawn(const std::optional<worker::v1::ShardCall>& seen,
                          const absl::Status& status);
@@ -63,12 +67,17 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
 
   kernels::cpu::CpuContext& ctx_;
   const uint64_t max_call_bytes_;
+  const wire::ChannelSecurity store_security_;
   WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;
   std::shared_ptr<ring::Transport> transport_;                // Guarded by mu_.
   int rank_ = -1;                                             // Guarded by mu_.
   uint64_t generation_ = 0;                                   // Guarded by mu_.
+  std::string coordinator_id_;  // Whose generation numbers these are. Guarded by mu_.
+  // Rings joined by this process: unlike generations, never repeats across
+  // coordinator restarts. Guarded by mu_.
+  uint64_t epoch_ = 0;
   std::map<std::string, std::shared_ptr<Session>> sessions_;  // Guarded by mu_.
 };
 

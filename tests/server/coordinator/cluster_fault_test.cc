@@ -1,0 +1,291 @@
+// Faults with real processes: a worker killed (SIGKILL) in the middle of a
+// forward or a backward, a coordinator killed and restarted, a client whose
+// deadline passes while the ring runs. Each must end in a clear status
+// within a bound, and the cluster must serve correct results afterwards.
+#include "server/coordinator/cluster.h"
+
+#include <chrono>
+#include <cstdio>
+#include <future>
+#include <thread>
+
+#include "client/attention_client.h"
+#include "client/local_cluster.h"
+#include "client/synthetic_inputs.h"
+#include "gtest/gtest.h"
+#include "kernels/reference/synthetic_batch.h"
+#include "tests/kernels/testing/attention_case.h"
+#include "tests/server/testing/metrics_scrape.h"
+#include "tests/server/testing/service_checks.h"
+
+namespace ringattn::server {
+namespace {
+
+using kernels::reference::SyntheticBatch;
+using testing::Scrape;
+
+// A ring bound far above the fail-fast bounds asserted below, so that a
+// test passing cannot be a ring wait running into its timeout.
+constexpr double kRingTimeoutSeconds = 40;
+constexpr absl::Duration kFailFast = absl::Seconds(10);
+
+std::unique_ptr<client::LocalCluster> StartCluster(int cp) {
+  client::LocalClusterOptions options;
+  options.cp = cp;
+  options.bin_dir = RINGATTN_BIN_DIR;
+  options.ring_timeout_seconds = kRingTimeoutSeconds;
+  auto cluster = client::LocalCluster::Start(options);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return cluster.ok() ? *std::move(cluster) : nullptr;
+}
+
+kernels::LayerConfig Full() {
+  kernels::LayerConfig layer;
+  layer.scale = 0.125f;
+  return layer;
+}
+
+// Long enough (about a second of ring compute per rank on one core) that a
+// fault injected once the workers hold their shards lands mid-ring.
+SyntheticBatch LongBatch() {
+  return kernels::reference::MakeSyntheticBatch(
+      {1, 8, 8, 8192, 128}, {kernels::testing::SingleDocument(8192)}, kernels::DType::kF32, 7);
+}
+
+// Small: checked against the fp64 oracle after recovery.
+SyntheticBatch SmallBatch() {
+  return kernels::reference::MakeSyntheticBatch(
+      {1, 4, 2, 96, 32}, {kernels::reference::GemmaLikeLayout(96)}, kernels::DType::kF32, 11);
+}
+
+// Forward, backward and release of `b`, checked against the oracle.
+void ExpectCorrectRoundTrip(client::AttentionClient& c, const SyntheticBatch& b) {
+  const testing::OracleResult want = testing::ComputeOracle(b, Full(), /*backward=*/true);
+  auto e = client::EncodeBatch(b, Full());
+  absl::StatusOr<client::ForwardOutputs> f = c.Forward(e->in);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(testing::ForwardMismatch(b, want, f->out, f->lse), "");
+  absl::StatusOr<client::BackwardOutputs> g =
+      c.Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout)));
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(testing::BackwardMismatch(b, want, f->out, g->dq, g->dk, g->dv), "");
+  EXPECT_TRUE(c.Release(f->session.handle()).ok());
+}
+
+// Polls (bounded) until `rank`'s worker is receiving its shard of a call:
+// its shard byte counter passes `above`.
+bool WaitForShardBytes(const std::string& metrics, double above) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    const auto got = Scrape(metrics, "ringattn_received_bytes_total", {{"channel", "shard"}});
+    if (got && *got > above) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+// Polls ClusterStatus (bounded) until `pred` holds.
+template <typename Pred>
+bool WaitForStatus(client::AttentionClient& c, Pred pred) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    auto s = c.Status();
+    if (s.ok() && pred(*s)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+struct Timed {
+  absl::Status status;
+  absl::Duration after_fault;
+};
+
+// Kills `victim` while a call made by `call` runs on the ring; the call's
+// status and how long after the kill it came back.
+template <typename Call>
+Timed KillMidCall(client::LocalCluster& cluster, int victim, Call call) {
+  const std::string metrics = cluster.worker_metrics_addresses()[victim];
+  const double before =
+      Scrape(metrics, "ringattn_received_bytes_total", {{"channel", "shard"}}).value_or(-1);
+  std::future<absl::Status> running = std::async(std::launch::async, call);
+  EXPECT_TRUE(WaitForShardBytes(metrics, before));
+  // The shard is arriving: the ring starts within milliseconds, and runs
+  // for about a second.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(running.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the call ended before the fault";
+  const absl::Time killed = absl::Now();
+  EXPECT_TRUE(cluster.KillWorker(victim).ok());
+  Timed t;
+  t.status = running.get();
+  t.after_fault = absl::Now() - killed;
+  return t;
+}
+
+// The ring is rebuilt with a new generation once the killed worker's
+// replacement registers, and serves correct results again.
+void RestartAndExpectRebuilt(client::LocalCluster& cluster, client::AttentionClient& c, int victim,
+                             uint64_t old_generation) {
+  ASSERT_TRUE(cluster.StartWorker(victim).ok());
+  ASSERT_TRUE(cluster.WaitReady().ok());
+  auto s = c.Status();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GT(s->ring_generation(), old_generation);
+  const auto rebuilds =
+      Scrape(cluster.coordinator_metrics_address(), "ringattn_ring_rebuilds_total");
+  ASSERT_TRUE(rebuilds.has_value());
+  EXPECT_GE(*rebuilds, 1.0);
+  ExpectCorrectRoundTrip(c, SmallBatch());
+}
+
+TEST(ClusterFaultTest, WorkerKilledMidForwardFailsFastNamingItsRankAndTheRingIsRebuilt) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const uint64_t generation = c->Status()->ring_generation();
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  const Timed t = KillMidCall(*cluster, 1, [&] { return c->Forward(e->in).status(); });
+  EXPECT_EQ(t.status.code(), absl::StatusCode::kUnavailable) << t.status;
+  EXPECT_NE(t.status.message().find("rank 1"), std::string::npos) << t.status;
+  EXPECT_LT(t.after_fault, kFailFast);
+  std::printf("figure: forward failed %.2f s after its worker was killed: %s\n",
+              absl::ToDoubleSeconds(t.after_fault), std::string(t.status.message()).c_str());
+
+  // While the worker is gone, calls fail at once and say why.
+  ASSERT_TRUE(WaitForStatus(*c, [](const auto& s) { return !s.ring_ready(); }));
+  const absl::Time t0 = absl::Now();
+  auto small = client::EncodeBatch(SmallBatch(), Full());
+  const absl::Status refused = c->Forward(small->in).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_NE(refused.message().find("rank 1"), std::string::npos) << refused;
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(3));
+  const auto up = Scrape(cluster->coordinator_metrics_address(), "ringattn_workers_up");
+  ASSERT_TRUE(up.has_value());
+  EXPECT_EQ(*up, 1.0);
+
+  RestartAndExpectRebuilt(*cluster, *c, 1, generation);
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+TEST(ClusterFaultTest, WorkerKilledMidBackwardFailsFastAndOldSessionsAskForANewForward) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const uint64_t generation = c->Status()->ring_generation();
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
+  ASSERT_TRUE(f.ok()) << f.status();
+  const Timed t = KillMidCall(*cluster, 0, [&] {
+    return c->Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout))).status();
+  });
+  EXPECT_EQ(t.status.code(), absl::StatusCode::kUnavailable) << t.status;
+  EXPECT_NE(t.status.message().find("rank 0"), std::string::npos) << t.status;
+  EXPECT_LT(t.after_fault, kFailFast);
+  std::printf("figure: backward failed %.2f s after its worker was killed: %s\n",
+              absl::ToDoubleSeconds(t.after_fault), std::string(t.status.message()).c_str());
+
+  RestartAndExpectRebuilt(*cluster, *c, 0, generation);
+  // The session's saved state died with the old ring: a clear status.
+  const absl::Status stale =
+      c->Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout))).status();
+  EXPECT_EQ(stale.code(), absl::StatusCode::kUnavailable) << stale;
+  EXPECT_NE(stale.message().find("run forward again"), std::string::npos) << stale;
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+TEST(ClusterFaultTest, RestartedCoordinatorGetsItsWorkersBackByTheirHeartbeat) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  const std::vector<pid_t> workers = cluster->worker_pids();
+  ASSERT_TRUE(cluster->RestartCoordinator().ok());
+  for (pid_t pid : workers) EXPECT_TRUE(testing::ChildRunning(pid)) << "workers were not restarted";
+  auto c = client::AttentionClient::Connect(cluster->address());
+  auto s = c->Status();
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->ring_ready());
+  EXPECT_EQ(s->workers_size(), 2);
+  ExpectCorrectRoundTrip(*c, SmallBatch());
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// Polls (bounded) until no worker and not the coordinator holds session
+// state, as their own metrics say.
+bool WaitForNoSessionState(client::LocalCluster& cluster) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    bool freed = Scrape(cluster.coordinator_metrics_address(), "ringattn_memory_held_bytes") == 0.0;
+    for (const std::string& w : cluster.worker_metrics_addresses()) {
+      freed &= Scrape(w, "ringattn_sessions_open") == 0.0 &&
+               Scrape(w, "ringattn_memory_held_bytes") == 0.0;
+    }
+    if (freed) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A client that gives up while the ring runs (it cancels, or its deadline
+// passes) must leave no session state on the workers and must not break the
+// ring: every rank finishes the committed ring call (one rank cannot leave a
+// ring alone), then the coordinator releases the session nobody will use.
+TEST(ClusterFaultTest, ClientCancelOrDeadlineMidRingFreesWorkerMemoryAndKeepsTheRing) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const uint64_t generation = c->Status()->ring_generation();
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  const std::string worker0 = cluster->worker_metrics_addresses()[0];
+
+  auto shard_bytes = [&] {
+    return Scrape(worker0, "ringattn_received_bytes_total", {{"channel", "shard"}}).value_or(-1);
+  };
+  // A whole call first, timed: when its shards reach the workers, and when
+  // it ends.
+  double before = shard_bytes();
+  absl::Time start = absl::Now();
+  std::future<absl::StatusOr<client::ForwardOutputs>> whole =
+      std::async(std::launch::async, [&] { return c->Forward(e->in); });
+  ASSERT_TRUE(WaitForShardBytes(worker0, before));
+  const absl::Duration to_dispatch = absl::Now() - start;
+  absl::StatusOr<client::ForwardOutputs> done = whole.get();
+  ASSERT_TRUE(done.ok()) << done.status();
+  const absl::Duration to_end = absl::Now() - start;
+  ASSERT_TRUE(c->Release(done->session.handle()).ok());
+  std::printf("figure: long forward: shards reach the workers after %.2f s, ends after %.2f s\n",
+              absl::ToDoubleSeconds(to_dispatch), absl::ToDoubleSeconds(to_end));
+
+  // Cancel: once the worker is receiving its shard.
+  before = shard_bytes();
+  std::future<absl::Status> running =
+      std::async(std::launch::async, [&] { return c->Forward(e->in).status(); });
+  ASSERT_TRUE(WaitForShardBytes(worker0, before));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  c->CancelAll();
+  const absl::Status cancelled = running.get();
+  EXPECT_EQ(cancelled.code(), absl::StatusCode::kCancelled) << cancelled;
+  EXPECT_TRUE(WaitForNoSessionState(*cluster)) << "state still held after a cancel";
+
+  // Deadline: half way between the dispatch and the end measured above.
+  before = shard_bytes();
+  const absl::Status late = c->Forward(e->in, (to_dispatch + to_end) / 2).status();
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  EXPECT_GT(shard_bytes(), before) << "the deadline passed before the call reached the workers";
+  EXPECT_TRUE(WaitForNoSessionState(*cluster)) << "state still held after a deadline";
+
+  auto s = c->Status();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->ring_generation(), generation) << "a client leaving must not rebuild the ring";
+  ExpectCorrectRoundTrip(*c, SmallBatch());
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+}  // namespace
+}  // namespace ringattn::server

@@ -1,0 +1,155 @@
+#include "tests/server/testing/service_checks.h"
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/reference/compare.h"
+
+namespace ringattn::server::testing {
+namespace {
+
+using kernels::reference::Compare;
+using kernels::reference::ErrorStats;
+
+// Appends "name: ..." to `report` when `got` is not within `tolerance`.
+void Check(const char* name, std::span<const float> got, std::span<const double> want,
+           double tolerance, std::string& report) {
+  if (got.size() != want.size()) {
+    absl::StrAppend(&report, name, ": ", got.size(), " values, expected ", want.size(), "; ");
+    return;
+  }
+  const ErrorStats e = Compare(got, want);
+  if (!e.Within(tolerance)) {
+    absl::StrAppend(&report,
+                    absl::StrFormat("%s: rel err %.3g (tol %.2g), %d NaN, %d mismatched inf; ",
+                                    name, e.relative(), tolerance, e.nans,
+                                    e.mismatched_infinities));
+  }
+}
+
+int64_t StatusFieldKiB(pid_t pid, const std::string& field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string key;
+  while (in >> key) {
+    if (key == field + ":") {
+      int64_t kib = -1;
+      in >> kib;
+      return kib;
+    }
+    in.ignore(1 << 12, '\n');
+  }
+  return -1;
+}
+
+}  // namespace
+
+OracleResult ComputeOracle(const kernels::reference::SyntheticBatch& batch,
+                           const kernels::LayerConfig& layer, bool backward) {
+  OracleResult r;
+  r.problem = kernels::reference::ToDenseProblem(batch, layer);
+  r.forward = kernels::reference::DenseForward(r.problem);
+  if (backward) {
+    const std::vector<double> dout(batch.dout.begin(), batch.dout.end());
+    r.grads = kernels::reference::DenseBackward(r.problem, dout);
+  }
+  return r;
+}
+
+namespace {
+
+std::vector<float> ToF32(kernels::DType dtype, std::span<const std::byte> bytes) {
+  std::vector<float> out(bytes.size() / kernels::DTypeSize(dtype));
+  kernels::cpu::ToF32(dtype, bytes.data(), static_cast<int64_t>(out.size()), out.data());
+  return out;
+}
+
+// The oracle's gradients with delta_i = dO_i . O_i read from `out` instead
+// of the exact O: dS_ij = P_ij (dP_ij - delta_i) moves by -P_ij * d_delta_i,
+// which reaches dQ_i (through K_j) and dK_j (through Q_i); dV never reads
+// delta.
+kernels::reference::DenseGrads AtReturnedO(const kernels::reference::SyntheticBatch& batch,
+                                           const OracleResult& want, std::span<const float> out) {
+  const kernels::reference::DenseProblem& p = want.problem;
+  const int64_t S = p.seq_len, D = p.head_dim;
+  const double scale = p.layer.scale;
+  kernels::reference::DenseGrads g = want.grads;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      const int64_t kvh = h / (p.heads / p.kv_heads);
+      for (int64_t qi = 0; qi < S; ++qi) {
+        const int64_t row = (b * p.heads + h) * S + qi;
+        const double lse = want.forward.lse[row];
+        if (std::isinf(lse)) continue;  // Attends nothing: no gradient.
+        double d_delta = 0.0;
+        for (int64_t d = 0; d < D; ++d) {
+          d_delta += batch.dout[row * D + d] * (out[row * D + d] - want.forward.out[row * D + d]);
+        }
+        if (d_delta == 0.0) continue;
+        const double* q = &p.q[row * D];
+        for (int64_t ki = 0; ki < S; ++ki) {
+          if (!kernels::reference::DenseAllowed(p, b, qi, ki)) continue;
+          const int64_t kv_row = (b * p.kv_heads + kvh) * S + ki;
+          const double* k = &p.k[kv_row * D];
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d) dot += q[d] * k[d];
+          const double c = scale * std::exp(dot * scale - lse) * d_delta;
+          for (int64_t d = 0; d < D; ++d) {
+            g.dq[row * D + d] -= c * k[d];
+            g.dk[kv_row * D + d] -= c * q[d];
+          }
+        }
+      }
+    }
+  }
+  return g;
+}
+
+}  // namespace
+
+std::string ForwardMismatch(const kernels::reference::SyntheticBatch& batch,
+                            const OracleResult& want, std::span<const std::byte> out,
+                            std::span<const float> lse) {
+  if (out.size() % kernels::DTypeSize(batch.dtype) != 0) {
+    return absl::StrCat("O: ", out.size(), " bytes");
+  }
+  std::string report;
+  Check("O", ToF32(batch.dtype, out), want.forward.out,
+        kernels::reference::OutputTolerance(batch.dtype), report);
+  Check("LSE", lse, want.forward.lse, 1e-5, report);
+  return report;
+}
+
+std::string BackwardMismatch(const kernels::reference::SyntheticBatch& batch,
+                             const OracleResult& want, std::span<const std::byte> out,
+                             std::span<const float> dq, std::span<const float> dk,
+                             std::span<const float> dv) {
+  const std::vector<float> o = ToF32(batch.dtype, out);
+  if (o.size() != want.forward.out.size()) return absl::StrCat("O: ", out.size(), " bytes");
+  const kernels::reference::DenseGrads g =
+      batch.dtype == kernels::DType::kF32 ? want.grads : AtReturnedO(batch, want, o);
+  const double tol = kernels::reference::GradientTolerance(batch.dtype);
+  std::string report;
+  Check("dQ", dq, g.dq, tol, report);
+  Check("dK", dk, g.dk, tol, report);
+  Check("dV", dv, g.dv, tol, report);
+  return report;
+}
+
+bool ChildRunning(pid_t pid) {
+  if (pid <= 0) return false;
+  siginfo_t info{};
+  // WNOWAIT leaves an exited child waitable for whoever reaps it later.
+  if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) return false;
+  return info.si_pid == 0;
+}
+
+int64_t RssKiB(pid_t pid) { return StatusFieldKiB(pid, "VmRSS"); }
+
+int64_t PeakRssKiB(pid_t pid) { return StatusFieldKiB(pid, "VmHWM"); }
+
+}  // namespace ringattn::server::testing
