@@ -432,6 +432,13 @@ int Run(const std::string& command) {
       std::fprintf(stderr, "error: %s\n", cluster.status().ToString().c_str());
       return 1;
     }
+    // Prometheus endpoints first: a launcher reading up to the address line
+    // has them all.
+    std::printf("metrics of coordinator at %s\n", (*cluster)->coordinator_metrics_address().c_str());
+    const std::vector<std::string> workers = (*cluster)->worker_metrics_addresses();
+    for (size_t r = 0; r < workers.size(); ++r) {
+      std::printf("metrics of worker %zu at %s\n", r, workers[r].c_str());
+    }
     std::printf("coordinator at %s; Ctrl-C stops the cluster\n", (*cluster)->address().c_str());
     std::fflush(stdout);
     int sig = 0;
