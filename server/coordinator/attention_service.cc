@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -16,6 +17,7 @@
 #include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
 #include "proto/wire/grpc_status.h"
+#include "proto/wire/security.h"
 #include "proto/wire/tensor_stream.h"
 #include "server/batch/batch_prep.h"
 #include "server/batch/host_tensor.h"
@@ -360,6 +362,27 @@ double ForwardFlops(const attention::v1::ForwardHeader& h, const kernels::LayerC
   return 4.0 * h.batch() * h.heads() * h.head_dim() * pairs;
 }
 
+// Whom per-client limits count a call against: the identity its credentials
+// prove (token or certificate name), else its host. The peer's port is
+// dropped: one client's connections share its limits.
+std::string LimitKey(const grpc::ServerContext& context) {
+  std::string id = wire::ClientIdentity(context);
+  if (absl::StartsWith(id, "ipv4:") || absl::StartsWith(id, "ipv6:")) {
+    id = id.substr(0, id.rfind(':'));
+  }
+  return id;
+}
+
+// Sessions opened under a proven identity are that client's alone; without
+// one (no tokens, no client certificates) the handle is the capability.
+template <typename SessionT>
+bool MayUse(const SessionT& session, const std::string& caller) {
+  const bool proven = !absl::StartsWith(session.client, "ipv4:") &&
+                      !absl::StartsWith(session.client, "ipv6:") &&
+                      !absl::StartsWith(session.client, "unix:");
+  return !proven || session.client == caller;
+}
+
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -417,8 +440,13 @@ void AttentionServiceImpl::PublishLocked() {
   metrics_.service.memory_held_bytes.Set(static_cast<double>(bytes_held_));
 }
 
-void AttentionServiceImpl::ForgetLocked(uint64_t bytes) {
+void AttentionServiceImpl::ForgetLocked(uint64_t bytes, const std::string& client) {
   bytes_held_ -= bytes;
+  auto it = clients_.find(client);
+  if (it != clients_.end()) {
+    it->second.bytes -= bytes;
+    if (--it->second.sessions <= 0) clients_.erase(it);
+  }
   PublishLocked();
 }
 
@@ -437,9 +465,10 @@ std::vector<std::string> AttentionServiceImpl::DropExpired() {
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->second.expires < now) {
       const uint64_t bytes = it->second.bytes;
+      const std::string client = it->second.client;
       expired.push_back(it->first);
       it = sessions_.erase(it);
-      ForgetLocked(bytes);
+      ForgetLocked(bytes, client);
     } else {
       ++it;
     }
@@ -467,6 +496,7 @@ grpc::Status AttentionServiceImpl::Forward(
     grpc::ServerReaderWriter<attention::v1::ForwardResponse, attention::v1::ForwardRequest>*
         stream) {
   CallScope scope(metrics_, Op::kForward);
+  const std::string client = LimitKey(*context);
   prometheus::Counter& api_in = metrics_.service.received_bytes(Channel::kApi);
   attention::v1::ForwardRequest req;
   if (!stream->Read(&req) || !req.has_header()) {
@@ -558,6 +588,24 @@ grpc::Status AttentionServiceImpl::Forward(
                        bytes_held_, " of ", options_.memory_budget_bytes,
                        " are held; release sessions or lower the batch"));
     }
+    const ClientUsage usage = clients_.contains(client) ? clients_[client] : ClientUsage{};
+    if (options_.max_sessions_per_client > 0 &&
+        usage.sessions >= options_.max_sessions_per_client) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("client '", client, "' has ", usage.sessions,
+                                       " sessions open, its limit; release some first"));
+    }
+    if (options_.max_client_memory_bytes > 0 &&
+        usage.bytes + session_bytes > options_.max_client_memory_bytes) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("client '", client, "' holds ", usage.bytes, " bytes of session state; ",
+                       session_bytes, " more would pass its limit of ",
+                       options_.max_client_memory_bytes, "; release sessions first"));
+    }
+    ClientUsage& mine = clients_[client];
+    ++mine.sessions;
+    mine.bytes += session_bytes;
     bytes_held_ += session_bytes;
     PublishLocked();
     std::random_device rd;
@@ -566,7 +614,7 @@ grpc::Status AttentionServiceImpl::Forward(
   ReleaseOnWorkers(expired);
   auto unreserve = [&] {
     std::lock_guard<std::mutex> lock(mu_);
-    ForgetLocked(session_bytes);
+    ForgetLocked(session_bytes, client);
   };
 
   absl::StatusOr<Cluster::Ticket> ticket = cluster_.NextCall();
@@ -601,8 +649,8 @@ grpc::Status AttentionServiceImpl::Forward(
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    sessions_[handle] = Session{
-        h, P, ticket->generation, has_vision, session_bytes, absl::Now() + options_.session_ttl};
+    sessions_[handle] = Session{h,           P, ticket->generation, has_vision, session_bytes,
+                                absl::Now() + options_.session_ttl, client};
     PublishLocked();
   }
   attention::v1::ForwardResponse resp;
@@ -626,7 +674,7 @@ grpc::Status AttentionServiceImpl::Forward(
     // or release this session, so free it on the workers now.
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (sessions_.erase(handle) > 0) ForgetLocked(session_bytes);
+      if (sessions_.erase(handle) > 0) ForgetLocked(session_bytes, client);
     }
     ReleaseOnWorkers({handle});
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away; session released");
@@ -654,7 +702,7 @@ grpc::Status AttentionServiceImpl::Backward(
     std::lock_guard<std::mutex> lock(mu_);
     expired = DropExpired();
     auto it = sessions_.find(handle);
-    if (it != sessions_.end()) {
+    if (it != sessions_.end() && MayUse(it->second, LimitKey(*context))) {
       session = it->second;
       found = true;
     }
@@ -735,7 +783,7 @@ grpc::Status AttentionServiceImpl::Backward(
   return grpc::Status::OK;
 }
 
-grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
+grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* context,
                                            const attention::v1::ReleaseRequest* request,
                                            attention::v1::ReleaseResponse* /*response*/) {
   {
@@ -745,9 +793,14 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* /*context*/,
       return wire::ToGrpc(absl::NotFoundError(
           absl::StrCat("session handle '", request->handle(), "' is unknown")));
     }
+    if (!MayUse(it->second, LimitKey(*context))) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("session handle '", request->handle(), "' is unknown"));
+    }
     const uint64_t bytes = it->second.bytes;
+    const std::string owner = it->second.client;
     sessions_.erase(it);
-    ForgetLocked(bytes);
+    ForgetLocked(bytes, owner);
   }
   ReleaseOnWorkers({request->handle()});
   return grpc::Status::OK;

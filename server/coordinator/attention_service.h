@@ -19,6 +19,10 @@ struct CoordinatorOptions {
   uint64_t memory_budget_bytes = uint64_t{8} << 30;  // Session state held, in total.
   absl::Duration session_ttl = absl::Minutes(30);
   absl::Duration ring_timeout = absl::Seconds(60);  // Bound on every ring wait.
+  // Per client (its token's name, its certificate's name, else its host):
+  // sessions open at once, and session state held. 0: no limit of its own.
+  int max_sessions_per_client = 0;
+  uint64_t max_client_memory_bytes = 0;
 };
 
 // The public API: pads and shards each call (SPEC §1), dispatches it to
@@ -47,6 +51,11 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
     bool batch_has_vision = false;
     uint64_t bytes = 0;  // Held on the workers for backward.
     absl::Time expires;
+    std::string client;  // Who opened it (per-client limits).
+  };
+  struct ClientUsage {
+    int sessions = 0;  // Reserved or open.
+    uint64_t bytes = 0;
   };
 
   // Drops expired sessions from the table (requires mu_) and returns their
@@ -55,7 +64,7 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   // Frees the sessions' state on every worker (best effort).
   void ReleaseOnWorkers(const std::vector<std::string>& handles);
   // Un-reserves a session's bytes (requires mu_) and updates the gauges.
-  void ForgetLocked(uint64_t bytes);
+  void ForgetLocked(uint64_t bytes, const std::string& client);
   void PublishLocked();
   // A failed ring call's status for the client: names the ranks that are
   // down, and marks the ring for rebuilding when the failure broke it.
@@ -67,6 +76,7 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   std::mutex mu_;
   std::map<std::string, Session> sessions_;  // Guarded by mu_.
   uint64_t bytes_held_ = 0;                  // Guarded by mu_.
+  std::map<std::string, ClientUsage> clients_;  // Guarded by mu_.
   uint64_t next_session_ = 0;                // Guarded by mu_.
 };
 

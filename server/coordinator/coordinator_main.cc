@@ -1,6 +1,7 @@
 // The coordinator: the public ring-attention API, worker registration and
 // the ring's rendezvous store, on one gRPC port.
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -31,6 +32,11 @@ ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{16} << 30,
           "Session state the workers may hold in total; over it, calls get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, session_ttl_seconds, 1800, "Sessions not released expire after this.");
 ABSL_FLAG(double, ring_timeout_seconds, 60, "Bound on every ring wait.");
+ABSL_FLAG(int, max_sessions_per_client, 64,
+          "Sessions one client (token or certificate name, else host) may hold open; 0: no "
+          "limit. Over it, forward gets RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_client_memory_bytes, 0,
+          "Session state one client may hold; 0: only --memory_budget_bytes applies.");
 ABSL_FLAG(int, metrics_port, 9464,
           "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
@@ -65,6 +71,9 @@ int main(int argc, char** argv) {
   options.memory_budget_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
   options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   options.ring_timeout = absl::Seconds(absl::GetFlag(FLAGS_ring_timeout_seconds));
+  options.max_sessions_per_client = absl::GetFlag(FLAGS_max_sessions_per_client);
+  options.max_client_memory_bytes =
+      static_cast<uint64_t>(std::max<int64_t>(absl::GetFlag(FLAGS_max_client_memory_bytes), 0));
 
   auto registry = std::make_shared<prometheus::Registry>();
   CoordinatorMetrics metrics(*registry);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
 #include "client/synthetic_inputs.h"
@@ -279,6 +280,42 @@ TEST(ServiceTest, ExpiredSessionIsNotFound) {
   EXPECT_NE(g.status().message().find("expired"), absl::string_view::npos);
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// One client may not hold more than its share: a session count and a byte
+// limit per client, both answered with RESOURCE_EXHAUSTED naming the limit,
+// and both freed by a release.
+TEST(ServiceTest, PerClientLimitsOnSessionsAndHeldState) {
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 9);
+  auto e = EncodeBatch(b, Full());
+  // Session bytes of this batch (cp = 1, no padding): Q, K, V, O and dO in
+  // fp32, plus LSE and the token metadata.
+  const int64_t one = 64 * 32 * (2 * 2 + 2 * 1) * 4 + 64 * (2 * 4 + 9);
+  for (const auto& [flag, limit_words] :
+       {std::pair<std::string, std::string>{"--max_sessions_per_client=2", "sessions open"},
+        {absl::StrCat("--max_client_memory_bytes=", 2 * one + one / 2), "bytes of session"}}) {
+    auto cluster = StartCluster(1, {flag});
+    ASSERT_NE(cluster, nullptr);
+    auto c = client::AttentionClient::Connect(cluster->address());
+    std::vector<std::string> handles;
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
+      ASSERT_TRUE(f.ok()) << flag << ": " << f.status();
+      handles.push_back(f->session.handle());
+    }
+    // A second connection from the same host is the same client.
+    auto other = client::AttentionClient::Connect(cluster->address());
+    const absl::Status over = other->Forward(e->in).status();
+    EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted) << flag << ": " << over;
+    EXPECT_NE(over.message().find(limit_words), absl::string_view::npos) << over;
+    ASSERT_TRUE(c->Release(handles[0]).ok());
+    absl::StatusOr<client::ForwardOutputs> again = other->Forward(e->in);
+    EXPECT_TRUE(again.ok()) << flag << ": " << again.status();
+    c.reset();
+    other.reset();
+    EXPECT_TRUE(cluster->Stop().ok());
+  }
 }
 
 }  // namespace
