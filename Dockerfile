@@ -25,7 +25,7 @@ RUN apt-get update \
        cmake ninja-build g++ pkg-config \
        libabsl-dev libopenblas-dev libgloo-dev \
        libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
-       prometheus-cpp-dev \
+       prometheus-cpp-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
