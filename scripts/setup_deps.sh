@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libgloo-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  python3-grpcio python3-protobuf python3-numpy python3-pytest
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
+  python3-grpcio python3-protobuf python3-numpy python3-pytest python3-cryptography
   prometheus-cpp-dev prometheus
   yamllint python3-yaml python3-pip
 )

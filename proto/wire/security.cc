@@ -7,6 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -146,6 +147,21 @@ bool SameSecret(const std::string& a, const std::string& b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+// Tokens are compared as SHA-256 digests: in constant time, whatever their
+// lengths, and the check keeps no token in clear.
+using Digest = std::array<unsigned char, 32>;
+
+Digest Sha256(const std::string& text) {
+  Digest d{};
+  unsigned int size = 0;
+  EVP_Digest(text.data(), text.size(), d.data(), &size, EVP_sha256(), nullptr);
+  return d;
+}
+
+bool SameDigest(const Digest& a, const Digest& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
 std::string Str(grpc::string_ref s) { return std::string(s.data(), s.size()); }
 
 // Which kind of token a method needs.
@@ -163,8 +179,10 @@ Api ApiOf(const std::string& path) {
 // context for ClientIdentity.
 class TokenCheck final : public grpc::AuthMetadataProcessor {
  public:
-  TokenCheck(std::vector<NamedToken> clients, std::optional<std::string> cluster)
-      : clients_(std::move(clients)), cluster_(std::move(cluster)) {}
+  TokenCheck(const std::vector<NamedToken>& clients, const std::optional<std::string>& cluster) {
+    for (const NamedToken& t : clients) clients_.emplace_back(t.name, Sha256(t.token));
+    if (cluster) cluster_ = Sha256(*cluster);
+  }
 
   // A few string compares: run inline on gRPC's thread.
   bool IsBlocking() const override { return false; }
@@ -189,12 +207,13 @@ class TokenCheck final : public grpc::AuthMetadataProcessor {
     std::optional<std::string> name;
     bool cluster = false;
     if (token) {
-      if (cluster_ && SameSecret(*token, *cluster_)) {
+      const Digest presented = Sha256(*token);
+      if (cluster_ && SameDigest(presented, *cluster_)) {
         name = kClusterName;
         cluster = true;
       }
-      for (const NamedToken& t : clients_) {
-        if (SameSecret(*token, t.token)) name = t.name;
+      for (const auto& [client, digest] : clients_) {
+        if (SameDigest(presented, digest)) name = client;
       }
     }
     if (name) context->AddProperty(kClientProperty, *name);
@@ -231,8 +250,8 @@ class TokenCheck final : public grpc::AuthMetadataProcessor {
   }
 
  private:
-  const std::vector<NamedToken> clients_;
-  const std::optional<std::string> cluster_;
+  std::vector<std::pair<std::string, Digest>> clients_;  // Name and token digest.
+  std::optional<Digest> cluster_;
 };
 
 }  // namespace
@@ -335,9 +354,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
   std::vector<NamedToken> clients;
   if (!options.auth_token_file.empty()) {
     absl::StatusOr<std::vector<NamedToken>> t = ReadTokenFile(options.auth_token_file);
-    if (!t.ok())
+    if (!t.ok()) {
       return absl::Status(t.status().code(),
                           absl::StrCat("auth_token_file: ", t.status().message()));
+    }
     clients = *std::move(t);
   }
   std::optional<std::string> cluster;
@@ -381,8 +401,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
   }
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::SslServerCredentials(ssl);
   if (!clients.empty() || cluster) {
-    creds->SetAuthMetadataProcessor(
-        std::make_shared<TokenCheck>(std::move(clients), std::move(cluster)));
+    creds->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(clients, cluster));
   }
   return creds;
 }
@@ -412,6 +431,11 @@ absl::StatusOr<ChannelSecurity> PeerChannelSecurity(const SecurityOptions& optio
 }
 
 std::string ClientIdentity(const grpc::ServerContextBase& context) {
+  std::optional<std::string> proven = ProvenClientIdentity(context);
+  return proven ? *std::move(proven) : context.peer();
+}
+
+std::optional<std::string> ProvenClientIdentity(const grpc::ServerContextBase& context) {
   const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth) {
     const std::vector<grpc::string_ref> names = auth->FindPropertyValues(kClientProperty);
@@ -419,7 +443,7 @@ std::string ClientIdentity(const grpc::ServerContextBase& context) {
     const std::vector<grpc::string_ref> cn = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
     if (!cn.empty()) return absl::StrCat("cert:", Str(cn.front()));
   }
-  return context.peer();
+  return std::nullopt;
 }
 
 }  // namespace ringattn::wire

@@ -16,6 +16,7 @@
 // Tokens travel as `authorization: Bearer <token>` and only over TLS.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,10 @@ absl::StatusOr<std::string> ReadFirstToken(const std::string& path);
 // token the call carried ("cluster" for the cluster token), else the common
 // name of its client certificate as "cert:<CN>", else its peer address.
 std::string ClientIdentity(const grpc::ServerContextBase& context);
+
+// The same when the caller proved it (a token or a client certificate);
+// nullopt when only its address is known.
+std::optional<std::string> ProvenClientIdentity(const grpc::ServerContextBase& context);
 
 }  // namespace ringattn::wire
 

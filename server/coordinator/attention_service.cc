@@ -362,25 +362,24 @@ double ForwardFlops(const attention::v1::ForwardHeader& h, const kernels::LayerC
   return 4.0 * h.batch() * h.heads() * h.head_dim() * pairs;
 }
 
-// Whom per-client limits count a call against: the identity its credentials
-// prove (token or certificate name), else its host. The peer's port is
-// dropped: one client's connections share its limits.
+// Whom per-client limits count a call against: "id:" and the identity its
+// credentials prove (token or certificate name), else "peer:" and its host.
+// The peer's port is dropped: one client's connections share its limits.
 std::string LimitKey(const grpc::ServerContext& context) {
-  std::string id = wire::ClientIdentity(context);
-  if (absl::StartsWith(id, "ipv4:") || absl::StartsWith(id, "ipv6:")) {
-    id = id.substr(0, id.rfind(':'));
+  if (std::optional<std::string> id = wire::ProvenClientIdentity(context)) {
+    return absl::StrCat("id:", *id);
   }
-  return id;
+  std::string peer = context.peer();
+  const size_t colon = peer.rfind(':');
+  if (colon != std::string::npos && !absl::StartsWith(peer, "unix:")) peer.resize(colon);
+  return absl::StrCat("peer:", peer);
 }
 
 // Sessions opened under a proven identity are that client's alone; without
 // one (no tokens, no client certificates) the handle is the capability.
 template <typename SessionT>
 bool MayUse(const SessionT& session, const std::string& caller) {
-  const bool proven = !absl::StartsWith(session.client, "ipv4:") &&
-                      !absl::StartsWith(session.client, "ipv6:") &&
-                      !absl::StartsWith(session.client, "unix:");
-  return !proven || session.client == caller;
+  return !absl::StartsWith(session.client, "id:") || session.client == caller;
 }
 
 double Since(Clock::time_point t0) {
@@ -525,7 +524,8 @@ grpc::Status AttentionServiceImpl::Forward(
   // a stream is not a request even if every byte came, and must not take a
   // place in the ring's call order.
   if (context->IsCancelled()) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled before the stream ended");
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client cancelled before the stream ended");
   }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
   if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return wire::ToGrpc(s);
@@ -649,8 +649,9 @@ grpc::Status AttentionServiceImpl::Forward(
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    sessions_[handle] = Session{h,           P, ticket->generation, has_vision, session_bytes,
-                                absl::Now() + options_.session_ttl, client};
+    sessions_[handle] = Session{
+        h,     P, ticket->generation, has_vision, session_bytes, absl::Now() + options_.session_ttl,
+        client};
     PublishLocked();
   }
   attention::v1::ForwardResponse resp;
@@ -732,7 +733,8 @@ grpc::Status AttentionServiceImpl::Backward(
   // a stream is not a request even if every byte came, and must not take a
   // place in the ring's call order.
   if (context->IsCancelled()) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled before the stream ended");
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client cancelled before the stream ended");
   }
   if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
   absl::StatusOr<HostTensor> dout = Host(h.dtype(), {B, H, S, D}, assembler.Take("dout"));
@@ -790,8 +792,8 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* context,
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(request->handle());
     if (it == sessions_.end()) {
-      return wire::ToGrpc(absl::NotFoundError(
-          absl::StrCat("session handle '", request->handle(), "' is unknown")));
+      return wire::ToGrpc(
+          absl::NotFoundError(absl::StrCat("session handle '", request->handle(), "' is unknown")));
     }
     if (!MayUse(it->second, LimitKey(*context))) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,

@@ -4,6 +4,11 @@ Tensors travel as TensorChunk messages (dtype string, int64 shape, raw
 little-endian row-major bytes) of at most 2 MiB each. FP32 and FP16 map to
 numpy float32 / float16; BF16 tensors are passed as numpy uint16 arrays of
 raw bfloat16 bits with dtype="BF16".
+
+TLS and tokens mirror the C++ client's flags: tls_ca_file verifies the
+coordinator, tls_cert_file / tls_key_file are the client certificate for
+coordinators that require one, and a token (or the first token of
+auth_token_file) travels as `authorization: Bearer <token>`, only over TLS.
 """
 
 from __future__ import annotations
@@ -91,13 +96,51 @@ class _Assembler:
         return array.reshape(shape).copy()
 
 
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def first_token(path: str) -> str:
+    """The first token of a token file ('token' or 'name:token' lines, '#' comments)."""
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split(":", 1)[-1].strip()
+    raise ValueError(f"token file {path!r} holds no token")
+
+
 class Client:
     """Forward, backward, release and status against one coordinator."""
 
-    def __init__(self, address: str, timeout: float = 600.0) -> None:
+    def __init__(self, address: str, timeout: float = 600.0, *, tls: bool = False,
+                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None, tls_server_name: Optional[str] = None,
+                 token: Optional[str] = None, auth_token_file: Optional[str] = None) -> None:
         options = [("grpc.max_receive_message_length", 8 << 20),
                    ("grpc.max_send_message_length", 8 << 20)]
-        self._channel = grpc.insecure_channel(address, options=options)
+        if token is None and auth_token_file:
+            token = first_token(auth_token_file)
+        if bool(tls_cert_file) != bool(tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if tls or tls_ca_file or tls_cert_file:
+            creds = grpc.ssl_channel_credentials(root_certificates=_read(tls_ca_file),
+                                                 private_key=_read(tls_key_file),
+                                                 certificate_chain=_read(tls_cert_file))
+            if token:
+                creds = grpc.composite_channel_credentials(
+                    creds, grpc.access_token_call_credentials(token))
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        elif token:
+            raise ValueError("a token needs TLS (tls_ca_file, or tls=True): a bearer token sent "
+                             "in clear text is anyone's")
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._timeout = timeout
 

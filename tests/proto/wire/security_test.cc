@@ -51,6 +51,7 @@ class ProbeAttention final : public attention::v1::AttentionService::Service {
                              const attention::v1::ClusterStatusRequest* /*request*/,
                              attention::v1::ClusterStatusResponse* /*response*/) override {
     context->AddTrailingMetadata("identity", ClientIdentity(*context));
+    context->AddTrailingMetadata("proven", ProvenClientIdentity(*context).value_or("no"));
     return grpc::Status::OK;
   }
 };
@@ -68,11 +69,12 @@ class ProbeWorker final : public worker::v1::WorkerService::Service {
 struct Reply {
   grpc::Status status;
   std::string identity;
+  std::string proven;  // "no" when unproven; empty from services that do not say.
 };
 
-std::string Identity(const grpc::ClientContext& ctx) {
+std::string Trailer(const grpc::ClientContext& ctx, const std::string& key) {
   const auto& md = ctx.GetServerTrailingMetadata();
-  const auto it = md.find("identity");
+  const auto it = md.find(key);
   return it == md.end() ? "" : std::string(it->second.data(), it->second.size());
 }
 
@@ -146,7 +148,8 @@ class SecurityTest : public ::testing::Test {
     attention::v1::ClusterStatusResponse resp;
     Reply r;
     r.status = stub->ClusterStatus(&ctx, req, &resp);
-    r.identity = Identity(ctx);
+    r.identity = Trailer(ctx, "identity");
+    r.proven = Trailer(ctx, "proven");
     return r;
   }
 
@@ -158,7 +161,7 @@ class SecurityTest : public ::testing::Test {
     worker::v1::WorkerReleaseResponse resp;
     Reply r;
     r.status = stub->Release(&ctx, req, &resp);
-    r.identity = Identity(ctx);
+    r.identity = Trailer(ctx, "identity");
     return r;
   }
 
@@ -300,6 +303,7 @@ TEST_F(SecurityTest, PublicApiNeedsAClientToken) {
   Reply alice = Status(Channel(Tls(kAliceToken)));
   ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
   EXPECT_EQ(alice.identity, "alice");
+  EXPECT_EQ(alice.proven, "alice");
   Reply anonymous = Status(Channel(Tls()), absl::StrCat("Bearer ", kAnonymousToken));
   ASSERT_TRUE(anonymous.status.ok()) << anonymous.status.error_message();
   EXPECT_EQ(anonymous.identity, "client-4");
@@ -335,6 +339,7 @@ TEST_F(SecurityTest, AnApiWithoutItsKindOfTokenIsOpen) {
   Serve(o);
   Reply open = Status(Channel(Tls()));
   EXPECT_TRUE(open.status.ok()) << open.status.error_message();
+  EXPECT_EQ(open.proven, "no");  // TLS alone proves nothing about the caller.
   EXPECT_EQ(WorkerRelease(Channel(Tls())).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
@@ -350,6 +355,7 @@ TEST_F(SecurityTest, MutualTlsNamesTheCertificateAndRefusesStrangers) {
   Reply r = Status(Channel(trainer));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.identity, "cert:trainer");
+  EXPECT_EQ(r.proven, "cert:trainer");
 
   EXPECT_EQ(Status(Channel(Tls())).status.error_code(), grpc::StatusCode::UNAVAILABLE);
   ChannelSecurity rogue = Tls();
@@ -381,6 +387,7 @@ TEST_F(SecurityTest, InsecureServersNameThePeer) {
   Reply r = Status(Channel(ChannelSecurity{}));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_THAT(r.identity, HasSubstr("127.0.0.1:"));
+  EXPECT_EQ(r.proven, "no");
 }
 
 }  // namespace

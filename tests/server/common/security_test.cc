@@ -272,43 +272,27 @@ TEST_F(SecurityTest, MutualTlsRefusesClientsWithoutACertificateOfTheCa) {
 
 TEST_F(SecurityTest, ThePublicApiNeedsAClientToken) {
   auto cluster = Start(TlsWithTokens());
-  fprintf(stderr, "T1 %s\n", absl::FormatTime(absl::Now()).c_str());
   ASSERT_NE(cluster, nullptr);
-  fprintf(stderr, "T2 %s\n", absl::FormatTime(absl::Now()).c_str());
   auto none = Client(cluster->address(), Trusting());
-  fprintf(stderr, "T3 %s\n", absl::FormatTime(absl::Now()).c_str());
   absl::Status s = none->Status().status();
-  fprintf(stderr, "T4 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
-  fprintf(stderr, "T5 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_THAT(std::string(s.message()), HasSubstr("needs a client token"));
-  fprintf(stderr, "T6 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_EQ(SmallForward(*none).status().code(), absl::StatusCode::kUnauthenticated);
-  fprintf(stderr, "T7 %s\n", absl::FormatTime(absl::Now()).c_str());
   auto wrong = Client(cluster->address(), Trusting("wrong-token-0123456789abcdef"));
-  fprintf(stderr, "T8 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_EQ(wrong->Status().status().code(), absl::StatusCode::kUnauthenticated);
-  fprintf(stderr, "T9 %s\n", absl::FormatTime(absl::Now()).c_str());
   auto cluster_token = Client(cluster->address(), Trusting(kClusterToken));
-  fprintf(stderr, "T10 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_EQ(cluster_token->Status().status().code(), absl::StatusCode::kPermissionDenied);
-  fprintf(stderr, "T11 %s\n", absl::FormatTime(absl::Now()).c_str());
 
   auto trainer = Client(cluster->address(), Trusting(kTrainerToken));
-  fprintf(stderr, "T13 %s\n", absl::FormatTime(absl::Now()).c_str());
   auto got = SmallForward(*trainer);
-  fprintf(stderr, "T14 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_TRUE(got.ok()) << got.status();
-  fprintf(stderr, "T15 %s\n", absl::FormatTime(absl::Now()).c_str());
   // Probes need no token.
   EXPECT_EQ(HealthCheck(Channel(cluster->address(), Trusting())), grpc::StatusCode::OK);
-  fprintf(stderr, "T17 %s\n", absl::FormatTime(absl::Now()).c_str());
   none.reset();
-  fprintf(stderr, "T18 %s\n", absl::FormatTime(absl::Now()).c_str());
+  wrong.reset();
+  cluster_token.reset();
   trainer.reset();
-  fprintf(stderr, "T19 %s\n", absl::FormatTime(absl::Now()).c_str());
   EXPECT_TRUE(cluster->Stop().ok());
-  fprintf(stderr, "T20 %s\n", absl::FormatTime(absl::Now()).c_str());
 }
 
 TEST_F(SecurityTest, WorkerApiAndControlNeedTheClusterToken) {

@@ -2,8 +2,6 @@
 // forward or a backward, a coordinator killed and restarted, a client whose
 // deadline passes while the ring runs. Each must end in a clear status
 // within a bound, and the cluster must serve correct results afterwards.
-#include "server/coordinator/cluster.h"
-
 #include <chrono>
 #include <cstdio>
 #include <future>
@@ -14,6 +12,7 @@
 #include "client/synthetic_inputs.h"
 #include "gtest/gtest.h"
 #include "kernels/reference/synthetic_batch.h"
+#include "server/coordinator/cluster.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/testing/metrics_scrape.h"
 #include "tests/server/testing/service_checks.h"
@@ -156,7 +155,8 @@ TEST(ClusterFaultTest, WorkerKilledMidForwardFailsFastNamingItsRankAndTheRingIsR
   // While the worker is gone, calls fail at once and say why.
   ASSERT_TRUE(WaitForStatus(*c, [](const auto& s) { return !s.ring_ready(); }));
   const absl::Time t0 = absl::Now();
-  auto small = client::EncodeBatch(SmallBatch(), Full());
+  const SyntheticBatch small_batch = SmallBatch();  // The encoding points into it.
+  auto small = client::EncodeBatch(small_batch, Full());
   const absl::Status refused = c->Forward(small->in).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
   EXPECT_NE(refused.message().find("rank 1"), std::string::npos) << refused;

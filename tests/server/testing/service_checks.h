@@ -35,11 +35,21 @@ std::string ForwardMismatch(const kernels::reference::SyntheticBatch& batch,
                             const OracleResult& want, std::span<const std::byte> out,
                             std::span<const float> lse);
 
-// The same for dQ, dK, dV. The backward reads the O it returned (`out`, in
-// the batch's dtype) for delta = rowsum(dO * O); for bf16/fp16 the oracle's
-// dQ and dK are taken at that rounded O, as the API specifies, since the
-// rounding error of O alone can exceed the stated tolerance when the true
-// gradients are small (short rows: seen 28x at S = 4 in bf16).
+// The reference for dQ, dK, dV of a backward that read `out` (the O the
+// forward returned, in the batch's dtype) for delta = rowsum(dO * O), as
+// the API specifies. For bf16/fp16 the oracle's dQ and dK are moved to that
+// rounded O: the rounding of O alone can exceed the stated gradient
+// tolerance when the true gradients are small (short rows; seen 28x at
+// S = 4 in bf16, no service involved). fp32: the oracle's gradients.
+kernels::reference::DenseGrads GradientsAt(const kernels::reference::SyntheticBatch& batch,
+                                           const OracleResult& want,
+                                           std::span<const std::byte> out);
+
+// Empty when dQ, dK, dV are within the stated gradient tolerance of `want`.
+std::string BackwardMismatch(const kernels::reference::SyntheticBatch& batch,
+                             const kernels::reference::DenseGrads& want, std::span<const float> dq,
+                             std::span<const float> dk, std::span<const float> dv);
+// The same against GradientsAt(batch, want, out).
 std::string BackwardMismatch(const kernels::reference::SyntheticBatch& batch,
                              const OracleResult& want, std::span<const std::byte> out,
                              std::span<const float> dq, std::span<const float> dk,

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -77,21 +79,18 @@ absl::StatusOr<Issued> Issue(const Spec& spec, const Issued* issuer, long serial
                              reinterpret_cast<const unsigned char*>(spec.cn.c_str()), -1, -1, 0);
   X509* issuer_cert = issuer ? issuer->cert.get() : x;
   X509_set_issuer_name(x, X509_get_subject_name(issuer_cert));
+  std::vector<std::pair<int, const char*>> extensions;
   if (spec.ca) {
-    if (auto s = AddExtension(x, issuer_cert, NID_basic_constraints, "critical,CA:TRUE"); !s.ok())
-      return s;
-    if (auto s = AddExtension(x, issuer_cert, NID_key_usage, "critical,keyCertSign,cRLSign");
-        !s.ok())
-      return s;
+    extensions = {{NID_basic_constraints, "critical,CA:TRUE"},
+                  {NID_key_usage, "critical,keyCertSign,cRLSign"}};
   } else {
-    if (auto s = AddExtension(x, issuer_cert, NID_basic_constraints, "critical,CA:FALSE"); !s.ok())
-      return s;
-    if (auto s = AddExtension(x, issuer_cert, NID_key_usage, "critical,digitalSignature"); !s.ok())
-      return s;
-    if (auto s = AddExtension(x, issuer_cert, NID_ext_key_usage, spec.eku); !s.ok()) return s;
-    if (auto s = AddExtension(x, issuer_cert, NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost");
-        !s.ok())
-      return s;
+    extensions = {{NID_basic_constraints, "critical,CA:FALSE"},
+                  {NID_key_usage, "critical,digitalSignature"},
+                  {NID_ext_key_usage, spec.eku},
+                  {NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost"}};
+  }
+  for (const auto& [nid, value] : extensions) {
+    if (absl::Status s = AddExtension(x, issuer_cert, nid, value); !s.ok()) return s;
   }
   EVP_PKEY* signer = issuer ? issuer->key.get() : out.key.get();
   if (X509_sign(x, signer, EVP_sha256()) == 0) return OpenSslError("X509_sign");
