@@ -29,6 +29,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_context.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
@@ -110,6 +111,7 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
     return 3;
   }
   auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+  kernels::cpu::CpuBackend backend(**ctx);
 
   // Bare exchange of one K/V chunk message, no compute.
   const size_t chunk_bytes = 2 * q.size() / kH * kHkv + static_cast<size_t>(kB * L) * 9;
@@ -136,12 +138,12 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
   ring::RingStats best_fwd, best_bwd;
   for (int i = 0; i < repeat; ++i) {
     call.sequence = static_cast<uint64_t>(i);
-    auto fwd = ring::RingForward(**transport, **ctx, shard, call);
+    auto fwd = ring::RingForward(**transport, backend, shard, call);
     if (!fwd.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", rank, fwd.status().ToString().c_str());
       return 3;
     }
-    auto bwd = ring::RingBackward(**transport, **ctx, shard, fwd->out,
+    auto bwd = ring::RingBackward(**transport, backend, shard, fwd->out,
                                   std::as_bytes(std::span(dout)), fwd->lse, call);
     if (!bwd.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", rank, bwd.status().ToString().c_str());

@@ -27,6 +27,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/reference/synthetic_batch.h"
 #include "server/ring/in_process_transport.h"
 #include "server/ring/ring_attention.h"
@@ -134,6 +135,7 @@ double InProcessRingSeconds(const Problem& p, int cp, int64_t window) {
   for (int r = 0; r < cp; ++r) {
     threads.emplace_back([&, r] {
       auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      kernels::cpu::CpuBackend backend(**ctx);
       auto t = hub.Connect(r);
       const int64_t b = r * L, e = b + L;
       const auto enc = [&](const std::vector<float>& x, int64_t heads) {
@@ -158,9 +160,9 @@ double InProcessRingSeconds(const Problem& p, int cp, int64_t window) {
                            doc,
                            vision,
                            padding};
-      auto f = ring::RingForward(*t, **ctx, shard, call);
+      auto f = ring::RingForward(*t, backend, shard, call);
       if (f.ok()) {
-        (void)ring::RingBackward(*t, **ctx, shard, f->out, std::as_bytes(std::span(dout)), f->lse,
+        (void)ring::RingBackward(*t, backend, shard, f->out, std::as_bytes(std::span(dout)), f->lse,
                                  call);
       }
     });

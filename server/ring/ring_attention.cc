@@ -8,8 +8,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/attention_backward.h"
-#include "kernels/cpu/attention_forward.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/cpu/merge.h"
 #include "kernels/status_macros.h"
@@ -128,7 +126,7 @@ kernels::cpu::TensorRef QueryRef(const ShardRef& s, std::span<const std::byte> b
   return {s.dtype, {s.batch, s.heads, s.shard_len, s.head_dim}, bytes.data(), bytes.size()};
 }
 
-absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& backend,
                                           const ShardRef& shard, const RingCall& call) {
   const Clock::time_point t0 = Clock::now();
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
@@ -164,7 +162,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::cpu::CpuContext
       args.layer = call.layer;
       args.out = part;
       args.lse = part_lse;
-      RINGATTN_RETURN_IF_ERROR(kernels::cpu::ForwardChunk(args, ctx));
+      RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
       // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
       RINGATTN_RETURN_IF_ERROR(
           kernels::cpu::MergePartial(acc, lse, part, part_lse, shard.head_dim));
@@ -181,7 +179,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::cpu::CpuContext
   return result;
 }
 
-absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend& backend,
                                             const ShardRef& shard, std::span<const std::byte> out,
                                             std::span<const std::byte> dout,
                                             std::span<const float> lse, const RingCall& call) {
@@ -257,7 +255,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuConte
       args.dq = result.dq;  // dQ accumulates locally.
       args.dk = std::span(contrib).first(kv_elems);
       args.dv = std::span(contrib).subspan(kv_elems);
-      RINGATTN_RETURN_IF_ERROR(kernels::cpu::BackwardChunk(args, ctx));
+      RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
       stats.compute_seconds = Since(c0);
     }
     // Add this rank's share to the chunk's accumulator (fp32) and pass it on.
@@ -309,17 +307,18 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::cpu::CpuConte
 
 }  // namespace
 
-absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::ChunkBackend& backend,
                                               const ShardRef& shard, const RingCall& call) {
-  return AbortOnError(transport, Forward(transport, ctx, shard, call));
+  return AbortOnError(transport, Forward(transport, backend, shard, call));
 }
 
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport, kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
+                                                kernels::ChunkBackend& backend,
                                                 const ShardRef& shard,
                                                 std::span<const std::byte> out,
                                                 std::span<const std::byte> dout,
                                                 std::span<const float> lse, const RingCall& call) {
-  return AbortOnError(transport, Backward(transport, ctx, shard, out, dout, lse, call));
+  return AbortOnError(transport, Backward(transport, backend, shard, out, dout, lse, call));
 }
 
 }  // namespace ringattn::ring

@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "kernels/cpu/cpu_context.h"
+#include "kernels/chunk_backend.h"
 #include "kernels/dtype.h"
 #include "kernels/layer_config.h"
 #include "server/ring/transport.h"
@@ -81,12 +81,15 @@ struct RingBackwardResult {
   RingStats stats;
 };
 
-absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::cpu::CpuContext& ctx,
+// `backend` computes each step's chunk (CPU or CUDA); it is used from the
+// calling thread only.
+absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::ChunkBackend& backend,
                                               const ShardRef& shard, const RingCall& call);
 
 // out: [B, H, L, D] dtype and lse: [B, H, L], as RingForward returned them;
 // dout: [B, H, L, D] dtype.
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport, kernels::cpu::CpuContext& ctx,
+absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
+                                                kernels::ChunkBackend& backend,
                                                 const ShardRef& shard,
                                                 std::span<const std::byte> out,
                                                 std::span<const std::byte> dout,

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_context.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
     return 1;
   }
+  kernels::cpu::CpuBackend backend(**ctx);
   auto registry = std::make_shared<prometheus::Registry>();
   server::WorkerMetrics metrics(*registry, "cpu");
   const std::string host = absl::GetFlag(FLAGS_host);
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
     server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
   server::WorkerServiceImpl service(
-      **ctx, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics, security->peer);
+      backend, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics, security->peer);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(server::RequestCounter(metrics.service));
   auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service},

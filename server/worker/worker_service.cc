@@ -62,9 +62,8 @@ absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assemb
     }
   }
   if (!committed) {
-    return absl::CancelledError(
-        absl::StrCat("the ring call of session '", call.session(),
-                     "' was withdrawn before it started"));
+    return absl::CancelledError(absl::StrCat("the ring call of session '", call.session(),
+                                             "' was withdrawn before it started"));
   }
   RINGATTN_RETURN_IF_ERROR(assembler.Finish());
   return *seen;
@@ -118,9 +117,9 @@ void SendMetrics(Stream* stream, int rank, const ring::RingStats& stats) {
 
 }  // namespace
 
-WorkerServiceImpl::WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes,
+WorkerServiceImpl::WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes,
                                      WorkerMetrics& metrics, wire::ChannelSecurity store_security)
-    : ctx_(ctx),
+    : backend_(backend),
       max_call_bytes_(max_call_bytes),
       store_security_(std::move(store_security)),
       metrics_(metrics) {}
@@ -179,9 +178,9 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
   // A join called off and retried can finish after its successor: the ring
   // of the newest generation wins.
   if (request->coordinator_id() == coordinator_id_ && request->generation() < generation_) {
-    return grpc::Status(grpc::StatusCode::ABORTED,
-                        absl::StrCat("generation ", request->generation(),
-                                     " was superseded by ", generation_));
+    return grpc::Status(
+        grpc::StatusCode::ABORTED,
+        absl::StrCat("generation ", request->generation(), " was superseded by ", generation_));
   }
   transport_ = std::move(*t);
   rank_ = request->rank();
@@ -249,7 +248,7 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
                        session->doc,
                        session->vision,
                        session->padding};
-  absl::StatusOr<ring::RingForwardResult> r = ring::RingForward(*t, ctx_, shard, rc);
+  absl::StatusOr<ring::RingForwardResult> r = ring::RingForward(*t, backend_, shard, rc);
   sequencer_.Done(*epoch, call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
   metrics_.RecordRingCall(Op::kForward, r->stats);
@@ -323,7 +322,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
                        session->vision,
                        session->padding};
   absl::StatusOr<ring::RingBackwardResult> r =
-      ring::RingBackward(*t, ctx_, shard, session->out, dout, session->lse, rc);
+      ring::RingBackward(*t, backend_, shard, session->out, dout, session->lse, rc);
   sequencer_.Done(*epoch, call->sequence());
   if (!r.ok()) return wire::ToGrpc(r.status());
   metrics_.RecordRingCall(Op::kBackward, r->stats);

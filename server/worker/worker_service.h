@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/cpu_context.h"
+#include "kernels/chunk_backend.h"
 #include "proto/wire/security.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
@@ -23,8 +23,10 @@ namespace ringattn::server {
 // backward calls in the coordinator's order.
 class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  public:
-  // `store_security`: how JoinRing reaches the coordinator's store (TLS, cluster token).
-  WorkerServiceImpl(kernels::cpu::CpuContext& ctx, uint64_t max_call_bytes, WorkerMetrics& metrics,
+  // `backend` computes the ring steps (CPU or CUDA) and must outlive the
+  // service. `store_security`: how JoinRing reaches the coordinator's store
+  // (TLS, cluster token).
+  WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes, WorkerMetrics& metrics,
                     wire::ChannelSecurity store_security = {});
 
   grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
@@ -65,15 +67,15 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
                          const absl::Status& status);
   void PublishLocked();  // Session gauges (requires mu_).
 
-  kernels::cpu::CpuContext& ctx_;
+  kernels::ChunkBackend& backend_;
   const uint64_t max_call_bytes_;
   const wire::ChannelSecurity store_security_;
   WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;
-  std::shared_ptr<ring::Transport> transport_;                // Guarded by mu_.
-  int rank_ = -1;                                             // Guarded by mu_.
-  uint64_t generation_ = 0;                                   // Guarded by mu_.
+  std::shared_ptr<ring::Transport> transport_;  // Guarded by mu_.
+  int rank_ = -1;                               // Guarded by mu_.
+  uint64_t generation_ = 0;                     // Guarded by mu_.
   std::string coordinator_id_;  // Whose generation numbers these are. Guarded by mu_.
   // Rings joined by this process: unlike generations, never repeats across
   // coordinator restarts. Guarded by mu_.

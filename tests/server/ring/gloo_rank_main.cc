@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "kernels/cpu/convert.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "server/ring/gloo_transport.h"
 #include "tests/server/ring/testing/ring_harness.h"
 
@@ -70,6 +71,7 @@ int Run() {
     return 3;
   }
   auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+  kernels::cpu::CpuBackend backend(**ctx);
   const testing::ShardData shard = testing::SliceShard(batch, cp, rank);
   const ShardRef ref = shard.Ref(batch, shape.seq_len / cp);
   if (const double stall = absl::GetFlag(FLAGS_stall_seconds); stall > 0) {
@@ -79,9 +81,9 @@ int Run() {
   absl::StatusOr<RingBackwardResult> bwd = absl::UnknownError("not run");
   for (int i = 0; i < absl::GetFlag(FLAGS_repeat); ++i) {
     call.sequence = static_cast<uint64_t>(i);
-    fwd = RingForward(**transport, **ctx, ref, call);
+    fwd = RingForward(**transport, backend, ref, call);
     if (fwd.ok()) {
-      bwd = RingBackward(**transport, **ctx, ref, fwd->out, std::as_bytes(std::span(shard.dout)),
+      bwd = RingBackward(**transport, backend, ref, fwd->out, std::as_bytes(std::span(shard.dout)),
                          fwd->lse, call);
     }
     if (!fwd.ok() || !bwd.ok()) {

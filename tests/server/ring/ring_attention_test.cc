@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
 #include "server/ring/in_process_transport.h"
@@ -182,20 +183,21 @@ TEST(RingTest, InterleavedSessionsDoNotMixChunks) {
       // Rank r starts late, so its peers' messages for both calls wait for it.
       std::this_thread::sleep_for(std::chrono::milliseconds(40 * r));
       auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      kernels::cpu::CpuBackend backend(**ctx);
       auto t = hub.Connect(r);
       const auto sa = testing::SliceShard(a, cp, r);
       const auto sb = testing::SliceShard(b, cp, r);
       const RingCall ca{layer, false, 1, 100, absl::Seconds(30)};
       const RingCall cb{layer, false, 1, 101, absl::Seconds(30)};
-      auto fa = RingForward(*t, **ctx, sa.Ref(a, L), ca);
-      auto fb = RingForward(*t, **ctx, sb.Ref(b, L), cb);
+      auto fa = RingForward(*t, backend, sa.Ref(a, L), ca);
+      auto fb = RingForward(*t, backend, sb.Ref(b, L), cb);
       if (!fa.ok() || !fb.ok()) {
         status[r] = fa.ok() ? fb.status() : fa.status();
         return;
       }
-      auto ga = RingBackward(*t, **ctx, sa.Ref(a, L), fa->out, std::as_bytes(std::span(sa.dout)),
+      auto ga = RingBackward(*t, backend, sa.Ref(a, L), fa->out, std::as_bytes(std::span(sa.dout)),
                              fa->lse, ca);
-      auto gb = RingBackward(*t, **ctx, sb.Ref(b, L), fb->out, std::as_bytes(std::span(sb.dout)),
+      auto gb = RingBackward(*t, backend, sb.Ref(b, L), fb->out, std::as_bytes(std::span(sb.dout)),
                              fb->lse, cb);
       if (!ga.ok() || !gb.ok()) {
         status[r] = ga.ok() ? gb.status() : ga.status();
@@ -244,10 +246,11 @@ TEST(RingTest, DeadRankMakesEveryOtherRankFailWithinTheTimeout) {
         return;
       }
       auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
+      kernels::cpu::CpuBackend backend(**ctx);
       const auto shard = testing::SliceShard(batch, cp, r);
       RingCall call{layer, false, 1, 1, absl::Seconds(5)};
       const auto t0 = std::chrono::steady_clock::now();
-      status[r] = RingForward(*t, **ctx, shard.Ref(batch, 32), call).status();
+      status[r] = RingForward(*t, backend, shard.Ref(batch, 32), call).status();
       seconds[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     });
   }

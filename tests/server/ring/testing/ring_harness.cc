@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/cpu/convert.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "server/ring/in_process_transport.h"
 
 namespace ringattn::ring::testing {
@@ -65,10 +66,20 @@ bool BatchHasVision(const SyntheticBatch& batch) {
 absl::StatusOr<RingRunResult> RunInProcessRing(const SyntheticBatch& batch,
                                                const kernels::LayerConfig& layer, int cp,
                                                int threads_per_rank) {
+  if (cp < 1) return absl::InvalidArgumentError("cp < 1");
+  InProcessHub hub(cp);
+  return RunRing(
+      batch, layer, cp,
+      [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
+      threads_per_rank);
+}
+
+absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
+                                      const kernels::LayerConfig& layer, int cp,
+                                      const ConnectFn& connect, int threads_per_rank) {
   const auto& sh = batch.shape;
   if (cp < 1 || sh.seq_len % cp != 0) return absl::InvalidArgumentError("S % cp != 0");
   const int64_t L = sh.seq_len / cp;
-  InProcessHub hub(cp);
   std::vector<absl::StatusOr<RingForwardResult>> fwd(cp, absl::UnknownError("not run"));
   std::vector<absl::StatusOr<RingBackwardResult>> bwd(cp, absl::UnknownError("not run"));
   std::vector<ShardData> shards;
@@ -87,11 +98,16 @@ absl::StatusOr<RingRunResult> RunInProcessRing(const SyntheticBatch& batch,
         fwd[r] = ctx.status();
         return;
       }
-      std::unique_ptr<Transport> transport = hub.Connect(r);
+      kernels::cpu::CpuBackend backend(**ctx);
+      absl::StatusOr<std::unique_ptr<Transport>> transport = connect(r);
+      if (!transport.ok()) {
+        fwd[r] = transport.status();
+        return;
+      }
       const ShardRef ref = shards[r].Ref(batch, L);
-      fwd[r] = RingForward(*transport, **ctx, ref, call);
+      fwd[r] = RingForward(**transport, backend, ref, call);
       if (!fwd[r].ok()) return;
-      bwd[r] = RingBackward(*transport, **ctx, ref, fwd[r]->out,
+      bwd[r] = RingBackward(**transport, backend, ref, fwd[r]->out,
                             std::as_bytes(std::span(shards[r].dout)), fwd[r]->lse, call);
     });
   }

@@ -2,6 +2,8 @@
 #define RINGATTN_TESTS_SERVER_RING_TESTING_RING_HARNESS_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,8 +36,18 @@ struct RingRunResult {
   std::vector<RingStats> backward_stats;
 };
 
-// A whole ring in one process: one thread per rank over an InProcessHub,
-// forward then backward, results reassembled over the whole sequence.
+// Makes rank r's transport; called on that rank's thread, so transports
+// whose creation is collective (NCCL) can rendezvous.
+using ConnectFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>(int rank)>;
+
+// A whole ring in one process: one thread per rank over the transports of
+// `connect`, each rank on its own CPU backend, forward then backward, results
+// reassembled over the whole sequence.
+absl::StatusOr<RingRunResult> RunRing(const kernels::reference::SyntheticBatch& batch,
+                                      const kernels::LayerConfig& layer, int cp,
+                                      const ConnectFn& connect, int threads_per_rank = 1);
+
+// RunRing over an InProcessHub.
 absl::StatusOr<RingRunResult> RunInProcessRing(const kernels::reference::SyntheticBatch& batch,
                                                const kernels::LayerConfig& layer, int cp,
                                                int threads_per_rank = 1);
