@@ -72,7 +72,9 @@ class KvExchange {
     RINGATTN_ASSIGN_OR_RETURN(recv_, t_.Recv((t_.rank() + size - 1) % size, tag, next));
     RINGATTN_ASSIGN_OR_RETURN(send_, t_.Send((t_.rank() + 1) % size, tag, current));
     bytes_ = static_cast<int64_t>(current.size());
-    return absl::OkStatus();
+    // Everything this step posted goes out now, as one group, so it travels
+    // while the step computes.
+    return t_.Flush();
   }
 
   // Waits for the posted pair (no-op when nothing was posted).
@@ -293,6 +295,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
                               t.Recv(schedule.grad_from, tag, Bytes(own)));
     RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<PendingOp> send,
                               t.Send(schedule.grad_home, tag, Bytes(last)));
+    RINGATTN_RETURN_IF_ERROR(t.Flush());
     RINGATTN_RETURN_IF_ERROR(wait(send, home));
     RINGATTN_RETURN_IF_ERROR(wait(recv, home));
     for (auto& op : acc_send) RINGATTN_RETURN_IF_ERROR(wait(op, home));

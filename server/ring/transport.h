@@ -11,10 +11,13 @@
 #include "absl/time/time.h"
 
 // Point-to-point byte transport under the ring. Implementations: in-process
-// (threads; tests and TSan), Gloo TCP (CPU processes), NCCL (GPUs, later).
+// (threads; tests and TSan), Gloo TCP (CPU processes), NCCL (GPUs).
 // Messages are matched by (peer, tag); the ring puts its generation, call
 // sequence, step and message kind in the tag, so a late message from an
-// earlier ring or call can never be taken for a current one.
+// earlier ring or call can never be taken for a current one. NCCL has no
+// tags: it matches by posting order per peer, and checks the tags instead
+// (see nccl_transport.h); the ring posts in the same order on every rank, so
+// both rules pair the same messages.
 
 namespace ringattn::ring {
 
@@ -41,6 +44,13 @@ class Transport {
   // Starts receiving exactly data.size() bytes from `peer` into `data`.
   virtual absl::StatusOr<std::unique_ptr<PendingOp>> Recv(int peer, uint64_t tag,
                                                           std::span<std::byte> data) = 0;
+
+  // Starts every operation posted so far. The ring calls it once it has
+  // posted a step's sends and receives, before it computes. Transports that
+  // start each operation when it is posted do nothing; NCCL issues the posted
+  // operations as one group here (a lone receive then a lone send on every
+  // rank of a ring would deadlock), or at the first Wait on any of them.
+  virtual absl::Status Flush() { return absl::OkStatus(); }
 
   // Tears the transport down so that peers blocked on this rank fail fast
   // instead of waiting for their timeout. Every later call fails.
