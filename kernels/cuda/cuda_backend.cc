@@ -1,0 +1,228 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/kernel_params.h"
+#include "kernels/cpu/validate.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/device_launch.h"
+#include "kernels/cuda/launch_plan.h"
+#include "kernels/status_macros.h"
+
+namespace ringattn::kernels::cuda {
+namespace {
+
+AttentionShape ShapeOf(const cpu::ChunkProblem& p) {
+  return AttentionShape{p.dtype, p.batch, p.heads, p.kv_heads, p.q_len, p.kv_len, p.head_dim};
+}
+
+// Device copies of one metadata slice.
+struct MetaBuffers {
+  DeviceBuffer doc;      // [B, L] int32
+  DeviceBuffer vision;   // [B, L] int32
+  DeviceBuffer padding;  // [B, L] uint8
+};
+
+absl::Status Upload(DeviceBuffer& dst, const void* src, size_t bytes, cudaStream_t stream) {
+  RINGATTN_RETURN_IF_ERROR(dst.Reserve(bytes));
+  RINGATTN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst.data(), src, bytes, cudaMemcpyHostToDevice, stream));
+  return absl::OkStatus();
+}
+
+// tokens: B * L of the slice.
+absl::StatusOr<DeviceMeta> UploadMeta(MetaBuffers& dst, const cpu::MetaPtrs& src, int64_t tokens,
+                                      cudaStream_t stream) {
+  const size_t n = static_cast<size_t>(tokens);
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.doc, src.doc, n * sizeof(int32_t), stream));
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.vision, src.vision, n * sizeof(int32_t), stream));
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.padding, src.padding, n * sizeof(uint8_t), stream));
+  return DeviceMeta{dst.doc.as<const int32_t>(), dst.vision.as<const int32_t>(),
+                    dst.padding.as<const uint8_t>(), src.start};
+}
+
+absl::Status Download(void* dst, const DeviceBuffer& src, size_t bytes, cudaStream_t stream) {
+  RINGATTN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, src.data(), bytes, cudaMemcpyDeviceToHost, stream));
+  return absl::OkStatus();
+}
+
+// The first error of `body`, or of waiting for the stream: a call never
+// returns while its copies may still read or write the caller's memory.
+template <typename Body>
+absl::Status RunSynchronously(cudaStream_t stream, Body&& body) {
+  absl::Status status = body();
+  const cudaError_t sync = cudaStreamSynchronize(stream);
+  if (status.ok() && sync != cudaSuccess) {
+    status = ToStatus(CudaStatus{sync, __FILE__ ": cudaStreamSynchronize"});
+  }
+  return status;
+}
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  Impl(int device, std::string name, DeviceCaps caps, CudaStream stream)
+      : device(device), name(std::move(name)), caps(caps), stream(std::move(stream)) {}
+  // Members are freed after this body runs, on the backend's device.
+  ~Impl() { (void)cudaSetDevice(device); }
+
+  int device;
+  std::string name;
+  DeviceCaps caps;
+  CudaStream stream;
+  DeviceBuffer q, k, v;     // dtype, [B, H, Lq, D] / [B, Hkv, Lk, D]
+  DeviceBuffer out, dout;   // forward: out fp32; backward: out, dout dtype
+  DeviceBuffer lse;         // [B, H, Lq] fp32
+  DeviceBuffer dq, dk, dv;  // fp32 gradients
+  DeviceBuffer workspace;   // LaunchPlan workspace
+  MetaBuffers q_meta, kv_meta;
+};
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
+  int count = 0;
+  if (const cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CUDA device ", device, " is not usable: no CUDA device (", cudaGetErrorString(e), ")"));
+  }
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CUDA device ", device, " does not exist: ", count, " CUDA device(s) visible"));
+  }
+  if (const cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " is not usable: ", cudaGetErrorString(e)));
+  }
+  cudaDeviceProp prop{};
+  if (const cudaError_t e = cudaGetDeviceProperties(&prop, device); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " is not usable: ", cudaGetErrorString(e)));
+  }
+  const DeviceCaps caps{prop.major, prop.minor, static_cast<int64_t>(prop.sharedMemPerBlockOptin)};
+  if (caps.sm_major < 8) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " (", prop.name, ") has compute capability ",
+                     prop.major, ".", prop.minor, "; the kernels need 8.0 or newer"));
+  }
+  absl::StatusOr<CudaStream> stream = CudaStream::Create();
+  if (!stream.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " is not usable: ", stream.status().message()));
+  }
+  auto impl = std::make_unique<Impl>(device, absl::StrCat("cuda:", device, " (", prop.name, ")"),
+                                     caps, std::move(*stream));
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaBackend::~CudaBackend() = default;
+
+std::string CudaBackend::name() const { return impl_->name; }
+
+int CudaBackend::device() const { return impl_->device; }
+
+absl::Status CudaBackend::Forward(const cpu::ForwardChunkArgs& args) {
+  RINGATTN_ASSIGN_OR_RETURN(const cpu::ForwardParams fp, cpu::MakeForwardParams(args));
+  const cpu::ChunkProblem& p = fp.problem;
+  const AttentionShape shape = ShapeOf(p);
+  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
+  RINGATTN_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->device));
+  Impl& m = *impl_;
+  const cudaStream_t stream = m.stream.get();
+  const size_t out_bytes = args.out.size() * sizeof(float);
+  const size_t lse_bytes = args.lse.size() * sizeof(float);
+  return RunSynchronously(stream, [&]() -> absl::Status {
+    RINGATTN_RETURN_IF_ERROR(Upload(m.q, args.q.data, args.q.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.k, args.k.data, args.k.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.v, args.v.data, args.v.size_bytes, stream));
+    ForwardDeviceParams d;
+    RINGATTN_ASSIGN_OR_RETURN(d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.batch * p.q_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(d.kv_meta,
+                              UploadMeta(m.kv_meta, p.kv_meta, p.batch * p.kv_len, stream));
+    RINGATTN_RETURN_IF_ERROR(m.out.Reserve(out_bytes));
+    RINGATTN_RETURN_IF_ERROR(m.lse.Reserve(lse_bytes));
+    RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.forward_workspace_bytes));
+    d.shape = shape;
+    d.q = m.q.data();
+    d.k = m.k.data();
+    d.v = m.v.data();
+    d.mask = p.mask;
+    d.scale = p.scale;
+    d.out = m.out.as<float>();
+    d.lse = m.lse.as<float>();
+    d.workspace = m.workspace.data();
+    d.workspace_bytes = static_cast<int64_t>(m.workspace.capacity());
+    RINGATTN_RETURN_IF_ERROR(LaunchForward(d, plan, stream));
+    RINGATTN_RETURN_IF_ERROR(Download(args.out.data(), m.out, out_bytes, stream));
+    return Download(args.lse.data(), m.lse, lse_bytes, stream);
+  });
+}
+
+absl::Status CudaBackend::Backward(const cpu::BackwardChunkArgs& args) {
+  RINGATTN_ASSIGN_OR_RETURN(const cpu::BackwardParams bp, cpu::MakeBackwardParams(args));
+  const cpu::ChunkProblem& p = bp.problem;
+  const AttentionShape shape = ShapeOf(p);
+  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
+  RINGATTN_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->device));
+  Impl& m = *impl_;
+  const cudaStream_t stream = m.stream.get();
+  const size_t dq_bytes = args.dq.size() * sizeof(float);
+  const size_t dk_bytes = args.dk.size() * sizeof(float);
+  const size_t dv_bytes = args.dv.size() * sizeof(float);
+  return RunSynchronously(stream, [&]() -> absl::Status {
+    RINGATTN_RETURN_IF_ERROR(Upload(m.q, args.q.data, args.q.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.k, args.k.data, args.k.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.v, args.v.data, args.v.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.out, args.out.data, args.out.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dout, args.dout.data, args.dout.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(
+        Upload(m.lse, args.lse.data(), args.lse.size() * sizeof(float), stream));
+    // The kernels add to what the caller already holds, as the CPU ones do.
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dq, args.dq.data(), dq_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dk, args.dk.data(), dk_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dv, args.dv.data(), dv_bytes, stream));
+    BackwardDeviceParams d;
+    RINGATTN_ASSIGN_OR_RETURN(d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.batch * p.q_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(d.kv_meta,
+                              UploadMeta(m.kv_meta, p.kv_meta, p.batch * p.kv_len, stream));
+    RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.backward_workspace_bytes));
+    d.shape = shape;
+    d.q = m.q.data();
+    d.k = m.k.data();
+    d.v = m.v.data();
+    d.out = m.out.data();
+    d.dout = m.dout.data();
+    d.lse = m.lse.as<const float>();
+    d.mask = p.mask;
+    d.scale = p.scale;
+    d.dq = m.dq.as<float>();
+    d.dk = m.dk.as<float>();
+    d.dv = m.dv.as<float>();
+    d.workspace = m.workspace.data();
+    d.workspace_bytes = static_cast<int64_t>(m.workspace.capacity());
+    RINGATTN_RETURN_IF_ERROR(LaunchBackward(d, plan, stream));
+    RINGATTN_RETURN_IF_ERROR(Download(args.dq.data(), m.dq, dq_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Download(args.dk.data(), m.dk, dk_bytes, stream));
+    return Download(args.dv.data(), m.dv, dv_bytes, stream);
+  });
+}
+
+}  // namespace ringattn::kernels::cuda

@@ -1,0 +1,50 @@
+#ifndef RINGATTN_KERNELS_CUDA_CUDA_BACKEND_H_
+#define RINGATTN_KERNELS_CUDA_CUDA_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/chunk_backend.h"
+#include "kernels/cpu/chunk_args.h"
+
+// The CUDA chunk kernels behind the backend interface, on one GPU. Takes the
+// host arguments of kernels/cpu/chunk_args.h, validates them exactly as the
+// CPU kernels do, stages them into device buffers it keeps (and grows) across
+// calls, runs the kernels on its own stream and copies the results back:
+// forward overwrites out/lse, backward adds to dq/dk/dv. No CUDA types here,
+// so any C++ code can include this header.
+//
+// One backend serves one caller at a time (like the ring's per-rank
+// backend); calls are synchronous.
+
+namespace ringattn::kernels::cuda {
+
+// Number of visible CUDA devices; 0 when there is no GPU or no driver (any
+// CUDA error counts as "no GPU").
+int CudaDeviceCount();
+
+class CudaBackend final : public ringattn::kernels::ChunkBackend {
+ public:
+  // FAILED_PRECONDITION naming the reason when `device` is not a usable GPU.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override;  // "cuda:0 (NVIDIA H100 80GB HBM3)"
+  absl::Status Forward(const cpu::ForwardChunkArgs& args) override;
+  absl::Status Backward(const cpu::BackwardChunkArgs& args) override;
+  int device() const;
+
+ private:
+  struct Impl;
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ringattn::kernels::cuda
+
+#endif  // RINGATTN_KERNELS_CUDA_CUDA_BACKEND_H_

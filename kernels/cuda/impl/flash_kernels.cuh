@@ -1,0 +1,652 @@
+#ifndef RINGATTN_KERNELS_CUDA_IMPL_FLASH_KERNELS_CUH_
+#define RINGATTN_KERNELS_CUDA_IMPL_FLASH_KERNELS_CUH_
+
+// Flash-attention forward and backward of one query shard against one K/V
+// chunk on the GPU, with the semantics of kernels/cpu (attention_forward.h,
+// attention_backward.h): same mask (Allowed), same tile skipping (Classify),
+// same outputs. Included only by the instantiation translation units, one
+// per (pass, dtype, head-dim bucket).
+//
+// Structure: every tile lives in shared memory; all four warps of a block
+// cooperate on each tile GEMM (CtaGemm), then on the element-wise softmax
+// step. bf16/fp16 GEMMs run on tensor cores through WMMA 16x16x16 with fp32
+// accumulation; fp32 inputs take a SIMT fp32 path (no TF32). Softmax,
+// log-sum-exp and every accumulator are fp32. The running output lives in
+// shared memory rather than in fragments because WMMA fragment layouts are
+// opaque, and the online softmax must rescale whole rows.
+//
+// Forward: one block per (query tile, batch * head). Backward: one block per
+// (key tile, batch * kv head) builds that tile's dK and dV over every query
+// head of its group and every query tile; one block per (query tile,
+// batch * head) builds dQ. Each block owns what it writes, so there are no
+// atomics and results do not depend on scheduling.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/block_classification.h"
+#include "kernels/cuda/attention_params.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/impl/kernel_launchers.h"
+#include "kernels/cuda/tile_config.h"
+#include "kernels/mask.h"
+
+namespace ringattn::kernels::cuda::impl {
+
+constexpr int kWarps = kThreads / 32;
+
+__device__ __forceinline__ float NegInf() { return __int_as_float(0xff800000u); }
+
+__device__ __forceinline__ float ToF32(float x) { return x; }
+__device__ __forceinline__ float ToF32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToF32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromF32(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(x);
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+// fp32 inputs promise 1e-5 relative, so they get the accurate expf; the
+// tensor-core path rounds P to 16 bits anyway and takes the fast one.
+template <typename T>
+__device__ __forceinline__ float Exp(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return expf(x);
+  } else {
+    return __expf(x);
+  }
+}
+
+__device__ __forceinline__ float WarpMax(float x) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  }
+  return x;
+}
+
+__device__ __forceinline__ float WarpSum(float x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+__device__ __forceinline__ int MinInt(int64_t a, int64_t b) {
+  return static_cast<int>(a < b ? a : b);
+}
+
+// c[m, n] (+)= sum_k A[m, k] B[k, n], all operands in shared memory, computed
+// by every thread of the block. A[m, k] is a[m * lda + k], or a[k * lda + m]
+// when kATransposed; B[k, n] is b[k * ldb + n], or b[n * ldb + k] when
+// kBTransposed. m, n, k are multiples of 16 for 16-bit T (and pointers and
+// leading dimensions meet WMMA's alignment, see tile_config.h), multiples of
+// 4 for fp32. No barrier inside: the caller synchronizes.
+template <typename T, bool kATransposed, bool kBTransposed>
+__device__ __forceinline__ void CtaGemm(float* c, int ldc, const T* a, int lda, const T* b, int ldb,
+                                        int m, int n, int k, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    // 4x4 register tiles: rows r0..r0+3, columns c0 + j * (n / 4), so that
+    // neighbouring threads read neighbouring words of B and C.
+    const int tiles_n = n / 4;
+    const int tiles = (m / 4) * tiles_n;
+    for (int t = threadIdx.x; t < tiles; t += blockDim.x) {
+      const int r0 = (t / tiles_n) * 4;
+      const int c0 = t % tiles_n;
+      float acc[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          acc[i][j] = accumulate ? c[(r0 + i) * ldc + c0 + j * tiles_n] : 0.0f;
+        }
+      }
+      for (int kk = 0; kk < k; ++kk) {
+        float av[4];
+        float bv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          av[i] = kATransposed ? a[kk * lda + r0 + i] : a[(r0 + i) * lda + kk];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int col = c0 + j * tiles_n;
+          bv[j] = kBTransposed ? b[col * ldb + kk] : b[kk * ldb + col];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[(r0 + i) * ldc + c0 + j * tiles_n] = acc[i][j];
+      }
+    }
+  } else {
+    namespace wmma = nvcuda::wmma;
+    using ALayout = std::conditional_t<kATransposed, wmma::col_major, wmma::row_major>;
+    using BLayout = std::conditional_t<kBTransposed, wmma::col_major, wmma::row_major>;
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int tiles_n = n / 16;
+    const int tiles = (m / 16) * tiles_n;
+    for (int t = warp; t < tiles; t += kWarps) {
+      const int r0 = (t / tiles_n) * 16;
+      const int c0 = (t % tiles_n) * 16;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      if (accumulate) {
+        wmma::load_matrix_sync(acc, c + r0 * ldc + c0, ldc, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(acc, 0.0f);
+      }
+      for (int kk = 0; kk < k; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb;
+        wmma::load_matrix_sync(fa, kATransposed ? a + kk * lda + r0 : a + r0 * lda + kk, lda);
+        wmma::load_matrix_sync(fb, kBTransposed ? b + c0 * ldb + kk : b + kk * ldb + c0, ldb);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(c + r0 * ldc + c0, acc, ldc, wmma::mem_row_major);
+    }
+  }
+}
+
+// dst[r, c] = src[r * d + c] for r < rows, c < d, and 0 for the rest of
+// [tile_rows, cols], so padded rows and head-dim columns add nothing to the
+// GEMMs. src: [rows, d] in global memory; dst: [tile_rows, ld] shared.
+template <typename T>
+__device__ __forceinline__ void LoadTile(T* dst, int ld, const T* src, int rows, int d,
+                                         int tile_rows, int cols) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vectorized = d % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  if (vectorized) {
+    const int chunks = cols / kVec;
+    for (int i = threadIdx.x; i < tile_rows * chunks; i += blockDim.x) {
+      const int r = i / chunks;
+      const int c = (i % chunks) * kVec;
+      uint4 value = make_uint4(0, 0, 0, 0);
+      if (r < rows && c < d) value = *reinterpret_cast<const uint4*>(src + int64_t{r} * d + c);
+      *reinterpret_cast<uint4*>(dst + r * ld + c) = value;
+    }
+    return;
+  }
+  for (int i = threadIdx.x; i < tile_rows * cols; i += blockDim.x) {
+    const int r = i / cols;
+    const int c = i % cols;
+    dst[r * ld + c] = (r < rows && c < d) ? src[int64_t{r} * d + c] : FromF32<T>(0.0f);
+  }
+}
+
+// Mask inputs of tokens [first, first + count) of one row; the slots up to
+// `tile` are padding, which the mask never lets attend.
+__device__ __forceinline__ void LoadTokens(TokenInfo* dst, const DeviceMeta& meta, int64_t first,
+                                           int64_t pos0, int count, int tile) {
+  for (int i = threadIdx.x; i < tile; i += blockDim.x) {
+    if (i < count) {
+      dst[i] = TokenInfo{pos0 + i, meta.doc[first + i], meta.vision[first + i],
+                         meta.padding[first + i] != 0};
+    } else {
+      dst[i] = TokenInfo{pos0 + i, 0, -1, true};
+    }
+  }
+}
+
+__device__ __forceinline__ bool PairAllowed(TileClass cls, const MaskRule& rule, const TokenInfo& q,
+                                            const TokenInfo& k, int j, int cols) {
+  return cls == TileClass::kFull ? j < cols : Allowed(rule, q, k);
+}
+
+// One key tile of online softmax, one warp per query row. s: [kBq, LdScore]
+// raw q·k in, masked scaled scores out; p: [kBq, LdProb] unnormalized
+// probabilities exp(s - m_new); o: [kBq, LdAcc] running output, rescaled by
+// exp(m_old - m_new); m, l: [kBq] running max and sum (l from the fp32
+// probabilities, before they are rounded to T).
+template <typename T, int kBq, int kBk, int kBucket>
+__device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* m, float* l,
+                                              const TokenInfo* q_tok, const TokenInfo* k_tok,
+                                              int rows, int cols, TileClass cls,
+                                              const MaskRule& rule, float scale, int dp) {
+  constexpr int kLds = LdScore(kBk);
+  constexpr int kLdp = LdProb(kBk);
+  constexpr int kLdo = LdAcc(kBucket);
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  for (int r = warp; r < kBq; r += kWarps) {
+    T* p_row = p + r * kLdp;
+    if (r >= rows) {
+      for (int j = lane; j < kBk; j += 32) p_row[j] = FromF32<T>(0.0f);
+      continue;
+    }
+    float* s_row = s + r * kLds;
+    const TokenInfo q = q_tok[r];
+    float tile_max = NegInf();
+    for (int j = lane; j < kBk; j += 32) {
+      const float x = PairAllowed(cls, rule, q, k_tok[j], j, cols) ? s_row[j] * scale : NegInf();
+      s_row[j] = x;
+      tile_max = fmaxf(tile_max, x);
+    }
+    tile_max = WarpMax(tile_max);
+    const float m_old = m[r];
+    const float m_new = fmaxf(m_old, tile_max);
+    if (m_new == NegInf()) {  // Nothing attended yet: the row stays at zero.
+      for (int j = lane; j < kBk; j += 32) p_row[j] = FromF32<T>(0.0f);
+      continue;
+    }
+    const float alpha = m_old == NegInf() ? 0.0f : Exp<T>(m_old - m_new);
+    float sum = 0.0f;
+    for (int j = lane; j < kBk; j += 32) {
+      const float e = Exp<T>(s_row[j] - m_new);  // exp(-inf) = 0 for masked pairs
+      sum += e;
+      p_row[j] = FromF32<T>(e);
+    }
+    sum = WarpSum(sum);
+    if (alpha != 1.0f) {
+      float* o_row = o + r * kLdo;
+      for (int c = lane; c < dp; c += 32) o_row[c] *= alpha;
+    }
+    __syncwarp();  // Every lane has read m[r] before lane 0 replaces it.
+    if (lane == 0) {
+      m[r] = m_new;
+      l[r] = l[r] * alpha + sum;
+    }
+  }
+}
+
+template <typename T, int kBucket>
+__global__ void __launch_bounds__(kThreads) ForwardKernel(const AttentionParams p) {
+  constexpr int kEs = sizeof(T);
+  constexpr TileShape kTiles = ForwardTiles(kEs, kBucket);
+  constexpr int kBq = kTiles.bq;
+  constexpr int kBk = kTiles.bk;
+  constexpr ForwardSmem kSmem = ForwardSmemLayout(kEs, kBucket, kTiles);
+  constexpr int kLd = LdInput(kBucket);
+  constexpr int kLdo = LdAcc(kBucket);
+  constexpr int kLds = LdScore(kBk);
+  constexpr int kLdp = LdProb(kBk);
+  static_assert(std::is_same_v<T, float> || (kBq % 16 == 0 && kBk % 16 == 0),
+                "tensor-core tiles are whole 16x16 fragments");
+  static_assert(kBq % 4 == 0 && kBk % 4 == 0, "fp32 tiles are whole 4x4 register tiles");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem + kSmem.q);
+  T* kv_s = reinterpret_cast<T*>(smem + kSmem.kv);
+  float* o_s = reinterpret_cast<float*>(smem + kSmem.o);
+  float* s_s = reinterpret_cast<float*>(smem + kSmem.s);
+  T* p_s = reinterpret_cast<T*>(smem + kSmem.p);
+  float* m_s = reinterpret_cast<float*>(smem + kSmem.m);
+  float* l_s = reinterpret_cast<float*>(smem + kSmem.l);
+  TokenInfo* q_tok = reinterpret_cast<TokenInfo*>(smem + kSmem.q_tok);
+  TokenInfo* k_tok = reinterpret_cast<TokenInfo*>(smem + kSmem.k_tok);
+
+  const AttentionShape& sh = p.shape;
+  const int d = static_cast<int>(sh.head_dim);
+  const int dp = (d + 15) / 16 * 16;
+  // Under causal masking the last query tiles meet the most keys: they are
+  // scheduled first.
+  const int64_t qt = p.q_tiles - 1 - blockIdx.x;
+  const int64_t bh = blockIdx.y;
+  const int64_t b = bh / sh.heads;
+  const int64_t bkv = b * sh.kv_heads + (bh % sh.heads) / p.group;
+  const int64_t q0 = qt * kBq;
+  const int rows = MinInt(kBq, sh.q_len - q0);
+  float* out = p.out + (bh * sh.q_len + q0) * d;
+  float* lse = p.lse + bh * sh.q_len + q0;
+  const TileSummary q_sum = p.q_summaries[b * p.q_tiles + qt];
+
+  if (q_sum.valid_count == 0) {  // Padding rows: exactly 0 and -inf (SPEC §2).
+    for (int i = threadIdx.x; i < rows * d; i += blockDim.x) out[i] = 0.0f;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) lse[i] = NegInf();
+    return;
+  }
+
+  LoadTile(q_s, kLd, static_cast<const T*>(p.q) + (bh * sh.q_len + q0) * d, rows, d, kBq, dp);
+  LoadTokens(q_tok, p.q_meta, b * sh.q_len + q0, p.q_meta.start + q0, rows, kBq);
+  for (int i = threadIdx.x; i < kBq * kLdo; i += blockDim.x) o_s[i] = 0.0f;
+  for (int i = threadIdx.x; i < kBq; i += blockDim.x) {
+    m_s[i] = NegInf();
+    l_s[i] = 0.0f;
+  }
+
+  const T* k_base = static_cast<const T*>(p.k) + bkv * sh.kv_len * d;
+  const T* v_base = static_cast<const T*>(p.v) + bkv * sh.kv_len * d;
+  for (int64_t kt = 0; kt < p.kv_tiles; ++kt) {
+    const TileClass cls = Classify(p.mask, q_sum, p.kv_summaries[b * p.kv_tiles + kt]);
+    if (cls == TileClass::kEmpty) continue;
+    const int64_t k0 = kt * kBk;
+    const int cols = MinInt(kBk, sh.kv_len - k0);
+    __syncthreads();  // The previous tile's P V no longer reads kv_s and p_s.
+    LoadTile(kv_s, kLd, k_base + k0 * d, cols, d, kBk, dp);
+    LoadTokens(k_tok, p.kv_meta, b * sh.kv_len + k0, p.kv_meta.start + k0, cols, kBk);
+    __syncthreads();
+    // S = Q K^T.
+    CtaGemm<T, false, true>(s_s, kLds, q_s, kLd, kv_s, kLd, kBq, kBk, dp, false);
+    __syncthreads();
+    // V replaces K while the softmax runs: S no longer needs K.
+    LoadTile(kv_s, kLd, v_base + k0 * d, cols, d, kBk, dp);
+    OnlineSoftmax<T, kBq, kBk, kBucket>(s_s, p_s, o_s, m_s, l_s, q_tok, k_tok, rows, cols, cls,
+                                        p.mask, p.scale, dp);
+    __syncthreads();
+    // O += P V.
+    CtaGemm<T, false, false>(o_s, kLdo, p_s, kLdp, kv_s, kLd, kBq, dp, kBk, true);
+  }
+  __syncthreads();
+
+  // A row that attended nothing gets exactly 0 and -inf (SPEC §2).
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    const int r = i / d;
+    const float l = l_s[r];
+    out[i] = l > 0.0f ? o_s[r * kLdo + i % d] / l : 0.0f;
+  }
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    const float l = l_s[r];
+    lse[r] = l > 0.0f ? m_s[r] + logf(l) : NegInf();
+  }
+}
+
+// P = exp(scale * S - lse) where the mask allows and dS = P * (dP - delta),
+// element-wise over one tile pair; 0 for masked pairs, padded rows and rows
+// whose final lse is -inf (they attended nothing and have no gradient).
+// s, dp: [kBq, LdScore] fp32; p (may be null), ds: [kBq, LdProb] T.
+template <typename T, int kBq, int kBk>
+__device__ __forceinline__ void ProbsAndScoreGrads(const float* s, const float* dp, T* p, T* ds,
+                                                   const float* lse, const float* delta,
+                                                   const TokenInfo* q_tok, const TokenInfo* k_tok,
+                                                   int rows, int cols, TileClass cls,
+                                                   const MaskRule& rule, float scale) {
+  constexpr int kLds = LdScore(kBk);
+  constexpr int kLdp = LdProb(kBk);
+  for (int i = threadIdx.x; i < kBq * kBk; i += blockDim.x) {
+    const int r = i / kBk;
+    const int j = i % kBk;
+    float prob = 0.0f;
+    float grad = 0.0f;
+    if (r < rows && lse[r] != NegInf() && PairAllowed(cls, rule, q_tok[r], k_tok[j], j, cols)) {
+      prob = Exp<T>(s[r * kLds + j] * scale - lse[r]);
+      grad = prob * (dp[r * kLds + j] - delta[r]);
+    }
+    if (p != nullptr) p[r * kLdp + j] = FromF32<T>(prob);
+    ds[r * kLdp + j] = FromF32<T>(grad);
+  }
+}
+
+// Query-side inputs of one backward tile: Q, dO, mask tokens, final lse and
+// delta; rows past `rows` are zero / -inf.
+template <typename T, int kBq, int kBucket>
+__device__ __forceinline__ void LoadQuerySide(const AttentionParams& p, const BackwardSmem& lay,
+                                              unsigned char* smem, int64_t bh, int64_t b,
+                                              int64_t q0, int rows, int dp) {
+  const AttentionShape& sh = p.shape;
+  const int d = static_cast<int>(sh.head_dim);
+  const int64_t row0 = bh * sh.q_len + q0;
+  LoadTile(reinterpret_cast<T*>(smem + lay.q), LdInput(kBucket),
+           static_cast<const T*>(p.q) + row0 * d, rows, d, kBq, dp);
+  LoadTile(reinterpret_cast<T*>(smem + lay.dout), LdInput(kBucket),
+           static_cast<const T*>(p.dout) + row0 * d, rows, d, kBq, dp);
+  LoadTokens(reinterpret_cast<TokenInfo*>(smem + lay.q_tok), p.q_meta, b * sh.q_len + q0,
+             p.q_meta.start + q0, rows, kBq);
+  float* lse = reinterpret_cast<float*>(smem + lay.lse);
+  float* delta = reinterpret_cast<float*>(smem + lay.delta);
+  for (int r = threadIdx.x; r < kBq; r += blockDim.x) {
+    lse[r] = r < rows ? p.final_lse[row0 + r] : NegInf();
+    delta[r] = r < rows ? p.delta[row0 + r] : 0.0f;
+  }
+}
+
+// Key-side inputs of one backward tile: K, V and mask tokens.
+template <typename T, int kBk, int kBucket>
+__device__ __forceinline__ void LoadKeySide(const AttentionParams& p, const BackwardSmem& lay,
+                                            unsigned char* smem, int64_t bkv, int64_t b, int64_t k0,
+                                            int cols, int dp) {
+  const AttentionShape& sh = p.shape;
+  const int d = static_cast<int>(sh.head_dim);
+  const int64_t row0 = bkv * sh.kv_len + k0;
+  LoadTile(reinterpret_cast<T*>(smem + lay.k), LdInput(kBucket),
+           static_cast<const T*>(p.k) + row0 * d, cols, d, kBk, dp);
+  LoadTile(reinterpret_cast<T*>(smem + lay.v), LdInput(kBucket),
+           static_cast<const T*>(p.v) + row0 * d, cols, d, kBk, dp);
+  LoadTokens(reinterpret_cast<TokenInfo*>(smem + lay.k_tok), p.kv_meta, b * sh.kv_len + k0,
+             p.kv_meta.start + k0, cols, kBk);
+}
+
+// dK, dV of one key tile, summed over the query heads of its group (GQA) and
+// every query tile, added to dk/dv in fp32 (dK scaled by `scale`).
+template <typename T, int kBucket>
+__global__ void __launch_bounds__(kThreads) BackwardDkDvKernel(const AttentionParams p) {
+  constexpr int kEs = sizeof(T);
+  constexpr TileShape kTiles = BackwardTiles(kEs, kBucket);
+  constexpr int kBq = kTiles.bq;
+  constexpr int kBk = kTiles.bk;
+  constexpr BackwardSmem kSmem = BackwardSmemLayout(kEs, kBucket, kTiles, /*dkdv=*/true);
+  constexpr int kLd = LdInput(kBucket);
+  constexpr int kLdo = LdAcc(kBucket);
+  constexpr int kLds = LdScore(kBk);
+  constexpr int kLdp = LdProb(kBk);
+  static_assert(std::is_same_v<T, float> || (kBq % 16 == 0 && kBk % 16 == 0),
+                "tensor-core tiles are whole 16x16 fragments");
+  static_assert(kBq % 4 == 0 && kBk % 4 == 0, "fp32 tiles are whole 4x4 register tiles");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const T* q_s = reinterpret_cast<const T*>(smem + kSmem.q);
+  const T* dout_s = reinterpret_cast<const T*>(smem + kSmem.dout);
+  const T* k_s = reinterpret_cast<const T*>(smem + kSmem.k);
+  const T* v_s = reinterpret_cast<const T*>(smem + kSmem.v);
+  float* dk_acc = reinterpret_cast<float*>(smem + kSmem.acc);
+  float* dv_acc = reinterpret_cast<float*>(smem + kSmem.acc2);
+  float* s_s = reinterpret_cast<float*>(smem + kSmem.s);
+  float* dp_s = reinterpret_cast<float*>(smem + kSmem.dp);
+  T* p_s = reinterpret_cast<T*>(smem + kSmem.p);
+  T* ds_s = reinterpret_cast<T*>(smem + kSmem.ds);
+  const float* lse_s = reinterpret_cast<const float*>(smem + kSmem.lse);
+  const float* delta_s = reinterpret_cast<const float*>(smem + kSmem.delta);
+  const TokenInfo* q_tok = reinterpret_cast<const TokenInfo*>(smem + kSmem.q_tok);
+  const TokenInfo* k_tok = reinterpret_cast<const TokenInfo*>(smem + kSmem.k_tok);
+
+  const AttentionShape& sh = p.shape;
+  const int d = static_cast<int>(sh.head_dim);
+  const int dp = (d + 15) / 16 * 16;
+  const int64_t kt = blockIdx.x;
+  const int64_t bkv = blockIdx.y;
+  const int64_t b = bkv / sh.kv_heads;
+  const int64_t kvh = bkv % sh.kv_heads;
+  const TileSummary kv_sum = p.kv_summaries[b * p.kv_tiles + kt];
+  if (kv_sum.valid_count == 0) return;
+  const int64_t k0 = kt * kBk;
+  const int cols = MinInt(kBk, sh.kv_len - k0);
+
+  LoadKeySide<T, kBk, kBucket>(p, kSmem, smem, bkv, b, k0, cols, dp);
+  for (int i = threadIdx.x; i < kBk * kLdo; i += blockDim.x) dk_acc[i] = dv_acc[i] = 0.0f;
+
+  bool any = false;
+  for (int64_t hh = 0; hh < p.group; ++hh) {
+    const int64_t bh = b * sh.heads + kvh * p.group + hh;
+    for (int64_t qt = 0; qt < p.q_tiles; ++qt) {
+      const TileClass cls = Classify(p.mask, p.q_summaries[b * p.q_tiles + qt], kv_sum);
+      if (cls == TileClass::kEmpty) continue;
+      any = true;
+      const int64_t q0 = qt * kBq;
+      const int rows = MinInt(kBq, sh.q_len - q0);
+      __syncthreads();  // The previous pair's GEMMs no longer read the query side.
+      LoadQuerySide<T, kBq, kBucket>(p, kSmem, smem, bh, b, q0, rows, dp);
+      __syncthreads();
+      // S = Q K^T, dP = dO V^T.
+      CtaGemm<T, false, true>(s_s, kLds, q_s, kLd, k_s, kLd, kBq, kBk, dp, false);
+      CtaGemm<T, false, true>(dp_s, kLds, dout_s, kLd, v_s, kLd, kBq, kBk, dp, false);
+      __syncthreads();
+      ProbsAndScoreGrads<T, kBq, kBk>(s_s, dp_s, p_s, ds_s, lse_s, delta_s, q_tok, k_tok, rows,
+                                      cols, cls, p.mask, p.scale);
+      __syncthreads();
+      // dV += P^T dO, dK += dS^T Q (scaled at the end).
+      CtaGemm<T, true, false>(dv_acc, kLdo, p_s, kLdp, dout_s, kLd, kBk, dp, kBq, true);
+      CtaGemm<T, true, false>(dk_acc, kLdo, ds_s, kLdp, q_s, kLd, kBk, dp, kBq, true);
+    }
+  }
+  if (!any) return;
+  __syncthreads();
+  float* dk = p.dk + (bkv * sh.kv_len + k0) * d;
+  float* dv = p.dv + (bkv * sh.kv_len + k0) * d;
+  for (int i = threadIdx.x; i < cols * d; i += blockDim.x) {
+    const int at = (i / d) * kLdo + i % d;
+    dk[i] += p.scale * dk_acc[at];
+    dv[i] += dv_acc[at];
+  }
+}
+
+// dQ of one query tile over every key tile, added to dq in fp32 (scaled).
+template <typename T, int kBucket>
+__global__ void __launch_bounds__(kThreads) BackwardDqKernel(const AttentionParams p) {
+  constexpr int kEs = sizeof(T);
+  constexpr TileShape kTiles = BackwardTiles(kEs, kBucket);
+  constexpr int kBq = kTiles.bq;
+  constexpr int kBk = kTiles.bk;
+  constexpr BackwardSmem kSmem = BackwardSmemLayout(kEs, kBucket, kTiles, /*dkdv=*/false);
+  constexpr int kLd = LdInput(kBucket);
+  constexpr int kLdo = LdAcc(kBucket);
+  constexpr int kLds = LdScore(kBk);
+  constexpr int kLdp = LdProb(kBk);
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const T* q_s = reinterpret_cast<const T*>(smem + kSmem.q);
+  const T* dout_s = reinterpret_cast<const T*>(smem + kSmem.dout);
+  const T* k_s = reinterpret_cast<const T*>(smem + kSmem.k);
+  const T* v_s = reinterpret_cast<const T*>(smem + kSmem.v);
+  float* dq_acc = reinterpret_cast<float*>(smem + kSmem.acc);
+  float* s_s = reinterpret_cast<float*>(smem + kSmem.s);
+  float* dp_s = reinterpret_cast<float*>(smem + kSmem.dp);
+  T* ds_s = reinterpret_cast<T*>(smem + kSmem.ds);
+  const float* lse_s = reinterpret_cast<const float*>(smem + kSmem.lse);
+  const float* delta_s = reinterpret_cast<const float*>(smem + kSmem.delta);
+  const TokenInfo* q_tok = reinterpret_cast<const TokenInfo*>(smem + kSmem.q_tok);
+  const TokenInfo* k_tok = reinterpret_cast<const TokenInfo*>(smem + kSmem.k_tok);
+
+  const AttentionShape& sh = p.shape;
+  const int d = static_cast<int>(sh.head_dim);
+  const int dp = (d + 15) / 16 * 16;
+  const int64_t qt = p.q_tiles - 1 - blockIdx.x;  // Late query tiles first.
+  const int64_t bh = blockIdx.y;
+  const int64_t b = bh / sh.heads;
+  const int64_t bkv = b * sh.kv_heads + (bh % sh.heads) / p.group;
+  const TileSummary q_sum = p.q_summaries[b * p.q_tiles + qt];
+  if (q_sum.valid_count == 0) return;
+  const int64_t q0 = qt * kBq;
+  const int rows = MinInt(kBq, sh.q_len - q0);
+
+  LoadQuerySide<T, kBq, kBucket>(p, kSmem, smem, bh, b, q0, rows, dp);
+  for (int i = threadIdx.x; i < kBq * kLdo; i += blockDim.x) dq_acc[i] = 0.0f;
+
+  bool any = false;
+  for (int64_t kt = 0; kt < p.kv_tiles; ++kt) {
+    const TileClass cls = Classify(p.mask, q_sum, p.kv_summaries[b * p.kv_tiles + kt]);
+    if (cls == TileClass::kEmpty) continue;
+    any = true;
+    const int64_t k0 = kt * kBk;
+    const int cols = MinInt(kBk, sh.kv_len - k0);
+    __syncthreads();  // The previous pair's dQ GEMM no longer reads K and dS.
+    LoadKeySide<T, kBk, kBucket>(p, kSmem, smem, bkv, b, k0, cols, dp);
+    __syncthreads();
+    CtaGemm<T, false, true>(s_s, kLds, q_s, kLd, k_s, kLd, kBq, kBk, dp, false);
+    CtaGemm<T, false, true>(dp_s, kLds, dout_s, kLd, v_s, kLd, kBq, kBk, dp, false);
+    __syncthreads();
+    ProbsAndScoreGrads<T, kBq, kBk>(s_s, dp_s, nullptr, ds_s, lse_s, delta_s, q_tok, k_tok, rows,
+                                    cols, cls, p.mask, p.scale);
+    __syncthreads();
+    // dQ += dS K (scaled at the end).
+    CtaGemm<T, false, false>(dq_acc, kLdo, ds_s, kLdp, k_s, kLd, kBq, dp, kBk, true);
+  }
+  if (!any) return;
+  __syncthreads();
+  float* dq = p.dq + (bh * sh.q_len + q0) * d;
+  for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    dq[i] += p.scale * dq_acc[(i / d) * kLdo + i % d];
+  }
+}
+
+// delta = rowsum(dO * O) in fp32, one warp per row of [B * H * Lq].
+template <typename T>
+__global__ void __launch_bounds__(kThreads) DeltaKernel(const AttentionParams p) {
+  const AttentionShape& sh = p.shape;
+  const int64_t rows = sh.batch * sh.heads * sh.q_len;
+  const int64_t row = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // Whole warps leave together.
+  const int d = static_cast<int>(sh.head_dim);
+  const T* o = static_cast<const T*>(p.fwd_out) + row * d;
+  const T* dout = static_cast<const T*>(p.dout) + row * d;
+  float acc = 0.0f;
+  for (int c = threadIdx.x % 32; c < d; c += 32) acc += ToF32(dout[c]) * ToF32(o[c]);
+  acc = WarpSum(acc);
+  if (threadIdx.x % 32 == 0) p.delta[row] = acc;
+}
+
+template <int64_t kBytes>
+CudaStatus CheckSmem(int64_t planned) {
+  // The plan and the kernel compute the layout from the same constexpr
+  // functions; a mismatch means they were built from different tables.
+  if (planned != kBytes) {
+    return CudaStatus{cudaErrorInvalidConfiguration,
+                      __FILE__ ": shared memory of the plan differs from the kernel's layout"};
+  }
+  return CudaStatus{};
+}
+
+template <typename T, int kBucket>
+CudaStatus LaunchForwardKernel(const AttentionParams& p, const KernelLaunch& launch,
+                               cudaStream_t stream) {
+  constexpr int kEs = sizeof(T);
+  RINGATTN_CUDA_TRY_STATUS(
+      (CheckSmem<ForwardSmemLayout(kEs, kBucket, ForwardTiles(kEs, kBucket)).total>(
+          launch.smem_bytes)));
+  const auto kernel = ForwardKernel<T, kBucket>;
+  const int smem = static_cast<int>(launch.smem_bytes);
+  RINGATTN_CUDA_TRY(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(static_cast<unsigned>(launch.grid_x), static_cast<unsigned>(launch.grid_y));
+  kernel<<<grid, launch.threads, smem, stream>>>(p);
+  RINGATTN_CUDA_TRY(cudaGetLastError());
+  return CudaStatus{};
+}
+
+template <typename T, int kBucket>
+CudaStatus LaunchBackwardKernels(const AttentionParams& p, const KernelLaunch& dkdv,
+                                 const KernelLaunch& dq, cudaStream_t stream) {
+  constexpr int kEs = sizeof(T);
+  constexpr TileShape kTiles = BackwardTiles(kEs, kBucket);
+  RINGATTN_CUDA_TRY_STATUS(
+      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, true).total>(dkdv.smem_bytes)));
+  RINGATTN_CUDA_TRY_STATUS(
+      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, false).total>(dq.smem_bytes)));
+
+  const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
+  const auto delta_kernel = DeltaKernel<T>;
+  delta_kernel<<<static_cast<unsigned>((rows + kWarps - 1) / kWarps), kThreads, 0, stream>>>(p);
+  RINGATTN_CUDA_TRY(cudaGetLastError());
+
+  const auto dkdv_kernel = BackwardDkDvKernel<T, kBucket>;
+  const int dkdv_smem = static_cast<int>(dkdv.smem_bytes);
+  RINGATTN_CUDA_TRY(
+      cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem));
+  dkdv_kernel<<<dim3(static_cast<unsigned>(dkdv.grid_x), static_cast<unsigned>(dkdv.grid_y)),
+                dkdv.threads, dkdv_smem, stream>>>(p);
+  RINGATTN_CUDA_TRY(cudaGetLastError());
+
+  const auto dq_kernel = BackwardDqKernel<T, kBucket>;
+  const int dq_smem = static_cast<int>(dq.smem_bytes);
+  RINGATTN_CUDA_TRY(
+      cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem));
+  dq_kernel<<<dim3(static_cast<unsigned>(dq.grid_x), static_cast<unsigned>(dq.grid_y)), dq.threads,
+              dq_smem, stream>>>(p);
+  RINGATTN_CUDA_TRY(cudaGetLastError());
+  return CudaStatus{};
+}
+
+}  // namespace ringattn::kernels::cuda::impl
+
+#endif  // RINGATTN_KERNELS_CUDA_IMPL_FLASH_KERNELS_CUH_
