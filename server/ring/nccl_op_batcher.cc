@@ -105,9 +105,11 @@ struct OpBatcher::State {
         }
       }
     }
+    // Abort before dropping the group: a launcher may wait for its device
+    // work to drain, which only an aborted communicator guarantees.
+    if (!g.status.ok()) AbortLocked(std::string(g.status.message()));
     g.launched.reset();  // Frees its staging buffers.
     std::erase_if(in_flight, [&](const std::shared_ptr<Group>& p) { return p.get() == &g; });
-    if (!g.status.ok()) AbortLocked(std::string(g.status.message()));
   }
 };
 

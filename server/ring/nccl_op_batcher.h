@@ -56,7 +56,7 @@ class LaunchedGroup {
 
 struct OpBatcherHooks {
   // Issues `ops` as one group, in order. Called with no other call of the
-  // hooks in progress.
+  // hooks in progress. On error, nothing it issued may still be waiting.
   std::function<absl::StatusOr<std::unique_ptr<LaunchedGroup>>(std::span<const P2pOp> ops)> launch;
   // Tears the communicator down so that peers fail fast (ncclCommAbort).
   std::function<void()> abort;
