@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -16,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "kernels/chunk_backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_context.h"
 #include "server/common/malloc_tuning.h"
@@ -23,9 +26,16 @@
 #include "server/common/request_metrics.h"
 #include "server/common/security_flags.h"
 #include "server/common/serve.h"
+#include "server/worker/backend_selection.h"
 #include "server/worker/registration.h"
 #include "server/worker/worker_metrics.h"
 #include "server/worker/worker_service.h"
+#if RINGATTN_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+#if RINGATTN_HAVE_NCCL
+#include "server/ring/nccl_transport.h"
+#endif
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "Coordinator address (host:port).");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
@@ -35,7 +45,12 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(int, rank, -1,
           "The rank this worker must hold (a StatefulSet pod's ordinal); -1: any free one.");
 ABSL_FLAG(int, port, 0, "gRPC port; 0 picks a free one.");
-ABSL_FLAG(int, threads, 0, "Kernel threads; 0 = one per core.");
+ABSL_FLAG(int, threads, 0, "CPU kernel threads; 0 = one per core.");
+ABSL_FLAG(std::string, device, "auto",
+          "Compute backend: auto (the first visible GPU, else the CPU), cpu, cuda or cuda:N "
+          "(N counts the GPUs CUDA_VISIBLE_DEVICES leaves visible).");
+ABSL_FLAG(std::string, transport, "auto",
+          "Ring transport: auto (NCCL with a CUDA backend, Gloo with the CPU), gloo or nccl.");
 ABSL_FLAG(int64_t, max_call_bytes, int64_t{4} << 30, "Largest total tensor bytes of one call.");
 ABSL_FLAG(double, register_timeout_seconds, 60, "Give up registering after this long.");
 ABSL_FLAG(double, heartbeat_seconds, 1,
@@ -47,7 +62,7 @@ ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to t
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "ringattn worker: holds one rank's shard and runs ring attention forward and backward "
-      "(CPU backend).");
+      "(CPU or CUDA backend, Gloo or NCCL ring).");
   absl::ParseCommandLine(argc, argv);
   using namespace ringattn;  // NOLINT(google-build-using-namespace)
   server::BlockShutdownSignals();
@@ -58,14 +73,83 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
     return 2;
   }
-  auto ctx = kernels::cpu::CpuContext::Create({absl::GetFlag(FLAGS_threads), std::nullopt});
-  if (!ctx.ok()) {
-    std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
-    return 1;
+  // Backend and transport: the flags against this machine and build.
+  const absl::StatusOr<server::DeviceFlag> device_flag =
+      server::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
+  const absl::StatusOr<server::TransportFlag> transport_flag =
+      server::ParseTransportFlag(absl::GetFlag(FLAGS_transport));
+  if (!device_flag.ok() || !transport_flag.ok()) {
+    const absl::Status& s = device_flag.ok() ? transport_flag.status() : device_flag.status();
+    std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+    return 2;
   }
-  kernels::cpu::CpuBackend backend(**ctx);
+  server::Capabilities caps;
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"))
+    caps.cuda_visible_devices = visible;
+#if RINGATTN_HAVE_CUDA
+  caps.cuda_built = true;
+  caps.cuda_devices = kernels::cuda::CudaDeviceCount();
+#endif
+#if RINGATTN_HAVE_NCCL
+  caps.nccl_built = true;
+  if (!caps.cuda_built) caps.cuda_devices = ring::NcclDeviceCount();
+#endif
+  absl::StatusOr<server::Selection> selection =
+      server::SelectBackend(*device_flag, *transport_flag, caps);
+  if (!selection.ok()) {
+    std::fprintf(stderr, "error: %s\n", selection.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<kernels::cpu::CpuContext> cpu_context;  // Outlives the backend using it.
+  std::unique_ptr<kernels::ChunkBackend> backend;
+#if RINGATTN_HAVE_CUDA
+  if (selection->backend == server::BackendKind::kCuda) {
+    auto cuda = kernels::cuda::CudaBackend::Create(selection->device);
+    if (cuda.ok()) {
+      backend = *std::move(cuda);
+    } else if (device_flag->kind == server::DeviceFlag::Kind::kAuto) {
+      // Present but unusable (no memory, wrong architecture): auto falls back.
+      caps.cuda_unusable = absl::StrCat("CUDA device ", selection->device,
+                                        " is not usable: ", cuda.status().message());
+      selection = server::SelectBackend(*device_flag, *transport_flag, caps);
+      if (!selection.ok()) {
+        std::fprintf(stderr, "error: %s\n", selection.status().ToString().c_str());
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "error: %s\n", cuda.status().ToString().c_str());
+      return 1;
+    }
+  }
+#endif
+  if (!backend) {
+    auto ctx = kernels::cpu::CpuContext::Create({absl::GetFlag(FLAGS_threads), std::nullopt});
+    if (!ctx.ok()) {
+      std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
+      return 1;
+    }
+    cpu_context = *std::move(ctx);
+    backend = std::make_unique<kernels::cpu::CpuBackend>(*cpu_context);
+  }
+  server::TransportFactory connect = server::GlooTransportFactory();
+#if RINGATTN_HAVE_NCCL
+  if (selection->transport == server::TransportKind::kNccl) {
+    connect = [device = selection->device](ring::Store& store, const server::RingJoin& join) {
+      ring::NcclOptions options;
+      options.rank = join.rank;
+      options.size = join.size;
+      options.device = device;
+      options.generation = join.generation;
+      return ring::ConnectNccl(store, options);
+    };
+  }
+#endif
+  // One line that says what runs, and why when auto fell back to the CPU.
+  std::fprintf(stderr, "worker: %sbackend %s, ring transport %s: %s\n",
+               selection->fell_back ? "warning: " : "", backend->name().c_str(),
+               server::TransportLabel(*selection).c_str(), selection->reason.c_str());
   auto registry = std::make_shared<prometheus::Registry>();
-  server::WorkerMetrics metrics(*registry, "cpu");
+  server::WorkerMetrics metrics(*registry, server::BackendLabel(*selection));
   const std::string host = absl::GetFlag(FLAGS_host);
   std::unique_ptr<server::MetricsServer> metrics_server;
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
@@ -77,8 +161,9 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(m);
     server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
-  server::WorkerServiceImpl service(
-      backend, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics, security->peer);
+  server::WorkerServiceImpl service(*backend,
+                                    static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)),
+                                    metrics, security->peer, std::move(connect));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(server::RequestCounter(metrics.service));
   auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service},
@@ -90,9 +175,12 @@ int main(int argc, char** argv) {
   const std::string advertise =
       absl::GetFlag(FLAGS_advertise_host).empty() ? host : absl::GetFlag(FLAGS_advertise_host);
   const std::string address = absl::StrCat(advertise, ":", started->port);
-  std::fprintf(stderr, "worker: serving on %s (CPU backend, %s, %d threads), metrics on port %d\n",
-               address.c_str(), std::string(kernels::cpu::IsaName((*ctx)->isa())).c_str(),
-               (*ctx)->pool().num_threads(), metrics_server ? metrics_server->port() : -1);
+  const std::string threads =
+      cpu_context ? absl::StrCat(", ", cpu_context->pool().num_threads(), " threads") : "";
+  std::fprintf(stderr, "worker: serving on %s (backend %s%s, ring over %s), metrics on port %d\n",
+               address.c_str(), backend->name().c_str(), threads.c_str(),
+               server::TransportLabel(*selection).c_str(),
+               metrics_server ? metrics_server->port() : -1);
 
   server::RegistrationOptions reg;
   reg.coordinator = absl::GetFlag(FLAGS_coordinator);

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -117,11 +118,24 @@ void SendMetrics(Stream* stream, int rank, const ring::RingStats& stats) {
 
 }  // namespace
 
+TransportFactory GlooTransportFactory() {
+  return [](ring::Store& store, const RingJoin& join) {
+    ring::GlooOptions options;
+    options.rank = join.rank;
+    options.size = join.size;
+    options.generation = join.generation;
+    options.hostname = join.listen_host.empty() ? "127.0.0.1" : join.listen_host;
+    return ring::ConnectGloo(store, options);
+  };
+}
+
 WorkerServiceImpl::WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes,
-                                     WorkerMetrics& metrics, wire::ChannelSecurity store_security)
+                                     WorkerMetrics& metrics, wire::ChannelSecurity store_security,
+                                     TransportFactory connect)
     : backend_(backend),
       max_call_bytes_(max_call_bytes),
       store_security_(std::move(store_security)),
+      connect_(std::move(connect)),
       metrics_(metrics) {}
 
 void WorkerServiceImpl::PublishLocked() {
@@ -167,13 +181,13 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
   auto stub = std::shared_ptr<worker::v1::CoordinatorControl::StubInterface>(
       worker::v1::CoordinatorControl::NewStub(*channel));
   GrpcStore store(stub);
-  ring::GlooOptions options;
-  options.rank = request->rank();
-  options.size = request->cp();
-  options.generation = request->generation();
-  options.hostname = request->listen_host().empty() ? "127.0.0.1" : request->listen_host();
-  absl::StatusOr<std::unique_ptr<ring::Transport>> t = ring::ConnectGloo(store, options);
+  const RingJoin join{request->rank(), request->cp(), request->generation(),
+                      request->listen_host()};
+  absl::StatusOr<std::unique_ptr<ring::Transport>> t = connect_(store, join);
   if (!t.ok()) return wire::ToGrpc(t.status());
+  // The replaced transport is closed after the lock is released: closing an
+  // NCCL communicator can take a while.
+  std::shared_ptr<ring::Transport> replaced;
   std::lock_guard<std::mutex> lock(mu_);
   // A join called off and retried can finish after its successor: the ring
   // of the newest generation wins.
@@ -182,7 +196,7 @@ grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
         grpc::StatusCode::ABORTED,
         absl::StrCat("generation ", request->generation(), " was superseded by ", generation_));
   }
-  transport_ = std::move(*t);
+  replaced = std::exchange(transport_, std::move(*t));
   rank_ = request->rank();
   generation_ = request->generation();
   coordinator_id_ = request->coordinator_id();

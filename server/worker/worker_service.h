@@ -2,6 +2,7 @@
 #define RINGATTN_SERVER_WORKER_WORKER_SERVICE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -11,12 +12,29 @@
 
 #include "kernels/chunk_backend.h"
 #include "proto/wire/security.h"
+#include "server/ring/store.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
 #include "server/worker/worker_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
 namespace ringattn::server {
+
+// One generation of the ring as the coordinator's JoinRing describes it.
+struct RingJoin {
+  int rank = 0;
+  int size = 1;
+  uint64_t generation = 0;
+  std::string listen_host;  // Where Gloo listens; NCCL picks its own interfaces.
+};
+
+// Makes this rank's transport of one ring generation, meeting its peers
+// through the coordinator's store: Gloo or NCCL, as the worker chose at start.
+using TransportFactory =
+    std::function<absl::StatusOr<std::unique_ptr<ring::Transport>>(ring::Store&, const RingJoin&)>;
+
+// Gloo over TCP.
+TransportFactory GlooTransportFactory();
 
 // One rank's daemon: joins the ring when the coordinator says so, keeps its
 // shard and saved forward state per session, and runs ring forward and
@@ -25,9 +43,10 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  public:
   // `backend` computes the ring steps (CPU or CUDA) and must outlive the
   // service. `store_security`: how JoinRing reaches the coordinator's store
-  // (TLS, cluster token).
+  // (TLS, cluster token). `connect`: the ring transport.
   WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes, WorkerMetrics& metrics,
-                    wire::ChannelSecurity store_security = {});
+                    wire::ChannelSecurity store_security = {},
+                    TransportFactory connect = GlooTransportFactory());
 
   grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
                         worker::v1::JoinRingResponse* response) override;
@@ -70,6 +89,7 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   kernels::ChunkBackend& backend_;
   const uint64_t max_call_bytes_;
   const wire::ChannelSecurity store_security_;
+  const TransportFactory connect_;
   WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;
