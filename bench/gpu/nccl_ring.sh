@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# NCCL transport on the GPU: self-exchange bandwidth and communication/compute
+# overlap on one GPU, plus a 2-rank ring exchange with two or more GPUs.
+# Prints `figure:` lines; on a machine without a GPU prints
+# "no CUDA device: skipped" and exits 0.
+#
+#   bench/gpu/nccl_ring.sh [flags of ringattn_nccl_overlap_bench]
+#
+# RINGATTN_BUILD_DIR picks the build tree (default build/release); the bench
+# is built there first if it is missing.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${RINGATTN_BUILD_DIR:-$root/build/release}
+bin=$build/bin/ringattn_nccl_overlap_bench
+
+have_gpu() {
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '
+}
+
+if [[ ! -x $bin ]]; then
+  if ! have_gpu; then
+    echo "no CUDA device: skipped"
+    exit 0
+  fi
+  if [[ ! -f $build/CMakeCache.txt ]]; then
+    cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DRINGATTN_BUILD_TESTS=ON -DRINGATTN_BUILD_BENCH=ON >/dev/null
+  fi
+  cmake --build "$build" --target ringattn_nccl_overlap_bench
+fi
+if [[ ! -x $bin ]]; then
+  echo "ringattn_nccl_overlap_bench was not built (no CUDA toolkit or NCCL?)" >&2
+  exit 1
+fi
+exec "$bin" "$@"
