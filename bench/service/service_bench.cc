@@ -34,6 +34,7 @@
 
 ABSL_FLAG(int64_t, stream_mib, 512, "MiB each way for the raw streaming baseline.");
 ABSL_FLAG(int, repeat, 3, "Repetitions of each measurement (best kept).");
+ABSL_FLAG(bool, step, true, "Also measure forward+backward step time against the in-process ring.");
 
 namespace ringattn::bench {
 namespace {
@@ -215,6 +216,14 @@ int Main() {
       "%.2f of raw\n",
       service_bps / 1048576.0, service_bps / raw);
 
+  std::printf("\nfigure: grpc_loopback_stream_mib_per_s %.0f\n", raw / 1048576.0);
+  std::printf("figure: service_forward_mib_per_s %.0f\n", service_bps / 1048576.0);
+  std::printf("figure: service_bytes_per_s_vs_grpc_loopback %.2f\n", service_bps / raw);
+  if (!absl::GetFlag(FLAGS_step)) {
+    c.reset();
+    return (*cluster)->Stop().ok() ? 0 : 1;
+  }
+
   // Compute-bound forward + backward, service against in-process ring.
   auto problem = MakeProblem({1, 8, 4, 4096, 128}, 0);
   double service_step = 1e30, inproc_step = 1e30;
@@ -236,9 +245,6 @@ int Main() {
       "forward+backward, causal S=4096 H=8 Hkv=4 D=128, cp=2: service %.3f s, "
       "in-process ring %.3f s, overhead %.1f%%\n",
       service_step, inproc_step, overhead);
-  std::printf("\nfigure: grpc_loopback_stream_mib_per_s %.0f\n", raw / 1048576.0);
-  std::printf("figure: service_forward_mib_per_s %.0f\n", service_bps / 1048576.0);
-  std::printf("figure: service_bytes_per_s_vs_grpc_loopback %.2f\n", service_bps / raw);
   std::printf("figure: service_step_seconds %.3f\n", service_step);
   std::printf("figure: in_process_ring_step_seconds %.3f\n", inproc_step);
   std::printf("figure: service_overhead_percent %.1f\n", overhead);

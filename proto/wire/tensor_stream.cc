@@ -55,6 +55,16 @@ bool PieceWriter::Append(std::span<const std::byte> run) {
   return ok_;
 }
 
+bool PieceWriter::Append(std::string&& run) {
+  std::string* data = chunk_.mutable_data();
+  if (!ok_ || !data->empty() || run.size() > kChunkBytes) {
+    return Append(std::as_bytes(std::span(run.data(), run.size())));
+  }
+  data->swap(run);
+  if (data->size() == kChunkBytes) Flush();
+  return ok_;
+}
+
 bool PieceWriter::Finish() {
   if (ok_ && (!chunk_.data().empty() || !emitted_)) Flush();
   return ok_;
@@ -69,11 +79,12 @@ void SplitTensor(const std::string& name, const std::string& dtype,
 }
 
 void TensorAssembler::Expect(const std::string& name, const std::string& dtype,
-                             std::vector<int64_t> shape, bool required) {
+                             std::vector<int64_t> shape, bool required, bool keep) {
   Slot& slot = slots_[name];
   slot.dtype = dtype;
   slot.shape = std::move(shape);
   slot.required = required;
+  slot.keep = keep;
   slot.bytes = WireDTypeSize(dtype);
   for (int64_t d : slot.shape) slot.bytes *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
 }
@@ -95,12 +106,12 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
                                                    absl::StrJoin(slot.shape, ","), "]"));
   }
   // Pieces arrive in order: this one starts where the last one ended.
-  if (chunk.offset() != slot.data.size()) {
+  if (chunk.offset() != slot.received) {
     return absl::InvalidArgumentError(absl::StrCat(chunk.name(), " piece at byte ", chunk.offset(),
-                                                   " is out of order (expected ", slot.data.size(),
+                                                   " is out of order (expected ", slot.received,
                                                    ")"));
   }
-  if (slot.data.size() + chunk.data().size() > slot.bytes) {
+  if (slot.received + chunk.data().size() > slot.bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(chunk.name(), " has more than the ", slot.bytes, " bytes its shape holds"));
   }
@@ -109,12 +120,15 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
                                                      max_total_bytes_, " bytes at '", chunk.name(),
                                                      "'"));
   }
-  if (!slot.started) {
-    slot.started = true;
+  if (!slot.started && slot.keep) {
     slot.data.reserve(slot.bytes);  // Bounded: the shape was checked by the caller.
   }
-  const auto* p = reinterpret_cast<const std::byte*>(chunk.data().data());
-  slot.data.insert(slot.data.end(), p, p + chunk.data().size());
+  slot.started = true;
+  if (slot.keep) {
+    const auto* p = reinterpret_cast<const std::byte*>(chunk.data().data());
+    slot.data.insert(slot.data.end(), p, p + chunk.data().size());
+  }
+  slot.received += chunk.data().size();
   total_ += chunk.data().size();
   return absl::OkStatus();
 }
@@ -122,9 +136,9 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
 absl::Status TensorAssembler::Finish() {
   for (const auto& [name, slot] : slots_) {
     if (!slot.started && !slot.required) continue;
-    if (slot.data.size() != slot.bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " is incomplete: got ", slot.data.size(),
-                                                     " of ", slot.bytes, " bytes"));
+    if (slot.received != slot.bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " is incomplete: got ", slot.received, " of ", slot.bytes, " bytes"));
     }
   }
   return absl::OkStatus();

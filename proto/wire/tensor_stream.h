@@ -43,6 +43,9 @@ class PieceWriter {
 
   // False once the receiver refused a piece; later calls do nothing.
   bool Append(std::span<const std::byte> run);
+  // The same, taking the bytes: a run that starts a piece and fits in one
+  // becomes that piece without a copy (a forwarded piece stays as it came).
+  bool Append(std::string&& run);
   // Emits what is left (at least one piece per tensor, even an empty one).
   bool Finish();
 
@@ -72,8 +75,10 @@ class TensorAssembler {
   explicit TensorAssembler(uint64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
 
   // Declares that tensor `name` may arrive, with its exact dtype and shape.
+  // `keep`: collect its bytes; otherwise its pieces are only checked and
+  // counted (the caller forwards them itself).
   void Expect(const std::string& name, const std::string& dtype, std::vector<int64_t> shape,
-              bool required);
+              bool required, bool keep = true);
 
   absl::Status Add(const attention::v1::TensorChunk& chunk);
 
@@ -89,7 +94,9 @@ class TensorAssembler {
     std::string dtype;
     std::vector<int64_t> shape;
     bool required = false;
+    bool keep = true;
     uint64_t bytes = 0;
+    uint64_t received = 0;
     std::vector<std::byte> data;
     bool started = false;
   };

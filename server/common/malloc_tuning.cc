@@ -7,12 +7,15 @@ namespace ringattn::server {
 void TuneMallocForLargeBuffers() {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  // Freed memory now stays in the arena that held it, and glibc gives
-  // threads up to 8 arenas per core: RSS would creep towards arenas x the
-  // largest call (seen: the coordinator at 180-250 MiB and still growing
-  // after minutes of load on 2 cores, against 70 MiB flat with 2 arenas).
-  // Calls allocate few, large buffers, so two arenas do not contend.
-  mallopt(M_ARENA_MAX, 2);
+  // One arena, the main one, for every thread. Threads' own arenas grow in
+  // heaps of at most 64 MiB, so a larger buffer allocated on a gRPC thread
+  // was mapped and unmapped on every call whatever the threshold (page
+  // faults were a third of a worker's time on 64 MiB shards). And freed
+  // memory stays in the arena that held it: with glibc's 8 arenas per core
+  // RSS crept towards arenas x the largest call (seen: the coordinator at
+  // 180-250 MiB and still growing after minutes of load on 2 cores). Calls
+  // allocate few, large buffers, so one arena does not contend.
+  mallopt(M_ARENA_MAX, 1);
 }
 
 }  // namespace ringattn::server

@@ -1,13 +1,17 @@
 #include "server/coordinator/attention_service.h"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <random>
 #include <span>
-#include <thread>
+#include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +26,10 @@
 #include "server/batch/batch_prep.h"
 #include "server/batch/host_tensor.h"
 #include "server/common/layer_config.h"
+#include "server/coordinator/commit_gate.h"
+#include "server/coordinator/rank_call.h"
+#include "server/coordinator/sequence_router.h"
+#include "server/coordinator/shard_reader.h"
 
 namespace ringattn::server {
 namespace {
@@ -44,6 +52,10 @@ absl::StatusOr<ElemType> ElemOf(const std::string& dtype) {
   if (dtype == "INT32") return ElemType::kI32;
   if (dtype == "BOOL") return ElemType::kU8;
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", dtype, "'"));
+}
+
+std::span<const std::byte> AsBytes(const std::string& s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
 }
 
 HostTensor Host(const std::string& dtype, std::vector<int64_t> shape, std::vector<std::byte> data) {
@@ -86,14 +98,26 @@ absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_byt
 }
 
 // Index of the first element of `data` whose exponent bits are all ones
-// (Inf or NaN in every float format), or -1.
+// (Inf or NaN in every float format), or -1. Blocks are reduced without an
+// early exit (a min over ~bits & exponent, 0 for such an element), so the
+// loop vectorizes; only a block that holds one is searched.
 template <typename Bits>
 int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
+  constexpr int64_t kBlock = 1024;
   const int64_t n = static_cast<int64_t>(data.size() / sizeof(Bits));
-  for (int64_t i = 0; i < n; ++i) {
+  const auto at = [&](int64_t i) {
     Bits bits;
     std::memcpy(&bits, data.data() + i * sizeof(Bits), sizeof(Bits));
-    if ((bits & exponent) == exponent) return i;
+    return bits;
+  };
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t end = std::min(n, b + kBlock);
+    Bits least = exponent;
+    for (int64_t i = b; i < end; ++i) least = std::min<Bits>(least, ~at(i) & exponent);
+    if (least != 0) continue;
+    for (int64_t i = b; i < end; ++i) {
+      if ((at(i) & exponent) == exponent) return i;
+    }
   }
   return -1;
 }
@@ -101,30 +125,68 @@ int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
 // Q, K, V and dO must be finite. A NaN or Inf would not stay in its own
 // rows: masked keys still enter a tile's products with weight 0, and
 // 0 * NaN is NaN, so one NaN in a document's V reaches other documents'
-// outputs in the same tile, depending on tiling and sharding.
-absl::Status CheckFinite(const char* name, const HostTensor& t) {
-  const int64_t at = t.type == ElemType::kF32    ? FirstNonFinite<uint32_t>(t.data, 0x7f800000u)
-                     : t.type == ElemType::kBF16 ? FirstNonFinite<uint16_t>(t.data, 0x7f80u)
-                                                 : FirstNonFinite<uint16_t>(t.data, 0x7c00u);
-  if (at < 0) return absl::OkStatus();
-  std::vector<int64_t> index(t.shape.size());
-  for (size_t d = t.shape.size(), rest = static_cast<size_t>(at); d-- > 0;) {
-    index[d] = static_cast<int64_t>(rest % t.shape[d]);
-    rest /= t.shape[d];
+// outputs in the same tile, depending on tiling and sharding. The check runs
+// on the pieces as they stream through; an element may straddle two pieces.
+class FiniteScan {
+ public:
+  FiniteScan(std::string name, std::string dtype, std::vector<int64_t> shape)
+      : name_(std::move(name)),
+        shape_(std::move(shape)),
+        size_(wire::WireDTypeSize(dtype)),
+        bf16_(dtype == "BF16") {}
+
+  absl::Status Add(std::span<const std::byte> piece) {
+    if (carried_ > 0) {
+      const size_t n = std::min(size_ - carried_, piece.size());
+      std::memcpy(carry_.data() + carried_, piece.data(), n);
+      carried_ += n;
+      piece = piece.subspan(n);
+      if (carried_ < size_) return absl::OkStatus();
+      carried_ = 0;
+      RINGATTN_RETURN_IF_ERROR(Check({carry_.data(), size_}));
+    }
+    const size_t whole = piece.size() / size_ * size_;
+    RINGATTN_RETURN_IF_ERROR(Check(piece.first(whole)));
+    carried_ = piece.size() - whole;
+    std::memcpy(carry_.data(), piece.data() + whole, carried_);
+    return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(name, " holds a NaN or Inf at [",
-                                                 absl::StrJoin(index, ", "),
-                                                 "]; q, k, v and dout must be finite"));
-}
+
+ private:
+  absl::Status Check(std::span<const std::byte> elements) {
+    const int64_t at = size_ == 4 ? FirstNonFinite<uint32_t>(elements, 0x7f800000u)
+                       : bf16_    ? FirstNonFinite<uint16_t>(elements, 0x7f80u)
+                                  : FirstNonFinite<uint16_t>(elements, 0x7c00u);
+    if (at < 0) {
+      index_ += static_cast<int64_t>(elements.size() / size_);
+      return absl::OkStatus();
+    }
+    std::vector<int64_t> index(shape_.size());
+    for (size_t d = shape_.size(), rest = static_cast<size_t>(index_ + at); d-- > 0;) {
+      index[d] = static_cast<int64_t>(rest % shape_[d]);
+      rest /= shape_[d];
+    }
+    return absl::InvalidArgumentError(absl::StrCat(name_, " holds a NaN or Inf at [",
+                                                   absl::StrJoin(index, ", "),
+                                                   "]; q, k, v and dout must be finite"));
+  }
+
+  const std::string name_;
+  const std::vector<int64_t> shape_;
+  const size_t size_;
+  const bool bf16_;
+  std::array<std::byte, 4> carry_{};
+  size_t carried_ = 0;
+  int64_t index_ = 0;  // Elements checked so far.
+};
 
 // What every worker is told about one ring call (its place in the global
-// order comes with the commit).
+// order, and whether the batch holds vision tokens, come with the commit).
 worker::v1::ShardCall ShardCallFor(const attention::v1::ForwardHeader& h, const std::string& handle,
-                                   bool has_vision, int64_t shard_len, absl::Duration timeout) {
+                                   int64_t shard_len, absl::Duration timeout) {
   worker::v1::ShardCall call;
   call.set_session(handle);
   *call.mutable_layer() = h.layer();
-  call.set_batch_has_vision(has_vision);
   call.set_dtype(h.dtype());
   call.set_batch(h.batch());
   call.set_heads(h.heads());
@@ -134,13 +196,6 @@ worker::v1::ShardCall ShardCallFor(const attention::v1::ForwardHeader& h, const 
   call.set_timeout_seconds(absl::ToDoubleSeconds(timeout));
   return call;
 }
-
-// One worker's part of a call: what it returned, and how it went.
-struct RankResult {
-  absl::Status status;
-  std::map<std::string, HostTensor> tensors;
-  attention::v1::RankMetrics metrics;
-};
 
 // Splits a tensor [outer..., len, inner...] around `dim`.
 void AroundDim(const std::vector<int64_t>& shape, size_t dim, int64_t& outer, int64_t& inner) {
@@ -176,36 +231,120 @@ bool WriteSlice(const SliceInput& in, int64_t begin, int64_t end,
   return writer.Finish();
 }
 
-// Every rank's dispatch meets here once its inputs are sent; the call is
-// committed to all ranks or to none. Committing to some ranks only would
-// leave them waiting in the ring for the rest until their timeout.
-class CommitGate {
+// A sequence tensor [B, heads, S, D] of the client's stream, forwarded to
+// the ranks as it arrives: rank r gets [B, heads, L, D], its slice of the
+// sequence padded with zeros to P = cp * L.
+class ShardedInput {
  public:
-  // `commit` runs once, when every rank has arrived and sent its inputs: it
-  // returns the call's sequence, or nothing to withdraw the call.
-  CommitGate(int ranks, std::function<std::optional<uint64_t>()> commit)
-      : waiting_(ranks), commit_(std::move(commit)) {}
-
-  // Blocks until every rank arrived; the sequence if the call is committed.
-  std::optional<uint64_t> Arrive(bool sent) {
-    std::unique_lock<std::mutex> lock(mu_);
-    all_sent_ &= sent;
-    if (--waiting_ == 0) {
-      if (all_sent_) sequence_ = commit_();
-      cv_.notify_all();
+  ShardedInput(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+               int64_t shard_len, RankCalls& calls)
+      : router_(shape[0] * shape[1], shape[2], shard_len, static_cast<int>(calls.ranks.size()),
+                shape[3] * static_cast<int64_t>(wire::WireDTypeSize(dtype))),
+        scan_(name, dtype, shape) {
+    const std::vector<int64_t> shard = {shape[0], shape[1], shard_len, shape[3]};
+    for (auto& rank : calls.ranks) {
+      writers_.push_back(std::make_unique<wire::PieceWriter>(
+          name, dtype, shard,
+          [r = rank.get()](TensorChunk& chunk) { return r->Send(std::move(chunk)); }));
     }
-    cv_.wait(lock, [&] { return waiting_ == 0; });
-    return sequence_;
+  }
+
+  // Checks and forwards the next piece (a piece that falls within one
+  // rank's slice is passed on as it is, not copied). INVALID_ARGUMENT for a
+  // NaN or Inf; UNAVAILABLE when a rank's stream failed (its status tells
+  // why).
+  absl::Status Add(std::string&& piece) {
+    const std::span<const std::byte> bytes = AsBytes(piece);
+    RINGATTN_RETURN_IF_ERROR(scan_.Add(bytes));
+    const bool sent = router_.Add(bytes, [&](int rank, std::span<const std::byte> run) {
+      // The router is done with `piece` once it hands it out whole.
+      if (run.data() == bytes.data() && run.size() == bytes.size()) {
+        return writers_[rank]->Append(std::move(piece));
+      }
+      return writers_[rank]->Append(run);
+    });
+    return sent ? absl::OkStatus() : absl::UnavailableError("a rank stopped taking inputs");
+  }
+
+  // After the last piece: sends what the writers still hold.
+  absl::Status Finish() {
+    for (auto& w : writers_) {
+      if (!w->Finish()) return absl::UnavailableError("a rank stopped taking inputs");
+    }
+    return absl::OkStatus();
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int waiting_;
-  bool all_sent_ = true;
-  std::optional<uint64_t> sequence_;
-  std::function<std::optional<uint64_t>()> commit_;
+  SequenceRouter router_;
+  FiniteScan scan_;
+  std::vector<std::unique_ptr<wire::PieceWriter>> writers_;
 };
+
+// Waits for every rank's stream to end; their statuses by rank.
+std::vector<absl::Status> FinishAll(RankCalls& calls) {
+  for (auto& r : calls.ranks) r->EndInputs(false, false);  // No-op for ended inputs.
+  std::vector<absl::Status> statuses;
+  for (auto& r : calls.ranks) statuses.push_back(r->Finish());
+  return statuses;
+}
+
+// The error to report: a rank's own failure over the withdrawals it caused.
+absl::Status FirstError(const std::vector<absl::Status>& statuses) {
+  absl::Status first;
+  for (const absl::Status& s : statuses) {
+    if (s.ok()) continue;
+    if (!absl::IsCancelled(s)) return s;
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+// Streams the ranks' answers `name`, [B, heads, L, D] (or [B, heads, L]),
+// to the client as one tensor along the sequence, cut to `seq_len`: read
+// from the ranks in the client's row-major order, the padding read and
+// dropped. CANCELLED when the client left; a rank's error otherwise.
+template <typename Response, typename Stream>
+absl::Status SendGathered(Stream* stream, std::vector<ShardReader>& readers,
+                          const ExpectedTensor& shard, int64_t seq_len, prometheus::Counter& sent) {
+  int64_t outer, inner;
+  AroundDim(shard.shape, 2, outer, inner);
+  const int64_t len = shard.shape[2];  // L, the same on every rank.
+  const auto row = static_cast<uint64_t>(inner) * wire::WireDTypeSize(shard.dtype);
+  std::vector<int64_t> shape = shard.shape;
+  shape[2] = seq_len;
+  bool client_ok = true;
+  wire::PieceWriter writer(shard.name, shard.dtype, shape, [&](TensorChunk& chunk) {
+    sent.Increment(static_cast<double>(chunk.data().size()));
+    Response resp;
+    *resp.mutable_chunk() = std::move(chunk);
+    client_ok = stream->Write(resp);
+    return client_ok;
+  });
+  const auto went_away = absl::CancelledError("the client went away");
+  for (int64_t o = 0; o < outer; ++o) {
+    for (size_t r = 0; r < readers.size(); ++r) {
+      const int64_t rows =
+          std::clamp<int64_t>(seq_len - static_cast<int64_t>(r) * len, int64_t{0}, len);
+      absl::Status s =
+          readers[r].Read(static_cast<uint64_t>(rows) * row,
+                          [&](std::span<const std::byte> run, std::string* whole) {
+                            return whole ? writer.Append(std::move(*whole)) : writer.Append(run);
+                          });
+      if (s.ok() && rows < len) s = readers[r].Skip(static_cast<uint64_t>(len - rows) * row);
+      if (!s.ok()) return client_ok ? s : went_away;
+    }
+  }
+  return writer.Finish() ? absl::OkStatus() : went_away;
+}
+
+attention::v1::CallMetrics Metrics(const RankCalls& calls, double seconds, double flops) {
+  attention::v1::CallMetrics m;
+  m.set_seconds(seconds);
+  m.set_flops(flops);
+  m.set_flops_per_second(seconds > 0 ? flops / seconds : 0.0);
+  for (const auto& r : calls.ranks) *m.add_ranks() = r->metrics();
+  return m;
+}
 
 // The commit of a call on ring `generation`: a sequence, unless the client
 // has gone or the ring changed.
@@ -217,136 +356,6 @@ std::function<std::optional<uint64_t>()> CommitIfWanted(Cluster& cluster, uint64
     if (!sequence.ok()) return std::nullopt;
     return *sequence;
   };
-}
-
-// Sends `call` and the rank's slices [begin, end) of `inputs` to one worker
-// and collects what it streams back. `expect` declares the returned tensors.
-// The stream's deadline is the client's, capped at `timeout`.
-template <typename Method>
-RankResult Dispatch(
-    Method method, int rank, const worker::v1::ShardCall& call,
-    const std::vector<SliceInput>& inputs, int64_t begin, int64_t end,
-    const std::vector<std::pair<std::string, std::pair<std::string, std::vector<int64_t>>>>& expect,
-    std::chrono::system_clock::time_point deadline, CommitGate& gate, prometheus::Counter& sent,
-    prometheus::Counter& received) {
-  RankResult result;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(deadline);
-  auto stream = method(&ctx);
-  worker::v1::ShardRequest req;
-  *req.mutable_call() = call;
-  bool ok = stream->Write(req);
-  for (const SliceInput& in : inputs) {
-    if (!ok) break;
-    ok = WriteSlice(in, begin, end, [&](TensorChunk& chunk) {
-      sent.Increment(static_cast<double>(chunk.data().size()));
-      worker::v1::ShardRequest r;
-      *r.mutable_chunk() = std::move(chunk);
-      return stream->Write(r);
-    });
-  }
-  const std::optional<uint64_t> sequence = gate.Arrive(ok);
-  if (!sequence) {
-    ctx.TryCancel();
-    const grpc::Status s = stream->Finish();
-    result.status = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
-                        ? absl::CancelledError("the call was withdrawn before the ring started")
-                        : absl::Status(wire::FromGrpc(s).code(),
-                                       absl::StrCat("rank ", rank, ": ", s.error_message()));
-    return result;
-  }
-  worker::v1::ShardRequest commit;
-  commit.mutable_commit()->set_sequence(*sequence);
-  stream->Write(commit);
-  stream->WritesDone();
-  wire::TensorAssembler assembler(uint64_t{1} << 40);
-  for (const auto& [name, spec] : expect) assembler.Expect(name, spec.first, spec.second, true);
-  worker::v1::ShardResponse resp;
-  absl::Status bad;
-  while (stream->Read(&resp)) {
-    if (resp.has_metrics()) {
-      result.metrics = resp.metrics();
-    } else if (bad.ok()) {
-      received.Increment(static_cast<double>(resp.chunk().data().size()));
-      bad = assembler.Add(resp.chunk());
-    }
-  }
-  const grpc::Status s = stream->Finish();
-  if (!s.ok()) {
-    const absl::Status st = wire::FromGrpc(s);
-    result.status = absl::Status(st.code(), absl::StrCat("rank ", rank, ": ", st.message()));
-    return result;
-  }
-  if (bad.ok()) bad = assembler.Finish();
-  if (!bad.ok()) {
-    result.status =
-        absl::InternalError(absl::StrCat("rank ", rank, " answered badly: ", bad.message()));
-    return result;
-  }
-  for (const auto& [name, spec] : expect) {
-    result.tensors[name] = Host(spec.first, spec.second, assembler.Take(name));
-  }
-  return result;
-}
-
-// Runs `one(rank)` for every rank at once and returns the results.
-std::vector<RankResult> ForEachRank(int cp, const std::function<RankResult(int)>& one) {
-  std::vector<RankResult> results(cp);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < cp; ++r) threads.emplace_back([&, r] { results[r] = one(r); });
-  for (auto& t : threads) t.join();
-  return results;
-}
-
-// The error to report: a rank's own failure over the withdrawals it caused.
-absl::Status FirstError(const std::vector<RankResult>& results) {
-  absl::Status first;
-  for (const RankResult& r : results) {
-    if (r.status.ok()) continue;
-    if (!absl::IsCancelled(r.status)) return r.status;
-    if (first.ok()) first = r.status;
-  }
-  return first;
-}
-
-// Streams the ranks' `name` outputs as one tensor, concatenated along the
-// sequence dim `dim` and cut to `seq_len`, straight from the ranks' buffers.
-template <typename Response, typename Stream>
-bool SendGathered(Stream* stream, const std::vector<RankResult>& results, const std::string& name,
-                  const std::string& dtype, size_t dim, int64_t seq_len,
-                  prometheus::Counter& sent) {
-  const HostTensor& first = results[0].tensors.at(name);
-  int64_t outer, inner;
-  AroundDim(first.shape, dim, outer, inner);
-  const int64_t len = first.shape[dim];  // L, the same on every rank.
-  const int64_t row = inner * static_cast<int64_t>(batch::ElemSize(first.type));
-  std::vector<int64_t> shape = first.shape;
-  shape[dim] = seq_len;
-  wire::PieceWriter writer(name, dtype, shape, [&](TensorChunk& chunk) {
-    sent.Increment(static_cast<double>(chunk.data().size()));
-    Response resp;
-    *resp.mutable_chunk() = std::move(chunk);
-    return stream->Write(resp);
-  });
-  for (int64_t o = 0; o < outer; ++o) {
-    for (size_t r = 0; r < results.size(); ++r) {
-      const int64_t rows = std::min<int64_t>(len, seq_len - static_cast<int64_t>(r) * len);
-      if (rows <= 0) break;  // The rest is padding.
-      const std::byte* p = results[r].tensors.at(name).data.data() + o * len * row;
-      if (!writer.Append({p, static_cast<size_t>(rows * row)})) return false;
-    }
-  }
-  return writer.Finish();
-}
-
-attention::v1::CallMetrics Metrics(const std::vector<RankResult>& results, double seconds,
-                                   double flops) {
-  attention::v1::CallMetrics m;
-  m.set_seconds(seconds);
-  m.set_flops(flops);
-  m.set_flops_per_second(seconds > 0 ? flops / seconds : 0.0);
-  for (const RankResult& r : results) *m.add_ranks() = r.metrics;
-  return m;
 }
 
 // FLOPs of the pairs the position rules allow (causal, window; documents
@@ -506,73 +515,13 @@ grpc::Status AttentionServiceImpl::Forward(
   if (absl::Status s = CheckHeader(h, options_.max_call_bytes); !s.ok()) return wire::ToGrpc(s);
   const kernels::LayerConfig layer = *LayerFromProto(h.layer(), h.head_dim());
   const int64_t B = h.batch(), H = h.heads(), Hkv = h.kv_heads(), S = h.seq_len(), D = h.head_dim();
-  wire::TensorAssembler assembler(options_.max_call_bytes);
-  assembler.Expect("q", h.dtype(), {B, H, S, D}, true);
-  assembler.Expect("k", h.dtype(), {B, Hkv, S, D}, true);
-  assembler.Expect("v", h.dtype(), {B, Hkv, S, D}, true);
-  assembler.Expect("doc_ids", "INT32", {B, S}, false);
-  assembler.Expect("vision_groups", "INT32", {B, S}, false);
-  assembler.Expect("padding_mask", "BOOL", {B, S}, false);
-  while (stream->Read(&req)) {
-    if (!req.has_chunk()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
-    }
-    api_in.Increment(static_cast<double>(req.chunk().data().size()));
-    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
-  }
-  // Read() also ends when the client cancels or its deadline passes: such
-  // a stream is not a request even if every byte came, and must not take a
-  // place in the ring's call order.
-  if (context->IsCancelled()) {
-    return grpc::Status(grpc::StatusCode::CANCELLED,
-                        "the client cancelled before the stream ended");
-  }
-  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
   if (absl::Status s = cluster_.WaitReady(absl::Seconds(5)); !s.ok()) return wire::ToGrpc(s);
-
   const int cp = cluster_.cp();
   const int64_t P = batch::PaddedLength(S, cp);
   const int64_t L = P / cp;
-  // Metadata over the whole sequence (SPEC §1): padding, documents (1 for
-  // real tokens when absent), vision groups.
-  HostTensor padding = assembler.Has("padding_mask")
-                           ? Host("BOOL", {B, S}, assembler.Take("padding_mask"))
-                           : HostTensor::Zeros(ElemType::kU8, {B, S});
-  HostTensor doc = HostTensor::Zeros(ElemType::kI32, {B, S});
-  if (assembler.Has("doc_ids")) {
-    doc = Host("INT32", {B, S}, assembler.Take("doc_ids"));
-  } else {
-    for (int64_t i = 0; i < B * S; ++i) doc.SetInt(i, padding.IntAt(i) != 0 ? 0 : 1);
-  }
-  HostTensor vision = HostTensor::Zeros(ElemType::kI32, {B, S});
-  bool has_vision = false;
-  if (assembler.Has("vision_groups")) {
-    vision = Host("INT32", {B, S}, assembler.Take("vision_groups"));
-    for (int64_t i = 0; i < B * S; ++i) has_vision |= vision.IntAt(i) >= 0;
-  } else {
-    for (int64_t i = 0; i < B * S; ++i) vision.SetInt(i, -1);
-  }
-  // Pad every sequence tensor to P: Q/K/V 0, padding 1, documents 0, vision -1.
-  std::vector<std::pair<std::string, HostTensor>> whole;
-  for (const char* name : {"q", "k", "v"}) {
-    const int64_t heads = std::string(name) == "q" ? H : Hkv;
-    HostTensor t = Host(h.dtype(), {B, heads, S, D}, assembler.Take(name));
-    if (absl::Status s = CheckFinite(name, t); !s.ok()) return wire::ToGrpc(s);
-    if (P == S) {  // Already a multiple of 2 * cp: no copy.
-      whole.emplace_back(name, std::move(t));
-      continue;
-    }
-    auto padded = batch::PadDim(t, 2, P, 0);
-    if (!padded.ok()) return wire::ToGrpc(padded.status());
-    whole.emplace_back(name, *std::move(padded));
-  }
-  for (auto [name, t, fill] : {std::tuple{"doc_ids", &doc, 0},
-                               {"vision_groups", &vision, -1},
-                               {"padding_mask", &padding, 1}}) {
-    auto padded = batch::PadDim(*t, 1, P, fill);
-    if (!padded.ok()) return wire::ToGrpc(padded.status());
-    whole.emplace_back(name, *std::move(padded));
-  }
+
+  // The session's place in the budget is taken before any tensor byte is
+  // read: the inputs go on to the workers while they arrive.
   const uint64_t session_bytes =
       static_cast<uint64_t>(B) * P * D * (2 * H + 2 * Hkv) * wire::WireDTypeSize(h.dtype()) +
       static_cast<uint64_t>(B) * P * (H * 4 + 9);
@@ -612,46 +561,122 @@ grpc::Status AttentionServiceImpl::Forward(
     handle = absl::StrFormat("s%d-%08x", ++next_session_, rd());
   }
   ReleaseOnWorkers(expired);
-  auto unreserve = [&] {
+  bool opened = false;  // The reservation became a session.
+  absl::Cleanup unreserve = [&] {
+    if (opened) return;
     std::lock_guard<std::mutex> lock(mu_);
     ForgetLocked(session_bytes, client);
   };
 
   absl::StatusOr<Cluster::Ticket> ticket = cluster_.NextCall();
-  if (!ticket.ok()) {
-    unreserve();
-    return wire::ToGrpc(ticket.status());
-  }
-  worker::v1::ShardCall call = ShardCallFor(h, handle, has_vision, L, options_.ring_timeout);
+  if (!ticket.ok()) return wire::ToGrpc(ticket.status());
+  worker::v1::ShardCall call = ShardCallFor(h, handle, L, options_.ring_timeout);
   call.set_generation(ticket->generation);
-  const auto& workers = ticket->stubs;
-  std::vector<SliceInput> inputs;
-  for (const auto& [name, t] : whole) {
-    const std::string dtype = name == "doc_ids" || name == "vision_groups" ? "INT32"
-                              : name == "padding_mask"                     ? "BOOL"
-                                                                           : h.dtype();
-    inputs.push_back({name, dtype, &t, t.shape.size() == 4 ? size_t{2} : size_t{1}});
-  }
   CommitGate gate(cp, CommitIfWanted(cluster_, ticket->generation, context));
   const auto deadline = ShardDeadline(options_.ring_timeout * 2 + absl::Seconds(30));
   prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
   prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
-  const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
-    return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Forward(ctx); }, r, call,
-                    inputs, r * L, (r + 1) * L,
-                    {{"out", {h.dtype(), {B, H, L, D}}}, {"lse", {"FP32", {B, H, L}}}}, deadline,
-                    gate, shard_out, shard_in);
-  });
-  if (absl::Status s = FirstError(results); !s.ok()) {
-    unreserve();
-    ReleaseOnWorkers({handle});  // Ranks that finished keep the session otherwise.
-    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
+  // Declared after the gate: going out of scope, it withdraws every rank's
+  // call and waits for them before the gate goes.
+  RankCalls calls;
+  for (int r = 0; r < cp; ++r) {
+    calls.ranks.push_back(std::make_unique<RankCall>(
+        r, [stub = ticket->stubs[r]](grpc::ClientContext* ctx) { return stub->Forward(ctx); }, call,
+        deadline, gate, shard_out, shard_in));
+  }
+  // A rank that failed while taking inputs: its own error, and the ring's.
+  auto rank_failed = [&] {
+    return wire::ToGrpc(RingCallFailed(ticket->generation, FirstError(FinishAll(calls))));
+  };
+
+  wire::TensorAssembler assembler(options_.max_call_bytes);
+  std::map<std::string, ShardedInput> sharded;
+  for (const char* name : {"q", "k", "v"}) {
+    const std::vector<int64_t> shape = {B, std::string(name) == "q" ? H : Hkv, S, D};
+    assembler.Expect(name, h.dtype(), shape, true, /*keep=*/false);
+    sharded.try_emplace(name, name, h.dtype(), shape, L, calls);
+  }
+  assembler.Expect("doc_ids", "INT32", {B, S}, false);
+  assembler.Expect("vision_groups", "INT32", {B, S}, false);
+  assembler.Expect("padding_mask", "BOOL", {B, S}, false);
+  while (stream->Read(&req)) {
+    if (!req.has_chunk()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
+    }
+    api_in.Increment(static_cast<double>(req.chunk().data().size()));
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
+    auto it = sharded.find(req.chunk().name());
+    if (it == sharded.end()) continue;
+    if (absl::Status s = it->second.Add(std::move(*req.mutable_chunk()->mutable_data())); !s.ok()) {
+      return absl::IsUnavailable(s) ? rank_failed() : wire::ToGrpc(s);
+    }
+  }
+  // Read() also ends when the client cancels or its deadline passes: such
+  // a stream is not a request even if every byte came, and must not take a
+  // place in the ring's call order.
+  if (context->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client cancelled before the stream ended");
+  }
+  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
+  for (auto& [name, input] : sharded) {
+    if (!input.Finish().ok()) return rank_failed();
+  }
+
+  // Metadata over the whole sequence (SPEC §1): padding, documents (1 for
+  // real tokens when absent), vision groups; padded with padding 1,
+  // documents 0, vision -1.
+  HostTensor padding = assembler.Has("padding_mask")
+                           ? Host("BOOL", {B, S}, assembler.Take("padding_mask"))
+                           : HostTensor::Zeros(ElemType::kU8, {B, S});
+  HostTensor doc = HostTensor::Zeros(ElemType::kI32, {B, S});
+  if (assembler.Has("doc_ids")) {
+    doc = Host("INT32", {B, S}, assembler.Take("doc_ids"));
+  } else {
+    for (int64_t i = 0; i < B * S; ++i) doc.SetInt(i, padding.IntAt(i) != 0 ? 0 : 1);
+  }
+  HostTensor vision = HostTensor::Zeros(ElemType::kI32, {B, S});
+  bool has_vision = false;
+  if (assembler.Has("vision_groups")) {
+    vision = Host("INT32", {B, S}, assembler.Take("vision_groups"));
+    for (int64_t i = 0; i < B * S; ++i) has_vision |= vision.IntAt(i) >= 0;
+  } else {
+    for (int64_t i = 0; i < B * S; ++i) vision.SetInt(i, -1);
+  }
+  for (auto [name, dtype, t, fill] : {std::tuple{"doc_ids", "INT32", &doc, 0},
+                                      {"vision_groups", "INT32", &vision, -1},
+                                      {"padding_mask", "BOOL", &padding, 1}}) {
+    absl::StatusOr<HostTensor> padded = batch::PadDim(*t, 1, P, fill);
+    if (!padded.ok()) return wire::ToGrpc(padded.status());
+    const SliceInput in{name, dtype, &*padded, 1};
+    for (int r = 0; r < cp; ++r) {
+      RankCall& rank = *calls.ranks[r];
+      if (!WriteSlice(in, r * L, (r + 1) * L,
+                      [&](TensorChunk& chunk) { return rank.Send(std::move(chunk)); })) {
+        return rank_failed();
+      }
+    }
+  }
+  for (auto& r : calls.ranks) r->EndInputs(/*commit=*/true, has_vision);
+
+  // The answer: a rank's first piece comes once its ring step is done.
+  const ExpectedTensor out_shard{"out", h.dtype(), {B, H, L, D}};
+  const ExpectedTensor lse_shard{"lse", "FP32", {B, H, L}};
+  std::vector<ShardReader> readers;
+  for (auto& r : calls.ranks) readers.emplace_back(*r, std::vector{out_shard, lse_shard});
+  for (ShardReader& reader : readers) {
+    if (absl::Status s = reader.Start(); !s.ok()) {
+      const absl::Status first = FirstError(FinishAll(calls));
+      ReleaseOnWorkers({handle});  // Ranks that finished keep the session otherwise.
+      return wire::ToGrpc(RingCallFailed(ticket->generation, first.ok() ? s : first));
+    }
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     sessions_[handle] = Session{
         h,     P, ticket->generation, has_vision, session_bytes, absl::Now() + options_.session_ttl,
         client};
+    opened = true;
     PublishLocked();
   }
   attention::v1::ForwardResponse resp;
@@ -661,23 +686,31 @@ grpc::Status AttentionServiceImpl::Forward(
   info->set_cp(cp);
   info->set_ring_generation(ticket->generation);
   prometheus::Counter& api_out = metrics_.service.sent_bytes(Channel::kApi);
+  absl::Status sent =
+      stream->Write(resp) ? absl::OkStatus() : absl::CancelledError("the client went away");
+  if (sent.ok()) {
+    sent = SendGathered<attention::v1::ForwardResponse>(stream, readers, out_shard, S, api_out);
+  }
+  if (sent.ok()) {
+    sent = SendGathered<attention::v1::ForwardResponse>(stream, readers, lse_shard, S, api_out);
+  }
+  const absl::Status ranks = FirstError(FinishAll(calls));
   const double flops = ForwardFlops(h, layer);
-  attention::v1::ForwardResponse last;
-  *last.mutable_metrics() = Metrics(results, Since(scope.start()), flops);
-  const bool delivered =
-      stream->Write(resp) &&
-      SendGathered<attention::v1::ForwardResponse>(stream, results, "out", h.dtype(), 2, S,
-                                                   api_out) &&
-      SendGathered<attention::v1::ForwardResponse>(stream, results, "lse", "FP32", 2, S, api_out) &&
-      stream->Write(last);
-  if (!delivered) {
-    // The client left (cancelled, or its deadline passed): nobody can use
-    // or release this session, so free it on the workers now.
+  if (sent.ok() && ranks.ok()) {
+    attention::v1::ForwardResponse last;
+    *last.mutable_metrics() = Metrics(calls, Since(scope.start()), flops);
+    if (!stream->Write(last)) sent = absl::CancelledError("the client went away");
+  }
+  if (!sent.ok() || !ranks.ok()) {
+    // The client left (cancelled, or its deadline passed), or a rank's
+    // answer broke off: nobody can use this session, so free it now.
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (sessions_.erase(handle) > 0) ForgetLocked(session_bytes, client);
     }
     ReleaseOnWorkers({handle});
+    if (!ranks.ok()) return wire::ToGrpc(RingCallFailed(ticket->generation, ranks));
+    if (!absl::IsCancelled(sent)) return wire::ToGrpc(RingCallFailed(ticket->generation, sent));
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away; session released");
   }
   scope.Completed(flops);
@@ -713,35 +746,9 @@ grpc::Status AttentionServiceImpl::Backward(
     return wire::ToGrpc(absl::NotFoundError(
         absl::StrCat("session handle '", handle, "' is unknown, released or expired")));
   }
-  if (session.generation != cluster_.View().generation) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "the ring was rebuilt since this session's forward; run forward again");
-  }
   const attention::v1::ForwardHeader& h = session.header;
   const int64_t B = h.batch(), H = h.heads(), Hkv = h.kv_heads(), S = h.seq_len(), D = h.head_dim(),
                 P = session.padded_len;
-  wire::TensorAssembler assembler(options_.max_call_bytes);
-  assembler.Expect("dout", h.dtype(), {B, H, S, D}, true);
-  while (stream->Read(&req)) {
-    if (!req.has_chunk()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
-    }
-    api_in.Increment(static_cast<double>(req.chunk().data().size()));
-    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
-  }
-  // Read() also ends when the client cancels or its deadline passes: such
-  // a stream is not a request even if every byte came, and must not take a
-  // place in the ring's call order.
-  if (context->IsCancelled()) {
-    return grpc::Status(grpc::StatusCode::CANCELLED,
-                        "the client cancelled before the stream ended");
-  }
-  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
-  absl::StatusOr<HostTensor> dout = Host(h.dtype(), {B, H, S, D}, assembler.Take("dout"));
-  if (absl::Status s = CheckFinite("dout", *dout); !s.ok()) return wire::ToGrpc(s);
-  dout = batch::PadDim(*dout, 2, P, 0);
-  if (!dout.ok()) return wire::ToGrpc(dout.status());
-
   const int cp = cluster_.cp();
   const int64_t L = P / cp;
   absl::StatusOr<Cluster::Ticket> ticket = cluster_.NextCall();
@@ -750,37 +757,74 @@ grpc::Status AttentionServiceImpl::Backward(
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the ring was rebuilt since this session's forward; run forward again");
   }
-  worker::v1::ShardCall call =
-      ShardCallFor(h, handle, session.batch_has_vision, L, options_.ring_timeout);
+  worker::v1::ShardCall call = ShardCallFor(h, handle, L, options_.ring_timeout);
   call.set_generation(ticket->generation);
-  const auto& workers = ticket->stubs;
   CommitGate gate(cp, CommitIfWanted(cluster_, ticket->generation, context));
   const auto deadline = ShardDeadline(options_.ring_timeout * 2 + absl::Seconds(30));
   prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
   prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
-  const std::vector<RankResult> results = ForEachRank(cp, [&](int r) {
-    return Dispatch([&](grpc::ClientContext* ctx) { return workers[r]->Backward(ctx); }, r, call,
-                    {SliceInput{"dout", h.dtype(), &*dout, 2}}, r * L, (r + 1) * L,
-                    {{"dq", {"FP32", {B, H, L, D}}},
-                     {"dk", {"FP32", {B, Hkv, L, D}}},
-                     {"dv", {"FP32", {B, Hkv, L, D}}}},
-                    deadline, gate, shard_out, shard_in);
-  });
-  if (absl::Status s = FirstError(results); !s.ok()) {
-    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
+  RankCalls calls;  // After the gate, as in Forward.
+  for (int r = 0; r < cp; ++r) {
+    calls.ranks.push_back(std::make_unique<RankCall>(
+        r, [stub = ticket->stubs[r]](grpc::ClientContext* ctx) { return stub->Backward(ctx); },
+        call, deadline, gate, shard_out, shard_in));
+  }
+  auto rank_failed = [&] {
+    return wire::ToGrpc(RingCallFailed(ticket->generation, FirstError(FinishAll(calls))));
+  };
+
+  const std::vector<int64_t> dout_shape = {B, H, S, D};
+  wire::TensorAssembler assembler(options_.max_call_bytes);
+  assembler.Expect("dout", h.dtype(), dout_shape, true, /*keep=*/false);
+  ShardedInput dout("dout", h.dtype(), dout_shape, L, calls);
+  while (stream->Read(&req)) {
+    if (!req.has_chunk()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "only tensors follow the header");
+    }
+    api_in.Increment(static_cast<double>(req.chunk().data().size()));
+    if (absl::Status s = assembler.Add(req.chunk()); !s.ok()) return wire::ToGrpc(s);
+    if (absl::Status s = dout.Add(std::move(*req.mutable_chunk()->mutable_data())); !s.ok()) {
+      return absl::IsUnavailable(s) ? rank_failed() : wire::ToGrpc(s);
+    }
+  }
+  // As in Forward: a cancelled stream is not a request.
+  if (context->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the client cancelled before the stream ended");
+  }
+  if (absl::Status s = assembler.Finish(); !s.ok()) return wire::ToGrpc(s);
+  if (!dout.Finish().ok()) return rank_failed();
+  for (auto& r : calls.ranks) r->EndInputs(/*commit=*/true, session.batch_has_vision);
+
+  const std::vector<ExpectedTensor> grads = {
+      {"dq", "FP32", {B, H, L, D}}, {"dk", "FP32", {B, Hkv, L, D}}, {"dv", "FP32", {B, Hkv, L, D}}};
+  std::vector<ShardReader> readers;
+  for (auto& r : calls.ranks) readers.emplace_back(*r, grads);
+  for (ShardReader& reader : readers) {
+    if (absl::Status s = reader.Start(); !s.ok()) {
+      const absl::Status first = FirstError(FinishAll(calls));
+      return wire::ToGrpc(RingCallFailed(ticket->generation, first.ok() ? s : first));
+    }
   }
   prometheus::Counter& api_out = metrics_.service.sent_bytes(Channel::kApi);
-  for (const char* name : {"dq", "dk", "dv"}) {
-    if (!SendGathered<attention::v1::BackwardResponse>(stream, results, name, "FP32", 2, S,
-                                                       api_out)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+  absl::Status sent;
+  for (const ExpectedTensor& grad : grads) {
+    if (sent.ok()) {
+      sent = SendGathered<attention::v1::BackwardResponse>(stream, readers, grad, S, api_out);
     }
+  }
+  const absl::Status ranks = FirstError(FinishAll(calls));
+  if (!ranks.ok()) return wire::ToGrpc(RingCallFailed(ticket->generation, ranks));
+  if (!sent.ok()) {
+    if (!absl::IsCancelled(sent)) return wire::ToGrpc(RingCallFailed(ticket->generation, sent));
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
   }
   const double flops = 2.5 * ForwardFlops(h, *LayerFromProto(h.layer(), D));
   attention::v1::BackwardResponse last;
-  *last.mutable_metrics() = Metrics(results, Since(scope.start()), flops);
-  if (!stream->Write(last))
+  *last.mutable_metrics() = Metrics(calls, Since(scope.start()), flops);
+  if (!stream->Write(last)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+  }
   scope.Completed(flops);
   return grpc::Status::OK;
 }

@@ -55,6 +55,7 @@ absl::StatusOr<ShardCall> ReadCall(Stream* stream, wire::TensorAssembler& assemb
     if (req.has_commit()) {
       committed = true;
       seen->set_sequence(req.commit().sequence());
+      seen->set_batch_has_vision(req.commit().batch_has_vision());
     } else if (req.has_chunk()) {
       received.Increment(static_cast<double>(req.chunk().data().size()));
       RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));

@@ -1,0 +1,114 @@
+#include "server/coordinator/rank_call.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "proto/wire/grpc_status.h"
+
+namespace ringattn::server {
+namespace {
+
+// Pieces in flight per direction and rank: enough to keep both streams busy,
+// few enough that a call holds a few MiB per rank in the coordinator.
+constexpr size_t kQueuedPieces = 4;
+
+}  // namespace
+
+RankCall::RankCall(int rank, Open open, worker::v1::ShardCall call,
+                   std::chrono::system_clock::time_point deadline, CommitGate& gate,
+                   prometheus::Counter& sent, prometheus::Counter& received)
+    : rank_(rank),
+      open_(std::move(open)),
+      call_(std::move(call)),
+      deadline_(deadline),
+      gate_(gate),
+      sent_(sent),
+      received_(received),
+      in_(kQueuedPieces),
+      out_(kQueuedPieces),
+      thread_([this] { Run(); }) {}
+
+RankCall::~RankCall() {
+  EndInputs(false, false);
+  out_.Cancel();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool RankCall::Send(attention::v1::TensorChunk chunk) { return in_.Push(std::move(chunk)); }
+
+void RankCall::EndInputs(bool commit, bool batch_has_vision) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ended_) return;
+    ended_ = true;
+    commit_ = commit;
+    has_vision_ = batch_has_vision;
+  }
+  in_.Close();
+}
+
+std::optional<attention::v1::TensorChunk> RankCall::Next() { return out_.Pop(); }
+
+absl::Status RankCall::Finish() {
+  out_.Cancel();
+  if (thread_.joinable()) thread_.join();
+  return status_;
+}
+
+void RankCall::Run() {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline_);
+  std::unique_ptr<ShardStream> stream = open_(&ctx);
+  worker::v1::ShardRequest req;
+  *req.mutable_call() = call_;
+  bool ok = stream->Write(req);
+  if (!ok) in_.Cancel();  // The producer's Send fails from now on.
+  while (std::optional<attention::v1::TensorChunk> chunk = in_.Pop()) {
+    sent_.Increment(static_cast<double>(chunk->data().size()));
+    worker::v1::ShardRequest r;
+    *r.mutable_chunk() = std::move(*chunk);
+    if (!stream->Write(r)) {
+      ok = false;
+      in_.Cancel();
+    }
+  }
+  bool commit = false, has_vision = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commit = ended_ && commit_;
+    has_vision = has_vision_;
+  }
+  const std::optional<uint64_t> sequence = gate_.Arrive(ok && commit);
+  if (!sequence) {
+    ctx.TryCancel();
+    const grpc::Status s = stream->Finish();
+    status_ = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
+                  ? absl::CancelledError("the call was withdrawn before the ring started")
+                  : absl::Status(wire::FromGrpc(s).code(),
+                                 absl::StrCat("rank ", rank_, ": ", s.error_message()));
+    out_.Close();
+    return;
+  }
+  worker::v1::ShardRequest commit_req;
+  commit_req.mutable_commit()->set_sequence(*sequence);
+  commit_req.mutable_commit()->set_batch_has_vision(has_vision);
+  stream->Write(commit_req);
+  stream->WritesDone();
+  worker::v1::ShardResponse resp;
+  while (stream->Read(&resp)) {
+    if (resp.has_metrics()) {
+      metrics_ = resp.metrics();
+    } else if (resp.has_chunk()) {
+      received_.Increment(static_cast<double>(resp.chunk().data().size()));
+      out_.Push(std::move(*resp.mutable_chunk()));  // Dropped once the reader left.
+    }
+  }
+  const grpc::Status s = stream->Finish();
+  if (!s.ok()) {
+    const absl::Status st = wire::FromGrpc(s);
+    status_ = absl::Status(st.code(), absl::StrCat("rank ", rank_, ": ", st.message()));
+  }
+  out_.Close();
+}
+
+}  // namespace ringattn::server

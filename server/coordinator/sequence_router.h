@@ -1,0 +1,45 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_SEQUENCE_ROUTER_H_
+#define RINGATTN_SERVER_COORDINATOR_SEQUENCE_ROUTER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+
+// Shards a tensor while its bytes stream in (SPEC §1.7-1.8): the tensor
+// [outer, S, inner] arrives row-major in pieces of any size; rank r gets its
+// slice [outer, r*L:(r+1)*L, inner] of the sequence padded to P = cp * L,
+// in its own row-major order, with zeros for positions S..P-1. Nothing is
+// gathered first, so the coordinator forwards a piece as soon as it has it.
+
+namespace ringattn::server {
+
+class SequenceRouter {
+ public:
+  // position_bytes: bytes of one sequence position (inner * element size).
+  SequenceRouter(int64_t outer, int64_t seq_len, int64_t shard_len, int cp, int64_t position_bytes);
+
+  // Routes the next bytes of the tensor: emit(rank, run) in order for each
+  // rank, zero runs included. Stops and returns false as soon as emit does,
+  // or if `piece` runs past the end of the tensor.
+  bool Add(std::span<const std::byte> piece,
+           absl::FunctionRef<bool(int rank, std::span<const std::byte> run)> emit);
+
+  // Every byte of the tensor has been routed.
+  bool done() const { return row_ == outer_; }
+
+ private:
+  bool EmitPadding(absl::FunctionRef<bool(int, std::span<const std::byte>)> emit);
+
+  const int64_t outer_, seq_len_, shard_len_, position_bytes_;
+  const int cp_;
+  std::vector<std::byte> zeros_;
+  int64_t row_ = 0;     // Outer index of the row being filled.
+  int64_t offset_ = 0;  // Bytes of that row routed so far.
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_SEQUENCE_ROUTER_H_
