@@ -195,6 +195,24 @@ TEST(NcclTransportTest, MissingRankMakesConnectTimeOut) {
   EXPECT_EQ(u.status().code(), absl::StatusCode::kDeadlineExceeded) << u.status();
 }
 
+// A receive with no send to match it (NCCL refuses a lone self receive, or
+// it never completes): either way the wait ends in bounded time, and with
+// an error, not a hang.
+TEST(NcclTransportTest, UnmatchedReceiveFailsInBoundedTime) {
+  RINGATTN_SKIP_WITHOUT_GPUS(1);
+  TempStore store;
+  auto t = ConnectAlone(store.store(), 9);
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<std::byte> buf(4096);
+  auto r = (*t)->Recv(0, 1, buf);
+  ASSERT_TRUE(r.ok());
+  const auto t0 = Clock::now();
+  const absl::Status s = (*r)->Wait(absl::Seconds(1));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s)) << s;
+  EXPECT_LT(SecondsSince(t0), 1.0 + 10.0);
+  EXPECT_TRUE(absl::IsUnavailable((*t)->Send(0, 1, buf).status()));  // Aborted.
+}
+
 TEST(NcclTransportTest, AbortFailsEveryLaterCall) {
   RINGATTN_SKIP_WITHOUT_GPUS(1);
   TempStore store;
