@@ -96,7 +96,7 @@ class StagingPool {
   }
 
  private:
-  static constexpr size_t kMaxCachedBytes = size_t{8} << 30;
+  static constexpr size_t kMaxCachedBytes = size_t{4} << 30;  // Pinned host memory is scarce.
   static constexpr size_t kMaxPerSize = 8;
   std::map<size_t, std::vector<Staging>> free_;
   size_t cached_bytes_ = 0;
