@@ -31,8 +31,6 @@
 
 #include "kernels/block_classification.h"
 #include "kernels/cuda/attention_params.h"
-#include "kernels/cuda/cuda_status.h"
-#include "kernels/cuda/impl/kernel_launchers.h"
 #include "kernels/cuda/tile_config.h"
 #include "kernels/mask.h"
 
@@ -584,67 +582,6 @@ __global__ void __launch_bounds__(kThreads) DeltaKernel(const AttentionParams p)
   for (int c = threadIdx.x % 32; c < d; c += 32) acc += ToF32(dout[c]) * ToF32(o[c]);
   acc = WarpSum(acc);
   if (threadIdx.x % 32 == 0) p.delta[row] = acc;
-}
-
-template <int64_t kBytes>
-CudaStatus CheckSmem(int64_t planned) {
-  // The plan and the kernel compute the layout from the same constexpr
-  // functions; a mismatch means they were built from different tables.
-  if (planned != kBytes) {
-    return CudaStatus{cudaErrorInvalidConfiguration,
-                      __FILE__ ": shared memory of the plan differs from the kernel's layout"};
-  }
-  return CudaStatus{};
-}
-
-template <typename T, int kBucket>
-CudaStatus LaunchForwardKernel(const AttentionParams& p, const KernelLaunch& launch,
-                               cudaStream_t stream) {
-  constexpr int kEs = sizeof(T);
-  RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<ForwardSmemLayout(kEs, kBucket, ForwardTiles(kEs, kBucket)).total>(
-          launch.smem_bytes)));
-  const auto kernel = ForwardKernel<T, kBucket>;
-  const int smem = static_cast<int>(launch.smem_bytes);
-  RINGATTN_CUDA_TRY(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid(static_cast<unsigned>(launch.grid_x), static_cast<unsigned>(launch.grid_y));
-  kernel<<<grid, launch.threads, smem, stream>>>(p);
-  RINGATTN_CUDA_TRY(cudaGetLastError());
-  return CudaStatus{};
-}
-
-template <typename T, int kBucket>
-CudaStatus LaunchBackwardKernels(const AttentionParams& p, const KernelLaunch& dkdv,
-                                 const KernelLaunch& dq, cudaStream_t stream) {
-  constexpr int kEs = sizeof(T);
-  constexpr TileShape kTiles = BackwardTiles(kEs, kBucket);
-  RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, true).total>(dkdv.smem_bytes)));
-  RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, false).total>(dq.smem_bytes)));
-
-  const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
-  const auto delta_kernel = DeltaKernel<T>;
-  delta_kernel<<<static_cast<unsigned>((rows + kWarps - 1) / kWarps), kThreads, 0, stream>>>(p);
-  RINGATTN_CUDA_TRY(cudaGetLastError());
-
-  const auto dkdv_kernel = BackwardDkDvKernel<T, kBucket>;
-  const int dkdv_smem = static_cast<int>(dkdv.smem_bytes);
-  RINGATTN_CUDA_TRY(
-      cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem));
-  dkdv_kernel<<<dim3(static_cast<unsigned>(dkdv.grid_x), static_cast<unsigned>(dkdv.grid_y)),
-                dkdv.threads, dkdv_smem, stream>>>(p);
-  RINGATTN_CUDA_TRY(cudaGetLastError());
-
-  const auto dq_kernel = BackwardDqKernel<T, kBucket>;
-  const int dq_smem = static_cast<int>(dq.smem_bytes);
-  RINGATTN_CUDA_TRY(
-      cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem));
-  dq_kernel<<<dim3(static_cast<unsigned>(dq.grid_x), static_cast<unsigned>(dq.grid_y)), dq.threads,
-              dq_smem, stream>>>(p);
-  RINGATTN_CUDA_TRY(cudaGetLastError());
-  return CudaStatus{};
 }
 
 }  // namespace ringattn::kernels::cuda::impl
