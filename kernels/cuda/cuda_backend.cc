@@ -64,6 +64,27 @@ absl::Status RunSynchronously(cudaStream_t stream, Body&& body) {
   return status;
 }
 
+// Makes `device` current for a scope and restores the caller's device, so
+// a call on this backend leaves the calling thread as it found it.
+class ScopedDevice {
+ public:
+  static absl::StatusOr<ScopedDevice> Enter(int device) {
+    int previous = 0;
+    RINGATTN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&previous));
+    RINGATTN_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+    return ScopedDevice(previous);
+  }
+  ScopedDevice(ScopedDevice&& other) noexcept : previous_(std::exchange(other.previous_, -1)) {}
+  ScopedDevice& operator=(ScopedDevice&&) = delete;
+  ~ScopedDevice() {
+    if (previous_ >= 0) (void)cudaSetDevice(previous_);
+  }
+
+ private:
+  explicit ScopedDevice(int previous) : previous_(previous) {}
+  int previous_;
+};
+
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -144,7 +165,7 @@ absl::Status CudaBackend::Forward(const cpu::ForwardChunkArgs& args) {
   const cpu::ChunkProblem& p = fp.problem;
   const AttentionShape shape = ShapeOf(p);
   RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
-  RINGATTN_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->device));
+  RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
   const cudaStream_t stream = m.stream.get();
   const size_t out_bytes = args.out.size() * sizeof(float);
@@ -181,7 +202,7 @@ absl::Status CudaBackend::Backward(const cpu::BackwardChunkArgs& args) {
   const cpu::ChunkProblem& p = bp.problem;
   const AttentionShape shape = ShapeOf(p);
   RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
-  RINGATTN_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->device));
+  RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
   const cudaStream_t stream = m.stream.get();
   const size_t dq_bytes = args.dq.size() * sizeof(float);
