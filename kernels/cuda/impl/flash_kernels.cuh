@@ -136,6 +136,59 @@ __device__ __forceinline__ void CtaGemm(float* c, int ldc, const T* a, int lda, 
     using ALayout = std::conditional_t<kATransposed, wmma::col_major, wmma::row_major>;
     using BLayout = std::conditional_t<kBTransposed, wmma::col_major, wmma::row_major>;
     const int warp = static_cast<int>(threadIdx.x) / 32;
+    // 32x32 per warp (2x2 fragments) reuses each A and B fragment twice,
+    // halving shared-memory reads per MMA, when there is enough of them to
+    // keep every warp busy; 16x16 per warp otherwise.
+    if (m % 32 == 0 && n % 32 == 0 && (m / 32) * (n / 32) >= kWarps) {
+      const int wide_n = n / 32;
+      const int wide_tiles = (m / 32) * wide_n;
+      for (int t = warp; t < wide_tiles; t += kWarps) {
+        const int r0 = (t / wide_n) * 32;
+        const int c0 = (t % wide_n) * 32;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            float* at = c + (r0 + 16 * i) * ldc + c0 + 16 * j;
+            if (accumulate) {
+              wmma::load_matrix_sync(acc[i][j], at, ldc, wmma::mem_row_major);
+            } else {
+              wmma::fill_fragment(acc[i][j], 0.0f);
+            }
+          }
+        }
+        for (int kk = 0; kk < k; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa[2];
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb[2];
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int r = r0 + 16 * i;
+            wmma::load_matrix_sync(fa[i], kATransposed ? a + kk * lda + r : a + r * lda + kk, lda);
+          }
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int col = c0 + 16 * j;
+            wmma::load_matrix_sync(fb[j], kBTransposed ? b + col * ldb + kk : b + kk * ldb + col,
+                                   ldb);
+          }
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            wmma::store_matrix_sync(c + (r0 + 16 * i) * ldc + c0 + 16 * j, acc[i][j], ldc,
+                                    wmma::mem_row_major);
+          }
+        }
+      }
+      return;
+    }
     const int tiles_n = n / 16;
     const int tiles = (m / 16) * tiles_n;
     for (int t = warp; t < tiles; t += kWarps) {
