@@ -16,8 +16,10 @@
 
 namespace ringattn::kernels::cuda {
 
-// Threads per block of every attention kernel: four warps.
-inline constexpr int kThreads = 128;
+// Threads per block of every attention kernel: eight warps, so a block
+// has enough warps in flight to cover shared-memory latency at the one or
+// two blocks per SM that its shared memory allows.
+inline constexpr int kThreads = 256;
 
 // The largest shared memory per block on sm80 (A100: 163 KiB opt-in). Every
 // tile table entry fits it, so the same plan runs on sm80 and sm90.

@@ -7,7 +7,7 @@
 // same outputs. Included only by the instantiation translation units, one
 // per (pass, dtype, head-dim bucket).
 //
-// Structure: every tile lives in shared memory; all four warps of a block
+// Structure: every tile lives in shared memory; all warps of a block
 // cooperate on each tile GEMM (CtaGemm), then on the element-wise softmax
 // step. bf16/fp16 GEMMs run on tensor cores through WMMA 16x16x16 with fp32
 // accumulation; fp32 inputs take a SIMT fp32 path (no TF32). Softmax,

@@ -157,7 +157,7 @@ void RunCase(const EmuCase& c) {
   p.kv_summaries = fk.data();
   p.out = out_emu.data();
   p.lse = lse_emu.data();
-  EmuLaunch(plan->forward.grid_x, plan->forward.grid_y,
+  EmuLaunch(plan->forward.grid_x, plan->forward.grid_y, plan->forward.threads,
             [&] { impl::ForwardKernel<T, kBucket>(p); });
   const double u = ExtraRoundoff(dt);
   ExpectClose("partial O", out_emu, out_cpu, reference::OutputTolerance(dt) + u);
@@ -202,10 +202,11 @@ void RunCase(const EmuCase& c) {
   p.dq = dq_emu.data();
   p.dk = dk_emu.data();
   p.dv = dv_emu.data();
-  EmuLaunch((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, [&] { impl::DeltaKernel<T>(p); });
-  EmuLaunch(plan->backward_dkdv.grid_x, plan->backward_dkdv.grid_y,
+  EmuLaunch((rows + kThreads / 32 - 1) / (kThreads / 32), 1, kThreads,
+            [&] { impl::DeltaKernel<T>(p); });
+  EmuLaunch(plan->backward_dkdv.grid_x, plan->backward_dkdv.grid_y, plan->backward_dkdv.threads,
             [&] { impl::BackwardDkDvKernel<T, kBucket>(p); });
-  EmuLaunch(plan->backward_dq.grid_x, plan->backward_dq.grid_y,
+  EmuLaunch(plan->backward_dq.grid_x, plan->backward_dq.grid_y, plan->backward_dq.threads,
             [&] { impl::BackwardDqKernel<T, kBucket>(p); });
   const double tol = 2.0 * reference::GradientTolerance(dt) + u;
   ExpectClose("dQ", dq_emu, dq_cpu, tol);

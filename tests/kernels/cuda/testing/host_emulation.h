@@ -5,7 +5,7 @@
 // threads, so their logic (indexing, tiling, masking, tile skipping, the
 // online softmax, the barriers as written) is tested on machines without a
 // GPU. Include this before the kernel header, from a file the C++ compiler
-// builds: it turns the CUDA keywords into plain C++, runs each block as 128
+// builds: it turns the CUDA keywords into plain C++, runs each block as blockDim.x
 // std::threads with std::barrier for __syncthreads / __syncwarp, emulates
 // __shfl_xor_sync through a per-warp exchange array, and implements the WMMA
 // 16x16x16 API with its documented element mapping (each lane computes the
@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -50,11 +51,11 @@ struct EmuDim {
 };
 inline thread_local EmuDim threadIdx;
 inline EmuDim blockIdx;
-inline EmuDim blockDim{128, 1, 1};
+inline EmuDim blockDim{0, 1, 1};
 inline std::barrier<>* g_block_barrier = nullptr;
-inline std::barrier<>* g_warp_barrier[4] = {};
-inline float g_shfl[4][32];
-inline constexpr int kWarpsPerBlock = 4;
+inline constexpr int kMaxEmulatedWarps = 32;
+inline std::barrier<>* g_warp_barrier[kMaxEmulatedWarps] = {};
+inline float g_shfl[kMaxEmulatedWarps][32];
 
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) {
@@ -152,25 +153,33 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }
 }  // namespace nvcuda::wmma
 
+// Runs f() as every thread of a (gx, gy) grid of `threads`-thread blocks,
+// one block at a time.
 template <class F>
-void EmuLaunch(unsigned gx, unsigned gy, F f) {
+void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F f) {
+  if (threads % 32 != 0 || threads / 32 > kMaxEmulatedWarps) {
+    std::fprintf(stderr, "emulation: %u threads per block\n", threads);
+    std::abort();
+  }
+  blockDim = {threads, 1, 1};
   for (unsigned by = 0; by < gy; ++by) {
     for (unsigned bx = 0; bx < gx; ++bx) {
       blockIdx = {bx, by, 0};
-      std::barrier<> block(128);
-      std::barrier<> w0(32), w1(32), w2(32), w3(32);
+      std::barrier<> block(threads);
+      std::vector<std::unique_ptr<std::barrier<>>> warps;
+      for (unsigned w = 0; w < threads / 32; ++w) {
+        warps.push_back(std::make_unique<std::barrier<>>(32));
+        g_warp_barrier[w] = warps.back().get();
+      }
       g_block_barrier = &block;
-      g_warp_barrier[0] = &w0;
-      g_warp_barrier[1] = &w1;
-      g_warp_barrier[2] = &w2;
-      g_warp_barrier[3] = &w3;
-      std::vector<std::thread> threads;
-      for (unsigned t = 0; t < 128; ++t)
-        threads.emplace_back([t, &f] {
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < threads; ++t) {
+        pool.emplace_back([t, &f] {
           threadIdx = {t, 0, 0};
           f();
         });
-      for (auto& th : threads) th.join();
+      }
+      for (std::thread& th : pool) th.join();
     }
   }
 }
