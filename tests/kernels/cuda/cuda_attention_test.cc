@@ -177,34 +177,36 @@ std::unique_ptr<CudaBackend> MakeBackendOrNull() {
   return backend.ok() ? std::move(*backend) : nullptr;
 }
 
-void ExpectRingMatchesOracle(const AttentionCase& c) {
+// backward: also run and check dQ, dK, dV.
+void ExpectRingMatchesOracle(const AttentionCase& c, bool backward) {
   std::unique_ptr<CudaBackend> backend = MakeBackendOrNull();
   ASSERT_NE(backend, nullptr);
   const SyntheticBatch batch = testing::MakeBatch(c);
-  absl::StatusOr<ChunkedResult> got = RunRing(*backend, batch, c.layer, c.chunks, true);
+  absl::StatusOr<ChunkedResult> got = RunRing(*backend, batch, c.layer, c.chunks, backward);
   ASSERT_TRUE(got.ok()) << got.status();
 
   const reference::DenseProblem problem = reference::ToDenseProblem(batch, c.layer);
-  const reference::DenseOutput want = reference::DenseForward(problem);
-  ExpectWithin("O", got->out, want.out, OutputTolerance(c.dtype));
-  ExpectWithin("LSE", got->lse, want.lse, 1e-5);
-
-  // Padding queries: exactly 0 and -inf, not merely close (SPEC §2).
-  const BatchShape& sh = c.shape;
-  for (int64_t b = 0; b < sh.batch; ++b) {
-    for (int64_t s = 0; s < sh.seq_len; ++s) {
-      const int64_t t = b * sh.seq_len + s;
-      if (batch.doc[t] > 0 && batch.padding[t] == 0) continue;
-      for (int64_t h = 0; h < sh.heads; ++h) {
-        const int64_t row = (b * sh.heads + h) * sh.seq_len + s;
-        EXPECT_EQ(got->lse[row], -kInf) << "padding row " << s;
-        for (int64_t d = 0; d < sh.head_dim; ++d) {
-          ASSERT_EQ(got->out[row * sh.head_dim + d], 0.0f) << "padding row " << s;
+  if (!backward) {
+    const reference::DenseOutput want = reference::DenseForward(problem);
+    ExpectWithin("O", got->out, want.out, OutputTolerance(c.dtype));
+    ExpectWithin("LSE", got->lse, want.lse, 1e-5);
+    // Padding queries: exactly 0 and -inf, not merely close (SPEC §2).
+    const BatchShape& sh = c.shape;
+    for (int64_t b = 0; b < sh.batch; ++b) {
+      for (int64_t s = 0; s < sh.seq_len; ++s) {
+        const int64_t t = b * sh.seq_len + s;
+        if (batch.doc[t] > 0 && batch.padding[t] == 0) continue;
+        for (int64_t h = 0; h < sh.heads; ++h) {
+          const int64_t row = (b * sh.heads + h) * sh.seq_len + s;
+          EXPECT_EQ(got->lse[row], -kInf) << "padding row " << s;
+          for (int64_t d = 0; d < sh.head_dim; ++d) {
+            ASSERT_EQ(got->out[row * sh.head_dim + d], 0.0f) << "padding row " << s;
+          }
         }
       }
     }
+    return;
   }
-
   const std::vector<double> dout(batch.dout.begin(), batch.dout.end());
   const reference::DenseGrads grads = reference::DenseBackward(problem, dout);
   const double tol = GradientTolerance(c.dtype);
@@ -326,9 +328,79 @@ std::vector<NamedCase> CudaCases() {
 
 class CudaRingOracleTest : public ::testing::TestWithParam<NamedCase> {};
 
-TEST_P(CudaRingOracleTest, FwdBwdMatchDenseOracle) {
+TEST_P(CudaRingOracleTest, Fwd) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  ExpectRingMatchesOracle(GetParam().c);
+  ExpectRingMatchesOracle(GetParam().c, /*backward=*/false);
+}
+
+TEST_P(CudaRingOracleTest, Bwd) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ExpectRingMatchesOracle(GetParam().c, /*backward=*/true);
+}
+
+// Attention weights made visible: with D = S and V[k] = e_k, output row q
+// of the merged ring result is exactly the softmax weights of query q.
+std::vector<float> RingWeights(AttentionCase c) {
+  c.shape.head_dim = c.shape.seq_len;
+  c.shape.heads = c.shape.kv_heads = 1;
+  SyntheticBatch batch = testing::MakeBatch(c);
+  const int64_t S = c.shape.seq_len;
+  for (int64_t k = 0; k < S; ++k) {
+    for (int64_t d = 0; d < S; ++d) batch.v[k * S + d] = d == k ? 1.0f : 0.0f;
+  }
+  std::unique_ptr<CudaBackend> backend = MakeBackendOrNull();
+  if (backend == nullptr) return {};
+  absl::StatusOr<ChunkedResult> r = RunRing(*backend, batch, c.layer, c.chunks, false);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? r->out : std::vector<float>();
+}
+
+// q - k = W - 1 attends and q - k = W does not, inside a chunk and across
+// the chunk boundary, with the tile boundaries of every dtype's kernel.
+TEST(CudaWindowTest, Fwd_SlidingW100_BoundaryIsStrictAcrossChunks) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    AttentionCase c;
+    c.shape = {1, 1, 1, 256, 256};
+    c.layouts = {testing::SingleDocument(256)};
+    c.layer.kind = LayerKind::kSliding;
+    c.layer.window = 100;
+    c.chunks = 2;
+    c.dtype = dt;
+    const std::vector<float> w = RingWeights(c);
+    ASSERT_EQ(w.size(), 256u * 256u);
+    for (int64_t q = 100; q < 256; ++q) {
+      EXPECT_GT(w[q * 256 + q - 99], 0.0f) << "q - k = W - 1 must attend, q=" << q;
+      EXPECT_EQ(w[q * 256 + q - 100], 0.0f) << "q - k = W must not attend, q=" << q;
+      if (q < 255) {
+        EXPECT_EQ(w[q * 256 + q + 1], 0.0f) << "future key, q=" << q;
+      }
+    }
+  }
+}
+
+// An image block across the chunk boundary sees itself both ways on a
+// sliding layer, beyond the window and into the causal future.
+TEST(CudaWindowTest, Fwd_ImageBlockSpanningChunksSeesItselfBothWays) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  AttentionCase c;
+  c.shape = {1, 1, 1, 128, 128};
+  reference::RowLayout layout = testing::SingleDocument(128);
+  layout.images = {{50, 80}};  // Crosses the chunk boundary at 64.
+  c.layouts = {layout};
+  c.layer.kind = LayerKind::kSliding;
+  c.layer.window = 4;
+  c.chunks = 2;
+  c.dtype = DType::kBF16;
+  const std::vector<float> w = RingWeights(c);
+  ASSERT_EQ(w.size(), 128u * 128u);
+  for (int64_t q = 50; q < 80; ++q) {
+    for (int64_t k = 50; k < 80; ++k) {
+      EXPECT_GT(w[q * 128 + k], 0.0f) << "image token " << q << " must see " << k;
+    }
+    EXPECT_EQ(w[q * 128 + 40], 0.0f) << "text outside the window, q=" << q;
+  }
+  EXPECT_EQ(w[90 * 128 + 60], 0.0f) << "text after the image sees it only within the window";
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, CudaRingOracleTest, ::testing::ValuesIn(CudaCases()),
