@@ -98,6 +98,7 @@ struct ForwardSmem {
   int64_t p = 0;      // [bq, LdProb] dtype probabilities
   int64_t m = 0;      // [bq] fp32 running max
   int64_t l = 0;      // [bq] fp32 running sum
+  int64_t alpha = 0;  // [bq] fp32 rescale factor of the running output, this key tile
   int64_t q_tok = 0;  // [bq] TokenInfo
   int64_t k_tok = 0;  // [bk] TokenInfo
   int64_t total = 0;
@@ -119,6 +120,7 @@ RINGATTN_HOST_DEVICE constexpr ForwardSmem ForwardSmemLayout(int elem_size, int 
   s.p = take(int64_t{t.bq} * LdProb(t.bk) * elem_size);
   s.m = take(int64_t{t.bq} * 4);
   s.l = take(int64_t{t.bq} * 4);
+  s.alpha = take(int64_t{t.bq} * 4);
   s.q_tok = take(int64_t{t.bq} * static_cast<int64_t>(sizeof(TokenInfo)));
   s.k_tok = take(int64_t{t.bk} * static_cast<int64_t>(sizeof(TokenInfo)));
   s.total = at;

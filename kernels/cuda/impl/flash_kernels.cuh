@@ -260,13 +260,15 @@ __device__ __forceinline__ bool PairAllowed(TileClass cls, const MaskRule& rule,
 // One key tile of online softmax, one warp per query row. s: [kBq, LdScore]
 // raw q·k in, masked scaled scores out; p: [kBq, LdProb] unnormalized
 // probabilities exp(s - m_new); o: [kBq, LdAcc] running output, rescaled by
-// exp(m_old - m_new); m, l: [kBq] running max and sum (l from the fp32
-// probabilities, before they are rounded to T).
+// exp(m_old - m_new), or, when o is null, that factor written to
+// alpha_out: [kBq] for the caller to apply; m, l: [kBq] running max and sum
+// (l from the fp32 probabilities, before they are rounded to T).
 template <typename T, int kBq, int kBk, int kBucket>
-__device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* m, float* l,
-                                              const TokenInfo* q_tok, const TokenInfo* k_tok,
-                                              int rows, int cols, TileClass cls,
-                                              const MaskRule& rule, float scale, int dp) {
+__device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* alpha_out, float* m,
+                                              float* l, const TokenInfo* q_tok,
+                                              const TokenInfo* k_tok, int rows, int cols,
+                                              TileClass cls, const MaskRule& rule, float scale,
+                                              int dp) {
   constexpr int kLds = LdScore(kBk);
   constexpr int kLdp = LdProb(kBk);
   constexpr int kLdo = LdAcc(kBucket);
@@ -276,6 +278,7 @@ __device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* m
     T* p_row = p + r * kLdp;
     if (r >= rows) {
       for (int j = lane; j < kBk; j += 32) p_row[j] = FromF32<T>(0.0f);
+      if (o == nullptr && lane == 0) alpha_out[r] = 1.0f;
       continue;
     }
     float* s_row = s + r * kLds;
@@ -291,6 +294,7 @@ __device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* m
     const float m_new = fmaxf(m_old, tile_max);
     if (m_new == NegInf()) {  // Nothing attended yet: the row stays at zero.
       for (int j = lane; j < kBk; j += 32) p_row[j] = FromF32<T>(0.0f);
+      if (o == nullptr && lane == 0) alpha_out[r] = 1.0f;
       continue;
     }
     const float alpha = m_old == NegInf() ? 0.0f : Exp<T>(m_old - m_new);
@@ -301,7 +305,9 @@ __device__ __forceinline__ void OnlineSoftmax(float* s, T* p, float* o, float* m
       p_row[j] = FromF32<T>(e);
     }
     sum = WarpSum(sum);
-    if (alpha != 1.0f) {
+    if (o == nullptr) {
+      if (lane == 0) alpha_out[r] = alpha;
+    } else if (alpha != 1.0f) {
       float* o_row = o + r * kLdo;
       for (int c = lane; c < dp; c += 32) o_row[c] *= alpha;
     }
@@ -336,8 +342,24 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(const AttentionParams 
   T* p_s = reinterpret_cast<T*>(smem + kSmem.p);
   float* m_s = reinterpret_cast<float*>(smem + kSmem.m);
   float* l_s = reinterpret_cast<float*>(smem + kSmem.l);
+  float* alpha_s = reinterpret_cast<float*>(smem + kSmem.alpha);
   TokenInfo* q_tok = reinterpret_cast<TokenInfo*>(smem + kSmem.q_tok);
   TokenInfo* k_tok = reinterpret_cast<TokenInfo*>(smem + kSmem.k_tok);
+
+  // Tensor-core tiles of small head dims keep the running output in WMMA
+  // fragments for the whole key loop: each warp owns a 16-row strip and a
+  // range of columns, and rescales its own rows. Fragment layouts are opaque,
+  // so each thread learns which row each of its accumulator elements holds
+  // by loading a matrix whose entries are their row numbers. Larger head
+  // dims (and fp32) keep the output in shared memory instead, where rows are
+  // addressable.
+  constexpr bool kRegisterO =
+      !std::is_same_v<T, float> && kBucket <= 128 && kBq == 64 && kWarps % (kBq / 16) == 0;
+  constexpr int kRowStrips = kBq / 16;
+  constexpr int kColGroups = kRegisterO ? kWarps / kRowStrips : 1;
+  constexpr int kFrags = kRegisterO ? kBucket / 16 / kColGroups : 1;
+  static_assert(!kRegisterO || (kBucket / 16) % kColGroups == 0, "whole fragments per warp");
+  static_assert(!kRegisterO || kBq * kLds >= kWarps * 256, "layout probe fits in the S tile");
 
   const AttentionShape& sh = p.shape;
   const int d = static_cast<int>(sh.head_dim);
@@ -368,6 +390,26 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(const AttentionParams 
     l_s[i] = 0.0f;
   }
 
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int strip_row = (warp % kRowStrips) * 16;           // kRegisterO: first row of the strip
+  const int strip_col = (warp / kRowStrips) * kFrags * 16;  // kRegisterO: first column
+  using AccFragment = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  AccFragment o_acc[kFrags];
+  int row_of[AccFragment::num_elements];
+  if constexpr (kRegisterO) {
+    namespace wmma = nvcuda::wmma;
+    float* probe = s_s + warp * 256;  // Free until the first S = Q K^T.
+    for (int i = lane; i < 256; i += 32) probe[i] = static_cast<float>(i / 16);
+    __syncwarp();
+    AccFragment rows_probe;
+    wmma::load_matrix_sync(rows_probe, probe, 16, wmma::mem_row_major);
+    for (int e = 0; e < AccFragment::num_elements; ++e) {
+      row_of[e] = static_cast<int>(rows_probe.x[e]);
+    }
+    for (int f = 0; f < kFrags; ++f) wmma::fill_fragment(o_acc[f], 0.0f);
+  }
+
   const T* k_base = static_cast<const T*>(p.k) + bkv * sh.kv_len * d;
   const T* v_base = static_cast<const T*>(p.v) + bkv * sh.kv_len * d;
   for (int64_t kt = 0; kt < p.kv_tiles; ++kt) {
@@ -384,11 +426,40 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(const AttentionParams 
     __syncthreads();
     // V replaces K while the softmax runs: S no longer needs K.
     LoadTile(kv_s, kLd, v_base + k0 * d, cols, d, kBk, dp);
-    OnlineSoftmax<T, kBq, kBk, kBucket>(s_s, p_s, o_s, m_s, l_s, q_tok, k_tok, rows, cols, cls,
-                                        p.mask, p.scale, dp);
+    OnlineSoftmax<T, kBq, kBk, kBucket>(s_s, p_s, kRegisterO ? nullptr : o_s, alpha_s, m_s, l_s,
+                                        q_tok, k_tok, rows, cols, cls, p.mask, p.scale, dp);
     __syncthreads();
-    // O += P V.
-    CtaGemm<T, false, false>(o_s, kLdo, p_s, kLdp, kv_s, kLd, kBq, dp, kBk, true);
+    // O = O * alpha + P V.
+    if constexpr (kRegisterO) {
+      namespace wmma = nvcuda::wmma;
+      for (int f = 0; f < kFrags; ++f) {
+        for (int e = 0; e < AccFragment::num_elements; ++e) {
+          o_acc[f].x[e] *= alpha_s[strip_row + row_of[e]];
+        }
+      }
+      for (int kk = 0; kk < kBk; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+        wmma::load_matrix_sync(fa, p_s + strip_row * kLdp + kk, kLdp);
+#pragma unroll
+        for (int f = 0; f < kFrags; ++f) {
+          const int col = strip_col + 16 * f;
+          if (col >= dp) break;  // Padding columns of the bucket: nothing to compute.
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+          wmma::load_matrix_sync(fb, kv_s + kk * kLd + col, kLd);
+          wmma::mma_sync(o_acc[f], fa, fb, o_acc[f]);
+        }
+      }
+    } else {
+      CtaGemm<T, false, false>(o_s, kLdo, p_s, kLdp, kv_s, kLd, kBq, dp, kBk, true);
+    }
+  }
+  if constexpr (kRegisterO) {
+    for (int f = 0; f < kFrags; ++f) {
+      const int col = strip_col + 16 * f;
+      if (col >= dp) break;
+      nvcuda::wmma::store_matrix_sync(o_s + strip_row * kLdo + col, o_acc[f], kLdo,
+                                      nvcuda::wmma::mem_row_major);
+    }
   }
   __syncthreads();
 

@@ -123,6 +123,7 @@ TEST(LaunchPlanTest, SharedMemoryLayoutsAreDisjointAndAligned) {
                              {fs.p, int64_t{f.bq} * LdProb(f.bk) * es},
                              {fs.m, f.bq * 4},
                              {fs.l, f.bq * 4},
+                             {fs.alpha, f.bq * 4},
                              {fs.q_tok, f.bq * tok},
                              {fs.k_tok, f.bk * tok}},
                             fs.total, "forward " + what);

@@ -87,9 +87,12 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 enum layout_t { mem_row_major, mem_col_major };
+
+// Every lane holds the whole 16x16 tile: element e is (e / 16, e % 16).
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment {
-  float x[16][16];
+  enum { num_elements = 256 };
+  float x[num_elements];
 };
 
 [[noreturn]] inline void Fail(const char* what) {
@@ -97,58 +100,64 @@ struct fragment {
   std::abort();
 }
 
-inline void CheckAlign(const void* p, unsigned ldm, size_t es) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
-    std::fprintf(stderr, "WMMA pointer not 32B aligned\n");
-    std::abort();
-  }
-  if ((ldm * es) % 16 != 0) {
-    std::fprintf(stderr, "WMMA ldm %u bad\n", ldm);
-    std::abort();
-  }
+// WMMA's rules: 256-bit aligned pointers, leading dimensions a multiple of
+// 16 bytes (8 elements of 16 bits, 4 of fp32).
+inline void CheckAlign(const void* p, unsigned ldm, size_t elem_size) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) Fail("pointer not 32-byte aligned");
+  if ((ldm * elem_size) % 16 != 0) Fail("leading dimension not a multiple of 16 bytes");
 }
+
 template <class Use, class T, class Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
   static_assert(!std::is_same_v<T, float>);
   CheckAlign(p, ldm, sizeof(T));
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j)
-      f.x[i][j] =
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      f.x[i * 16 + j] =
           std::is_same_v<Layout, row_major> ? EmuToF(p[i * ldm + j]) : EmuToF(p[i + j * ldm]);
+    }
+  }
 }
+
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
                              unsigned ldm, layout_t l) {
   if (l != mem_row_major) Fail("only row-major accumulators are emulated");
   CheckAlign(p, ldm, 4);
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) f.x[i][j] = p[i * ldm + j];
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) f.x[i * 16 + j] = p[i * ldm + j];
+  }
 }
+
 inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float v) {
-  for (auto& r : f.x)
-    for (float& e : r) e = v;
+  for (float& e : f.x) e = v;
 }
+
 template <class T, class LA, class LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
               const fragment<matrix_a, 16, 16, 16, T, LA>& a,
               const fragment<matrix_b, 16, 16, 16, T, LB>& b,
               const fragment<accumulator, 16, 16, 16, float>& c) {
-  float out[16][16];
-  for (int i = 0; i < 16; ++i)
+  float out[256];
+  for (int i = 0; i < 16; ++i) {
     for (int j = 0; j < 16; ++j) {
-      float s = c.x[i][j];
-      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
-      out[i][j] = s;
+      float s = c.x[i * 16 + j];
+      for (int k = 0; k < 16; ++k) s += a.x[i * 16 + k] * b.x[k * 16 + j];
+      out[i * 16 + j] = s;
     }
+  }
   std::memcpy(d.x, out, sizeof(out));
 }
+
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
                               unsigned ldm, layout_t l) {
   if (l != mem_row_major) Fail("only row-major accumulators are emulated");
   CheckAlign(p, ldm, 4);
-  __syncwarp();  // every lane has loaded C before one lane overwrites it
-  if (threadIdx.x % 32 == 0)
-    for (int i = 0; i < 16; ++i)
-      for (int j = 0; j < 16; ++j) p[i * ldm + j] = f.x[i][j];
+  __syncwarp();  // Every lane has loaded C before one lane overwrites it.
+  if (threadIdx.x % 32 == 0) {
+    for (int i = 0; i < 16; ++i) {
+      for (int j = 0; j < 16; ++j) p[i * ldm + j] = f.x[i * 16 + j];
+    }
+  }
   __syncwarp();
 }
 }  // namespace nvcuda::wmma
