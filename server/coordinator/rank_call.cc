@@ -80,7 +80,9 @@ void RankCall::Run() {
   }
   const std::optional<uint64_t> sequence = gate_.Arrive(ok && commit);
   if (!sequence) {
-    ctx.TryCancel();
+    // A stream that failed has its own status (a worker gone mid-upload is
+    // UNAVAILABLE, not a withdrawal); a healthy one is cancelled.
+    if (ok) ctx.TryCancel();
     const grpc::Status s = stream->Finish();
     status_ = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
                   ? absl::CancelledError("the call was withdrawn before the ring started")

@@ -10,8 +10,10 @@
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
 #include "client/synthetic_inputs.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "kernels/reference/synthetic_batch.h"
+#include "proto/wire/tensor_stream.h"
 #include "server/coordinator/cluster.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/testing/metrics_scrape.h"
@@ -168,6 +170,71 @@ TEST(ClusterFaultTest, WorkerKilledMidForwardFailsFastNamingItsRankAndTheRingIsR
   RestartAndExpectRebuilt(*cluster, *c, 1, generation);
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// The coordinator forwards inputs while the client still sends them: a
+// worker lost in that phase fails the call as a lost worker (UNAVAILABLE
+// naming it), not as a withdrawal, and no rank runs it.
+TEST(ClusterFaultTest, WorkerKilledWhileInputsStreamInFailsNamingItsRank) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto channel = grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials());
+  auto stub = attention::v1::AttentionService::NewStub(channel);
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->Forward(&ctx);
+  attention::v1::ForwardRequest req;
+  attention::v1::ForwardHeader* h = req.mutable_header();
+  *h->mutable_layer() = e->in.layer;
+  h->set_dtype(e->in.dtype);
+  h->set_batch(e->in.batch);
+  h->set_heads(e->in.heads);
+  h->set_kv_heads(e->in.kv_heads);
+  h->set_seq_len(e->in.seq_len);
+  h->set_head_dim(e->in.head_dim);
+  ASSERT_TRUE(stream->Write(req));
+  std::vector<attention::v1::TensorChunk> pieces;
+  const std::vector<int64_t> q_shape = {e->in.batch, e->in.heads, e->in.seq_len, e->in.head_dim};
+  wire::SplitTensor("q", e->in.dtype, q_shape, e->in.q, [&](attention::v1::TensorChunk& c) {
+    pieces.push_back(c);
+    return true;
+  });
+  ASSERT_GE(pieces.size(), size_t{4});
+  // Half of q: both ranks hold some of it (q is [B, H, S, D], every head
+  // row crosses both shards).
+  const std::string metrics = cluster->worker_metrics_addresses()[1];
+  const double before =
+      Scrape(metrics, "ringattn_received_bytes_total", {{"channel", "shard"}}).value_or(-1);
+  for (size_t i = 0; i < pieces.size() / 2; ++i) {
+    attention::v1::ForwardRequest r;
+    *r.mutable_chunk() = pieces[i];
+    ASSERT_TRUE(stream->Write(r));
+  }
+  ASSERT_TRUE(WaitForShardBytes(metrics, before));
+  const absl::Time killed = absl::Now();
+  ASSERT_TRUE(cluster->KillWorker(1).ok());
+  // The rest may or may not be taken: the coordinator answers once it sees
+  // the rank gone.
+  for (size_t i = pieces.size() / 2; i < pieces.size(); ++i) {
+    attention::v1::ForwardRequest r;
+    *r.mutable_chunk() = pieces[i];
+    if (!stream->Write(r)) break;
+  }
+  stream->WritesDone();
+  attention::v1::ForwardResponse resp;
+  while (stream->Read(&resp)) {
+    ADD_FAILURE() << "a call that lost a rank before its commit answered";
+  }
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_NE(s.error_message().find("rank 1"), std::string::npos) << s.error_message();
+  EXPECT_LT(absl::Now() - killed, kFailFast);
+
+  auto c = client::AttentionClient::Connect(cluster->address());
+  ASSERT_TRUE(WaitForStatus(*c, [](const auto& st) { return !st.ring_ready(); }));
+  RestartAndExpectRebuilt(*cluster, *c, 1, 0);
 }
 
 TEST(ClusterFaultTest, WorkerKilledMidBackwardFailsFastAndOldSessionsAskForANewForward) {
