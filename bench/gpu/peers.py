@@ -154,7 +154,11 @@ def main():
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}")
     ours = our_figures(args)
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        sdpa_kernel = None
+        print("torch.nn.attention.sdpa_kernel is not available in this torch: SDPA skipped")
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         flex = torch.compile(flex_attention)
@@ -173,7 +177,7 @@ def main():
                                    requires_grad=True)
         q, k, v = make(), make(), make()
         peers = {}
-        if not gemma and d <= 256:
+        if sdpa_kernel is not None and not gemma and d <= 256:
             def sdpa(q, k, v):
                 with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                     return torch.nn.functional.scaled_dot_product_attention(
