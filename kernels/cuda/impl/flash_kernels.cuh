@@ -212,6 +212,68 @@ __device__ __forceinline__ void CtaGemm(float* c, int ldc, const T* a, int lda, 
   }
 }
 
+// A [kRows, bucket] fp32 accumulator kept in WMMA fragments across a whole
+// kernel, for sums that are never rescaled (the backward's dQ, dK, dV): it
+// saves the load and store of the accumulator around every tile GEMM. Each
+// warp owns rows row0..row0+15 and kFrags 16-column blocks from col0; blocks
+// at or past the padded head dim dp are skipped. Only for tensor-core
+// inputs, and only when every warp gets whole blocks (kUsable).
+template <typename T, int kRows, int kBucket>
+struct WarpAccumulator {
+  static constexpr int kStrips = kRows / 16;
+  static constexpr int kStripsOrOne = kStrips > 0 ? kStrips : 1;  // No division by 0 below.
+  static constexpr int kGroups = kWarps % kStripsOrOne == 0 ? kWarps / kStripsOrOne : 1;
+  static constexpr int kFrags = kBucket / 16 / kGroups;
+  static constexpr bool kUsable = !std::is_same_v<T, float> && kRows % 16 == 0 && kStrips > 0 &&
+                                  kWarps % kStripsOrOne == 0 &&
+                                  (kBucket / 16) % kGroups == 0 && kFrags >= 1 && kFrags <= 4;
+
+  using Fragment = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  Fragment acc[kFrags > 0 ? kFrags : 1];
+  int row0 = 0;
+  int col0 = 0;
+
+  __device__ __forceinline__ void Init() {
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    row0 = (warp % kStrips) * 16;
+    col0 = (warp / kStrips) * kFrags * 16;
+#pragma unroll
+    for (int f = 0; f < kFrags; ++f) nvcuda::wmma::fill_fragment(acc[f], 0.0f);
+  }
+
+  // acc[row0.., cols] += sum_kk A[row0.., kk] B[kk, cols] over kk < k, with
+  // A[m, kk] = a[m * lda + kk] or, when kATransposed, a[kk * lda + m], and
+  // B[kk, n] = b[kk * ldb + n] (shared memory, WMMA alignment).
+  template <bool kATransposed>
+  __device__ __forceinline__ void Mma(const T* a, int lda, const T* b, int ldb, int k, int dp) {
+    namespace wmma = nvcuda::wmma;
+    using ALayout = std::conditional_t<kATransposed, wmma::col_major, wmma::row_major>;
+    for (int kk = 0; kk < k; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa;
+      wmma::load_matrix_sync(fa, kATransposed ? a + kk * lda + row0 : a + row0 * lda + kk, lda);
+#pragma unroll
+      for (int f = 0; f < kFrags; ++f) {
+        const int col = col0 + 16 * f;
+        if (col >= dp) break;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, b + kk * ldb + col, ldb);
+        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+  }
+
+  // c[row0.., cols] = acc, for the blocks below dp.
+  __device__ __forceinline__ void Store(float* c, int ldc, int dp) const {
+#pragma unroll
+    for (int f = 0; f < kFrags; ++f) {
+      const int col = col0 + 16 * f;
+      if (col >= dp) break;
+      nvcuda::wmma::store_matrix_sync(c + row0 * ldc + col, acc[f], ldc,
+                                      nvcuda::wmma::mem_row_major);
+    }
+  }
+};
+
 // dst[r, c] = src[r * d + c] for r < rows, c < d, and 0 for the rest of
 // [tile_rows, cols], so padded rows and head-dim columns add nothing to the
 // GEMMs. src: [rows, d] in global memory; dst: [tile_rows, ld] shared.
@@ -586,7 +648,15 @@ __global__ void __launch_bounds__(kThreads) BackwardDkDvKernel(const AttentionPa
   const int cols = MinInt(kBk, sh.kv_len - k0);
 
   LoadKeySide<T, kBk, kBucket>(p, kSmem, smem, bkv, b, k0, cols, dp);
-  for (int i = threadIdx.x; i < kBk * kLdo; i += blockDim.x) dk_acc[i] = dv_acc[i] = 0.0f;
+  using Acc = WarpAccumulator<T, kBk, kBucket>;
+  Acc dk_reg;
+  Acc dv_reg;
+  if constexpr (Acc::kUsable) {
+    dk_reg.Init();
+    dv_reg.Init();
+  } else {
+    for (int i = threadIdx.x; i < kBk * kLdo; i += blockDim.x) dk_acc[i] = dv_acc[i] = 0.0f;
+  }
 
   bool any = false;
   for (int64_t hh = 0; hh < p.group; ++hh) {
@@ -608,11 +678,20 @@ __global__ void __launch_bounds__(kThreads) BackwardDkDvKernel(const AttentionPa
                                       cols, cls, p.mask, p.scale);
       __syncthreads();
       // dV += P^T dO, dK += dS^T Q (scaled at the end).
-      CtaGemm<T, true, false>(dv_acc, kLdo, p_s, kLdp, dout_s, kLd, kBk, dp, kBq, true);
-      CtaGemm<T, true, false>(dk_acc, kLdo, ds_s, kLdp, q_s, kLd, kBk, dp, kBq, true);
+      if constexpr (Acc::kUsable) {
+        dv_reg.template Mma<true>(p_s, kLdp, dout_s, kLd, kBq, dp);
+        dk_reg.template Mma<true>(ds_s, kLdp, q_s, kLd, kBq, dp);
+      } else {
+        CtaGemm<T, true, false>(dv_acc, kLdo, p_s, kLdp, dout_s, kLd, kBk, dp, kBq, true);
+        CtaGemm<T, true, false>(dk_acc, kLdo, ds_s, kLdp, q_s, kLd, kBk, dp, kBq, true);
+      }
     }
   }
   if (!any) return;
+  if constexpr (Acc::kUsable) {
+    dk_reg.Store(dk_acc, kLdo, dp);
+    dv_reg.Store(dv_acc, kLdo, dp);
+  }
   __syncthreads();
   float* dk = p.dk + (bkv * sh.kv_len + k0) * d;
   float* dv = p.dv + (bkv * sh.kv_len + k0) * d;
@@ -663,7 +742,13 @@ __global__ void __launch_bounds__(kThreads) BackwardDqKernel(const AttentionPara
   const int rows = MinInt(kBq, sh.q_len - q0);
 
   LoadQuerySide<T, kBq, kBucket>(p, kSmem, smem, bh, b, q0, rows, dp);
-  for (int i = threadIdx.x; i < kBq * kLdo; i += blockDim.x) dq_acc[i] = 0.0f;
+  using Acc = WarpAccumulator<T, kBq, kBucket>;
+  Acc dq_reg;
+  if constexpr (Acc::kUsable) {
+    dq_reg.Init();
+  } else {
+    for (int i = threadIdx.x; i < kBq * kLdo; i += blockDim.x) dq_acc[i] = 0.0f;
+  }
 
   bool any = false;
   for (int64_t kt = 0; kt < p.kv_tiles; ++kt) {
@@ -682,9 +767,14 @@ __global__ void __launch_bounds__(kThreads) BackwardDqKernel(const AttentionPara
                                     cols, cls, p.mask, p.scale);
     __syncthreads();
     // dQ += dS K (scaled at the end).
-    CtaGemm<T, false, false>(dq_acc, kLdo, ds_s, kLdp, k_s, kLd, kBq, dp, kBk, true);
+    if constexpr (Acc::kUsable) {
+      dq_reg.template Mma<false>(ds_s, kLdp, k_s, kLd, kBk, dp);
+    } else {
+      CtaGemm<T, false, false>(dq_acc, kLdo, ds_s, kLdp, k_s, kLd, kBq, dp, kBk, true);
+    }
   }
   if (!any) return;
+  if constexpr (Acc::kUsable) dq_reg.Store(dq_acc, kLdo, dp);
   __syncthreads();
   float* dq = p.dq + (bh * sh.q_len + q0) * d;
   for (int i = threadIdx.x; i < rows * d; i += blockDim.x) {
