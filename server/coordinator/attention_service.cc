@@ -280,6 +280,23 @@ class ShardedInput {
   std::vector<std::unique_ptr<wire::PieceWriter>> writers_;
 };
 
+// Starts every rank's part of a call on the ring of `ticket`: `method` is
+// the worker RPC (Forward or Backward).
+using ShardMethod = std::unique_ptr<ShardStream> (worker::v1::WorkerService::StubInterface::*)(
+    grpc::ClientContext*);
+void OpenRanks(RankCalls& calls, const Cluster::Ticket& ticket, ShardMethod method,
+               const worker::v1::ShardCall& call, std::chrono::system_clock::time_point deadline,
+               CommitGate& gate, prometheus::Counter& sent, prometheus::Counter& received) {
+  for (size_t r = 0; r < ticket.stubs.size(); ++r) {
+    calls.ranks.push_back(std::make_unique<RankCall>(
+        static_cast<int>(r),
+        [stub = ticket.stubs[r], method](grpc::ClientContext* ctx) {
+          return ((*stub).*method)(ctx);
+        },
+        call, deadline, gate, sent, received));
+  }
+}
+
 // Waits for every rank's stream to end; their statuses by rank.
 std::vector<absl::Status> FinishAll(RankCalls& calls) {
   for (auto& r : calls.ranks) r->EndInputs(false, false);  // No-op for ended inputs.
@@ -335,6 +352,19 @@ absl::Status SendGathered(Stream* stream, std::vector<ShardReader>& readers,
     }
   }
   return writer.Finish() ? absl::OkStatus() : went_away;
+}
+
+// Waits until every rank has started to answer (its ring step is done). On
+// a failure, the error to report: a rank's own over the withdrawals and
+// aborts it caused.
+absl::Status AwaitAnswers(std::vector<ShardReader>& readers, RankCalls& calls) {
+  for (ShardReader& reader : readers) {
+    if (absl::Status s = reader.Start(); !s.ok()) {
+      const absl::Status first = FirstError(FinishAll(calls));
+      return first.ok() ? s : first;
+    }
+  }
+  return absl::OkStatus();
 }
 
 attention::v1::CallMetrics Metrics(const RankCalls& calls, double seconds, double flops) {
@@ -579,11 +609,8 @@ grpc::Status AttentionServiceImpl::Forward(
   // Declared after the gate: going out of scope, it withdraws every rank's
   // call and waits for them before the gate goes.
   RankCalls calls;
-  for (int r = 0; r < cp; ++r) {
-    calls.ranks.push_back(std::make_unique<RankCall>(
-        r, [stub = ticket->stubs[r]](grpc::ClientContext* ctx) { return stub->Forward(ctx); }, call,
-        deadline, gate, shard_out, shard_in));
-  }
+  OpenRanks(calls, *ticket, &worker::v1::WorkerService::StubInterface::Forward, call, deadline,
+            gate, shard_out, shard_in);
   // A rank that failed while taking inputs: its own error, and the ring's.
   auto rank_failed = [&] {
     return wire::ToGrpc(RingCallFailed(ticket->generation, FirstError(FinishAll(calls))));
@@ -664,12 +691,9 @@ grpc::Status AttentionServiceImpl::Forward(
   const ExpectedTensor lse_shard{"lse", "FP32", {B, H, L}};
   std::vector<ShardReader> readers;
   for (auto& r : calls.ranks) readers.emplace_back(*r, std::vector{out_shard, lse_shard});
-  for (ShardReader& reader : readers) {
-    if (absl::Status s = reader.Start(); !s.ok()) {
-      const absl::Status first = FirstError(FinishAll(calls));
-      ReleaseOnWorkers({handle});  // Ranks that finished keep the session otherwise.
-      return wire::ToGrpc(RingCallFailed(ticket->generation, first.ok() ? s : first));
-    }
+  if (absl::Status s = AwaitAnswers(readers, calls); !s.ok()) {
+    ReleaseOnWorkers({handle});  // Ranks that finished keep the session otherwise.
+    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -764,11 +788,8 @@ grpc::Status AttentionServiceImpl::Backward(
   prometheus::Counter& shard_out = metrics_.service.sent_bytes(Channel::kShard);
   prometheus::Counter& shard_in = metrics_.service.received_bytes(Channel::kShard);
   RankCalls calls;  // After the gate, as in Forward.
-  for (int r = 0; r < cp; ++r) {
-    calls.ranks.push_back(std::make_unique<RankCall>(
-        r, [stub = ticket->stubs[r]](grpc::ClientContext* ctx) { return stub->Backward(ctx); },
-        call, deadline, gate, shard_out, shard_in));
-  }
+  OpenRanks(calls, *ticket, &worker::v1::WorkerService::StubInterface::Backward, call, deadline,
+            gate, shard_out, shard_in);
   auto rank_failed = [&] {
     return wire::ToGrpc(RingCallFailed(ticket->generation, FirstError(FinishAll(calls))));
   };
@@ -800,11 +821,8 @@ grpc::Status AttentionServiceImpl::Backward(
       {"dq", "FP32", {B, H, L, D}}, {"dk", "FP32", {B, Hkv, L, D}}, {"dv", "FP32", {B, Hkv, L, D}}};
   std::vector<ShardReader> readers;
   for (auto& r : calls.ranks) readers.emplace_back(*r, grads);
-  for (ShardReader& reader : readers) {
-    if (absl::Status s = reader.Start(); !s.ok()) {
-      const absl::Status first = FirstError(FinishAll(calls));
-      return wire::ToGrpc(RingCallFailed(ticket->generation, first.ok() ? s : first));
-    }
+  if (absl::Status s = AwaitAnswers(readers, calls); !s.ok()) {
+    return wire::ToGrpc(RingCallFailed(ticket->generation, s));
   }
   prometheus::Counter& api_out = metrics_.service.sent_bytes(Channel::kApi);
   absl::Status sent;
