@@ -104,7 +104,7 @@ absl::Status CheckHeader(const attention::v1::ForwardHeader& h, uint64_t max_byt
 template <typename Bits>
 int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
   constexpr int64_t kBlock = 1024;
-  const int64_t n = static_cast<int64_t>(data.size() / sizeof(Bits));
+  const auto n = static_cast<int64_t>(data.size() / sizeof(Bits));
   const auto at = [&](int64_t i) {
     Bits bits;
     std::memcpy(&bits, data.data() + i * sizeof(Bits), sizeof(Bits));
@@ -129,7 +129,7 @@ int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
 // on the pieces as they stream through; an element may straddle two pieces.
 class FiniteScan {
  public:
-  FiniteScan(std::string name, std::string dtype, std::vector<int64_t> shape)
+  FiniteScan(std::string name, const std::string& dtype, std::vector<int64_t> shape)
       : name_(std::move(name)),
         shape_(std::move(shape)),
         size_(wire::WireDTypeSize(dtype)),

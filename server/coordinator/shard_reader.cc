@@ -56,7 +56,7 @@ absl::Status ShardReader::Read(uint64_t n, Sink sink) {
   while (n > 0) {
     if (absl::Status s = Fill(); !s.ok()) return s;
     const uint64_t left_in_tensor = bytes_[tensor_] - consumed_;
-    const uint64_t take = std::min<uint64_t>({n, size_ - at_, left_in_tensor});
+    const auto take = std::min<uint64_t>({n, size_ - at_, left_in_tensor});
     const auto* p = reinterpret_cast<const std::byte*>(piece_.data().data()) + at_;
     const bool whole = at_ == 0 && take == size_;
     if (!sink({p, static_cast<size_t>(take)}, whole ? piece_.mutable_data() : nullptr)) {
