@@ -6,9 +6,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/attention_backward.h"
-#include "kernels/cpu/attention_forward.h"
 #include "kernels/cpu/convert.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/merge.h"
 #include "kernels/status_macros.h"
 
@@ -45,6 +44,12 @@ cpu::TokenMetaRef Meta(const Shard& s) {
 
 absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
                                          int64_t num_chunks, cpu::CpuContext& ctx, bool backward) {
+  cpu::CpuBackend backend(ctx);
+  return RunChunked(batch, layer, num_chunks, backend, backward);
+}
+
+absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
+                                         int64_t num_chunks, ChunkBackend& backend, bool backward) {
   const BatchShape& sh = batch.shape;
   const int64_t B = sh.batch, H = sh.heads, Hkv = sh.kv_heads, S = sh.seq_len, D = sh.head_dim;
   if (num_chunks < 1 || S % num_chunks != 0) {
@@ -93,7 +98,7 @@ absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const Laye
       args.layer = layer;
       args.out = part;
       args.lse = part_lse;
-      RINGATTN_RETURN_IF_ERROR(cpu::ForwardChunk(args, ctx));
+      RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
       RINGATTN_RETURN_IF_ERROR(cpu::MergePartial(acc, lse, part, part_lse, D));
     }
     s.out.resize(q_elems * DTypeSize(dt));
@@ -132,7 +137,7 @@ absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const Laye
       args.dq = dq;
       args.dk = dk[owner];
       args.dv = dv[owner];
-      RINGATTN_RETURN_IF_ERROR(cpu::BackwardChunk(args, ctx));
+      RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
     }
     ScatterSequence(dq, B * H, S, D, s.begin, s.begin + L, result.dq);
   }

@@ -56,110 +56,9 @@ double GradientTolerance(DType dtype) {
   return reference::GradientTolerance(dtype) + ExtraRoundoff(dtype);
 }
 
-// One contiguous shard of every sequence tensor, in the kernels' layout.
-struct Shard {
-  int64_t begin = 0;
-  std::vector<uint8_t> q, k, v, dout, out;  // dtype bytes
-  std::vector<int32_t> doc, vision;
-  std::vector<uint8_t> padding;
-  std::vector<float> lse;
-};
-
 cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
                    int64_t d) {
   return cpu::TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
-}
-
-cpu::TokenMetaRef Meta(const Shard& s) {
-  return cpu::TokenMetaRef{s.doc, s.vision, s.padding, s.begin};
-}
-
-// The ring computation of reference::RunChunked, on any backend.
-absl::StatusOr<ChunkedResult> RunRing(ChunkBackend& backend, const SyntheticBatch& batch,
-                                      const LayerConfig& layer, int64_t chunks, bool backward) {
-  const BatchShape& sh = batch.shape;
-  const int64_t B = sh.batch, H = sh.heads, Hkv = sh.kv_heads, S = sh.seq_len, D = sh.head_dim;
-  const int64_t L = S / chunks;
-  const DType dt = batch.dtype;
-  std::vector<Shard> shards(chunks);
-  for (int64_t r = 0; r < chunks; ++r) {
-    Shard& s = shards[r];
-    s.begin = r * L;
-    const int64_t end = s.begin + L;
-    s.q = reference::Encode(reference::SliceSequence(batch.q, B * H, S, D, s.begin, end), dt);
-    s.k = reference::Encode(reference::SliceSequence(batch.k, B * Hkv, S, D, s.begin, end), dt);
-    s.v = reference::Encode(reference::SliceSequence(batch.v, B * Hkv, S, D, s.begin, end), dt);
-    s.dout = reference::Encode(reference::SliceSequence(batch.dout, B * H, S, D, s.begin, end), dt);
-    s.doc = reference::SliceSequence(batch.doc, B, S, 1, s.begin, end);
-    s.vision = reference::SliceSequence(batch.vision, B, S, 1, s.begin, end);
-    s.padding = reference::SliceSequence(batch.padding, B, S, 1, s.begin, end);
-  }
-  ChunkedResult result;
-  result.out.assign(B * H * S * D, 0.0f);
-  result.lse.assign(B * H * S, 0.0f);
-  const int64_t q_elems = B * H * L * D;
-  const int64_t rows = B * H * L;
-  for (int64_t r = 0; r < chunks; ++r) {
-    Shard& s = shards[r];
-    std::vector<float> acc(q_elems, 0.0f);
-    std::vector<float> lse(rows, -kInf);
-    std::vector<float> part(q_elems);
-    std::vector<float> part_lse(rows);
-    for (int64_t step = 0; step < chunks; ++step) {
-      const Shard& kv = shards[(r - step + chunks) % chunks];
-      cpu::ForwardChunkArgs args;
-      args.q = Ref(s.q, dt, B, H, L, D);
-      args.k = Ref(kv.k, dt, B, Hkv, L, D);
-      args.v = Ref(kv.v, dt, B, Hkv, L, D);
-      args.q_meta = Meta(s);
-      args.kv_meta = Meta(kv);
-      args.layer = layer;
-      args.out = part;
-      args.lse = part_lse;
-      RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
-      RINGATTN_RETURN_IF_ERROR(cpu::MergePartial(acc, lse, part, part_lse, D));
-    }
-    s.out.resize(q_elems * DTypeSize(dt));
-    cpu::FromF32(dt, acc.data(), q_elems, s.out.data());
-    cpu::RoundTo(dt, acc.data(), q_elems);
-    s.lse = lse;
-    reference::ScatterSequence(acc, B * H, S, D, s.begin, s.begin + L, result.out);
-    reference::ScatterSequence(lse, B * H, S, 1, s.begin, s.begin + L, result.lse);
-  }
-  if (!backward) return result;
-  result.dq.assign(B * H * S * D, 0.0f);
-  result.dk.assign(B * Hkv * S * D, 0.0f);
-  result.dv.assign(B * Hkv * S * D, 0.0f);
-  std::vector<std::vector<float>> dk(chunks, std::vector<float>(B * Hkv * L * D, 0.0f));
-  std::vector<std::vector<float>> dv = dk;
-  for (int64_t r = 0; r < chunks; ++r) {
-    const Shard& s = shards[r];
-    std::vector<float> dq(q_elems, 0.0f);
-    for (int64_t step = 0; step < chunks; ++step) {
-      const int64_t owner = (r - step + chunks) % chunks;
-      const Shard& kv = shards[owner];
-      cpu::BackwardChunkArgs args;
-      args.q = Ref(s.q, dt, B, H, L, D);
-      args.k = Ref(kv.k, dt, B, Hkv, L, D);
-      args.v = Ref(kv.v, dt, B, Hkv, L, D);
-      args.out = Ref(s.out, dt, B, H, L, D);
-      args.dout = Ref(s.dout, dt, B, H, L, D);
-      args.lse = s.lse;
-      args.q_meta = Meta(s);
-      args.kv_meta = Meta(kv);
-      args.layer = layer;
-      args.dq = dq;
-      args.dk = dk[owner];
-      args.dv = dv[owner];
-      RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
-    }
-    reference::ScatterSequence(dq, B * H, S, D, s.begin, s.begin + L, result.dq);
-  }
-  for (int64_t r = 0; r < chunks; ++r) {
-    reference::ScatterSequence(dk[r], B * Hkv, S, D, r * L, (r + 1) * L, result.dk);
-    reference::ScatterSequence(dv[r], B * Hkv, S, D, r * L, (r + 1) * L, result.dv);
-  }
-  return result;
 }
 
 void ExpectWithin(const char* what, std::span<const float> got, std::span<const double> want,
@@ -182,7 +81,8 @@ void ExpectRingMatchesOracle(const AttentionCase& c, bool backward) {
   std::unique_ptr<CudaBackend> backend = MakeBackendOrNull();
   ASSERT_NE(backend, nullptr);
   const SyntheticBatch batch = testing::MakeBatch(c);
-  absl::StatusOr<ChunkedResult> got = RunRing(*backend, batch, c.layer, c.chunks, backward);
+  absl::StatusOr<ChunkedResult> got =
+      reference::RunChunked(batch, c.layer, c.chunks, *backend, backward);
   ASSERT_TRUE(got.ok()) << got.status();
 
   const reference::DenseProblem problem = reference::ToDenseProblem(batch, c.layer);
@@ -350,7 +250,8 @@ std::vector<float> RingWeights(AttentionCase c) {
   }
   std::unique_ptr<CudaBackend> backend = MakeBackendOrNull();
   if (backend == nullptr) return {};
-  absl::StatusOr<ChunkedResult> r = RunRing(*backend, batch, c.layer, c.chunks, false);
+  absl::StatusOr<ChunkedResult> r =
+      reference::RunChunked(batch, c.layer, c.chunks, *backend, false);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? r->out : std::vector<float>();
 }
