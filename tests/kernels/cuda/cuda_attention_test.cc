@@ -42,6 +42,7 @@ using reference::ChunkedResult;
 using reference::RowLayout;
 using reference::SyntheticBatch;
 using testing::AttentionCase;
+using testing::ExpectWithin;
 using testing::NamedCase;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -59,15 +60,6 @@ double GradientTolerance(DType dtype) {
 cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
                    int64_t d) {
   return cpu::TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
-}
-
-void ExpectWithin(const char* what, std::span<const float> got, std::span<const double> want,
-                  double tolerance) {
-  const reference::ErrorStats e = reference::Compare(got, want);
-  EXPECT_EQ(e.nans, 0) << what << " has NaN";
-  EXPECT_EQ(e.mismatched_infinities, 0) << what << " has -inf where the oracle has not";
-  EXPECT_LE(e.relative(), tolerance)
-      << what << ": max|err| " << e.max_abs_err << " over max|ref| " << e.max_ref;
 }
 
 std::unique_ptr<CudaBackend> MakeBackendOrNull() {

@@ -7,8 +7,6 @@
 #include "kernels/reference/dense_attention.h"
 
 namespace ringattn::kernels::testing {
-namespace {
-
 void ExpectWithin(const char* what, std::span<const float> got, std::span<const double> want,
                   double tolerance) {
   const reference::ErrorStats e = reference::Compare(got, want);
@@ -17,8 +15,6 @@ void ExpectWithin(const char* what, std::span<const float> got, std::span<const 
   EXPECT_LE(e.relative(), tolerance)
       << what << ": max|err| " << e.max_abs_err << " over max|ref| " << e.max_ref;
 }
-
-}  // namespace
 
 reference::SyntheticBatch MakeBatch(const AttentionCase& c) {
   return reference::MakeSyntheticBatch(

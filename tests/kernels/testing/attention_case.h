@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <ostream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,11 @@ reference::SyntheticBatch MakeBatch(const AttentionCase& c);
 // `backward`, dQ, dK, dV) within the stated tolerances of the oracle, with
 // no NaN and -inf exactly where the oracle has it.
 void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward = true);
+
+// Expects `got` within `tolerance` (relative to the oracle's largest
+// magnitude) of `want`, with no NaN and -inf exactly where `want` has it.
+void ExpectWithin(const char* what, std::span<const float> got, std::span<const double> want,
+                  double tolerance);
 
 // Expects `got` (a whole-sequence result, however computed) within the
 // stated tolerances of the oracle for `batch` under `layer`.
