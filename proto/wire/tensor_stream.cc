@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -85,8 +86,15 @@ void TensorAssembler::Expect(const std::string& name, const std::string& dtype,
   slot.shape = std::move(shape);
   slot.required = required;
   slot.keep = keep;
+  // A byte count past 64 bits saturates rather than wrap to a small size that
+  // a short stream would complete.
   slot.bytes = WireDTypeSize(dtype);
-  for (int64_t d : slot.shape) slot.bytes *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
+  for (int64_t d : slot.shape) {
+    const auto n = static_cast<uint64_t>(std::max<int64_t>(d, 0));
+    if (__builtin_mul_overflow(slot.bytes, n, &slot.bytes)) {
+      slot.bytes = std::numeric_limits<uint64_t>::max();
+    }
+  }
 }
 
 absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
@@ -120,8 +128,10 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
                                                      max_total_bytes_, " bytes at '", chunk.name(),
                                                      "'"));
   }
-  if (!slot.started && slot.keep) {
-    slot.data.reserve(slot.bytes);  // Bounded: the shape was checked by the caller.
+  // Sized up front only when the whole tensor fits in what the limit still
+  // allows; one that does not is refused before it completes.
+  if (!slot.started && slot.keep && slot.bytes <= max_total_bytes_ - total_) {
+    slot.data.reserve(slot.bytes);
   }
   slot.started = true;
   if (slot.keep) {
