@@ -13,10 +13,17 @@ namespace ringattn::ring {
 FileStore::FileStore(std::string dir) : dir_(std::move(dir)) {}
 
 std::string FileStore::PathOf(absl::string_view key) const {
-  // Keys may hold '/' (prefixes); keep them flat in one directory.
-  std::string name(key);
-  for (char& c : name) {
-    if (c == '/') c = '%';
+  // Keys may hold '/' (prefixes); keep them flat in one directory. '%'
+  // escapes itself too, so no two keys share a file.
+  std::string name;
+  for (char c : key) {
+    if (c == '%') {
+      name += "%25";
+    } else if (c == '/') {
+      name += "%2F";
+    } else {
+      name += c;
+    }
   }
   return absl::StrCat(dir_, "/", name);
 }
