@@ -28,7 +28,7 @@ ErrorStats Compare(std::span<const float> got, std::span<const double> want) {
   for (size_t i = 0; i < n; ++i) {
     const double g = got[i];
     const double w = want[i];
-    if (std::isnan(g)) {
+    if (std::isnan(g) || std::isnan(w)) {  // Never a match, on either side.
       ++s.nans;
       continue;
     }

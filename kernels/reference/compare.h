@@ -15,7 +15,7 @@ struct ErrorStats {
   double max_abs_err = 0.0;
   double max_ref = 0.0;
   int64_t mismatched_infinities = 0;  // -inf on one side only
-  int64_t nans = 0;                   // NaN in the result
+  int64_t nans = 0;                   // NaN in the result (or the oracle)
 
   double relative() const { return max_abs_err / (max_ref > 0.0 ? max_ref : 1.0); }
   bool Within(double tolerance) const {
