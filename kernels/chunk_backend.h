@@ -4,10 +4,10 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "kernels/cpu/chunk_args.h"
+#include "kernels/chunk_args.h"
 
 // What the ring computes each step on: the forward or backward of a query
-// shard against one K/V chunk, with the arguments of kernels/cpu/chunk_args.h
+// shard against one K/V chunk, with the arguments of kernels/chunk_args.h
 // (host memory; a device backend stages them itself). The CPU backend runs
 // the CPU kernels; the CUDA backend runs the CUDA kernels on one GPU. Both
 // meet the same contract: forward overwrites out/lse with the chunk's
@@ -22,8 +22,8 @@ class ChunkBackend {
   // For logs and metrics: "cpu/avx512", "cuda:0 (NVIDIA H100 ...)".
   virtual std::string name() const = 0;
 
-  virtual absl::Status Forward(const cpu::ForwardChunkArgs& args) = 0;
-  virtual absl::Status Backward(const cpu::BackwardChunkArgs& args) = 0;
+  virtual absl::Status Forward(const ForwardChunkArgs& args) = 0;
+  virtual absl::Status Backward(const BackwardChunkArgs& args) = 0;
 };
 
 }  // namespace ringattn::kernels

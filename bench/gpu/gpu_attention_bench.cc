@@ -32,7 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
@@ -111,7 +111,7 @@ absl::StatusOr<double> MeasureBf16PeakTflops(cudaStream_t stream, int reps) {
   std::vector<uint16_t> host(size_t{kN} * kN);
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
-  for (uint16_t& x : host) x = cpu::F32ToBf16(uni(rng));
+  for (uint16_t& x : host) x = F32ToBf16(uni(rng));
   RINGATTN_CUDA_RETURN_IF_ERROR(
       cudaMemcpy(a.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
   RINGATTN_CUDA_RETURN_IF_ERROR(
@@ -161,7 +161,7 @@ absl::Status RandomBf16(DeviceBuffer& dst, int64_t n, float amplitude, uint32_t 
   std::vector<uint16_t> host(n);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> uni(-amplitude, amplitude);
-  for (uint16_t& x : host) x = cpu::F32ToBf16(uni(rng));
+  for (uint16_t& x : host) x = F32ToBf16(uni(rng));
   return Upload(dst, host.data(), host.size() * 2);
 }
 

@@ -22,13 +22,12 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "benchmark/benchmark.h"
-#include "kernels/cpu/attention_backward.h"
-#include "kernels/cpu/attention_forward.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/cpu_context.h"
+#include "kernels/backends.h"
+#include "kernels/convert.h"
 #include "kernels/mask.h"
 #include "kernels/reference/synthetic_batch.h"
 
@@ -103,10 +102,10 @@ struct Problem {
     dk.resize(B * Hkv * S * D);
     dv.resize(B * Hkv * S * D);
   }
-  cpu::TensorRef Ref(const std::vector<uint8_t>& t, int64_t heads) const {
-    return cpu::TensorRef{dtype, {B, heads, S, D}, t.data(), t.size()};
+  TensorRef Ref(const std::vector<uint8_t>& t, int64_t heads) const {
+    return TensorRef{dtype, {B, heads, S, D}, t.data(), t.size()};
   }
-  cpu::TokenMetaRef Meta() const { return cpu::TokenMetaRef{doc, vision, padding, 0}; }
+  TokenMetaRef Meta() const { return TokenMetaRef{doc, vision, padding, 0}; }
 
   // Bytes of every tensor a caller holds for this problem.
   double TensorBytes() const {
@@ -117,15 +116,15 @@ struct Problem {
     return bytes + static_cast<double>(doc.size() * 9);
   }
 
-  absl::Status Forward(const LayerConfig& layer, cpu::CpuContext& ctx) {
-    cpu::ForwardChunkArgs a{Ref(q, H), Ref(k, Hkv), Ref(v, Hkv), Meta(), Meta(), layer, o32, lse};
-    absl::Status s = cpu::ForwardChunk(a, ctx);
+  absl::Status Forward(const LayerConfig& layer, ChunkBackend& backend) {
+    ForwardChunkArgs a{Ref(q, H), Ref(k, Hkv), Ref(v, Hkv), Meta(), Meta(), layer, o32, lse};
+    absl::Status s = backend.Forward(a);
     out.resize(o32.size() * DTypeSize(dtype));
-    cpu::FromF32(dtype, o32.data(), static_cast<int64_t>(o32.size()), out.data());
+    FromF32(dtype, o32.data(), static_cast<int64_t>(o32.size()), out.data());
     return s;
   }
-  absl::Status Backward(const LayerConfig& layer, cpu::CpuContext& ctx) {
-    cpu::BackwardChunkArgs a;
+  absl::Status Backward(const LayerConfig& layer, ChunkBackend& backend) {
+    BackwardChunkArgs a;
     a.q = Ref(q, H);
     a.k = Ref(k, Hkv);
     a.v = Ref(v, Hkv);
@@ -137,7 +136,7 @@ struct Problem {
     a.dq = dq;
     a.dk = dk;
     a.dv = dv;
-    return cpu::BackwardChunk(a, ctx);
+    return backend.Backward(a);
   }
 };
 
@@ -242,13 +241,13 @@ int Main(int argc, char** argv) {
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());
 
-  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx = cpu::CpuContext::Create({});
-  if (!ctx.ok()) {
-    std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
+  absl::StatusOr<std::unique_ptr<ChunkBackend>> backend = MakeCpuBackend();
+  if (!backend.ok()) {
+    std::fprintf(stderr, "error: %s\n", backend.status().ToString().c_str());
     return 1;
   }
-  std::printf("threads %d, isa %s, S=%lld\n", (*ctx)->pool().num_threads(),
-              std::string(cpu::IsaName((*ctx)->isa())).c_str(), static_cast<long long>(seq_len));
+  std::printf("threads %u, %s, S=%lld\n", std::thread::hardware_concurrency(),
+              (*backend)->name().c_str(), static_cast<long long>(seq_len));
   const double sgemm_before = MeasureSgemmGflops();
   std::printf("sgemm peak before the kernels (OpenBLAS, best of 12): %.1f GFLOP/s\n", sgemm_before);
 
@@ -284,14 +283,15 @@ int Main(int argc, char** argv) {
       benchmark::RegisterBenchmark(name.c_str(),
                                    [&, c, bwd, name, flops](benchmark::State& state) {
                                      Problem& p = problem_for(c);
-                                     if (bwd && p.out.empty()) (void)p.Forward(c.Layer(), **ctx);
+                                     if (bwd && p.out.empty())
+                                       (void)p.Forward(c.Layer(), **backend);
                                      // Best of the iterations: other load on a shared machine only
                                      // ever slows a run down.
                                      double per_iter = INFINITY;
                                      for (auto _ : state) {
                                        const Clock::time_point t0 = Clock::now();
-                                       const absl::Status s = bwd ? p.Backward(c.Layer(), **ctx)
-                                                                  : p.Forward(c.Layer(), **ctx);
+                                       const absl::Status s = bwd ? p.Backward(c.Layer(), **backend)
+                                                                  : p.Forward(c.Layer(), **backend);
                                        per_iter = std::min(per_iter, Seconds(t0));
                                        if (!s.ok()) state.SkipWithError(s.ToString().c_str());
                                      }

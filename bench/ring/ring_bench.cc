@@ -29,8 +29,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/cpu_context.h"
+#include "kernels/backends.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
 #include "server/ring/gloo_transport.h"
@@ -110,8 +109,8 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
     std::fprintf(stderr, "rank %d: %s\n", rank, transport.status().ToString().c_str());
     return 3;
   }
-  auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
-  kernels::cpu::CpuBackend backend(**ctx);
+  auto cpu = kernels::MakeCpuBackend(1);
+  kernels::ChunkBackend& backend = **cpu;
 
   // Bare exchange of one K/V chunk message, no compute.
   const size_t chunk_bytes = 2 * q.size() / kH * kHkv + static_cast<size_t>(kB * L) * 9;
@@ -199,19 +198,19 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
       static_cast<long long>(seq_len), static_cast<long long>(kD),
       std::thread::hardware_concurrency());
   // Baseline: the same total work in one process on every core.
-  auto ctx = kernels::cpu::CpuContext::Create({});
+  auto cpu = kernels::MakeCpuBackend();
   const auto batch = MakeBatch(seq_len);
   double single = 1e30;
   for (int i = 0; i < repeat; ++i) {
-    auto r = kernels::reference::RunChunked(batch, Layer(), 1, **ctx);
+    auto r = kernels::reference::RunChunked(batch, Layer(), 1, **cpu);
     if (!r.ok()) {
       std::fprintf(stderr, "error: %s\n", r.status().ToString().c_str());
       return 1;
     }
     single = std::min(single, r->forward_seconds + r->backward_seconds);
   }
-  std::printf("one process, %d threads: forward+backward %.3f s\n", (*ctx)->pool().num_threads(),
-              single);
+  std::printf("one process, %u threads: forward+backward %.3f s\n",
+              std::thread::hardware_concurrency(), single);
 
   std::vector<std::string> figures;
   for (int cp : {2, 4}) {

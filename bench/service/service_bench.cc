@@ -33,7 +33,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backends.h"
 #include "kernels/reference/synthetic_batch.h"
 #include "server/ring/in_process_transport.h"
 #include "server/ring/ring_attention.h"
@@ -214,8 +214,8 @@ double InProcessRingSeconds(const Problem& p, int cp, int64_t window) {
   const Clock::time_point t0 = Clock::now();
   for (int r = 0; r < cp; ++r) {
     threads.emplace_back([&, r] {
-      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
-      kernels::cpu::CpuBackend backend(**ctx);
+      auto cpu = kernels::MakeCpuBackend(1);
+      kernels::ChunkBackend& backend = **cpu;
       auto t = hub.Connect(r);
       const int64_t b = r * L, e = b + L;
       const auto enc = [&](const std::vector<float>& x, int64_t heads) {

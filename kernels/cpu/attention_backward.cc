@@ -1,10 +1,10 @@
 #include "kernels/cpu/attention_backward.h"
 
 #include "kernels/cpu/float_buffer.h"
-#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 #include "kernels/cpu/tile_plan.h"
-#include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
+#include "kernels/validate.h"
 
 namespace ringattn::kernels::cpu {
 
@@ -14,8 +14,8 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   const TilePlanStorage storage(p);
   const TilePlan& plan = storage.plan();
   const int64_t dp = plan.head_dim_padded;
-  const int64_t q_rows = p.batch * p.heads * plan.q_tiles * kBq;
-  const int64_t kv_size = p.batch * p.kv_heads * plan.kv_tiles * kBk * dp;
+  const int64_t q_rows = p.shape.batch * p.shape.heads * plan.q_tiles * kBq;
+  const int64_t kv_size = p.shape.batch * p.shape.kv_heads * plan.kv_tiles * kBk * dp;
 
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer q, FloatBuffer::Allocate(q_rows * dp, "backward Q"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout, FloatBuffer::Allocate(q_rows * dp, "backward dO"));

@@ -1,10 +1,10 @@
 #include "kernels/cpu/attention_forward.h"
 
 #include "kernels/cpu/float_buffer.h"
-#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 #include "kernels/cpu/tile_plan.h"
-#include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
+#include "kernels/validate.h"
 
 namespace ringattn::kernels::cpu {
 
@@ -14,7 +14,7 @@ absl::Status ForwardChunk(const ForwardChunkArgs& args, CpuContext& ctx) {
   const TilePlanStorage storage(p);
   const TilePlan& plan = storage.plan();
   const int64_t dp = plan.head_dim_padded;
-  const int64_t kv_size = p.batch * p.kv_heads * plan.kv_tiles * kBk * dp;
+  const int64_t kv_size = p.shape.batch * p.shape.kv_heads * plan.kv_tiles * kBk * dp;
 
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(kv_size, "forward K^T"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v, FloatBuffer::Allocate(kv_size, "forward V"));

@@ -2,7 +2,7 @@
 #define RINGATTN_KERNELS_CPU_ATTENTION_FORWARD_H_
 
 #include "absl/status/status.h"
-#include "kernels/cpu/chunk_args.h"
+#include "kernels/chunk_args.h"
 #include "kernels/cpu/cpu_context.h"
 
 namespace ringattn::kernels::cpu {

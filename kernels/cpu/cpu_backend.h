@@ -1,6 +1,7 @@
 #ifndef RINGATTN_KERNELS_CPU_CPU_BACKEND_H_
 #define RINGATTN_KERNELS_CPU_CPU_BACKEND_H_
 
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -13,11 +14,12 @@
 
 namespace ringattn::kernels::cpu {
 
-// The chunk kernels of this directory behind the backend interface. Borrows
-// the context, which must outlive it.
+// The chunk kernels of this directory behind the backend interface. Either
+// borrows a context, which must outlive it, or owns one (MakeCpuBackend).
 class CpuBackend final : public ChunkBackend {
  public:
   explicit CpuBackend(CpuContext& ctx) : ctx_(ctx) {}
+  explicit CpuBackend(std::unique_ptr<CpuContext> ctx) : owned_(std::move(ctx)), ctx_(*owned_) {}
 
   std::string name() const override { return absl::StrCat("cpu/", IsaName(ctx_.isa())); }
   absl::Status Forward(const ForwardChunkArgs& args) override { return ForwardChunk(args, ctx_); }
@@ -26,6 +28,7 @@ class CpuBackend final : public ChunkBackend {
   }
 
  private:
+  std::unique_ptr<CpuContext> owned_;
   CpuContext& ctx_;
 };
 

@@ -24,11 +24,11 @@ std::vector<TileSummary> SummarizeTiles(const MetaPtrs& meta, int64_t batch, int
 }  // namespace
 
 TilePlanStorage::TilePlanStorage(const ChunkProblem& p)
-    : q_summaries_(SummarizeTiles(p.q_meta, p.batch, p.q_len, kBq)),
-      kv_summaries_(SummarizeTiles(p.kv_meta, p.batch, p.kv_len, kBk)) {
-  plan_.head_dim_padded = RoundUp(p.head_dim, kHeadDimAlign);
-  plan_.q_tiles = (p.q_len + kBq - 1) / kBq;
-  plan_.kv_tiles = (p.kv_len + kBk - 1) / kBk;
+    : q_summaries_(SummarizeTiles(p.q_meta, p.shape.batch, p.shape.q_len, kBq)),
+      kv_summaries_(SummarizeTiles(p.kv_meta, p.shape.batch, p.shape.kv_len, kBk)) {
+  plan_.head_dim_padded = RoundUp(p.shape.head_dim, kHeadDimAlign);
+  plan_.q_tiles = (p.shape.q_len + kBq - 1) / kBq;
+  plan_.kv_tiles = (p.shape.kv_len + kBk - 1) / kBk;
   plan_.q_summaries = q_summaries_.data();
   plan_.kv_summaries = kv_summaries_.data();
 }

@@ -4,8 +4,8 @@
 #include <vector>
 
 #include "kernels/block_classification.h"
-#include "kernels/cpu/impl/isa_kernels.h"
-#include "kernels/cpu/kernel_params.h"
+#include "kernels/chunk_params.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 
 namespace ringattn::kernels::cpu {
 

@@ -3,38 +3,24 @@
 
 #include <cstdint>
 
+#include "kernels/attention_shape.h"
 #include "kernels/block_classification.h"
-#include "kernels/dtype.h"
+#include "kernels/chunk_params.h"
 #include "kernels/mask.h"
 
 // The whole input of the CUDA chunk kernels: device pointers, sizes, the
 // mask rule and the scale, filled once by the launcher after validation.
-// Plain C++ (no CUDA headers), so host code and tests can build it.
+// Plain C++ (no CUDA headers), so host code and tests can build it. The
+// shape is the one every backend shares (attention_shape.h).
 //
 // Glossary: B batch, H query heads, Hkv key/value heads, Lq query shard
 // length, Lk key chunk length, D head dim. Tensors are dense row-major.
 
 namespace ringattn::kernels::cuda {
 
-// Per-token metadata of a contiguous slice of the padded sequence, on the
-// device.
-struct DeviceMeta {
-  const int32_t* doc = nullptr;      // [B, L] document ids; <= 0: padding
-  const int32_t* vision = nullptr;   // [B, L] vision group ids; -1: none
-  const uint8_t* padding = nullptr;  // [B, L] 1 = padding token
-  int64_t start = 0;                 // Global position of element 0
-};
-
-// The sizes of one chunk problem.
-struct AttentionShape {
-  DType dtype = DType::kF32;  // Element type of q, k, v (and out, dout in backward)
-  int64_t batch = 0;          // B
-  int64_t heads = 0;          // H
-  int64_t kv_heads = 0;       // Hkv, divides H
-  int64_t q_len = 0;          // Lq
-  int64_t kv_len = 0;         // Lk
-  int64_t head_dim = 0;       // D, 1..512
-};
+// Per-token metadata of a contiguous slice of the padded sequence, in device
+// memory: the validated host form (chunk_params.h) with its pointers moved.
+using DeviceMeta = MetaPtrs;
 
 // What every kernel of kernels/cuda sees. Forward-only and backward-only
 // fields are marked; the others are common.

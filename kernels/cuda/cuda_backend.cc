@@ -6,20 +6,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/kernel_params.h"
-#include "kernels/cpu/validate.h"
+#include "kernels/chunk_params.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_launch.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/status_macros.h"
+#include "kernels/validate.h"
 
 namespace ringattn::kernels::cuda {
 namespace {
-
-AttentionShape ShapeOf(const cpu::ChunkProblem& p) {
-  return AttentionShape{p.dtype, p.batch, p.heads, p.kv_heads, p.q_len, p.kv_len, p.head_dim};
-}
 
 // Device copies of one metadata slice.
 struct MetaBuffers {
@@ -36,7 +32,7 @@ absl::Status Upload(DeviceBuffer& dst, const void* src, size_t bytes, cudaStream
 }
 
 // tokens: B * L of the slice.
-absl::StatusOr<DeviceMeta> UploadMeta(MetaBuffers& dst, const cpu::MetaPtrs& src, int64_t tokens,
+absl::StatusOr<DeviceMeta> UploadMeta(MetaBuffers& dst, const MetaPtrs& src, int64_t tokens,
                                       cudaStream_t stream) {
   const size_t n = static_cast<size_t>(tokens);
   RINGATTN_RETURN_IF_ERROR(Upload(dst.doc, src.doc, n * sizeof(int32_t), stream));
@@ -160,10 +156,10 @@ std::string CudaBackend::name() const { return impl_->name; }
 
 int CudaBackend::device() const { return impl_->device; }
 
-absl::Status CudaBackend::Forward(const cpu::ForwardChunkArgs& args) {
-  RINGATTN_ASSIGN_OR_RETURN(const cpu::ForwardParams fp, cpu::MakeForwardParams(args));
-  const cpu::ChunkProblem& p = fp.problem;
-  const AttentionShape shape = ShapeOf(p);
+absl::Status CudaBackend::Forward(const ForwardChunkArgs& args) {
+  RINGATTN_ASSIGN_OR_RETURN(const ForwardParams fp, MakeForwardParams(args));
+  const ChunkProblem& p = fp.problem;
+  const AttentionShape& shape = p.shape;
   RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
   RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
@@ -175,9 +171,10 @@ absl::Status CudaBackend::Forward(const cpu::ForwardChunkArgs& args) {
     RINGATTN_RETURN_IF_ERROR(Upload(m.k, args.k.data, args.k.size_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(Upload(m.v, args.v.data, args.v.size_bytes, stream));
     ForwardDeviceParams d;
-    RINGATTN_ASSIGN_OR_RETURN(d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.batch * p.q_len, stream));
-    RINGATTN_ASSIGN_OR_RETURN(d.kv_meta,
-                              UploadMeta(m.kv_meta, p.kv_meta, p.batch * p.kv_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(
+        d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(
+        d.kv_meta, UploadMeta(m.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
     RINGATTN_RETURN_IF_ERROR(m.out.Reserve(out_bytes));
     RINGATTN_RETURN_IF_ERROR(m.lse.Reserve(lse_bytes));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.forward_workspace_bytes));
@@ -197,10 +194,10 @@ absl::Status CudaBackend::Forward(const cpu::ForwardChunkArgs& args) {
   });
 }
 
-absl::Status CudaBackend::Backward(const cpu::BackwardChunkArgs& args) {
-  RINGATTN_ASSIGN_OR_RETURN(const cpu::BackwardParams bp, cpu::MakeBackwardParams(args));
-  const cpu::ChunkProblem& p = bp.problem;
-  const AttentionShape shape = ShapeOf(p);
+absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
+  RINGATTN_ASSIGN_OR_RETURN(const BackwardParams bp, MakeBackwardParams(args));
+  const ChunkProblem& p = bp.problem;
+  const AttentionShape& shape = p.shape;
   RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
   RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
@@ -221,9 +218,10 @@ absl::Status CudaBackend::Backward(const cpu::BackwardChunkArgs& args) {
     RINGATTN_RETURN_IF_ERROR(Upload(m.dk, args.dk.data(), dk_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(Upload(m.dv, args.dv.data(), dv_bytes, stream));
     BackwardDeviceParams d;
-    RINGATTN_ASSIGN_OR_RETURN(d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.batch * p.q_len, stream));
-    RINGATTN_ASSIGN_OR_RETURN(d.kv_meta,
-                              UploadMeta(m.kv_meta, p.kv_meta, p.batch * p.kv_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(
+        d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
+    RINGATTN_ASSIGN_OR_RETURN(
+        d.kv_meta, UploadMeta(m.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.backward_workspace_bytes));
     d.shape = shape;
     d.q = m.q.data();

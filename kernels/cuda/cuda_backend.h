@@ -6,11 +6,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/chunk_args.h"
 #include "kernels/chunk_backend.h"
-#include "kernels/cpu/chunk_args.h"
 
 // The CUDA chunk kernels behind the backend interface, on one GPU. Takes the
-// host arguments of kernels/cpu/chunk_args.h, validates them exactly as the
+// host arguments of kernels/chunk_args.h, validates them exactly as the
 // CPU kernels do, stages them into device buffers it keeps (and grows) across
 // calls, runs the kernels on its own stream and copies the results back:
 // forward overwrites out/lse, backward adds to dq/dk/dv. No CUDA types here,
@@ -34,8 +34,8 @@ class CudaBackend final : public ringattn::kernels::ChunkBackend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override;  // "cuda:0 (NVIDIA H100 80GB HBM3)"
-  absl::Status Forward(const cpu::ForwardChunkArgs& args) override;
-  absl::Status Backward(const cpu::BackwardChunkArgs& args) override;
+  absl::Status Forward(const ForwardChunkArgs& args) override;
+  absl::Status Backward(const BackwardChunkArgs& args) override;
   int device() const;
 
  private:

@@ -5,13 +5,14 @@
 
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/cpu_context.h"
+#include "kernels/backends.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
@@ -74,18 +75,11 @@ int Run() {
                  dtype_name.c_str());
     return 2;
   }
-  cpu::CpuContext::Options options;
-  options.num_threads = absl::GetFlag(FLAGS_threads);
-  if (const std::string isa = absl::GetFlag(FLAGS_isa); !isa.empty()) {
-    options.isa = cpu::ParseIsa(isa);
-    if (!options.isa) {
-      std::fprintf(stderr, "error: unknown --isa '%s'\n", isa.c_str());
-      return 2;
-    }
-  }
-  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx = cpu::CpuContext::Create(options);
-  if (!ctx.ok()) {
-    std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
+  const int threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<std::unique_ptr<ChunkBackend>> backend =
+      MakeCpuBackend(threads, absl::GetFlag(FLAGS_isa));
+  if (!backend.ok()) {
+    std::fprintf(stderr, "error: %s\n", backend.status().ToString().c_str());
     return 2;
   }
 
@@ -112,11 +106,11 @@ int Run() {
 
   std::printf(
       "ringattn kernel demo: B=%lld H=%lld Hkv=%lld S=%lld, %lld chunks, %s, "
-      "isa %s, %d threads\n",
+      "%s, %u threads\n",
       static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
       static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
-      static_cast<long long>(chunks), dtype_name.c_str(),
-      std::string(cpu::IsaName((*ctx)->isa())).c_str(), (*ctx)->pool().num_threads());
+      static_cast<long long>(chunks), dtype_name.c_str(), (*backend)->name().c_str(),
+      threads > 0 ? static_cast<unsigned>(threads) : std::thread::hardware_concurrency());
   std::printf("batch: two packed documents, one image block, right padding\n");
 
   bool all_ok = true;
@@ -128,7 +122,7 @@ int Run() {
         reference::AmplitudeForLogitStd(absl::GetFlag(FLAGS_logit_std), layer.head_dim,
                                         layer.config.scale));
     absl::StatusOr<reference::ChunkedResult> got =
-        reference::RunChunked(batch, layer.config, chunks, **ctx);
+        reference::RunChunked(batch, layer.config, chunks, **backend);
     if (!got.ok()) {
       std::fprintf(stderr, "error: %s\n", got.status().ToString().c_str());
       return 1;

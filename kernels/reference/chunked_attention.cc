@@ -6,9 +6,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/merge.h"
+#include "kernels/convert.h"
+#include "kernels/merge.h"
 #include "kernels/status_macros.h"
 
 namespace ringattn::kernels::reference {
@@ -31,22 +30,14 @@ struct Shard {
   std::vector<float> lse;    // after forward
 };
 
-cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
-                   int64_t d) {
-  return cpu::TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
+TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
+              int64_t d) {
+  return TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
 }
 
-cpu::TokenMetaRef Meta(const Shard& s) {
-  return cpu::TokenMetaRef{s.doc, s.vision, s.padding, s.begin};
-}
+TokenMetaRef Meta(const Shard& s) { return TokenMetaRef{s.doc, s.vision, s.padding, s.begin}; }
 
 }  // namespace
-
-absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
-                                         int64_t num_chunks, cpu::CpuContext& ctx, bool backward) {
-  cpu::CpuBackend backend(ctx);
-  return RunChunked(batch, layer, num_chunks, backend, backward);
-}
 
 absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
                                          int64_t num_chunks, ChunkBackend& backend, bool backward) {
@@ -89,7 +80,7 @@ absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const Laye
     std::vector<float> part_lse(rows);
     for (int64_t step = 0; step < num_chunks; ++step) {
       const Shard& kv = shards[(r - step + num_chunks) % num_chunks];
-      cpu::ForwardChunkArgs args;
+      ForwardChunkArgs args;
       args.q = Ref(s.q, dt, B, H, L, D);
       args.k = Ref(kv.k, dt, B, Hkv, L, D);
       args.v = Ref(kv.v, dt, B, Hkv, L, D);
@@ -99,11 +90,11 @@ absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const Laye
       args.out = part;
       args.lse = part_lse;
       RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
-      RINGATTN_RETURN_IF_ERROR(cpu::MergePartial(acc, lse, part, part_lse, D));
+      RINGATTN_RETURN_IF_ERROR(MergePartial(acc, lse, part, part_lse, D));
     }
     s.out.resize(q_elems * DTypeSize(dt));
-    cpu::FromF32(dt, acc.data(), q_elems, s.out.data());
-    cpu::RoundTo(dt, acc.data(), q_elems);
+    FromF32(dt, acc.data(), q_elems, s.out.data());
+    RoundTo(dt, acc.data(), q_elems);
     s.lse = lse;
     ScatterSequence(acc, B * H, S, D, s.begin, s.begin + L, result.out);
     ScatterSequence(lse, B * H, S, 1, s.begin, s.begin + L, result.lse);
@@ -124,7 +115,7 @@ absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const Laye
     for (int64_t step = 0; step < num_chunks; ++step) {
       const int64_t owner = (r - step + num_chunks) % num_chunks;
       const Shard& kv = shards[owner];
-      cpu::BackwardChunkArgs args;
+      BackwardChunkArgs args;
       args.q = Ref(s.q, dt, B, H, L, D);
       args.k = Ref(kv.k, dt, B, Hkv, L, D);
       args.v = Ref(kv.v, dt, B, Hkv, L, D);

@@ -6,7 +6,6 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/chunk_backend.h"
-#include "kernels/cpu/cpu_context.h"
 #include "kernels/layer_config.h"
 #include "kernels/reference/synthetic_batch.h"
 
@@ -32,10 +31,6 @@ struct ChunkedResult {
 // Every chunk step runs on `backend` (the CPU kernels, or a device's).
 absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
                                          int64_t num_chunks, ChunkBackend& backend,
-                                         bool backward = true);
-// The same on the CPU kernels of `ctx`.
-absl::StatusOr<ChunkedResult> RunChunked(const SyntheticBatch& batch, const LayerConfig& layer,
-                                         int64_t num_chunks, cpu::CpuContext& ctx,
                                          bool backward = true);
 
 }  // namespace ringattn::kernels::reference

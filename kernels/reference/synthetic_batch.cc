@@ -4,7 +4,7 @@
 #include <cmath>
 #include <random>
 
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 
 namespace ringattn::kernels::reference {
 namespace {
@@ -14,7 +14,7 @@ std::vector<float> RandomValues(int64_t n, DType dtype, std::mt19937_64& rng,
   std::uniform_real_distribution<float> dist(-amplitude, amplitude);
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
-  cpu::RoundTo(dtype, v.data(), n);
+  RoundTo(dtype, v.data(), n);
   return v;
 }
 
@@ -55,9 +55,7 @@ SyntheticBatch MakeSyntheticBatch(const BatchShape& shape, const std::vector<Row
       for (int64_t i = std::max<int64_t>(begin, 0); i < std::min(end, S); ++i) is_image[i] = 1;
     }
     // Every maximal run of image tokens (that is not padding) is a group.
-    auto image_at = [&](int64_t i) {
-      return is_image[i] != 0 && batch.padding[b * S + i] == 0;
-    };
+    auto image_at = [&](int64_t i) { return is_image[i] != 0 && batch.padding[b * S + i] == 0; };
     int32_t group = -1;
     for (int64_t i = 0; i < S; ++i) {
       if (!image_at(i)) continue;
@@ -99,7 +97,7 @@ DenseProblem ToDenseProblem(const SyntheticBatch& batch, const LayerConfig& laye
 
 std::vector<uint8_t> Encode(const std::vector<float>& values, DType dtype) {
   std::vector<uint8_t> bytes(values.size() * DTypeSize(dtype));
-  cpu::FromF32(dtype, values.data(), static_cast<int64_t>(values.size()), bytes.data());
+  FromF32(dtype, values.data(), static_cast<int64_t>(values.size()), bytes.data());
   return bytes;
 }
 

@@ -2,7 +2,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 
 namespace ringattn::batch {
 namespace {
@@ -104,10 +104,10 @@ double HostTensor::FloatAt(int64_t i) const {
     }
     case ElemType::kBF16:
       std::memcpy(&h, p, 2);
-      return kernels::cpu::Bf16ToF32(h);
+      return kernels::Bf16ToF32(h);
     case ElemType::kF16:
       std::memcpy(&h, p, 2);
-      return kernels::cpu::F16ToF32(h);
+      return kernels::F16ToF32(h);
     default:
       return static_cast<double>(IntAt(i));
   }
@@ -133,12 +133,12 @@ void HostTensor::SetInt(int64_t i, int64_t value) {
       return;
     }
     case ElemType::kBF16: {
-      const uint16_t v = kernels::cpu::F32ToBf16(static_cast<float>(value));
+      const uint16_t v = kernels::F32ToBf16(static_cast<float>(value));
       std::memcpy(p, &v, 2);
       return;
     }
     case ElemType::kF16: {
-      const uint16_t v = kernels::cpu::F32ToF16(static_cast<float>(value));
+      const uint16_t v = kernels::F32ToF16(static_cast<float>(value));
       std::memcpy(p, &v, 2);
       return;
     }

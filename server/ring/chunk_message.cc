@@ -33,15 +33,15 @@ std::vector<std::byte> ChunkLayout::Pack(const ShardRef& shard) const {
   return msg;
 }
 
-kernels::cpu::TensorRef ChunkLayout::K(std::span<const std::byte> msg) const {
+kernels::TensorRef ChunkLayout::K(std::span<const std::byte> msg) const {
   return {dtype_, kv_shape_, msg.data(), kv_bytes_};
 }
 
-kernels::cpu::TensorRef ChunkLayout::V(std::span<const std::byte> msg) const {
+kernels::TensorRef ChunkLayout::V(std::span<const std::byte> msg) const {
   return {dtype_, kv_shape_, msg.data() + v_at_, kv_bytes_};
 }
 
-kernels::cpu::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t start) const {
+kernels::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t start) const {
   // The offsets are 8-byte aligned in a buffer from operator new, so the
   // int32 views are aligned.
   const auto* doc = reinterpret_cast<const int32_t*>(msg.data() + doc_at_);

@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "kernels/cpu/chunk_args.h"
+#include "kernels/chunk_args.h"
 #include "server/ring/ring_attention.h"
 
 namespace ringattn::ring {
@@ -26,9 +26,9 @@ class ChunkLayout {
 
   // Views of a message buffer as kernel arguments. start: global position of
   // the chunk's first token.
-  kernels::cpu::TensorRef K(std::span<const std::byte> msg) const;
-  kernels::cpu::TensorRef V(std::span<const std::byte> msg) const;
-  kernels::cpu::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t start) const;
+  kernels::TensorRef K(std::span<const std::byte> msg) const;
+  kernels::TensorRef V(std::span<const std::byte> msg) const;
+  kernels::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t start) const;
 
  private:
   kernels::DType dtype_;

@@ -8,8 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/merge.h"
+#include "kernels/convert.h"
+#include "kernels/merge.h"
 #include "kernels/status_macros.h"
 #include "server/ring/chunk_message.h"
 #include "server/ring/schedule.h"
@@ -124,7 +124,7 @@ absl::StatusOr<RingSchedule> ScheduleFor(const Transport& t, const ShardRef& sha
   return MakeSchedule(config);
 }
 
-kernels::cpu::TensorRef QueryRef(const ShardRef& s, std::span<const std::byte> bytes) {
+kernels::TensorRef QueryRef(const ShardRef& s, std::span<const std::byte> bytes) {
   return {s.dtype, {s.batch, s.heads, s.shard_len, s.head_dim}, bytes.data(), bytes.size()};
 }
 
@@ -143,8 +143,8 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   std::vector<float> acc(elems, 0.0f);
   std::vector<float> lse(rows, -std::numeric_limits<float>::infinity());
   std::vector<float> part(elems), part_lse(rows);
-  const kernels::cpu::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                          t.rank() * shard.shard_len};
+  const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
+                                     t.rank() * shard.shard_len};
   RingForwardResult result;
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
@@ -155,7 +155,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
     }
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      kernels::cpu::ForwardChunkArgs args;
+      kernels::ForwardChunkArgs args;
       args.q = QueryRef(shard, shard.q);
       args.k = layout.K(current);
       args.v = layout.V(current);
@@ -166,8 +166,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
       args.lse = part_lse;
       RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
       // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
-      RINGATTN_RETURN_IF_ERROR(
-          kernels::cpu::MergePartial(acc, lse, part, part_lse, shard.head_dim));
+      RINGATTN_RETURN_IF_ERROR(kernels::MergePartial(acc, lse, part, part_lse, shard.head_dim));
       stats.compute_seconds = Since(c0);
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
@@ -175,7 +174,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
     result.stats.steps.push_back(stats);
   }
   result.out.resize(elems * kernels::DTypeSize(shard.dtype));
-  kernels::cpu::FromF32(shard.dtype, acc.data(), elems, result.out.data());
+  kernels::FromF32(shard.dtype, acc.data(), elems, result.out.data());
   result.lse = std::move(lse);
   Summarize(result.stats, t0);
   return result;
@@ -208,8 +207,8 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   std::vector<float> contrib(2 * kv_elems);
   std::vector<float> acc[2] = {std::vector<float>(2 * kv_elems), std::vector<float>(2 * kv_elems)};
   std::unique_ptr<PendingOp> acc_send[2];
-  const kernels::cpu::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                          t.rank() * shard.shard_len};
+  const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
+                                     t.rank() * shard.shard_len};
   KvExchange exchange(t, call, MessageKind::kBackwardKv);
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
@@ -244,7 +243,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     std::fill(contrib.begin(), contrib.end(), 0.0f);
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      kernels::cpu::BackwardChunkArgs args;
+      kernels::BackwardChunkArgs args;
       args.q = QueryRef(shard, shard.q);
       args.k = layout.K(current);
       args.v = layout.V(current);

@@ -4,8 +4,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/validate.h"
 #include "kernels/status_macros.h"
+#include "kernels/validate.h"
 
 namespace ringattn::ring {
 
@@ -44,7 +44,7 @@ absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("shard length must be >= 1, got ", config.shard_len));
   }
-  RINGATTN_RETURN_IF_ERROR(kernels::cpu::ValidateLayer(config.layer));
+  RINGATTN_RETURN_IF_ERROR(kernels::ValidateLayer(config.layer));
 
   RingSchedule schedule;
   schedule.exchanges = config.cp - 1;

@@ -2,6 +2,7 @@
 // coordinator, joins the ring when told, and runs ring attention on its
 // shard.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,9 +19,8 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "kernels/backends.h"
 #include "kernels/chunk_backend.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/cpu_context.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
 #include "server/common/request_metrics.h"
@@ -100,8 +100,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", selection.status().ToString().c_str());
     return 2;
   }
-  std::unique_ptr<kernels::cpu::CpuContext> cpu_context;  // Outlives the backend using it.
   std::unique_ptr<kernels::ChunkBackend> backend;
+  int cpu_threads = 0;  // Of the CPU backend; 0 with another one.
 #if RINGATTN_HAVE_CUDA
   if (selection->backend == server::BackendKind::kCuda) {
     auto cuda = kernels::cuda::CudaBackend::Create(selection->device);
@@ -123,13 +123,16 @@ int main(int argc, char** argv) {
   }
 #endif
   if (!backend) {
-    auto ctx = kernels::cpu::CpuContext::Create({absl::GetFlag(FLAGS_threads), std::nullopt});
-    if (!ctx.ok()) {
-      std::fprintf(stderr, "error: %s\n", ctx.status().ToString().c_str());
+    const int threads = absl::GetFlag(FLAGS_threads);
+    auto cpu = kernels::MakeCpuBackend(threads);
+    if (!cpu.ok()) {
+      std::fprintf(stderr, "error: %s\n", cpu.status().ToString().c_str());
       return 1;
     }
-    cpu_context = *std::move(ctx);
-    backend = std::make_unique<kernels::cpu::CpuBackend>(*cpu_context);
+    backend = *std::move(cpu);
+    // The pool's size when the flag leaves it to the machine.
+    cpu_threads =
+        threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   server::TransportFactory connect = server::GlooTransportFactory();
 #if RINGATTN_HAVE_NCCL
@@ -175,8 +178,7 @@ int main(int argc, char** argv) {
   const std::string advertise =
       absl::GetFlag(FLAGS_advertise_host).empty() ? host : absl::GetFlag(FLAGS_advertise_host);
   const std::string address = absl::StrCat(advertise, ":", started->port);
-  const std::string threads =
-      cpu_context ? absl::StrCat(", ", cpu_context->pool().num_threads(), " threads") : "";
+  const std::string threads = cpu_threads > 0 ? absl::StrCat(", ", cpu_threads, " threads") : "";
   std::fprintf(stderr, "worker: serving on %s (backend %s%s, ring over %s), metrics on port %d\n",
                address.c_str(), backend->name().c_str(), threads.c_str(),
                server::TransportLabel(*selection).c_str(),

@@ -66,35 +66,38 @@ inline BackwardTile TileAt(const BackwardWorkspace& ws, int64_t qrow, int64_t bk
 inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
                          const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
-  const int64_t d = p.head_dim;
+  const int64_t d = p.shape.head_dim;
   const int64_t dp = plan.head_dim_padded;
   const int64_t lkp = plan.kv_tiles * kBk;
   const int64_t lqp = plan.q_tiles * kBq;
-  const int64_t group = p.heads / p.kv_heads;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
 
   // K, K^T and V^T of every (batch, kv head) in fp32.
-  pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
+  pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
-    const int64_t first = bk * p.kv_len;
-    PackRows(p.dtype, p.k, first, p.kv_len, d, dp, ws.k + bk * lkp * dp);
-    PackTransposedTiles(p.dtype, p.k, first, p.kv_len, d, dp, ws.k_t + bk * dp * lkp, row_tmp);
-    PackTransposedTiles(p.dtype, p.v, first, p.kv_len, d, dp, ws.v_t + bk * dp * lkp, row_tmp);
+    const int64_t first = bk * p.shape.kv_len;
+    PackRows(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k + bk * lkp * dp);
+    PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
+                        row_tmp);
+    PackTransposedTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v_t + bk * dp * lkp,
+                        row_tmp);
   });
 
   // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
-  pool.ParallelFor(p.batch * p.heads, [&](int64_t bh, int worker) {
+  pool.ParallelFor(p.shape.batch * p.shape.heads, [&](int64_t bh, int worker) {
     float* o_row = ws.scratch + worker * scratch_size;  // [D]
-    PackRows(p.dtype, p.q, bh * p.q_len, p.q_len, d, dp, ws.q + bh * lqp * dp);
-    PackRows(p.dtype, params.dout, bh * p.q_len, p.q_len, d, dp, ws.dout + bh * lqp * dp);
+    PackRows(p.shape.dtype, p.q, bh * p.shape.q_len, p.shape.q_len, d, dp, ws.q + bh * lqp * dp);
+    PackRows(p.shape.dtype, params.dout, bh * p.shape.q_len, p.shape.q_len, d, dp,
+             ws.dout + bh * lqp * dp);
     for (int64_t i = 0; i < lqp; ++i) {
       const int64_t row = bh * lqp + i;
-      if (i >= p.q_len) {
+      if (i >= p.shape.q_len) {
         ws.lse[row] = -kInf;
         continue;
       }
-      ws.lse[row] = params.lse[bh * p.q_len + i];
-      LoadRow(p.dtype, params.out, bh * p.q_len + i, d, o_row);
+      ws.lse[row] = params.lse[bh * p.shape.q_len + i];
+      LoadRow(p.shape.dtype, params.out, bh * p.shape.q_len + i, d, o_row);
       const float* dout_row = ws.dout + row * dp;
       float delta = 0.0f;
       for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
@@ -105,12 +108,12 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
   // Pass 1: dK, dV per (batch, kv head, key tile), summed over the query
   // heads of the group (GQA) and every query tile. Early key tiles meet the
   // most causal queries, so they go first.
-  const int64_t bk_count = p.batch * p.kv_heads;
+  const int64_t bk_count = p.shape.batch * p.shape.kv_heads;
   pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
     const int64_t kt = task / bk_count;
     const int64_t bk = task % bk_count;
-    const int64_t b = bk / p.kv_heads;
-    const int64_t kvh = bk % p.kv_heads;
+    const int64_t b = bk / p.shape.kv_heads;
+    const int64_t kvh = bk % p.shape.kv_heads;
     const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
     if (kv_sum.valid_count == 0) return;
 
@@ -123,7 +126,7 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
 
     bool any = false;
     for (int64_t hh = 0; hh < group; ++hh) {
-      const int64_t bh = b * p.heads + kvh * group + hh;
+      const int64_t bh = b * p.shape.heads + kvh * group + hh;
       for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
         const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
         if (cls == TileClass::kEmpty) continue;
@@ -138,9 +141,9 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     }
     if (!any) return;
     const int64_t k0 = kt * kBk;
-    const int64_t cols = Min(kBk, p.kv_len - k0);
-    float* dk = params.dk + (bk * p.kv_len + k0) * d;
-    float* dv = params.dv + (bk * p.kv_len + k0) * d;
+    const int64_t cols = Min(kBk, p.shape.kv_len - k0);
+    float* dk = params.dk + (bk * p.shape.kv_len + k0) * d;
+    float* dv = params.dv + (bk * p.shape.kv_len + k0) * d;
     for (int64_t j = 0; j < cols; ++j) {
       for (int64_t c = 0; c < d; ++c) {
         dk[j * d + c] += p.scale * dk_acc[j * dp + c];
@@ -150,12 +153,12 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
   });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
-  const int64_t bh_count = p.batch * p.heads;
+  const int64_t bh_count = p.shape.batch * p.shape.heads;
   pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
     const int64_t qt = plan.q_tiles - 1 - task / bh_count;
     const int64_t bh = task % bh_count;
-    const int64_t b = bh / p.heads;
-    const int64_t bk = b * p.kv_heads + bh % p.heads / group;
+    const int64_t b = bh / p.shape.heads;
+    const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;
     const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
     if (q_sum.valid_count == 0) return;
 
@@ -178,8 +181,8 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
     }
     if (!any) return;
     const int64_t q0 = qt * kBq;
-    const int64_t rows = Min(kBq, p.q_len - q0);
-    float* dq = params.dq + (bh * p.q_len + q0) * d;
+    const int64_t rows = Min(kBq, p.shape.q_len - q0);
+    float* dq = params.dq + (bh * p.shape.q_len + q0) * d;
     for (int64_t i = 0; i < rows; ++i) {
       for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
     }

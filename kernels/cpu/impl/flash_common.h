@@ -7,10 +7,10 @@
 #include <cstdint>
 
 #include "kernels/block_classification.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/chunk_params.h"
+#include "kernels/convert.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 #include "kernels/cpu/impl/simd.h"
-#include "kernels/cpu/kernel_params.h"
 #include "kernels/mask.h"
 
 namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
@@ -91,9 +91,14 @@ inline void ScaleAndMask(float* s, float scale, TileClass cls, const MaskRule& r
 inline TileFrame MakeFrame(const ChunkProblem& p, int64_t b, int64_t qt, int64_t kt) {
   const int64_t q0 = qt * kBq;
   const int64_t k0 = kt * kBk;
-  return TileFrame{
-      &p.q_meta,           &p.kv_meta,           b * p.q_len + q0,       b * p.kv_len + k0,
-      p.q_meta.start + q0, p.kv_meta.start + k0, Min(kBq, p.q_len - q0), Min(kBk, p.kv_len - k0)};
+  return TileFrame{&p.q_meta,
+                   &p.kv_meta,
+                   b * p.shape.q_len + q0,
+                   b * p.shape.kv_len + k0,
+                   p.q_meta.start + q0,
+                   p.kv_meta.start + k0,
+                   Min(kBq, p.shape.q_len - q0),
+                   Min(kBk, p.shape.kv_len - k0)};
 }
 
 }  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS

@@ -45,33 +45,33 @@ inline void OnlineSoftmax(float* p_s, float* m, float* l, float* acc, int64_t dp
 inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
                         const ForwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
-  const int64_t d = p.head_dim;
+  const int64_t d = p.shape.head_dim;
   const int64_t dp = plan.head_dim_padded;
   const int64_t lkp = plan.kv_tiles * kBk;
-  const int64_t group = p.heads / p.kv_heads;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
   const int64_t scratch_size = ForwardScratchPerWorker(dp);
 
   // K^T and V of every (batch, kv head), in fp32, packed once and shared by
   // all query heads of the group and all query tiles.
-  pool.ParallelFor(p.batch * p.kv_heads, [&](int64_t bk, int worker) {
+  pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
-    PackTransposedTiles(p.dtype, p.k, bk * p.kv_len, p.kv_len, d, dp, ws.k_t + bk * dp * lkp,
-                        row_tmp);
-    PackRows(p.dtype, p.v, bk * p.kv_len, p.kv_len, d, dp, ws.v + bk * lkp * dp);
+    PackTransposedTiles(p.shape.dtype, p.k, bk * p.shape.kv_len, p.shape.kv_len, d, dp,
+                        ws.k_t + bk * dp * lkp, row_tmp);
+    PackRows(p.shape.dtype, p.v, bk * p.shape.kv_len, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp);
   });
 
   // One task per (batch, head, query tile). The last query tiles see the
   // most keys under causal masking, so they are handed out first.
-  const int64_t bh_count = p.batch * p.heads;
+  const int64_t bh_count = p.shape.batch * p.shape.heads;
   pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
     const int64_t qt = plan.q_tiles - 1 - task / bh_count;
     const int64_t bh = task % bh_count;
-    const int64_t b = bh / p.heads;
-    const int64_t kvh = bh % p.heads / group;
+    const int64_t b = bh / p.shape.heads;
+    const int64_t kvh = bh % p.shape.heads / group;
     const int64_t q0 = qt * kBq;
-    const int64_t rows = Min(kBq, p.q_len - q0);
-    float* out = params.out + (bh * p.q_len + q0) * d;
-    float* lse = params.lse + bh * p.q_len + q0;
+    const int64_t rows = Min(kBq, p.shape.q_len - q0);
+    float* out = params.out + (bh * p.shape.q_len + q0) * d;
+    float* lse = params.lse + bh * p.shape.q_len + q0;
     const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
 
     float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp]
@@ -85,11 +85,11 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
       l[i] = 0.0f;
     }
     if (q_sum.valid_count > 0) {
-      PackRows(p.dtype, p.q, bh * p.q_len + q0, rows, d, dp, q_tile);
+      PackRows(p.shape.dtype, p.q, bh * p.shape.q_len + q0, rows, d, dp, q_tile);
     }
 
-    const float* k_t = ws.k_t + (b * p.kv_heads + kvh) * dp * lkp;
-    const float* v = ws.v + (b * p.kv_heads + kvh) * lkp * dp;
+    const float* k_t = ws.k_t + (b * p.shape.kv_heads + kvh) * dp * lkp;
+    const float* v = ws.v + (b * p.shape.kv_heads + kvh) * lkp * dp;
     for (int64_t kt = 0; q_sum.valid_count > 0 && kt < plan.kv_tiles; ++kt) {
       const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;

@@ -21,26 +21,26 @@ using testing::NamedCase;
 class BackwardOracleTest : public ::testing::TestWithParam<NamedCase> {};
 
 TEST_P(BackwardOracleTest, MatchesDenseOracle) {
-  auto ctx = testing::MakeContext(BestIsa());
-  testing::ExpectMatchesOracle(GetParam().c, *ctx, /*backward=*/true);
+  auto backend = testing::MakeCpuBackend();
+  testing::ExpectMatchesOracle(GetParam().c, *backend, /*backward=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, BackwardOracleTest, ::testing::ValuesIn(testing::OracleCases()),
                          [](const auto& info) { return info.param.name; });
 
-class BackwardIsaTest : public ::testing::TestWithParam<Isa> {};
+class BackwardIsaTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(BackwardIsaTest, GemmaLikeMatchesOracle) {
-  auto ctx = testing::MakeContext(GetParam());
+  auto backend = testing::MakeCpuBackend(0, GetParam());
   for (const NamedCase& named : testing::OracleCases()) {
     if (named.name.rfind("GemmaLike_", 0) != 0) continue;
     SCOPED_TRACE(named.name);
-    testing::ExpectMatchesOracle(named.c, *ctx, /*backward=*/true);
+    testing::ExpectMatchesOracle(named.c, *backend, /*backward=*/true);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, BackwardIsaTest, ::testing::ValuesIn(testing::SupportedIsas()),
-                         [](const auto& info) { return std::string(IsaName(info.param)); });
+                         [](const auto& info) { return info.param; });
 
 bool BitEqual(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
 
@@ -48,7 +48,7 @@ bool BitEqual(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
 // outputs and gradients bit-identical: nothing leaks across documents, not
 // even through tiles and chunks that hold both.
 void ExpectNoLeak(const LayerConfig& layer) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 4, 2, 192, 64};
   reference::RowLayout layout;
@@ -71,8 +71,8 @@ void ExpectNoLeak(const LayerConfig& layer) {
   perturb(perturbed.k, 2);
   perturb(perturbed.v, 2);
   perturb(perturbed.dout, 4);
-  absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(base, layer, 2, *ctx);
-  absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(perturbed, layer, 2, *ctx);
+  absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(base, layer, 2, *backend);
+  absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(perturbed, layer, 2, *backend);
   ASSERT_TRUE(a.ok() && b.ok());
   int64_t changed_in_doc1 = 0;
   auto check = [&](const std::vector<float>& x, const std::vector<float>& y, int64_t heads,
@@ -120,8 +120,8 @@ TEST(BackwardTest, ResultIsIndependentOfThreadCount) {
   c.layer.kind = LayerKind::kSliding;
   c.layer.window = 40;
   const reference::SyntheticBatch batch = testing::MakeBatch(c);
-  auto one = testing::MakeContext(BestIsa(), 1);
-  auto three = testing::MakeContext(BestIsa(), 3);
+  auto one = testing::MakeCpuBackend(1);
+  auto three = testing::MakeCpuBackend(3);
   absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(batch, c.layer, 2, *one);
   absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(batch, c.layer, 2, *three);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -139,7 +139,7 @@ TEST(BackwardTest, ResultIsIndependentOfThreadCount) {
 // must not grow with the number of chunks (peers that summed in bf16 saw it
 // grow with the ring size).
 TEST(BackwardTest, GradientErrorIsFlatInChunkCount) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 4, 2, 256, 64};
   c.layouts = {testing::SingleDocument(256)};
@@ -153,7 +153,7 @@ TEST(BackwardTest, GradientErrorIsFlatInChunkCount) {
   double err_one = 0.0;
   for (int64_t chunks : {1, 2, 4, 8}) {
     absl::StatusOr<reference::ChunkedResult> r =
-        reference::RunChunked(batch, c.layer, chunks, *ctx);
+        reference::RunChunked(batch, c.layer, chunks, *backend);
     ASSERT_TRUE(r.ok());
     const double err = std::max(reference::Compare(r->dk, want.dk).relative(),
                                 reference::Compare(r->dv, want.dv).relative());
@@ -163,7 +163,7 @@ TEST(BackwardTest, GradientErrorIsFlatInChunkCount) {
 }
 
 TEST(BackwardTest, AllPaddingChunkHasExactlyZeroGradients) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 4, 2, 256, 64};
   reference::RowLayout layout;
@@ -171,7 +171,7 @@ TEST(BackwardTest, AllPaddingChunkHasExactlyZeroGradients) {
   c.layouts = {layout};
   c.layer.kind = LayerKind::kFull;
   const reference::SyntheticBatch batch = testing::MakeBatch(c);
-  absl::StatusOr<reference::ChunkedResult> r = reference::RunChunked(batch, c.layer, 4, *ctx);
+  absl::StatusOr<reference::ChunkedResult> r = reference::RunChunked(batch, c.layer, 4, *backend);
   ASSERT_TRUE(r.ok());
   for (int64_t h = 0; h < 2; ++h) {
     for (int64_t i = 180; i < 256; ++i) {

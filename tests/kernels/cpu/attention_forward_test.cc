@@ -18,25 +18,24 @@ using testing::AttentionCase;
 using testing::NamedCase;
 
 // Forward of the whole mask matrix against the oracle, on every ISA.
-class ForwardOracleTest : public ::testing::TestWithParam<std::tuple<Isa, NamedCase>> {};
+class ForwardOracleTest : public ::testing::TestWithParam<std::tuple<std::string, NamedCase>> {};
 
 TEST_P(ForwardOracleTest, MatchesDenseOracle) {
   const auto& [isa, named] = GetParam();
-  auto ctx = testing::MakeContext(isa);
-  testing::ExpectMatchesOracle(named.c, *ctx, /*backward=*/false);
+  auto backend = testing::MakeCpuBackend(0, isa);
+  testing::ExpectMatchesOracle(named.c, *backend, /*backward=*/false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Matrix, ForwardOracleTest,
                          ::testing::Combine(::testing::ValuesIn(testing::SupportedIsas()),
                                             ::testing::ValuesIn(testing::OracleCases())),
                          [](const auto& info) {
-                           return std::string(IsaName(std::get<0>(info.param))) + "_" +
-                                  std::get<1>(info.param).name;
+                           return std::get<0>(info.param) + "_" + std::get<1>(info.param).name;
                          });
 
 // Attention weights made visible: with V[k] = e_k (one-hot by key position,
 // D = S), output row q is exactly the softmax weights of query q.
-std::vector<float> Weights(AttentionCase c, CpuContext& ctx) {
+std::vector<float> Weights(AttentionCase c, ChunkBackend& backend) {
   c.shape.head_dim = c.shape.seq_len;
   c.shape.heads = c.shape.kv_heads = 1;
   reference::SyntheticBatch batch = testing::MakeBatch(c);
@@ -45,20 +44,20 @@ std::vector<float> Weights(AttentionCase c, CpuContext& ctx) {
     for (int64_t d = 0; d < S; ++d) batch.v[k * S + d] = d == k ? 1.0f : 0.0f;
   }
   absl::StatusOr<reference::ChunkedResult> r =
-      reference::RunChunked(batch, c.layer, c.chunks, ctx, /*backward=*/false);
+      reference::RunChunked(batch, c.layer, c.chunks, backend, /*backward=*/false);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? r->out : std::vector<float>();
 }
 
 TEST(ForwardTest, WindowBoundaryIsStrictAcrossChunks) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 1, 1, 128, 128};
   c.layouts = {testing::SingleDocument(128)};
   c.layer.kind = LayerKind::kSliding;
   c.layer.window = 5;
   c.chunks = 2;
-  const std::vector<float> w = Weights(c, *ctx);
+  const std::vector<float> w = Weights(c, *backend);
   ASSERT_EQ(w.size(), 128u * 128u);
   for (int64_t q = 5; q < 128; ++q) {
     EXPECT_GT(w[q * 128 + q - 4], 0.0f) << "q - k = W - 1 must attend, q=" << q;
@@ -68,7 +67,7 @@ TEST(ForwardTest, WindowBoundaryIsStrictAcrossChunks) {
 }
 
 TEST(ForwardTest, ImageBlockSpanningChunksSeesItselfBothWays) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 1, 1, 128, 128};
   reference::RowLayout layout = testing::SingleDocument(128);
@@ -77,7 +76,7 @@ TEST(ForwardTest, ImageBlockSpanningChunksSeesItselfBothWays) {
   c.layer.kind = LayerKind::kSliding;
   c.layer.window = 4;
   c.chunks = 2;
-  const std::vector<float> w = Weights(c, *ctx);
+  const std::vector<float> w = Weights(c, *backend);
   ASSERT_EQ(w.size(), 128u * 128u);
   EXPECT_GT(w[52 * 128 + 75], 0.0f);  // Future key in the next chunk.
   EXPECT_GT(w[75 * 128 + 50], 0.0f);  // Far past key, out of window.
@@ -87,7 +86,7 @@ TEST(ForwardTest, ImageBlockSpanningChunksSeesItselfBothWays) {
 }
 
 TEST(ForwardTest, PaddingRowsAreExactlyZeroWithMinusInfLse) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {2, 4, 2, 256, 64};
   c.layouts = {reference::GemmaLikeLayout(256), [] {
@@ -98,7 +97,7 @@ TEST(ForwardTest, PaddingRowsAreExactlyZeroWithMinusInfLse) {
   c.layer.kind = LayerKind::kFull;
   c.chunks = 4;
   const reference::SyntheticBatch batch = testing::MakeBatch(c);
-  absl::StatusOr<reference::ChunkedResult> r = reference::RunChunked(batch, c.layer, 4, *ctx);
+  absl::StatusOr<reference::ChunkedResult> r = reference::RunChunked(batch, c.layer, 4, *backend);
   ASSERT_TRUE(r.ok()) << r.status();
   const int64_t S = 256, D = 64, H = 4;
   int64_t padding_rows = 0;
@@ -123,7 +122,7 @@ TEST(ForwardTest, PaddingRowsAreExactlyZeroWithMinusInfLse) {
 }
 
 TEST(ForwardTest, MergingChunkPartialsEqualsOnePass) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   AttentionCase c;
   c.shape = {1, 4, 2, 256, 64};
   c.layouts = {reference::GemmaLikeLayout(256)};
@@ -131,11 +130,11 @@ TEST(ForwardTest, MergingChunkPartialsEqualsOnePass) {
   c.layer.scale = 0.125f;
   const reference::SyntheticBatch batch = testing::MakeBatch(c);
   absl::StatusOr<reference::ChunkedResult> one =
-      reference::RunChunked(batch, c.layer, 1, *ctx, false);
+      reference::RunChunked(batch, c.layer, 1, *backend, false);
   ASSERT_TRUE(one.ok());
   for (int64_t k : {2, 4, 8}) {
     absl::StatusOr<reference::ChunkedResult> merged =
-        reference::RunChunked(batch, c.layer, k, *ctx, false);
+        reference::RunChunked(batch, c.layer, k, *backend, false);
     ASSERT_TRUE(merged.ok());
     const std::vector<double> want(one->out.begin(), one->out.end());
     const std::vector<double> want_lse(one->lse.begin(), one->lse.end());

@@ -24,10 +24,9 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/chunk_backend.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/merge.h"
+#include "kernels/convert.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/merge.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
 #include "kernels/reference/synthetic_batch.h"
@@ -57,9 +56,9 @@ double GradientTolerance(DType dtype) {
   return reference::GradientTolerance(dtype) + ExtraRoundoff(dtype);
 }
 
-cpu::TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
-                   int64_t d) {
-  return cpu::TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
+TensorRef Ref(const std::vector<uint8_t>& bytes, DType dtype, int64_t b, int64_t h, int64_t l,
+              int64_t d) {
+  return TensorRef{dtype, {b, h, l, d}, bytes.data(), bytes.size()};
 }
 
 std::unique_ptr<CudaBackend> MakeBackendOrNull() {
@@ -385,14 +384,13 @@ TEST_P(CudaChunkVsCpuTest, MatchesCpuKernels) {
   const ChunkCase& c = GetParam().c;
   std::unique_ptr<CudaBackend> gpu = MakeBackendOrNull();
   ASSERT_NE(gpu, nullptr);
-  std::unique_ptr<cpu::CpuContext> ctx = testing::MakeContext(cpu::BestIsa());
-  ASSERT_NE(ctx, nullptr);
-  cpu::CpuBackend cpu_backend(*ctx);
+  std::unique_ptr<ChunkBackend> cpu_backend = testing::MakeCpuBackend();
+  ASSERT_NE(cpu_backend, nullptr);
   ChunkInputs in = MakeChunkInputs(c);
   const int64_t D = c.head_dim;
   const DType dt = c.dtype;
 
-  cpu::ForwardChunkArgs f;
+  ForwardChunkArgs f;
   f.q = Ref(in.q, dt, in.B, in.H, c.q_len, D);
   f.k = Ref(in.k, dt, in.B, in.Hkv, c.kv_len, D);
   f.v = Ref(in.v, dt, in.B, in.Hkv, c.kv_len, D);
@@ -403,7 +401,7 @@ TEST_P(CudaChunkVsCpuTest, MatchesCpuKernels) {
   std::vector<float> out_gpu(out_cpu.size(), 7.0f), lse_gpu(lse_cpu.size(), 7.0f);
   f.out = out_cpu;
   f.lse = lse_cpu;
-  ASSERT_TRUE(cpu_backend.Forward(f).ok());
+  ASSERT_TRUE(cpu_backend->Forward(f).ok());
   f.out = out_gpu;
   f.lse = lse_gpu;
   ASSERT_TRUE(gpu->Forward(f).ok());
@@ -422,7 +420,7 @@ TEST_P(CudaChunkVsCpuTest, MatchesCpuKernels) {
   const size_t kv_elems = in.B * in.Hkv * c.kv_len * D;
   std::vector<float> dq_cpu = preset(q_elems), dk_cpu = preset(kv_elems), dv_cpu = preset(kv_elems);
   std::vector<float> dq_gpu = dq_cpu, dk_gpu = dk_cpu, dv_gpu = dv_cpu;
-  cpu::BackwardChunkArgs bw;
+  BackwardChunkArgs bw;
   bw.q = f.q;
   bw.k = f.k;
   bw.v = f.v;
@@ -435,7 +433,7 @@ TEST_P(CudaChunkVsCpuTest, MatchesCpuKernels) {
   bw.dq = dq_cpu;
   bw.dk = dk_cpu;
   bw.dv = dv_cpu;
-  ASSERT_TRUE(cpu_backend.Backward(bw).ok());
+  ASSERT_TRUE(cpu_backend->Backward(bw).ok());
   bw.dq = dq_gpu;
   bw.dk = dk_gpu;
   bw.dv = dv_gpu;

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/chunk_backend.h"
 #include "kernels/reference/synthetic_batch.h"
 #include "tests/kernels/testing/attention_case.h"
 
@@ -58,9 +58,8 @@ TEST(CudaBackendTest, RejectsBadArgumentsLikeTheCpuKernels) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   std::unique_ptr<CudaBackend> backend = MakeBackendOrNull();
   ASSERT_NE(backend, nullptr);
-  std::unique_ptr<cpu::CpuContext> ctx = testing::MakeContext(cpu::BestIsa(), 1);
-  ASSERT_NE(ctx, nullptr);
-  cpu::CpuBackend cpu_backend(*ctx);
+  std::unique_ptr<ChunkBackend> cpu_backend = testing::MakeCpuBackend(1);
+  ASSERT_NE(cpu_backend, nullptr);
 
   const reference::SyntheticBatch batch = reference::MakeSyntheticBatch(
       {1, 2, 1, 32, 16}, {testing::SingleDocument(32)}, DType::kF32, 3);
@@ -68,7 +67,7 @@ TEST(CudaBackendTest, RejectsBadArgumentsLikeTheCpuKernels) {
   const std::vector<uint8_t> kv = reference::Encode(batch.k, DType::kF32);
   std::vector<float> out(batch.q.size());
   std::vector<float> lse(2 * 32);
-  cpu::ForwardChunkArgs args;
+  ForwardChunkArgs args;
   args.q = {DType::kF32, {1, 2, 32, 16}, q.data(), q.size()};
   args.k = {DType::kF32, {1, 1, 32, 16}, kv.data(), kv.size()};
   args.v = args.k;
@@ -77,13 +76,13 @@ TEST(CudaBackendTest, RejectsBadArgumentsLikeTheCpuKernels) {
   args.out = out;
   args.lse = lse;
 
-  auto expect_same_rejection = [&](const cpu::ForwardChunkArgs& bad, const char* what) {
-    const absl::Status want = cpu_backend.Forward(bad);
+  auto expect_same_rejection = [&](const ForwardChunkArgs& bad, const char* what) {
+    const absl::Status want = cpu_backend->Forward(bad);
     const absl::Status got = backend->Forward(bad);
     EXPECT_EQ(want.code(), absl::StatusCode::kInvalidArgument) << what;
     EXPECT_EQ(got, want) << what;
   };
-  cpu::ForwardChunkArgs bad = args;
+  ForwardChunkArgs bad = args;
   bad.layer.dropout = 0.1f;
   expect_same_rejection(bad, "dropout");
   bad = args;

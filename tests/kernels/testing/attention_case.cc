@@ -37,26 +37,20 @@ void ExpectResultMatchesOracle(const reference::SyntheticBatch& batch, const Lay
   ExpectWithin("dV", got.dv, grads.dv, tol);
 }
 
-void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward) {
+void ExpectMatchesOracle(const AttentionCase& c, ChunkBackend& backend, bool backward) {
   const reference::SyntheticBatch batch = MakeBatch(c);
   absl::StatusOr<reference::ChunkedResult> got =
-      reference::RunChunked(batch, c.layer, c.chunks, ctx, backward);
+      reference::RunChunked(batch, c.layer, c.chunks, backend, backward);
   ASSERT_TRUE(got.ok()) << got.status();
   ExpectResultMatchesOracle(batch, c.layer, *got, backward);
 }
 
-std::vector<cpu::Isa> SupportedIsas() {
-  std::vector<cpu::Isa> isas;
-  for (cpu::Isa isa : {cpu::Isa::kGeneric, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
-    if (cpu::IsaSupported(isa)) isas.push_back(isa);
-  }
-  return isas;
-}
+std::vector<std::string> SupportedIsas() { return SupportedCpuIsas(); }
 
-std::unique_ptr<cpu::CpuContext> MakeContext(cpu::Isa isa, int threads) {
-  absl::StatusOr<std::unique_ptr<cpu::CpuContext>> ctx = cpu::CpuContext::Create({threads, isa});
-  EXPECT_TRUE(ctx.ok()) << ctx.status();
-  return ctx.ok() ? std::move(*ctx) : nullptr;
+std::unique_ptr<ChunkBackend> MakeCpuBackend(int num_threads, const std::string& isa) {
+  absl::StatusOr<std::unique_ptr<ChunkBackend>> backend = kernels::MakeCpuBackend(num_threads, isa);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
 }
 
 reference::RowLayout SingleDocument(int64_t seq_len) {

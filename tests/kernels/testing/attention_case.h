@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/cpu_context.h"
-#include "kernels/cpu/isa.h"
+#include "kernels/backends.h"
+#include "kernels/chunk_backend.h"
 #include "kernels/layer_config.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
@@ -33,7 +33,7 @@ reference::SyntheticBatch MakeBatch(const AttentionCase& c);
 // Runs the chunk kernels over the case and expects O, LSE (and with
 // `backward`, dQ, dK, dV) within the stated tolerances of the oracle, with
 // no NaN and -inf exactly where the oracle has it.
-void ExpectMatchesOracle(const AttentionCase& c, cpu::CpuContext& ctx, bool backward = true);
+void ExpectMatchesOracle(const AttentionCase& c, ChunkBackend& backend, bool backward = true);
 
 // Expects `got` within `tolerance` (relative to the oracle's largest
 // magnitude) of `want`, with no NaN and -inf exactly where `want` has it.
@@ -46,9 +46,10 @@ void ExpectResultMatchesOracle(const reference::SyntheticBatch& batch, const Lay
                                const reference::ChunkedResult& got, bool backward);
 
 // Every instruction set this CPU supports, for tests parameterized on it.
-std::vector<cpu::Isa> SupportedIsas();
+std::vector<std::string> SupportedIsas();
 
-std::unique_ptr<cpu::CpuContext> MakeContext(cpu::Isa isa, int threads = 0);
+// The CPU kernels; a failure to create them fails the test (null then).
+std::unique_ptr<ChunkBackend> MakeCpuBackend(int num_threads = 0, const std::string& isa = "");
 
 // A layout with one document covering the whole row: plain causal attention.
 reference::RowLayout SingleDocument(int64_t seq_len);

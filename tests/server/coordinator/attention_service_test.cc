@@ -12,7 +12,8 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/convert.h"
+#include "kernels/backends.h"
+#include "kernels/convert.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/compare.h"
 #include "tests/kernels/testing/attention_case.h"
@@ -44,7 +45,7 @@ absl::StatusOr<kernels::reference::ChunkedResult> RunThroughService(
   if (!f.ok()) return f.status();
   kernels::reference::ChunkedResult r;
   r.out.resize(f->out.size() / kernels::DTypeSize(b.dtype));
-  kernels::cpu::ToF32(b.dtype, f->out.data(), static_cast<int64_t>(r.out.size()), r.out.data());
+  kernels::ToF32(b.dtype, f->out.data(), static_cast<int64_t>(r.out.size()), r.out.data());
   r.lse = f->lse;
   if (backward) {
     absl::StatusOr<client::BackwardOutputs> g =
@@ -145,8 +146,8 @@ TEST(ServiceTest, LargeTensorsCrossTheWireIntact) {
   auto cluster = StartCluster(2);
   ASSERT_NE(cluster, nullptr);
   auto c = client::AttentionClient::Connect(cluster->address());
-  auto ctx = kernels::cpu::CpuContext::Create({});
-  ASSERT_TRUE(ctx.ok());
+  auto cpu = kernels::MakeCpuBackend();
+  ASSERT_TRUE(cpu.ok());
   for (int64_t S : {int64_t{4800}, int64_t{16512}}) {
     const int64_t H = S > 10000 ? 8 : 4;
     const int64_t D = S > 10000 ? 128 : 64;
@@ -161,7 +162,7 @@ TEST(ServiceTest, LargeTensorsCrossTheWireIntact) {
         RunThroughService(*c, b, layer, backward);
     ASSERT_TRUE(got.ok()) << got.status();
     absl::StatusOr<kernels::reference::ChunkedResult> want =
-        kernels::reference::RunChunked(b, layer, 1, **ctx, backward);
+        kernels::reference::RunChunked(b, layer, 1, **cpu, backward);
     ASSERT_TRUE(want.ok());
     const std::vector<double> out(want->out.begin(), want->out.end());
     EXPECT_TRUE(kernels::reference::Compare(got->out, out).Within(1e-5)) << "S=" << S;

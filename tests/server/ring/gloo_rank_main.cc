@@ -12,8 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backends.h"
+#include "kernels/convert.h"
 #include "server/ring/gloo_transport.h"
 #include "tests/server/ring/testing/ring_harness.h"
 
@@ -70,8 +70,8 @@ int Run() {
     std::fprintf(stderr, "rank %d: %s\n", rank, transport.status().ToString().c_str());
     return 3;
   }
-  auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
-  kernels::cpu::CpuBackend backend(**ctx);
+  auto cpu = kernels::MakeCpuBackend(1);
+  kernels::ChunkBackend& backend = **cpu;
   const testing::ShardData shard = testing::SliceShard(batch, cp, rank);
   const ShardRef ref = shard.Ref(batch, shape.seq_len / cp);
   if (const double stall = absl::GetFlag(FLAGS_stall_seconds); stall > 0) {
@@ -99,8 +99,8 @@ int Run() {
         static_cast<long long>(fwd->stats.bytes_sent + bwd->stats.bytes_sent));
   }
   std::vector<float> out(fwd->out.size() / sizeof(float));
-  kernels::cpu::ToF32(kernels::DType::kF32, fwd->out.data(), static_cast<int64_t>(out.size()),
-                      out.data());
+  kernels::ToF32(kernels::DType::kF32, fwd->out.data(), static_cast<int64_t>(out.size()),
+                 out.data());
   std::ofstream file(absl::GetFlag(FLAGS_out_file), std::ios::binary | std::ios::trunc);
   for (const auto* v : {&out, &fwd->lse, &bwd->dq, &bwd->dk, &bwd->dv}) Append(file, *v);
   return file ? 0 : 4;

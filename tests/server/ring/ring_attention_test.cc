@@ -5,7 +5,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backends.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
 #include "server/ring/in_process_transport.h"
@@ -182,8 +182,8 @@ TEST(RingTest, InterleavedSessionsDoNotMixChunks) {
     threads.emplace_back([&, r] {
       // Rank r starts late, so its peers' messages for both calls wait for it.
       std::this_thread::sleep_for(std::chrono::milliseconds(40 * r));
-      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
-      kernels::cpu::CpuBackend backend(**ctx);
+      auto cpu = kernels::MakeCpuBackend(1);
+      kernels::ChunkBackend& backend = **cpu;
       auto t = hub.Connect(r);
       const auto sa = testing::SliceShard(a, cp, r);
       const auto sb = testing::SliceShard(b, cp, r);
@@ -245,8 +245,8 @@ TEST(RingTest, DeadRankMakesEveryOtherRankFailWithinTheTimeout) {
         hub.Kill(2);
         return;
       }
-      auto ctx = kernels::cpu::CpuContext::Create({1, std::nullopt});
-      kernels::cpu::CpuBackend backend(**ctx);
+      auto cpu = kernels::MakeCpuBackend(1);
+      kernels::ChunkBackend& backend = **cpu;
       const auto shard = testing::SliceShard(batch, cp, r);
       RingCall call{layer, false, 1, 1, absl::Seconds(5)};
       const auto t0 = std::chrono::steady_clock::now();

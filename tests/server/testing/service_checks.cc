@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 #include "kernels/reference/compare.h"
 
 namespace ringattn::server::testing {
@@ -63,7 +63,7 @@ namespace {
 
 std::vector<float> ToF32(kernels::DType dtype, std::span<const std::byte> bytes) {
   std::vector<float> out(bytes.size() / kernels::DTypeSize(dtype));
-  kernels::cpu::ToF32(dtype, bytes.data(), static_cast<int64_t>(out.size()), out.data());
+  kernels::ToF32(dtype, bytes.data(), static_cast<int64_t>(out.size()), out.data());
   return out;
 }
 

@@ -4,8 +4,8 @@
 #include <thread>
 
 #include "absl/status/status.h"
-#include "kernels/cpu/convert.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backends.h"
+#include "kernels/convert.h"
 #include "server/ring/in_process_transport.h"
 
 namespace ringattn::ring::testing {
@@ -93,12 +93,12 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
   std::vector<std::thread> threads;
   for (int r = 0; r < cp; ++r) {
     threads.emplace_back([&, r] {
-      auto ctx = kernels::cpu::CpuContext::Create({threads_per_rank, std::nullopt});
-      if (!ctx.ok()) {
-        fwd[r] = ctx.status();
+      auto cpu = kernels::MakeCpuBackend(threads_per_rank);
+      if (!cpu.ok()) {
+        fwd[r] = cpu.status();
         return;
       }
-      kernels::cpu::CpuBackend backend(**ctx);
+      kernels::ChunkBackend& backend = **cpu;
       absl::StatusOr<std::unique_ptr<Transport>> transport = connect(r);
       if (!transport.ok()) {
         fwd[r] = transport.status();
@@ -125,8 +125,7 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
     if (!bwd[r].ok()) return bwd[r].status();
     const int64_t b = r * L, e = b + L;
     std::vector<float> out(fwd[r]->out.size() / kernels::DTypeSize(batch.dtype));
-    kernels::cpu::ToF32(batch.dtype, fwd[r]->out.data(), static_cast<int64_t>(out.size()),
-                        out.data());
+    kernels::ToF32(batch.dtype, fwd[r]->out.data(), static_cast<int64_t>(out.size()), out.data());
     const int64_t bh = sh.batch * sh.heads, bk = sh.batch * sh.kv_heads;
     ScatterSequence(out, bh, sh.seq_len, sh.head_dim, b, e, whole.out);
     ScatterSequence(fwd[r]->lse, bh, sh.seq_len, 1, b, e, whole.lse);

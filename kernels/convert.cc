@@ -1,6 +1,6 @@
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 void ToF32(DType dtype, const void* src, int64_t n, float* dst) {
   switch (dtype) {
@@ -51,4 +51,4 @@ void RoundTo(DType dtype, float* values, int64_t n) {
   }
 }
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

@@ -1,12 +1,12 @@
-#ifndef RINGATTN_KERNELS_CPU_MERGE_H_
-#define RINGATTN_KERNELS_CPU_MERGE_H_
+#ifndef RINGATTN_KERNELS_MERGE_H_
+#define RINGATTN_KERNELS_MERGE_H_
 
 #include <cstdint>
 #include <span>
 
 #include "absl/status/status.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 // Merges one chunk's partial attention into a running result, in place and
 // in fp32 (SPEC §3):
@@ -19,6 +19,6 @@ namespace ringattn::kernels::cpu {
 absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
                           std::span<const float> lse_s, int64_t head_dim);
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels
 
-#endif  // RINGATTN_KERNELS_CPU_MERGE_H_
+#endif  // RINGATTN_KERNELS_MERGE_H_

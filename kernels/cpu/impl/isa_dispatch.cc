@@ -1,4 +1,4 @@
-#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 
 namespace ringattn::kernels::cpu {
 

@@ -1,11 +1,11 @@
-#include "kernels/cpu/merge.h"
+#include "kernels/merge.h"
 
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 namespace {
 
 TEST(MergeTest, MatchesTheFormula) {
@@ -61,4 +61,4 @@ TEST(MergeTest, SizeMismatchIsAnError) {
 }
 
 }  // namespace
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

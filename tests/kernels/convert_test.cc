@@ -1,4 +1,4 @@
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 
 #include <cmath>
 #include <cstring>
@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 namespace {
 
 // GCC's _Float16 conversions are the IEEE reference here.
@@ -70,4 +70,4 @@ TEST(ConvertTest, BulkConversionsMatchScalar) {
 }
 
 }  // namespace
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

@@ -1,10 +1,10 @@
-#include "kernels/cpu/merge.h"
+#include "kernels/merge.h"
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
                           std::span<const float> lse_s, int64_t head_dim) {
@@ -37,4 +37,4 @@ absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<
   return absl::OkStatus();
 }
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

@@ -1,5 +1,5 @@
-#ifndef RINGATTN_KERNELS_CPU_CHUNK_ARGS_H_
-#define RINGATTN_KERNELS_CPU_CHUNK_ARGS_H_
+#ifndef RINGATTN_KERNELS_CHUNK_ARGS_H_
+#define RINGATTN_KERNELS_CHUNK_ARGS_H_
 
 #include <array>
 #include <cstddef>
@@ -16,7 +16,7 @@
 // Glossary: B batch, H query heads, Hkv key/value heads, Lq query shard
 // length, Lk key chunk length, D head dim.
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 // A read-only dense row-major tensor of rank 4.
 struct TensorRef {
@@ -63,6 +63,6 @@ struct BackwardChunkArgs {
   std::span<float> dv;  // [B, Hkv, Lk, D]
 };
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels
 
-#endif  // RINGATTN_KERNELS_CPU_CHUNK_ARGS_H_
+#endif  // RINGATTN_KERNELS_CHUNK_ARGS_H_

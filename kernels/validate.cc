@@ -1,4 +1,4 @@
-#include "kernels/cpu/validate.h"
+#include "kernels/validate.h"
 
 #include <cmath>
 
@@ -8,7 +8,7 @@
 #include "absl/strings/string_view.h"
 #include "kernels/status_macros.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 namespace {
 
 // Guards every size product so a huge declared shape is an error, not an
@@ -98,33 +98,34 @@ absl::StatusOr<ChunkProblem> MakeProblem(const TensorRef& q, const TensorRef& k,
   RINGATTN_RETURN_IF_ERROR(CheckTensor("v", v, q.dtype));
 
   ChunkProblem p;
-  p.dtype = q.dtype;
-  p.batch = q.shape[0];
-  p.heads = q.shape[1];
-  p.q_len = q.shape[2];
-  p.head_dim = q.shape[3];
-  p.kv_heads = k.shape[1];
-  p.kv_len = k.shape[2];
-  if (k.shape[0] != p.batch) {
+  p.shape.dtype = q.dtype;
+  p.shape.batch = q.shape[0];
+  p.shape.heads = q.shape[1];
+  p.shape.q_len = q.shape[2];
+  p.shape.head_dim = q.shape[3];
+  p.shape.kv_heads = k.shape[1];
+  p.shape.kv_len = k.shape[2];
+  if (k.shape[0] != p.shape.batch) {
     return absl::InvalidArgumentError(
-        absl::StrCat("k.shape[0] (batch) is ", k.shape[0], " but q.shape[0] is ", p.batch));
+        absl::StrCat("k.shape[0] (batch) is ", k.shape[0], " but q.shape[0] is ", p.shape.batch));
   }
-  if (k.shape[3] != p.head_dim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("k.shape[3] (head dim) is ", k.shape[3], " but q.shape[3] is ", p.head_dim));
+  if (k.shape[3] != p.shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("k.shape[3] (head dim) is ", k.shape[3],
+                                                   " but q.shape[3] is ", p.shape.head_dim));
   }
   RINGATTN_RETURN_IF_ERROR(CheckSameShape("v", v, "k", k));
-  if (p.heads % p.kv_heads != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("query heads (q.shape[1] = ", p.heads,
-                     ") must be a multiple of key/value heads (k.shape[1] = ", p.kv_heads, ")"));
+  if (p.shape.heads % p.shape.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "query heads (q.shape[1] = ", p.shape.heads,
+        ") must be a multiple of key/value heads (k.shape[1] = ", p.shape.kv_heads, ")"));
   }
-  if (p.head_dim > kMaxHeadDim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("head dim ", p.head_dim, " is not supported (at most ", kMaxHeadDim, ")"));
+  if (p.shape.head_dim > kMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "head dim ", p.shape.head_dim, " is not supported (at most ", kMaxHeadDim, ")"));
   }
-  RINGATTN_ASSIGN_OR_RETURN(p.q_meta, CheckMeta("q_meta", q_meta, p.batch, p.q_len));
-  RINGATTN_ASSIGN_OR_RETURN(p.kv_meta, CheckMeta("kv_meta", kv_meta, p.batch, p.kv_len));
+  RINGATTN_ASSIGN_OR_RETURN(p.q_meta, CheckMeta("q_meta", q_meta, p.shape.batch, p.shape.q_len));
+  RINGATTN_ASSIGN_OR_RETURN(p.kv_meta,
+                            CheckMeta("kv_meta", kv_meta, p.shape.batch, p.shape.kv_len));
   p.q = q.data;
   p.k = k.data;
   p.v = v.data;
@@ -154,8 +155,8 @@ absl::Status ValidateLayer(const LayerConfig& layer) {
 absl::StatusOr<ForwardParams> MakeForwardParams(const ForwardChunkArgs& args) {
   RINGATTN_ASSIGN_OR_RETURN(const ChunkProblem p, MakeProblem(args.q, args.k, args.v, args.q_meta,
                                                               args.kv_meta, args.layer));
-  const int64_t rows = p.batch * p.heads * p.q_len;
-  RINGATTN_RETURN_IF_ERROR(CheckSpan("out", args.out, rows * p.head_dim));
+  const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
+  RINGATTN_RETURN_IF_ERROR(CheckSpan("out", args.out, rows * p.shape.head_dim));
   RINGATTN_RETURN_IF_ERROR(CheckSpan("lse", args.lse, rows));
   return ForwardParams{p, args.out.data(), args.lse.data()};
 }
@@ -163,14 +164,14 @@ absl::StatusOr<ForwardParams> MakeForwardParams(const ForwardChunkArgs& args) {
 absl::StatusOr<BackwardParams> MakeBackwardParams(const BackwardChunkArgs& args) {
   RINGATTN_ASSIGN_OR_RETURN(const ChunkProblem p, MakeProblem(args.q, args.k, args.v, args.q_meta,
                                                               args.kv_meta, args.layer));
-  RINGATTN_RETURN_IF_ERROR(CheckTensor("out", args.out, p.dtype));
+  RINGATTN_RETURN_IF_ERROR(CheckTensor("out", args.out, p.shape.dtype));
   RINGATTN_RETURN_IF_ERROR(CheckSameShape("out", args.out, "q", args.q));
-  RINGATTN_RETURN_IF_ERROR(CheckTensor("dout", args.dout, p.dtype));
+  RINGATTN_RETURN_IF_ERROR(CheckTensor("dout", args.dout, p.shape.dtype));
   RINGATTN_RETURN_IF_ERROR(CheckSameShape("dout", args.dout, "q", args.q));
-  const int64_t rows = p.batch * p.heads * p.q_len;
-  const int64_t kv_elems = p.batch * p.kv_heads * p.kv_len * p.head_dim;
+  const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
+  const int64_t kv_elems = p.shape.batch * p.shape.kv_heads * p.shape.kv_len * p.shape.head_dim;
   RINGATTN_RETURN_IF_ERROR(CheckSpan("lse", args.lse, rows));
-  RINGATTN_RETURN_IF_ERROR(CheckSpan("dq", args.dq, rows * p.head_dim));
+  RINGATTN_RETURN_IF_ERROR(CheckSpan("dq", args.dq, rows * p.shape.head_dim));
   RINGATTN_RETURN_IF_ERROR(CheckSpan("dk", args.dk, kv_elems));
   RINGATTN_RETURN_IF_ERROR(CheckSpan("dv", args.dv, kv_elems));
   BackwardParams b;
@@ -184,4 +185,4 @@ absl::StatusOr<BackwardParams> MakeBackwardParams(const BackwardChunkArgs& args)
   return b;
 }
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

@@ -1,5 +1,5 @@
-#ifndef RINGATTN_KERNELS_CPU_IMPL_ISA_KERNELS_H_
-#define RINGATTN_KERNELS_CPU_IMPL_ISA_KERNELS_H_
+#ifndef RINGATTN_KERNELS_CPU_IMPL_ISA_DISPATCH_H_
+#define RINGATTN_KERNELS_CPU_IMPL_ISA_DISPATCH_H_
 
 // The boundary between the dispatcher (plain C++, built for the baseline
 // CPU) and the per-instruction-set kernels. The dispatcher validates, plans
@@ -8,8 +8,8 @@
 #include <cstdint>
 
 #include "kernels/block_classification.h"
+#include "kernels/chunk_params.h"
 #include "kernels/cpu/isa.h"
-#include "kernels/cpu/kernel_params.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace ringattn::kernels::cpu {
@@ -81,4 +81,4 @@ const IsaKernels& KernelsFor(Isa isa);
 
 }  // namespace ringattn::kernels::cpu
 
-#endif  // RINGATTN_KERNELS_CPU_IMPL_ISA_KERNELS_H_
+#endif  // RINGATTN_KERNELS_CPU_IMPL_ISA_DISPATCH_H_

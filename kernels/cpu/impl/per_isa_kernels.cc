@@ -6,7 +6,7 @@
 
 #include "kernels/cpu/impl/flash_backward.h"
 #include "kernels/cpu/impl/flash_forward.h"
-#include "kernels/cpu/impl/isa_kernels.h"
+#include "kernels/cpu/impl/isa_dispatch.h"
 
 namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
 

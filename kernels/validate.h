@@ -1,12 +1,12 @@
-#ifndef RINGATTN_KERNELS_CPU_VALIDATE_H_
-#define RINGATTN_KERNELS_CPU_VALIDATE_H_
+#ifndef RINGATTN_KERNELS_VALIDATE_H_
+#define RINGATTN_KERNELS_VALIDATE_H_
 
 #include "absl/status/statusor.h"
-#include "kernels/cpu/chunk_args.h"
-#include "kernels/cpu/kernel_params.h"
+#include "kernels/chunk_args.h"
+#include "kernels/chunk_params.h"
 #include "kernels/layer_config.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 // Largest supported head dim: Gemma 4's global layers use 512.
 inline constexpr int64_t kMaxHeadDim = 512;
@@ -20,6 +20,6 @@ absl::Status ValidateLayer(const LayerConfig& layer);
 absl::StatusOr<ForwardParams> MakeForwardParams(const ForwardChunkArgs& args);
 absl::StatusOr<BackwardParams> MakeBackwardParams(const BackwardChunkArgs& args);
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels
 
-#endif  // RINGATTN_KERNELS_CPU_VALIDATE_H_
+#endif  // RINGATTN_KERNELS_VALIDATE_H_

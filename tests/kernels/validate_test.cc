@@ -1,17 +1,16 @@
 // Bad arguments to the chunk kernels return a clear INVALID_ARGUMENT that
 // names the field, through the public entry points, and never crash.
-#include "kernels/cpu/validate.h"
+#include "kernels/validate.h"
 
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/attention_backward.h"
-#include "kernels/cpu/attention_forward.h"
+#include "kernels/chunk_backend.h"
 #include "tests/kernels/testing/attention_case.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 namespace {
 
 constexpr int64_t B = 1, H = 4, Hkv = 2, L = 8, D = 64;
@@ -53,9 +52,9 @@ struct BadCase {
 
 TEST(ValidateTest, ValidArgumentsPass) {
   Fixture f;
-  auto ctx = testing::MakeContext(BestIsa());
-  EXPECT_TRUE(ForwardChunk(f.Forward(), *ctx).ok());
-  EXPECT_TRUE(BackwardChunk(f.Backward(), *ctx).ok());
+  auto backend = testing::MakeCpuBackend();
+  EXPECT_TRUE(backend->Forward(f.Forward()).ok());
+  EXPECT_TRUE(backend->Backward(f.Backward()).ok());
 }
 
 TEST(ValidateTest, BadForwardArgumentsAreClearErrors) {
@@ -122,12 +121,12 @@ TEST(ValidateTest, BadForwardArgumentsAreClearErrors) {
       {"output size", [&](ForwardChunkArgs& a) { a.out = short_out; }, "out has"},
       {"lse size", [&](ForwardChunkArgs& a) { a.lse = short_out; }, "lse has"},
   };
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   for (const BadCase& c : cases) {
     Fixture f;
     ForwardChunkArgs args = f.Forward();
     c.mutate(args);
-    const absl::Status s = ForwardChunk(args, *ctx);
+    const absl::Status s = backend->Forward(args);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << s;
     EXPECT_NE(s.message().find(c.expected_in_message), absl::string_view::npos)
         << c.name << ": " << s.message();
@@ -135,14 +134,14 @@ TEST(ValidateTest, BadForwardArgumentsAreClearErrors) {
 }
 
 TEST(ValidateTest, BadBackwardArgumentsAreClearErrors) {
-  auto ctx = testing::MakeContext(BestIsa());
+  auto backend = testing::MakeCpuBackend();
   std::vector<float> short_grad(5);
   {
     Fixture f;
     BackwardChunkArgs a = f.Backward();
     a.dout.shape[2] = 4;
     a.dout.size_bytes /= 2;
-    const absl::Status s = BackwardChunk(a, *ctx);
+    const absl::Status s = backend->Backward(a);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(s.message().find("dout.shape"), absl::string_view::npos) << s;
   }
@@ -150,7 +149,7 @@ TEST(ValidateTest, BadBackwardArgumentsAreClearErrors) {
     Fixture f;
     BackwardChunkArgs a = f.Backward();
     a.dk = short_grad;
-    const absl::Status s = BackwardChunk(a, *ctx);
+    const absl::Status s = backend->Backward(a);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(s.message().find("dk has"), absl::string_view::npos) << s;
   }
@@ -158,9 +157,9 @@ TEST(ValidateTest, BadBackwardArgumentsAreClearErrors) {
     Fixture f;
     BackwardChunkArgs a = f.Backward();
     a.layer.dropout = 0.5f;
-    EXPECT_EQ(BackwardChunk(a, *ctx).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(backend->Backward(a).code(), absl::StatusCode::kInvalidArgument);
   }
 }
 
 }  // namespace
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels

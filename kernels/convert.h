@@ -1,12 +1,12 @@
-#ifndef RINGATTN_KERNELS_CPU_CONVERT_H_
-#define RINGATTN_KERNELS_CPU_CONVERT_H_
+#ifndef RINGATTN_KERNELS_CONVERT_H_
+#define RINGATTN_KERNELS_CONVERT_H_
 
 #include <cstdint>
 #include <cstring>
 
 #include "kernels/dtype.h"
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 inline uint32_t FloatBits(float f) {
   uint32_t u;
@@ -74,6 +74,6 @@ void FromF32(DType dtype, const float* src, int64_t n, void* dst);
 // `dtype` (what a round trip through that format gives).
 void RoundTo(DType dtype, float* values, int64_t n);
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels
 
-#endif  // RINGATTN_KERNELS_CPU_CONVERT_H_
+#endif  // RINGATTN_KERNELS_CONVERT_H_

@@ -1,15 +1,17 @@
-#ifndef RINGATTN_KERNELS_CPU_KERNEL_PARAMS_H_
-#define RINGATTN_KERNELS_CPU_KERNEL_PARAMS_H_
+#ifndef RINGATTN_KERNELS_CHUNK_PARAMS_H_
+#define RINGATTN_KERNELS_CHUNK_PARAMS_H_
 
 #include <cstdint>
 
-#include "kernels/dtype.h"
+#include "kernels/attention_shape.h"
 #include "kernels/mask.h"
 
-// The whole input of a CPU chunk kernel, as plain pointers and sizes, filled
-// after validation. Tensors are dense row-major; see chunk_args.h for shapes.
+// The whole input of a chunk kernel, as plain pointers and sizes, filled by
+// validation (validate.h) from the arguments of chunk_args.h. Every backend
+// starts from these; the pointers are wherever the arguments' memory is.
+// Tensors are dense row-major; see chunk_args.h for shapes.
 
-namespace ringattn::kernels::cpu {
+namespace ringattn::kernels {
 
 struct MetaPtrs {
   const int32_t* doc = nullptr;      // [B, L]
@@ -19,13 +21,7 @@ struct MetaPtrs {
 };
 
 struct ChunkProblem {
-  DType dtype = DType::kF32;
-  int64_t batch = 0;        // B
-  int64_t heads = 0;        // H
-  int64_t kv_heads = 0;     // Hkv, divides H
-  int64_t q_len = 0;        // Lq
-  int64_t kv_len = 0;       // Lk
-  int64_t head_dim = 0;     // D
+  AttentionShape shape;
   const void* q = nullptr;  // [B, H, Lq, D]
   const void* k = nullptr;  // [B, Hkv, Lk, D]
   const void* v = nullptr;  // [B, Hkv, Lk, D]
@@ -51,6 +47,6 @@ struct BackwardParams {
   float* dv = nullptr;         // [B, Hkv, Lk, D] accumulated
 };
 
-}  // namespace ringattn::kernels::cpu
+}  // namespace ringattn::kernels
 
-#endif  // RINGATTN_KERNELS_CPU_KERNEL_PARAMS_H_
+#endif  // RINGATTN_KERNELS_CHUNK_PARAMS_H_
