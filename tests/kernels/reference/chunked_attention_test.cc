@@ -10,7 +10,8 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/chunk_args.h"
+#include "kernels/chunk_backend.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
 #include "tests/kernels/testing/attention_case.h"
@@ -71,9 +72,7 @@ void ExpectAgainstOracle(const SyntheticBatch& batch, const LayerConfig& layer,
   testing::ExpectWithin("dV", got.dv, grads.dv, tol);
 }
 
-std::unique_ptr<cpu::CpuContext> Context() {
-  return testing::MakeContext(testing::SupportedIsas().back(), 2);
-}
+std::unique_ptr<ChunkBackend> CpuBackend() { return testing::MakeCpuBackend(/*num_threads=*/2); }
 
 std::vector<NamedCase> Cases() {
   const BatchShape base{1, 4, 2, 96, 32};
@@ -120,10 +119,10 @@ class ChunkedAttentionOracleTest : public ::testing::TestWithParam<NamedCase> {}
 
 TEST_P(ChunkedAttentionOracleTest, ForwardAndBackwardMatchTheDenseOracle) {
   const AttentionCase& c = GetParam().c;
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const SyntheticBatch batch = testing::MakeBatch(c);
-  absl::StatusOr<ChunkedResult> got = RunChunked(batch, c.layer, c.chunks, *ctx);
+  absl::StatusOr<ChunkedResult> got = RunChunked(batch, c.layer, c.chunks, *cpu);
   ASSERT_TRUE(got.ok()) << got.status();
   const BatchShape& s = c.shape;
   ASSERT_EQ(got->out.size(), static_cast<size_t>(s.batch * s.heads * s.seq_len * s.head_dim));
@@ -136,13 +135,13 @@ INSTANTIATE_TEST_SUITE_P(Cases, ChunkedAttentionOracleTest, ::testing::ValuesIn(
                          [](const auto& info) { return info.param.name; });
 
 TEST(ChunkedAttentionTest, ForwardOnlyLeavesTheGradientsEmpty) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const AttentionCase c =
       Case({1, 4, 2, 96, 32}, {GemmaLikeLayout(96)}, Layer(LayerKind::kSliding, 10), 4);
   const SyntheticBatch batch = testing::MakeBatch(c);
   absl::StatusOr<ChunkedResult> got =
-      RunChunked(batch, c.layer, c.chunks, *ctx, /*backward=*/false);
+      RunChunked(batch, c.layer, c.chunks, *cpu, /*backward=*/false);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->dq.empty());
   EXPECT_TRUE(got->dk.empty());
@@ -153,12 +152,12 @@ TEST(ChunkedAttentionTest, ForwardOnlyLeavesTheGradientsEmpty) {
 
 // The output is what a ring hands back: rounded to the input dtype once.
 TEST(ChunkedAttentionTest, Bf16OutputIsRoundedToBf16) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const AttentionCase c =
       Case({1, 4, 2, 96, 32}, {GemmaLikeLayout(96)}, Layer(LayerKind::kFull, 512), 3, DType::kBF16);
   absl::StatusOr<ChunkedResult> got =
-      RunChunked(testing::MakeBatch(c), c.layer, c.chunks, *ctx, false);
+      RunChunked(testing::MakeBatch(c), c.layer, c.chunks, *cpu, false);
   ASSERT_TRUE(got.ok()) << got.status();
   int64_t not_bf16 = 0, nonzero = 0;
   for (float x : got->out) {
@@ -172,14 +171,14 @@ TEST(ChunkedAttentionTest, Bf16OutputIsRoundedToBf16) {
 }
 
 TEST(ChunkedAttentionTest, ChunkCountThatDoesNotDivideTheSequenceIsRefused) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const AttentionCase c =
       Case({1, 2, 1, 96, 16}, {testing::SingleDocument(96)}, Layer(LayerKind::kFull, 512), 1);
   const SyntheticBatch batch = testing::MakeBatch(c);
   for (int64_t chunks : {int64_t{0}, int64_t{-1}, int64_t{5}, int64_t{7}, int64_t{97}}) {
     SCOPED_TRACE(chunks);
-    absl::StatusOr<ChunkedResult> got = RunChunked(batch, c.layer, chunks, *ctx);
+    absl::StatusOr<ChunkedResult> got = RunChunked(batch, c.layer, chunks, *cpu);
     EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
     EXPECT_NE(got.status().message().find("sequence length 96"), absl::string_view::npos)
         << got.status();
@@ -187,7 +186,7 @@ TEST(ChunkedAttentionTest, ChunkCountThatDoesNotDivideTheSequenceIsRefused) {
         << got.status();
   }
   // One chunk per token still divides it.
-  EXPECT_TRUE(RunChunked(batch, c.layer, 96, *ctx, false).ok());
+  EXPECT_TRUE(RunChunked(batch, c.layer, 96, *cpu, false).ok());
 }
 
 // A backend that records every step and runs it on the CPU kernels; it can
@@ -199,17 +198,17 @@ class RecordingBackend final : public ChunkBackend {
     std::array<int64_t, 4> q_shape, k_shape;
   };
 
-  explicit RecordingBackend(cpu::CpuContext& ctx) : cpu_(ctx) {}
+  explicit RecordingBackend(ChunkBackend& cpu) : cpu_(cpu) {}
 
   std::string name() const override { return "recording"; }
-  absl::Status Forward(const cpu::ForwardChunkArgs& args) override {
+  absl::Status Forward(const ForwardChunkArgs& args) override {
     forward.push_back({args.q_meta.start, args.kv_meta.start, args.q.shape, args.k.shape});
     if (static_cast<int>(forward.size()) == fail_forward_at) {
       return absl::ResourceExhaustedError("forward step refused");
     }
     return cpu_.Forward(args);
   }
-  absl::Status Backward(const cpu::BackwardChunkArgs& args) override {
+  absl::Status Backward(const BackwardChunkArgs& args) override {
     backward.push_back({args.q_meta.start, args.kv_meta.start, args.q.shape, args.k.shape});
     if (static_cast<int>(backward.size()) == fail_backward_at) {
       return absl::DataLossError("backward step refused");
@@ -222,19 +221,19 @@ class RecordingBackend final : public ChunkBackend {
   int fail_backward_at = -1;
 
  private:
-  cpu::CpuBackend cpu_;
+  ChunkBackend& cpu_;
 };
 
 // SPEC §3: rank r holds the chunk of rank (r - i) mod cp at step i; every
 // step is one query shard against one K/V chunk of L = S / cp tokens.
 TEST(ChunkedAttentionTest, EveryQueryShardMeetsEveryChunkInRingOrder) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   constexpr int64_t kCp = 4, kS = 96, kL = kS / kCp;
   const AttentionCase c =
       Case({2, 4, 2, kS, 16}, {GemmaLikeLayout(kS)}, Layer(LayerKind::kSliding, 30), kCp);
   const SyntheticBatch batch = testing::MakeBatch(c);
-  RecordingBackend backend(*ctx);
+  RecordingBackend backend(*cpu);
   absl::StatusOr<ChunkedResult> got = RunChunked(batch, c.layer, kCp, backend);
   ASSERT_TRUE(got.ok()) << got.status();
   for (const auto* steps : {&backend.forward, &backend.backward}) {
@@ -253,11 +252,11 @@ TEST(ChunkedAttentionTest, EveryQueryShardMeetsEveryChunkInRingOrder) {
 }
 
 TEST(ChunkedAttentionTest, BackendErrorInForwardIsReturnedAsIs) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const AttentionCase c =
       Case({1, 2, 1, 64, 16}, {testing::SingleDocument(64)}, Layer(LayerKind::kFull, 512), 4);
-  RecordingBackend backend(*ctx);
+  RecordingBackend backend(*cpu);
   backend.fail_forward_at = 6;
   absl::StatusOr<ChunkedResult> got = RunChunked(testing::MakeBatch(c), c.layer, 4, backend);
   EXPECT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << got.status();
@@ -267,11 +266,11 @@ TEST(ChunkedAttentionTest, BackendErrorInForwardIsReturnedAsIs) {
 }
 
 TEST(ChunkedAttentionTest, BackendErrorInBackwardIsReturnedAsIs) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   const AttentionCase c =
       Case({1, 2, 1, 64, 16}, {testing::SingleDocument(64)}, Layer(LayerKind::kFull, 512), 2);
-  RecordingBackend backend(*ctx);
+  RecordingBackend backend(*cpu);
   backend.fail_backward_at = 3;
   absl::StatusOr<ChunkedResult> got = RunChunked(testing::MakeBatch(c), c.layer, 2, backend);
   EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
@@ -283,12 +282,12 @@ TEST(ChunkedAttentionTest, BackendErrorInBackwardIsReturnedAsIs) {
 // A kernel's refusal (here: dropout, which the kernels reject rather than
 // ignore) comes back from RunChunked, not a silent result.
 TEST(ChunkedAttentionTest, KernelRefusalIsReturned) {
-  auto ctx = Context();
-  ASSERT_NE(ctx, nullptr);
+  auto cpu = CpuBackend();
+  ASSERT_NE(cpu, nullptr);
   LayerConfig layer = Layer(LayerKind::kFull, 512);
   layer.dropout = 0.5f;
   const AttentionCase c = Case({1, 2, 1, 32, 16}, {testing::SingleDocument(32)}, layer, 2);
-  absl::StatusOr<ChunkedResult> got = RunChunked(testing::MakeBatch(c), layer, 2, *ctx);
+  absl::StatusOr<ChunkedResult> got = RunChunked(testing::MakeBatch(c), layer, 2, *cpu);
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
 }
 
