@@ -99,13 +99,19 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   assembler.Expect("lse", "FP32", {in.batch, in.heads, in.seq_len}, true);
   attention::v1::ForwardResponse resp;
   absl::Status bad;
+  bool has_session = false;
   while (stream->Read(&resp)) {
-    if (resp.has_session()) out.session = resp.session();
+    if (resp.has_session()) {
+      out.session = resp.session();
+      has_session = true;
+    }
     if (resp.has_metrics()) out.metrics = resp.metrics();
     if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
   }
   if (absl::Status s = wire::FromGrpc(stream->Finish()); !s.ok()) return s;
   if (bad.ok()) bad = assembler.Finish();
+  // Without a session there is no handle for Backward or Release.
+  if (bad.ok() && !has_session) bad = absl::InvalidArgumentError("no session in the answer");
   if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
   out.out = assembler.Take("out");
   out.lse = wire::BytesAs<float>(assembler.Take("lse"));
