@@ -8,17 +8,22 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention_params.h"
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/cuda/impl/flash_kernels.cuh"
+#include "kernels/cuda/impl/backward_kernels.cuh"
+#include "kernels/cuda/impl/device_utils.cuh"
+#include "kernels/cuda/impl/forward_kernel.cuh"
 #include "kernels/cuda/impl/kernel_launchers.h"
+#include "kernels/cuda/impl/smem_regions.cuh"
 #include "kernels/cuda/tile_config.h"
 
 namespace ringattn::kernels::cuda::impl {
 
+// kBytes: what the kernel carves (smem_regions.cuh). The plan sizes the
+// launch with the same constexpr layout functions; a mismatch means they
+// were built from different tables.
 template <int64_t kBytes>
 CudaStatus CheckSmem(int64_t planned) {
-  // The plan and the kernel compute the layout from the same constexpr
-  // functions; a mismatch means they were built from different tables.
   if (planned != kBytes) {
     return CudaStatus{cudaErrorInvalidConfiguration,
                       __FILE__ ": shared memory of the plan differs from the kernel's layout"};
@@ -29,10 +34,7 @@ CudaStatus CheckSmem(int64_t planned) {
 template <typename T, int kBucket>
 CudaStatus LaunchForwardKernel(const AttentionParams& p, const KernelLaunch& launch,
                                cudaStream_t stream) {
-  constexpr int kEs = sizeof(T);
-  RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<ForwardSmemLayout(kEs, kBucket, ForwardTiles(kEs, kBucket)).total>(
-          launch.smem_bytes)));
+  RINGATTN_CUDA_TRY_STATUS((CheckSmem<ForwardSmemRegions<T, kBucket>::kBytes>(launch.smem_bytes)));
   const auto kernel = ForwardKernel<T, kBucket>;
   const int smem = static_cast<int>(launch.smem_bytes);
   RINGATTN_CUDA_TRY(
@@ -46,12 +48,10 @@ CudaStatus LaunchForwardKernel(const AttentionParams& p, const KernelLaunch& lau
 template <typename T, int kBucket>
 CudaStatus LaunchBackwardKernels(const AttentionParams& p, const KernelLaunch& dkdv,
                                  const KernelLaunch& dq, cudaStream_t stream) {
-  constexpr int kEs = sizeof(T);
-  constexpr TileShape kTiles = BackwardTiles(kEs, kBucket);
   RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, true).total>(dkdv.smem_bytes)));
+      (CheckSmem<BackwardSmemRegions<T, kBucket, /*kDkDv=*/true>::kBytes>(dkdv.smem_bytes)));
   RINGATTN_CUDA_TRY_STATUS(
-      (CheckSmem<BackwardSmemLayout(kEs, kBucket, kTiles, false).total>(dq.smem_bytes)));
+      (CheckSmem<BackwardSmemRegions<T, kBucket, /*kDkDv=*/false>::kBytes>(dq.smem_bytes)));
 
   const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
   const auto delta_kernel = DeltaKernel<T>;

@@ -11,6 +11,7 @@
 
 #include "tests/kernels/cuda/testing/host_emulation.h"
 // The emulation must come first.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -21,8 +22,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cuda/impl/flash_kernels.cuh"
+#include "kernels/chunk_backend.h"
+#include "kernels/cuda/impl/backward_kernels.cuh"
+#include "kernels/cuda/impl/device_utils.cuh"
+#include "kernels/cuda/impl/forward_kernel.cuh"
+#include "kernels/cuda/impl/smem_regions.cuh"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/synthetic_batch.h"
@@ -86,9 +90,8 @@ std::vector<TileSummary> Summaries(const DeviceMeta& m, int64_t batch, int64_t l
 
 template <typename T, int kBucket>
 void RunCase(const EmuCase& c) {
-  std::unique_ptr<cpu::CpuContext> ctx = testing::MakeContext(cpu::BestIsa());
-  ASSERT_NE(ctx, nullptr);
-  cpu::CpuBackend cpu_backend(*ctx);
+  std::unique_ptr<ChunkBackend> cpu_backend = testing::MakeCpuBackend();
+  ASSERT_NE(cpu_backend, nullptr);
   const int64_t S = 512;
   reference::RowLayout layout;
   if (c.layout == 0) {
@@ -122,7 +125,7 @@ void RunCase(const EmuCase& c) {
   const std::vector<int32_t> kv_vis = meta(batch.vision, c.kv_start, c.kv_len);
   const std::vector<uint8_t> kv_pad = meta(batch.padding, c.kv_start, c.kv_len);
 
-  cpu::ForwardChunkArgs f;
+  ForwardChunkArgs f;
   f.q = {dt, {B, H, c.q_len, D}, q.data(), q.size()};
   f.k = {dt, {B, Hkv, c.kv_len, D}, k.data(), k.size()};
   f.v = {dt, {B, Hkv, c.kv_len, D}, v.data(), v.size()};
@@ -134,11 +137,26 @@ void RunCase(const EmuCase& c) {
   std::vector<float> out_emu(rows * D, 7.0f), lse_emu(rows, 7.0f);
   f.out = out_cpu;
   f.lse = lse_cpu;
-  ASSERT_TRUE(cpu_backend.Forward(f).ok());
+  ASSERT_TRUE(cpu_backend->Forward(f).ok());
 
   const AttentionShape shape{dt, B, H, Hkv, c.q_len, c.kv_len, D};
   absl::StatusOr<LaunchPlan> plan = MakeLaunchPlan(shape, kSm80Caps);
   ASSERT_TRUE(plan.ok()) << plan.status();
+  // The launchers refuse a plan whose bytes differ from what the kernels
+  // carve; the emulation bypasses them, so it checks the same thing here.
+  using ForwardSmem = impl::ForwardSmemRegions<T, kBucket>;
+  using DkDvSmem = impl::BackwardSmemRegions<T, kBucket, /*kDkDv=*/true>;
+  using DqSmem = impl::BackwardSmemRegions<T, kBucket, /*kDkDv=*/false>;
+  ASSERT_EQ(plan->forward.smem_bytes, ForwardSmem::kBytes);
+  ASSERT_EQ(plan->backward_dkdv.smem_bytes, DkDvSmem::kBytes);
+  ASSERT_EQ(plan->backward_dq.smem_bytes, DqSmem::kBytes);
+  ASSERT_EQ(plan->forward_tiles.bq, ForwardSmem::kTiles.bq);
+  ASSERT_EQ(plan->forward_tiles.bk, ForwardSmem::kTiles.bk);
+  ASSERT_EQ(plan->backward_tiles.bq, DqSmem::kTiles.bq);
+  ASSERT_EQ(plan->backward_tiles.bk, DqSmem::kTiles.bk);
+  static_assert(std::max({ForwardSmem::kBytes, DkDvSmem::kBytes, DqSmem::kBytes}) <=
+                    static_cast<int64_t>(sizeof(impl::smem)),
+                "the emulated shared memory holds every layout");
   AttentionParams p;
   p.shape = shape;
   p.group = H / Hkv;
@@ -171,7 +189,7 @@ void RunCase(const EmuCase& c) {
     for (float& x : *g) x = uni(rng);
   }
   std::vector<float> dq_emu = dq_cpu, dk_emu = dk_cpu, dv_emu = dv_cpu;
-  cpu::BackwardChunkArgs bw;
+  BackwardChunkArgs bw;
   bw.q = f.q;
   bw.k = f.k;
   bw.v = f.v;
@@ -184,7 +202,7 @@ void RunCase(const EmuCase& c) {
   bw.dq = dq_cpu;
   bw.dk = dk_cpu;
   bw.dv = dv_cpu;
-  ASSERT_TRUE(cpu_backend.Backward(bw).ok());
+  ASSERT_TRUE(cpu_backend->Backward(bw).ok());
 
   std::vector<TileSummary> bq = Summaries(p.q_meta, B, c.q_len, plan->backward_tiles.bq);
   std::vector<TileSummary> bk = Summaries(p.kv_meta, B, c.kv_len, plan->backward_tiles.bk);
@@ -202,7 +220,7 @@ void RunCase(const EmuCase& c) {
   p.dq = dq_emu.data();
   p.dk = dk_emu.data();
   p.dv = dv_emu.data();
-  EmuLaunch((rows + kThreads / 32 - 1) / (kThreads / 32), 1, kThreads,
+  EmuLaunch((rows + impl::kWarps - 1) / impl::kWarps, 1, kThreads,
             [&] { impl::DeltaKernel<T>(p); });
   EmuLaunch(plan->backward_dkdv.grid_x, plan->backward_dkdv.grid_y, plan->backward_dkdv.threads,
             [&] { impl::BackwardDkDvKernel<T, kBucket>(p); });

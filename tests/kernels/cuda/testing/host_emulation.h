@@ -1,11 +1,13 @@
 #ifndef RINGATTN_TESTS_KERNELS_CUDA_TESTING_HOST_EMULATION_H_
 #define RINGATTN_TESTS_KERNELS_CUDA_TESTING_HOST_EMULATION_H_
 
-// Runs the CUDA kernels of kernels/cuda/impl/flash_kernels.cuh on CPU
-// threads, so their logic (indexing, tiling, masking, tile skipping, the
-// online softmax, the barriers as written) is tested on machines without a
-// GPU. Include this before the kernel header, from a file the C++ compiler
-// builds: it turns the CUDA keywords into plain C++, runs each block as blockDim.x
+// Runs the CUDA kernels of kernels/cuda/impl (forward_kernel.cuh,
+// backward_kernels.cuh and the tile GEMM, tile I/O, online softmax and
+// shared-memory pieces they are built from) on CPU threads, so their logic
+// (indexing, tiling, masking, tile skipping, the online softmax, the
+// barriers as written) is tested on machines without a GPU. Include this
+// before the kernel headers, from a file the C++ compiler builds: it turns
+// the CUDA keywords into plain C++, runs each block as blockDim.x
 // std::threads with std::barrier for __syncthreads / __syncwarp, emulates
 // __shfl_xor_sync through a per-warp exchange array, and implements the WMMA
 // 16x16x16 API with its documented element mapping (each lane computes the
