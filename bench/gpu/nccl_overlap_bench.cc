@@ -30,9 +30,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
-#include "server/ring/nccl_check.h"
-#include "server/ring/nccl_transport.h"
 #include "server/ring/store.h"
+#include "server/ring/transports/nccl_check.h"
+#include "server/ring/transports/nccl_transport.h"
 
 ABSL_FLAG(int64_t, kv_mib, 32,
           "MiB exchanged per step: one K/V chunk (32 MiB = B 1, Hkv 8, L 8192, D 128, bf16).");

@@ -24,13 +24,13 @@ if ! have_gpu; then
   echo "no CUDA device: skipped"
   exit 0
 fi
-test_bin=$build/tests/server_ring_nccl_transport_test
+test_bin=$build/tests/server_ring_transports_nccl_transport_test
 if [[ ! -x $bin || ! -x $test_bin ]]; then
   if [[ ! -f $build/CMakeCache.txt ]]; then
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DRINGATTN_BUILD_TESTS=ON -DRINGATTN_BUILD_BENCH=ON >/dev/null
   fi
-  cmake --build "$build" --target ringattn_nccl_overlap_bench server_ring_nccl_transport_test
+  cmake --build "$build" --target ringattn_nccl_overlap_bench server_ring_transports_nccl_transport_test
 fi
 if [[ ! -x $bin ]]; then
   echo "ringattn_nccl_overlap_bench was not built (no CUDA toolkit or NCCL?)" >&2

@@ -32,8 +32,8 @@
 #include "kernels/backends.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
-#include "server/ring/gloo_transport.h"
 #include "server/ring/ring_attention.h"
+#include "server/ring/transports/gloo_transport.h"
 
 ABSL_FLAG(int64_t, seq_len, 4096, "Sequence length S (a multiple of 8).");
 ABSL_FLAG(int, repeat, 2, "Timed forward+backward calls per configuration (best kept).");

@@ -35,8 +35,8 @@
 #include "grpcpp/server_builder.h"
 #include "kernels/backends.h"
 #include "kernels/reference/synthetic_batch.h"
-#include "server/ring/in_process_transport.h"
 #include "server/ring/ring_attention.h"
+#include "server/ring/transports/in_process_transport.h"
 
 ABSL_FLAG(int64_t, stream_mib, 512, "MiB each way for the raw streaming baseline.");
 ABSL_FLAG(int, repeat, 3, "Repetitions of each measurement (best kept).");

@@ -34,7 +34,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #endif
 #if RINGATTN_HAVE_NCCL
-#include "server/ring/nccl_transport.h"
+#include "server/ring/transports/nccl_transport.h"
 #endif
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "Coordinator address (host:port).");

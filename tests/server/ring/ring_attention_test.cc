@@ -8,7 +8,7 @@
 #include "kernels/backends.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
-#include "server/ring/in_process_transport.h"
+#include "server/ring/transports/in_process_transport.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
 

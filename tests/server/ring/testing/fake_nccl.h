@@ -6,7 +6,7 @@
 #include <mutex>
 #include <vector>
 
-#include "server/ring/nccl_op_batcher.h"
+#include "server/ring/transports/nccl_op_batcher.h"
 
 namespace ringattn::ring::testing {
 

@@ -6,7 +6,7 @@
 #include "absl/status/status.h"
 #include "kernels/backends.h"
 #include "kernels/convert.h"
-#include "server/ring/in_process_transport.h"
+#include "server/ring/transports/in_process_transport.h"
 
 namespace ringattn::ring::testing {
 

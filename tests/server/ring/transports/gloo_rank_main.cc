@@ -14,7 +14,7 @@
 #include "absl/flags/usage.h"
 #include "kernels/backends.h"
 #include "kernels/convert.h"
-#include "server/ring/gloo_transport.h"
+#include "server/ring/transports/gloo_transport.h"
 #include "tests/server/ring/testing/ring_harness.h"
 
 ABSL_FLAG(std::string, store_dir, "", "Directory of the rendezvous file store.");

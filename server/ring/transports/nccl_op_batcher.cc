@@ -1,4 +1,4 @@
-#include "server/ring/nccl_op_batcher.h"
+#include "server/ring/transports/nccl_op_batcher.h"
 
 #include <chrono>
 #include <mutex>

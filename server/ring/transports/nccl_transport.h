@@ -1,5 +1,5 @@
-#ifndef RINGATTN_SERVER_RING_NCCL_TRANSPORT_H_
-#define RINGATTN_SERVER_RING_NCCL_TRANSPORT_H_
+#ifndef RINGATTN_SERVER_RING_TRANSPORTS_NCCL_TRANSPORT_H_
+#define RINGATTN_SERVER_RING_TRANSPORTS_NCCL_TRANSPORT_H_
 
 #include <cstdint>
 #include <memory>
@@ -25,7 +25,7 @@
 //   group at Flush (which the ring calls after posting each step) or at the
 //   first Wait on any of them; each carries its tag in an 8-byte header that
 //   the receiver checks, so a rank that posted out of order fails loudly.
-//   (server/ring/nccl_op_batcher.h has the why and the CPU tests.)
+//   (server/ring/transports/nccl_op_batcher.h has the why and the CPU tests.)
 // - Streams: everything runs on a communication stream of its own, so it
 //   overlaps work on the compute backend's stream.
 // - Buffers: device memory of this rank's GPU is sent and received in place;
@@ -60,4 +60,4 @@ absl::StatusOr<std::unique_ptr<Transport>> ConnectNccl(Store& store, const NcclO
 
 }  // namespace ringattn::ring
 
-#endif  // RINGATTN_SERVER_RING_NCCL_TRANSPORT_H_
+#endif  // RINGATTN_SERVER_RING_TRANSPORTS_NCCL_TRANSPORT_H_

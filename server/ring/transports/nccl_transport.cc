@@ -1,4 +1,4 @@
-#include "server/ring/nccl_transport.h"
+#include "server/ring/transports/nccl_transport.h"
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -15,8 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
-#include "server/ring/nccl_check.h"
-#include "server/ring/nccl_op_batcher.h"
+#include "server/ring/transports/nccl_check.h"
+#include "server/ring/transports/nccl_op_batcher.h"
 
 namespace ringattn::ring {
 namespace {

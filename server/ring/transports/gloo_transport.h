@@ -1,5 +1,5 @@
-#ifndef RINGATTN_SERVER_RING_GLOO_TRANSPORT_H_
-#define RINGATTN_SERVER_RING_GLOO_TRANSPORT_H_
+#ifndef RINGATTN_SERVER_RING_TRANSPORTS_GLOO_TRANSPORT_H_
+#define RINGATTN_SERVER_RING_TRANSPORTS_GLOO_TRANSPORT_H_
 
 #include <memory>
 #include <string>
@@ -26,4 +26,4 @@ absl::StatusOr<std::unique_ptr<Transport>> ConnectGloo(Store& store, const GlooO
 
 }  // namespace ringattn::ring
 
-#endif  // RINGATTN_SERVER_RING_GLOO_TRANSPORT_H_
+#endif  // RINGATTN_SERVER_RING_TRANSPORTS_GLOO_TRANSPORT_H_

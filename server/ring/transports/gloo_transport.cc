@@ -1,4 +1,4 @@
-#include "server/ring/gloo_transport.h"
+#include "server/ring/transports/gloo_transport.h"
 
 #include <chrono>
 #include <exception>

@@ -1,5 +1,5 @@
-#ifndef RINGATTN_SERVER_COMMON_GRPC_STORE_H_
-#define RINGATTN_SERVER_COMMON_GRPC_STORE_H_
+#ifndef RINGATTN_SERVER_WORKER_GRPC_STORE_H_
+#define RINGATTN_SERVER_WORKER_GRPC_STORE_H_
 
 #include <memory>
 #include <string>
@@ -28,4 +28,4 @@ class GrpcStore : public ring::Store {
 
 }  // namespace ringattn::server
 
-#endif  // RINGATTN_SERVER_COMMON_GRPC_STORE_H_
+#endif  // RINGATTN_SERVER_WORKER_GRPC_STORE_H_

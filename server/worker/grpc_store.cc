@@ -1,4 +1,4 @@
-#include "server/common/grpc_store.h"
+#include "server/worker/grpc_store.h"
 
 #include <chrono>
 

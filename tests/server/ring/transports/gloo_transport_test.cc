@@ -1,6 +1,6 @@
 // Rings of separate OS processes over Gloo TCP on 127.0.0.1: parity with the
 // oracle, and a rank killed mid-ring making every other rank fail in time.
-#include "server/ring/gloo_transport.h"
+#include "server/ring/transports/gloo_transport.h"
 
 #include <signal.h>
 #include <spawn.h>

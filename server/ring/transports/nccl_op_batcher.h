@@ -1,5 +1,5 @@
-#ifndef RINGATTN_SERVER_RING_NCCL_OP_BATCHER_H_
-#define RINGATTN_SERVER_RING_NCCL_OP_BATCHER_H_
+#ifndef RINGATTN_SERVER_RING_TRANSPORTS_NCCL_OP_BATCHER_H_
+#define RINGATTN_SERVER_RING_TRANSPORTS_NCCL_OP_BATCHER_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -130,4 +130,4 @@ class BatchedTransport : public Transport {
 
 }  // namespace ringattn::ring
 
-#endif  // RINGATTN_SERVER_RING_NCCL_OP_BATCHER_H_
+#endif  // RINGATTN_SERVER_RING_TRANSPORTS_NCCL_OP_BATCHER_H_

@@ -1,5 +1,5 @@
-#ifndef RINGATTN_SERVER_RING_NCCL_CHECK_H_
-#define RINGATTN_SERVER_RING_NCCL_CHECK_H_
+#ifndef RINGATTN_SERVER_RING_TRANSPORTS_NCCL_CHECK_H_
+#define RINGATTN_SERVER_RING_TRANSPORTS_NCCL_CHECK_H_
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -50,4 +50,4 @@ inline void Report(const absl::Status& s) {
 #define RINGATTN_NCCL_STATUS(expr) \
   ::ringattn::ring::nccl_check::Nccl((expr), __FILE__, __LINE__, #expr)
 
-#endif  // RINGATTN_SERVER_RING_NCCL_CHECK_H_
+#endif  // RINGATTN_SERVER_RING_TRANSPORTS_NCCL_CHECK_H_

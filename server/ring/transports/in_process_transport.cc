@@ -1,4 +1,4 @@
-#include "server/ring/in_process_transport.h"
+#include "server/ring/transports/in_process_transport.h"
 
 #include <chrono>
 #include <cstring>

@@ -4,7 +4,7 @@
 // against the oracle. Skips without a CUDA device; the queueing, grouping
 // and failure logic underneath is tested on the CPU in
 // nccl_op_batcher_test.cc.
-#include "server/ring/nccl_transport.h"
+#include "server/ring/transports/nccl_transport.h"
 
 #include <cuda_runtime_api.h>
 
@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/ring/nccl_check.h"
+#include "server/ring/transports/nccl_check.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
 
