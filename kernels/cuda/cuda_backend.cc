@@ -42,6 +42,34 @@ absl::StatusOr<DeviceMeta> UploadMeta(MetaBuffers& dst, const MetaPtrs& src, int
                     dst.padding.as<const uint8_t>(), src.start};
 }
 
+// Device copies of the inputs forward and backward share.
+struct InputBuffers {
+  DeviceBuffer q, k, v;  // dtype, [B, H, Lq, D] / [B, Hkv, Lk, D]
+  MetaBuffers q_meta, kv_meta;
+};
+
+// Uploads q, k, v and both metadata slices of `args` (validated into `p`)
+// and points `d` (Forward- or BackwardDeviceParams) at them, with the
+// problem's shape, mask and scale.
+template <typename ChunkArgs, typename DeviceParams>
+absl::Status UploadInputs(InputBuffers& in, const ChunkArgs& args, const ChunkProblem& p,
+                          cudaStream_t stream, DeviceParams& d) {
+  RINGATTN_RETURN_IF_ERROR(Upload(in.q, args.q.data, args.q.size_bytes, stream));
+  RINGATTN_RETURN_IF_ERROR(Upload(in.k, args.k.data, args.k.size_bytes, stream));
+  RINGATTN_RETURN_IF_ERROR(Upload(in.v, args.v.data, args.v.size_bytes, stream));
+  RINGATTN_ASSIGN_OR_RETURN(d.q_meta,
+                            UploadMeta(in.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
+  RINGATTN_ASSIGN_OR_RETURN(
+      d.kv_meta, UploadMeta(in.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
+  d.shape = p.shape;
+  d.q = in.q.data();
+  d.k = in.k.data();
+  d.v = in.v.data();
+  d.mask = p.mask;
+  d.scale = p.scale;
+  return absl::OkStatus();
+}
+
 absl::Status Download(void* dst, const DeviceBuffer& src, size_t bytes, cudaStream_t stream) {
   RINGATTN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst, src.data(), bytes, cudaMemcpyDeviceToHost, stream));
@@ -93,12 +121,11 @@ struct CudaBackend::Impl {
   std::string name;
   DeviceCaps caps;
   CudaStream stream;
-  DeviceBuffer q, k, v;     // dtype, [B, H, Lq, D] / [B, Hkv, Lk, D]
+  InputBuffers in;          // q, k, v and their metadata
   DeviceBuffer out, dout;   // forward: out fp32; backward: out, dout dtype
   DeviceBuffer lse;         // [B, H, Lq] fp32
   DeviceBuffer dq, dk, dv;  // fp32 gradients
   DeviceBuffer workspace;   // LaunchPlan workspace
-  MetaBuffers q_meta, kv_meta;
 };
 
 int CudaDeviceCount() {
@@ -158,32 +185,18 @@ int CudaBackend::device() const { return impl_->device; }
 
 absl::Status CudaBackend::Forward(const ForwardChunkArgs& args) {
   RINGATTN_ASSIGN_OR_RETURN(const ForwardParams fp, MakeForwardParams(args));
-  const ChunkProblem& p = fp.problem;
-  const AttentionShape& shape = p.shape;
-  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
+  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(fp.problem.shape, impl_->caps));
   RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
   const cudaStream_t stream = m.stream.get();
   const size_t out_bytes = args.out.size() * sizeof(float);
   const size_t lse_bytes = args.lse.size() * sizeof(float);
   return RunSynchronously(stream, [&]() -> absl::Status {
-    RINGATTN_RETURN_IF_ERROR(Upload(m.q, args.q.data, args.q.size_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.k, args.k.data, args.k.size_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.v, args.v.data, args.v.size_bytes, stream));
     ForwardDeviceParams d;
-    RINGATTN_ASSIGN_OR_RETURN(
-        d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
-    RINGATTN_ASSIGN_OR_RETURN(
-        d.kv_meta, UploadMeta(m.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
+    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, fp.problem, stream, d));
     RINGATTN_RETURN_IF_ERROR(m.out.Reserve(out_bytes));
     RINGATTN_RETURN_IF_ERROR(m.lse.Reserve(lse_bytes));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.forward_workspace_bytes));
-    d.shape = shape;
-    d.q = m.q.data();
-    d.k = m.k.data();
-    d.v = m.v.data();
-    d.mask = p.mask;
-    d.scale = p.scale;
     d.out = m.out.as<float>();
     d.lse = m.lse.as<float>();
     d.workspace = m.workspace.data();
@@ -196,9 +209,7 @@ absl::Status CudaBackend::Forward(const ForwardChunkArgs& args) {
 
 absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
   RINGATTN_ASSIGN_OR_RETURN(const BackwardParams bp, MakeBackwardParams(args));
-  const ChunkProblem& p = bp.problem;
-  const AttentionShape& shape = p.shape;
-  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
+  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(bp.problem.shape, impl_->caps));
   RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
   Impl& m = *impl_;
   const cudaStream_t stream = m.stream.get();
@@ -206,9 +217,8 @@ absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
   const size_t dk_bytes = args.dk.size() * sizeof(float);
   const size_t dv_bytes = args.dv.size() * sizeof(float);
   return RunSynchronously(stream, [&]() -> absl::Status {
-    RINGATTN_RETURN_IF_ERROR(Upload(m.q, args.q.data, args.q.size_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.k, args.k.data, args.k.size_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.v, args.v.data, args.v.size_bytes, stream));
+    BackwardDeviceParams d;
+    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, bp.problem, stream, d));
     RINGATTN_RETURN_IF_ERROR(Upload(m.out, args.out.data, args.out.size_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(Upload(m.dout, args.dout.data, args.dout.size_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(
@@ -217,21 +227,10 @@ absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
     RINGATTN_RETURN_IF_ERROR(Upload(m.dq, args.dq.data(), dq_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(Upload(m.dk, args.dk.data(), dk_bytes, stream));
     RINGATTN_RETURN_IF_ERROR(Upload(m.dv, args.dv.data(), dv_bytes, stream));
-    BackwardDeviceParams d;
-    RINGATTN_ASSIGN_OR_RETURN(
-        d.q_meta, UploadMeta(m.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
-    RINGATTN_ASSIGN_OR_RETURN(
-        d.kv_meta, UploadMeta(m.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.backward_workspace_bytes));
-    d.shape = shape;
-    d.q = m.q.data();
-    d.k = m.k.data();
-    d.v = m.v.data();
     d.out = m.out.data();
     d.dout = m.dout.data();
     d.lse = m.lse.as<const float>();
-    d.mask = p.mask;
-    d.scale = p.scale;
     d.dq = m.dq.as<float>();
     d.dk = m.dk.as<float>();
     d.dv = m.dv.as<float>();
