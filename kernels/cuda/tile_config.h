@@ -89,6 +89,22 @@ RINGATTN_HOST_DEVICE constexpr int64_t AlignSmem(int64_t bytes) {
   return (bytes + 127) / 128 * 128;
 }
 
+// Hands out the regions of a kernel's dynamic shared memory one after the
+// other, each aligned, so every layout below is carved the same way.
+class SmemCarver {
+ public:
+  // The offset of a new region of `bytes`.
+  RINGATTN_HOST_DEVICE constexpr int64_t Take(int64_t bytes) {
+    const int64_t here = at_;
+    at_ += AlignSmem(bytes);
+    return here;
+  }
+  RINGATTN_HOST_DEVICE constexpr int64_t total() const { return at_; }
+
+ private:
+  int64_t at_ = 0;
+};
+
 // Byte offsets into the dynamic shared memory of the forward kernel.
 struct ForwardSmem {
   int64_t q = 0;      // [bq, LdInput] dtype
@@ -107,23 +123,18 @@ struct ForwardSmem {
 RINGATTN_HOST_DEVICE constexpr ForwardSmem ForwardSmemLayout(int elem_size, int bucket,
                                                              TileShape t) {
   ForwardSmem s;
-  int64_t at = 0;
-  auto take = [&at](int64_t bytes) {
-    const int64_t here = at;
-    at += AlignSmem(bytes);
-    return here;
-  };
-  s.q = take(int64_t{t.bq} * LdInput(bucket) * elem_size);
-  s.kv = take(int64_t{t.bk} * LdInput(bucket) * elem_size);
-  s.o = take(int64_t{t.bq} * LdAcc(bucket) * 4);
-  s.s = take(int64_t{t.bq} * LdScore(t.bk) * 4);
-  s.p = take(int64_t{t.bq} * LdProb(t.bk) * elem_size);
-  s.m = take(int64_t{t.bq} * 4);
-  s.l = take(int64_t{t.bq} * 4);
-  s.alpha = take(int64_t{t.bq} * 4);
-  s.q_tok = take(int64_t{t.bq} * static_cast<int64_t>(sizeof(TokenInfo)));
-  s.k_tok = take(int64_t{t.bk} * static_cast<int64_t>(sizeof(TokenInfo)));
-  s.total = at;
+  SmemCarver carve;
+  s.q = carve.Take(int64_t{t.bq} * LdInput(bucket) * elem_size);
+  s.kv = carve.Take(int64_t{t.bk} * LdInput(bucket) * elem_size);
+  s.o = carve.Take(int64_t{t.bq} * LdAcc(bucket) * 4);
+  s.s = carve.Take(int64_t{t.bq} * LdScore(t.bk) * 4);
+  s.p = carve.Take(int64_t{t.bq} * LdProb(t.bk) * elem_size);
+  s.m = carve.Take(int64_t{t.bq} * 4);
+  s.l = carve.Take(int64_t{t.bq} * 4);
+  s.alpha = carve.Take(int64_t{t.bq} * 4);
+  s.q_tok = carve.Take(int64_t{t.bq} * static_cast<int64_t>(sizeof(TokenInfo)));
+  s.k_tok = carve.Take(int64_t{t.bk} * static_cast<int64_t>(sizeof(TokenInfo)));
+  s.total = carve.total();
   return s;
 }
 
@@ -152,27 +163,22 @@ struct BackwardSmem {
 RINGATTN_HOST_DEVICE constexpr BackwardSmem BackwardSmemLayout(int elem_size, int bucket,
                                                                TileShape t, bool dkdv) {
   BackwardSmem s;
-  int64_t at = 0;
-  auto take = [&at](int64_t bytes) {
-    const int64_t here = at;
-    at += AlignSmem(bytes);
-    return here;
-  };
-  s.q = take(int64_t{t.bq} * LdInput(bucket) * elem_size);
-  s.dout = take(int64_t{t.bq} * LdInput(bucket) * elem_size);
-  s.k = take(int64_t{t.bk} * LdInput(bucket) * elem_size);
-  s.v = take(int64_t{t.bk} * LdInput(bucket) * elem_size);
-  s.acc = take(int64_t{dkdv ? t.bk : t.bq} * LdAcc(bucket) * 4);
-  s.acc2 = dkdv ? take(int64_t{t.bk} * LdAcc(bucket) * 4) : s.acc;
-  s.s = take(int64_t{t.bq} * LdScore(t.bk) * 4);
-  s.dp = take(int64_t{t.bq} * LdScore(t.bk) * 4);
-  s.p = dkdv ? take(int64_t{t.bq} * LdProb(t.bk) * elem_size) : s.s;
-  s.ds = take(int64_t{t.bq} * LdProb(t.bk) * elem_size);
-  s.lse = take(int64_t{t.bq} * 4);
-  s.delta = take(int64_t{t.bq} * 4);
-  s.q_tok = take(int64_t{t.bq} * static_cast<int64_t>(sizeof(TokenInfo)));
-  s.k_tok = take(int64_t{t.bk} * static_cast<int64_t>(sizeof(TokenInfo)));
-  s.total = at;
+  SmemCarver carve;
+  s.q = carve.Take(int64_t{t.bq} * LdInput(bucket) * elem_size);
+  s.dout = carve.Take(int64_t{t.bq} * LdInput(bucket) * elem_size);
+  s.k = carve.Take(int64_t{t.bk} * LdInput(bucket) * elem_size);
+  s.v = carve.Take(int64_t{t.bk} * LdInput(bucket) * elem_size);
+  s.acc = carve.Take(int64_t{dkdv ? t.bk : t.bq} * LdAcc(bucket) * 4);
+  s.acc2 = dkdv ? carve.Take(int64_t{t.bk} * LdAcc(bucket) * 4) : s.acc;
+  s.s = carve.Take(int64_t{t.bq} * LdScore(t.bk) * 4);
+  s.dp = carve.Take(int64_t{t.bq} * LdScore(t.bk) * 4);
+  s.p = dkdv ? carve.Take(int64_t{t.bq} * LdProb(t.bk) * elem_size) : s.s;
+  s.ds = carve.Take(int64_t{t.bq} * LdProb(t.bk) * elem_size);
+  s.lse = carve.Take(int64_t{t.bq} * 4);
+  s.delta = carve.Take(int64_t{t.bq} * 4);
+  s.q_tok = carve.Take(int64_t{t.bq} * static_cast<int64_t>(sizeof(TokenInfo)));
+  s.k_tok = carve.Take(int64_t{t.bk} * static_cast<int64_t>(sizeof(TokenInfo)));
+  s.total = carve.total();
   return s;
 }
 
