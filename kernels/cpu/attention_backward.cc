@@ -17,21 +17,59 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   const int64_t q_rows = p.shape.batch * p.shape.heads * plan.q_tiles * kBq;
   const int64_t kv_size = p.shape.batch * p.shape.kv_heads * plan.kv_tiles * kBk * dp;
 
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer q, FloatBuffer::Allocate(q_rows * dp, "backward Q"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout, FloatBuffer::Allocate(q_rows * dp, "backward dO"));
+  const IsaKernels& kernels = KernelsFor(ctx.isa());
+  // bf16 on the matrix units keeps every operand in bf16 packs instead.
+  const bool bf16 = kernels.bf16_matrix && p.shape.dtype == DType::kBF16;
+  const int64_t q_size = bf16 ? 0 : q_rows * dp;
+  const int64_t fp32_kv_size = bf16 ? 0 : kv_size;
+  const int64_t bf16_elements =
+      bf16 ? kBf16BackwardQPacks * q_rows * dp + kBf16BackwardKvPacks * kv_size : 0;
+
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer q, FloatBuffer::Allocate(q_size, "backward Q"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout, FloatBuffer::Allocate(q_size, "backward dO"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer lse, FloatBuffer::Allocate(q_rows, "backward lse"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer delta, FloatBuffer::Allocate(q_rows, "backward delta"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k, FloatBuffer::Allocate(kv_size, "backward K"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(kv_size, "backward K^T"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v_t, FloatBuffer::Allocate(kv_size, "backward V^T"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k, FloatBuffer::Allocate(fp32_kv_size, "backward K"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(fp32_kv_size, "backward K^T"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v_t, FloatBuffer::Allocate(fp32_kv_size, "backward V^T"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer bf16_buffer,
+                            FloatBuffer::Allocate((bf16_elements + 1) / 2, "backward bf16 packs"));
   RINGATTN_ASSIGN_OR_RETURN(
       FloatBuffer scratch,
       FloatBuffer::Allocate(ctx.pool().num_threads() * BackwardScratchPerWorker(dp),
                             "backward scratch"));
-  const BackwardWorkspace ws{q.data(), dout.data(), lse.data(), delta.data(),
-                             k.data(), k_t.data(),  v_t.data(), scratch.data()};
+  BackwardWorkspace ws;
+  ws.q = q.data();
+  ws.dout = dout.data();
+  ws.lse = lse.data();
+  ws.delta = delta.data();
+  ws.k = k.data();
+  ws.k_t = k_t.data();
+  ws.v_t = v_t.data();
+  ws.scratch = scratch.data();
+  if (bf16) {
+    uint16_t* next = reinterpret_cast<uint16_t*>(bf16_buffer.data());
+    auto take = [&next](int64_t size) {
+      uint16_t* at = next;
+      next += size;
+      return at;
+    };
+    Bf16BackwardPacks& pk = ws.bf16;
+    const int64_t qs = q_rows * dp;
+    pk.q = take(qs);
+    pk.q_dpairs = take(qs);
+    pk.q_rpairs = take(qs);
+    pk.dout = take(qs);
+    pk.dout_dpairs = take(qs);
+    pk.dout_rpairs = take(qs);
+    pk.k = take(kv_size);
+    pk.k_dpairs = take(kv_size);
+    pk.k_rpairs = take(kv_size);
+    pk.v = take(kv_size);
+    pk.v_dpairs = take(kv_size);
+  }
 
-  KernelsFor(ctx.isa()).backward(params, plan, ws, ctx.pool());
+  kernels.backward(params, plan, ws, ctx.pool());
   return absl::OkStatus();
 }
 

@@ -16,15 +16,28 @@ absl::Status ForwardChunk(const ForwardChunkArgs& args, CpuContext& ctx) {
   const int64_t dp = plan.head_dim_padded;
   const int64_t kv_size = p.shape.batch * p.shape.kv_heads * plan.kv_tiles * kBk * dp;
 
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(kv_size, "forward K^T"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v, FloatBuffer::Allocate(kv_size, "forward V"));
+  const IsaKernels& kernels = KernelsFor(ctx.isa());
+  // bf16 on the matrix units keeps K and V in bf16 (half the floats each).
+  const bool bf16 = kernels.bf16_matrix && p.shape.dtype == DType::kBF16;
+  const int64_t fp32_size = bf16 ? 0 : kv_size;
+
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(fp32_size, "forward K^T"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v, FloatBuffer::Allocate(fp32_size, "forward V"));
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer bf16_packs,
+                            FloatBuffer::Allocate(bf16 ? kv_size : 0, "forward bf16 K, V"));
   RINGATTN_ASSIGN_OR_RETURN(
       FloatBuffer scratch,
       FloatBuffer::Allocate(ctx.pool().num_threads() * ForwardScratchPerWorker(dp),
                             "forward scratch"));
-  const ForwardWorkspace ws{k_t.data(), v.data(), scratch.data()};
+  auto* packs = reinterpret_cast<uint16_t*>(bf16_packs.data());
+  ForwardWorkspace ws;
+  ws.k_t = k_t.data();
+  ws.v = v.data();
+  ws.k_dpairs = bf16 ? packs : nullptr;
+  ws.v_rpairs = bf16 ? packs + kv_size : nullptr;
+  ws.scratch = scratch.data();
 
-  KernelsFor(ctx.isa()).forward(params, plan, ws, ctx.pool());
+  kernels.forward(params, plan, ws, ctx.pool());
   return absl::OkStatus();
 }
 

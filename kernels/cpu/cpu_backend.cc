@@ -18,7 +18,8 @@ absl::StatusOr<std::unique_ptr<ChunkBackend>> MakeCpuBackend(int num_threads,
     context_options.isa = cpu::ParseIsa(isa);
     if (!context_options.isa.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("unknown instruction set '", isa, "' (expected generic, avx2 or avx512)"));
+          absl::StrCat("unknown instruction set '", isa,
+                       "' (expected generic, avx2, avx512, avx512bf16 or amx)"));
     }
   }
   RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuContext> ctx,
@@ -28,7 +29,7 @@ absl::StatusOr<std::unique_ptr<ChunkBackend>> MakeCpuBackend(int num_threads,
 
 std::vector<std::string> SupportedCpuIsas() {
   std::vector<std::string> names;
-  for (cpu::Isa isa : {cpu::Isa::kGeneric, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+  for (cpu::Isa isa : cpu::kAllIsas) {
     if (cpu::IsaSupported(isa)) names.emplace_back(cpu::IsaName(isa));
   }
   return names;

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/impl/bf16_gemm.h"
 #include "kernels/cpu/impl/flash_common.h"
 #include "kernels/cpu/impl/tile_gemm.h"
 
@@ -63,8 +64,8 @@ inline BackwardTile TileAt(const BackwardWorkspace& ws, int64_t qrow, int64_t bk
                       ws.delta + qrow,  ws.k_t + panel,      ws.v_t + panel};
 }
 
-inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
-                         const BackwardWorkspace& ws, ThreadPool& pool) {
+inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
+                        const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
   const int64_t d = p.shape.head_dim;
   const int64_t dp = plan.head_dim_padded;
@@ -187,6 +188,212 @@ inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
       for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
     }
   });
+}
+
+// s_t: [kBk, kBq] raw k·q (row = key, column = query) -> scale * k·q where
+// the mask allows, -inf elsewhere: ScaleAndMask of the transposed tile.
+inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
+                                   const TileFrame& f) {
+  if (cls == TileClass::kFull && f.cols == kBk) {
+    for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s_t + i, Load(s_t + i) * scale);
+    return;
+  }
+  for (int64_t j = 0; j < kBk; ++j) {
+    float* row = s_t + j * kBq;
+    if (j >= f.cols) {
+      for (int64_t i = 0; i < kBq; ++i) row[i] = -kInf;
+      continue;
+    }
+    const TokenInfo k = TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j);
+    for (int64_t i = 0; i < kBq; ++i) {
+      const bool allowed =
+          i < f.rows && Allowed(rule, TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i), k);
+      row[i] = allowed ? row[i] * scale : -kInf;
+    }
+  }
+}
+
+// shift[i] = lse[i], or +inf for a row that attended nothing, so that
+// exp(s - shift) is exactly 0 there (never exp(-inf + inf)).
+inline void SoftmaxShift(const float* lse, float* shift) {
+  for (int64_t i = 0; i < kBq; ++i) shift[i] = lse[i] == -kInf ? kInf : lse[i];
+}
+
+// The bf16 backward: the same two passes as BackwardF32 with every product
+// on the matrix units and P, dS rounded to bf16 for the products that read
+// them. Pass 1 works on the transposed tile (S^T = K Q^T), so P^T and dS^T
+// come out row-major as the A operands of dV += P^T dO and dK += dS^T Q.
+inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
+                         const BackwardWorkspace& ws, ThreadPool& pool) {
+  const ChunkProblem& p = params.problem;
+  const Bf16BackwardPacks& pk = ws.bf16;
+  const int64_t d = p.shape.head_dim;
+  const int64_t dp = plan.head_dim_padded;
+  const int64_t lkp = plan.kv_tiles * kBk;
+  const int64_t lqp = plan.q_tiles * kBq;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
+  const int64_t scratch_size = BackwardScratchPerWorker(dp);
+
+  pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int) {
+    const int64_t first = bk * p.shape.kv_len;
+    const int64_t n = p.shape.kv_len;
+    const int64_t at = bk * lkp * dp;
+    PackBf16Rows(p.k, first, n, d, dp, pk.k + at);
+    PackBf16DimPairs(p.k, first, n, d, dp, kBk, pk.k_dpairs + at);
+    PackBf16RowPairs(p.k, first, n, d, dp, kBk, pk.k_rpairs + at);
+    PackBf16Rows(p.v, first, n, d, dp, pk.v + at);
+    PackBf16DimPairs(p.v, first, n, d, dp, kBk, pk.v_dpairs + at);
+  });
+
+  pool.ParallelFor(p.shape.batch * p.shape.heads, [&](int64_t bh, int worker) {
+    float* o_row = ws.scratch + worker * scratch_size;  // [D]
+    float* dout_row = o_row + d;                        // [D]
+    const int64_t first = bh * p.shape.q_len;
+    const int64_t n = p.shape.q_len;
+    const int64_t at = bh * lqp * dp;
+    PackBf16Rows(p.q, first, n, d, dp, pk.q + at);
+    PackBf16DimPairs(p.q, first, n, d, dp, kBq, pk.q_dpairs + at);
+    PackBf16RowPairs(p.q, first, n, d, dp, kBq, pk.q_rpairs + at);
+    PackBf16Rows(params.dout, first, n, d, dp, pk.dout + at);
+    PackBf16DimPairs(params.dout, first, n, d, dp, kBq, pk.dout_dpairs + at);
+    PackBf16RowPairs(params.dout, first, n, d, dp, kBq, pk.dout_rpairs + at);
+    for (int64_t i = 0; i < lqp; ++i) {
+      const int64_t row = bh * lqp + i;
+      if (i >= n) {
+        ws.lse[row] = -kInf;
+        continue;
+      }
+      ws.lse[row] = params.lse[first + i];
+      LoadRow(p.shape.dtype, params.out, first + i, d, o_row);
+      LoadRow(p.shape.dtype, params.dout, first + i, d, dout_row);
+      float delta = 0.0f;
+      for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
+      ws.delta[row] = delta;
+    }
+  });
+
+  // Pass 1: dK, dV per (batch, kv head, key tile); early key tiles first.
+  const int64_t bk_count = p.shape.batch * p.shape.kv_heads;
+  pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
+    const int64_t kt = task / bk_count;
+    const int64_t bk = task % bk_count;
+    const int64_t b = bk / p.shape.kv_heads;
+    const int64_t kvh = bk % p.shape.kv_heads;
+    const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
+    if (kv_sum.valid_count == 0) return;
+
+    float* s = ws.scratch + worker * scratch_size;             // [kBk, kBq] S^T, then P^T
+    float* dpm = s + kBq * kBk;                                // [kBk, kBq] dP^T, then dS^T
+    auto* p16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16 P^T
+    uint16_t* ds16 = p16 + kBq * kBk;                          // [kBk, kBq] bf16 dS^T
+    float* dk_acc = dpm + 2 * kBq * kBk;                       // [kBk, Dp]
+    float* dv_acc = dk_acc + kBk * dp;                         // [kBk, Dp]
+    float* shift = dv_acc + kBk * dp;                          // [kBq]
+    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+
+    const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
+    TileScope tiles(true);
+    bool any = false;
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t bh = b * p.shape.heads + kvh * group + hh;
+      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+        if (cls == TileClass::kEmpty) continue;
+        any = true;
+        const int64_t qrow = bh * lqp + qt * kBq;
+        const int64_t q_at = qrow * dp;
+        Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
+        ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+        Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
+        SoftmaxShift(ws.lse + qrow, shift);
+        const float* delta = ws.delta + qrow;
+        for (int64_t j = 0; j < kBk; ++j) {
+          for (int64_t i = 0; i < kBq; i += kLanes) {
+            const int64_t at = j * kBq + i;
+            const VecF prob = Exp(Load(s + at) - Load(shift + i));
+            Store(s + at, prob);
+            Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
+          }
+        }
+        ToBf16(s, kBq * kBk, p16);
+        ToBf16(dpm, kBq * kBk, ds16);
+        Bf16Gemm<true>(kBk, dp, kBq, p16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+        Bf16Gemm<true>(kBk, dp, kBq, ds16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+      }
+    }
+    if (!any) return;
+    const int64_t k0 = kt * kBk;
+    const int64_t cols = Min(kBk, p.shape.kv_len - k0);
+    float* dk = params.dk + (bk * p.shape.kv_len + k0) * d;
+    float* dv = params.dv + (bk * p.shape.kv_len + k0) * d;
+    for (int64_t j = 0; j < cols; ++j) {
+      for (int64_t c = 0; c < d; ++c) {
+        dk[j * d + c] += p.scale * dk_acc[j * dp + c];
+        dv[j * d + c] += dv_acc[j * dp + c];
+      }
+    }
+  });
+
+  // Pass 2: dQ per (batch, head, query tile); late query tiles first.
+  const int64_t bh_count = p.shape.batch * p.shape.heads;
+  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
+    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
+    const int64_t bh = task % bh_count;
+    const int64_t b = bh / p.shape.heads;
+    const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;
+    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
+    if (q_sum.valid_count == 0) return;
+
+    float* s = ws.scratch + worker * scratch_size;              // [kBq, kBk]
+    float* dpm = s + kBq * kBk;                                 // [kBq, kBk]
+    auto* ds16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBq, kBk] bf16
+    float* dq_acc = dpm + 2 * kBq * kBk;                        // [kBq, Dp]
+    float* shift = dq_acc + 2 * kBk * dp;                       // [kBq]
+    for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
+
+    const int64_t qrow = bh * lqp + qt * kBq;
+    const int64_t q_at = qrow * dp;
+    SoftmaxShift(ws.lse + qrow, shift);
+    const float* delta = ws.delta + qrow;
+    TileScope tiles(true);
+    bool any = false;
+    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+      if (cls == TileClass::kEmpty) continue;
+      any = true;
+      const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
+      Bf16Gemm<false>(kBq, kBk, dp, pk.q + q_at, dp, pk.k_dpairs + kv_at, 2 * kBk, s, kBk);
+      ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+      Bf16Gemm<false>(kBq, kBk, dp, pk.dout + q_at, dp, pk.v_dpairs + kv_at, 2 * kBk, dpm, kBk);
+      for (int64_t i = 0; i < kBq; ++i) {
+        const VecF row_shift = Splat(shift[i]);
+        const VecF row_delta = Splat(delta[i]);
+        for (int64_t j = 0; j < kBk; j += kLanes) {
+          const int64_t at = i * kBk + j;
+          const VecF prob = Exp(Load(s + at) - row_shift);
+          Store(dpm + at, prob * (Load(dpm + at) - row_delta));
+        }
+      }
+      ToBf16(dpm, kBq * kBk, ds16);
+      Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
+    }
+    if (!any) return;
+    const int64_t q0 = qt * kBq;
+    const int64_t rows = Min(kBq, p.shape.q_len - q0);
+    float* dq = params.dq + (bh * p.shape.q_len + q0) * d;
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
+    }
+  });
+}
+
+inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
+                         const BackwardWorkspace& ws, ThreadPool& pool) {
+  if (kBf16Matrix && params.problem.shape.dtype == DType::kBF16) {
+    BackwardBf16(params, plan, ws, pool);
+  } else {
+    BackwardF32(params, plan, ws, pool);
+  }
 }
 
 }  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS

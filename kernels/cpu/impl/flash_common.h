@@ -47,6 +47,42 @@ inline void PackTransposedTiles(DType dtype, const void* src, int64_t first_row,
   }
 }
 
+// The bf16 packs of the matrix-unit path (isa_dispatch.h), copied bit for
+// bit from bf16 inputs. The padding of dst is left as the caller zeroed it.
+inline const uint16_t* Bf16Row(const void* base, int64_t row, int64_t d) {
+  return static_cast<const uint16_t*>(base) + row * d;
+}
+
+// src rows [first_row, first_row + rows) of [.., D] -> dst [rows, Dp].
+inline void PackBf16Rows(const void* src, int64_t first_row, int64_t rows, int64_t d, int64_t dp,
+                         uint16_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    __builtin_memcpy(dst + r * dp, Bf16Row(src, first_row + r, d), d * sizeof(uint16_t));
+  }
+}
+
+// The same rows -> dst [ceil(rows / tile), Dp / 2, tile, 2]: per tile of
+// `tile` rows, X^T with pairs of head dims in one word.
+inline void PackBf16DimPairs(const void* src, int64_t first_row, int64_t rows, int64_t d,
+                             int64_t dp, int64_t tile, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* x = Bf16Row(src, first_row + r, d);
+    uint16_t* out = dst + (r / tile) * dp * tile + 2 * (r % tile);
+    for (int64_t c = 0; c < d; ++c) out[(c / 2) * 2 * tile + c % 2] = x[c];
+  }
+}
+
+// The same rows -> dst [ceil(rows / tile), tile / 2, Dp, 2]: per tile, X
+// with pairs of rows in one word.
+inline void PackBf16RowPairs(const void* src, int64_t first_row, int64_t rows, int64_t d,
+                             int64_t dp, int64_t tile, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* x = Bf16Row(src, first_row + r, d);
+    uint16_t* out = dst + (r / tile) * tile * dp + (r % tile) / 2 * 2 * dp + r % 2;
+    for (int64_t c = 0; c < d; ++c) out[2 * c] = x[c];
+  }
+}
+
 // Where one (query tile, key tile) pair sits: batch row and first indices in
 // the shard and the chunk, and how many real rows and columns it has.
 struct TileFrame {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/impl/bf16_gemm.h"
 #include "kernels/cpu/impl/flash_common.h"
 #include "kernels/cpu/impl/tile_gemm.h"
 
@@ -42,8 +43,11 @@ inline void OnlineSoftmax(float* p_s, float* m, float* l, float* acc, int64_t dp
   }
 }
 
-inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
-                        const ForwardWorkspace& ws, ThreadPool& pool) {
+// kBf16: bf16 inputs on the matrix units (ws.k_dpairs, ws.v_rpairs), P
+// rounded to bf16 for O += P V; otherwise everything in fp32.
+template <bool kBf16>
+inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
+                         const ForwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
   const int64_t d = p.shape.head_dim;
   const int64_t dp = plan.head_dim_padded;
@@ -51,13 +55,19 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
   const int64_t group = p.shape.heads / p.shape.kv_heads;
   const int64_t scratch_size = ForwardScratchPerWorker(dp);
 
-  // K^T and V of every (batch, kv head), in fp32, packed once and shared by
-  // all query heads of the group and all query tiles.
+  // K^T and V of every (batch, kv head), packed once and shared by all query
+  // heads of the group and all query tiles.
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
-    float* row_tmp = ws.scratch + worker * scratch_size;
-    PackTransposedTiles(p.shape.dtype, p.k, bk * p.shape.kv_len, p.shape.kv_len, d, dp,
-                        ws.k_t + bk * dp * lkp, row_tmp);
-    PackRows(p.shape.dtype, p.v, bk * p.shape.kv_len, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp);
+    const int64_t first = bk * p.shape.kv_len;
+    if constexpr (kBf16) {
+      PackBf16DimPairs(p.k, first, p.shape.kv_len, d, dp, kBk, ws.k_dpairs + bk * dp * lkp);
+      PackBf16RowPairs(p.v, first, p.shape.kv_len, d, dp, kBk, ws.v_rpairs + bk * lkp * dp);
+    } else {
+      float* row_tmp = ws.scratch + worker * scratch_size;
+      PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
+                          row_tmp);
+      PackRows(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp);
+    }
   });
 
   // One task per (batch, head, query tile). The last query tiles see the
@@ -74,32 +84,50 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
     float* lse = params.lse + bh * p.shape.q_len + q0;
     const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
 
-    float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp]
+    float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp] fp32 or bf16
     float* s = q_tile + kBq * dp;                        // [kBq, kBk]
     float* acc = s + kBq * kBk;                          // [kBq, Dp]
     float* m = acc + kBq * dp;                           // [kBq]
     float* l = m + kBq;                                  // [kBq]
+    auto* p16 = reinterpret_cast<uint16_t*>(l + kBq);    // [kBq, kBk] bf16
+    auto* q16 = reinterpret_cast<uint16_t*>(q_tile);
     for (int64_t i = 0; i < kBq * dp; ++i) q_tile[i] = acc[i] = 0.0f;
     for (int64_t i = 0; i < kBq; ++i) {
       m[i] = -kInf;
       l[i] = 0.0f;
     }
     if (q_sum.valid_count > 0) {
-      PackRows(p.shape.dtype, p.q, bh * p.shape.q_len + q0, rows, d, dp, q_tile);
+      if constexpr (kBf16) {
+        PackBf16Rows(p.q, bh * p.shape.q_len + q0, rows, d, dp, q16);
+      } else {
+        PackRows(p.shape.dtype, p.q, bh * p.shape.q_len + q0, rows, d, dp, q_tile);
+      }
     }
 
-    const float* k_t = ws.k_t + (b * p.shape.kv_heads + kvh) * dp * lkp;
-    const float* v = ws.v + (b * p.shape.kv_heads + kvh) * lkp * dp;
+    const int64_t bk = b * p.shape.kv_heads + kvh;
+    TileScope tiles(kBf16);
     for (int64_t kt = 0; q_sum.valid_count > 0 && kt < plan.kv_tiles; ++kt) {
       const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
       if (cls == TileClass::kEmpty) continue;
       // S = Q K^T over this key tile, masked and scaled.
-      TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, k_t + kt * dp * kBk, kBk, s, kBk);
+      if constexpr (kBf16) {
+        Bf16Gemm<false>(kBq, kBk, dp, q16, dp, ws.k_dpairs + (bk * lkp + kt * kBk) * dp, 2 * kBk, s,
+                        kBk);
+      } else {
+        TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, ws.k_t + (bk * lkp + kt * kBk) * dp, kBk, s,
+                        kBk);
+      }
       ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
       // P = exp(S - m), with the running output rescaled to the new max.
       OnlineSoftmax(s, m, l, acc, dp);
       // O += P V.
-      TileGemm<true>(kBq, dp, kBk, s, kBk, 1, v + kt * kBk * dp, dp, acc, dp);
+      if constexpr (kBf16) {
+        ToBf16(s, kBq * kBk, p16);
+        Bf16Gemm<true>(kBq, dp, kBk, p16, kBk, ws.v_rpairs + (bk * lkp + kt * kBk) * dp, 2 * dp,
+                       acc, dp);
+      } else {
+        TileGemm<true>(kBq, dp, kBk, s, kBk, 1, ws.v + (bk * lkp + kt * kBk) * dp, dp, acc, dp);
+      }
     }
 
     // A row that attended nothing gets exactly 0 and -inf (SPEC §2).
@@ -113,6 +141,15 @@ inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
       }
     }
   });
+}
+
+inline void ForwardImpl(const ForwardParams& params, const TilePlan& plan,
+                        const ForwardWorkspace& ws, ThreadPool& pool) {
+  if (kBf16Matrix && params.problem.shape.dtype == DType::kBF16) {
+    ForwardTiles<true>(params, plan, ws, pool);
+  } else {
+    ForwardTiles<false>(params, plan, ws, pool);
+  }
 }
 
 }  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS

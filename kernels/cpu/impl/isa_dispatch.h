@@ -32,11 +32,39 @@ struct TilePlan {
 
 // All buffers are zero-filled when handed over. Lkp = kv_tiles * kBk,
 // Lqp = q_tiles * kBq.
+//
+// bf16 inputs on an instruction set with bf16 dot products
+// (IsaKernels::bf16_matrix) stay bf16, packed for the matrix units instead of
+// widened: the fp32 packs are then null and the bf16 ones set. A "pairs"
+// pack is the B operand of a bf16 dot product: B(k, n) at
+// [k / 2][n][k % 2], so each 32-bit word holds the two products one lane
+// sums. dim pairs pair head dims (B = X^T), row pairs pair rows (B = X).
 struct ForwardWorkspace {
-  float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
-  float* v = nullptr;        // [B, Hkv, Lkp, Dp]
-  float* scratch = nullptr;  // [num_threads, ForwardScratchPerWorker]
+  float* k_t = nullptr;          // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
+  float* v = nullptr;            // [B, Hkv, Lkp, Dp]
+  uint16_t* k_dpairs = nullptr;  // [B, Hkv, kv_tiles, Dp / 2, kBk, 2] bf16
+  uint16_t* v_rpairs = nullptr;  // [B, Hkv, kv_tiles, kBk / 2, Dp, 2] bf16
+  float* scratch = nullptr;      // [num_threads, ForwardScratchPerWorker]
 };
+
+// The bf16 operands of the backward, each packed the ways its products read
+// it (see ForwardWorkspace).
+struct Bf16BackwardPacks {
+  uint16_t* q = nullptr;            // [B, H, Lqp, Dp]
+  uint16_t* q_dpairs = nullptr;     // [B, H, q_tiles, Dp / 2, kBq, 2]
+  uint16_t* q_rpairs = nullptr;     // [B, H, q_tiles, kBq / 2, Dp, 2]
+  uint16_t* dout = nullptr;         // [B, H, Lqp, Dp]
+  uint16_t* dout_dpairs = nullptr;  // [B, H, q_tiles, Dp / 2, kBq, 2]
+  uint16_t* dout_rpairs = nullptr;  // [B, H, q_tiles, kBq / 2, Dp, 2]
+  uint16_t* k = nullptr;            // [B, Hkv, Lkp, Dp]
+  uint16_t* k_dpairs = nullptr;     // [B, Hkv, kv_tiles, Dp / 2, kBk, 2]
+  uint16_t* k_rpairs = nullptr;     // [B, Hkv, kv_tiles, kBk / 2, Dp, 2]
+  uint16_t* v = nullptr;            // [B, Hkv, Lkp, Dp]
+  uint16_t* v_dpairs = nullptr;     // [B, Hkv, kv_tiles, Dp / 2, kBk, 2]
+};
+// How many q-sized ([B, H, Lqp, Dp]) and kv-sized packs Bf16BackwardPacks holds.
+inline constexpr int64_t kBf16BackwardQPacks = 6;
+inline constexpr int64_t kBf16BackwardKvPacks = 5;
 
 struct BackwardWorkspace {
   float* q = nullptr;        // [B, H, Lqp, Dp]
@@ -46,11 +74,13 @@ struct BackwardWorkspace {
   float* k = nullptr;        // [B, Hkv, Lkp, Dp]
   float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
   float* v_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] V^T per key tile
+  Bf16BackwardPacks bf16;    // Set instead of q, dout, k, k_t, v_t for bf16.
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
-  return 2 * kBq * dp + kBq * kBk + 2 * kBq + dp;
+  // The bf16 path needs a bf16 copy of P besides the fp32 one.
+  return 2 * kBq * dp + 2 * kBq * kBk + 2 * kBq + dp;
 }
 
 inline constexpr int64_t BackwardScratchPerWorker(int64_t dp) {
@@ -68,6 +98,8 @@ inline constexpr int64_t BackwardScratchPerWorker(int64_t dp) {
 RINGATTN_DECLARE_ISA_KERNELS(generic)
 RINGATTN_DECLARE_ISA_KERNELS(avx2)
 RINGATTN_DECLARE_ISA_KERNELS(avx512)
+RINGATTN_DECLARE_ISA_KERNELS(avx512bf16)
+RINGATTN_DECLARE_ISA_KERNELS(amx)
 
 #undef RINGATTN_DECLARE_ISA_KERNELS
 
@@ -75,6 +107,8 @@ RINGATTN_DECLARE_ISA_KERNELS(avx512)
 struct IsaKernels {
   void (*forward)(const ForwardParams&, const TilePlan&, const ForwardWorkspace&, ThreadPool&);
   void (*backward)(const BackwardParams&, const TilePlan&, const BackwardWorkspace&, ThreadPool&);
+  // bf16 inputs run on bf16 dot products (the bf16 workspace packs).
+  bool bf16_matrix;
 };
 
 const IsaKernels& KernelsFor(Isa isa);

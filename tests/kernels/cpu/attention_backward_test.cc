@@ -2,6 +2,8 @@
 
 #include <cstring>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -35,6 +37,19 @@ TEST_P(BackwardIsaTest, GemmaLikeMatchesOracle) {
   for (const NamedCase& named : testing::OracleCases()) {
     if (named.name.rfind("GemmaLike_", 0) != 0) continue;
     SCOPED_TRACE(named.name);
+    testing::ExpectMatchesOracle(named.c, *backend, /*backward=*/true);
+  }
+}
+
+// The whole mask matrix in bf16 on every instruction set: on those with bf16
+// dot products this is the matrix-unit path (P and dS rounded to bf16), a
+// different code path from the widened fp32 one the other sets run.
+TEST_P(BackwardIsaTest, WholeMatrixInBf16MatchesOracle) {
+  auto backend = testing::MakeCpuBackend(0, GetParam());
+  for (NamedCase named : testing::OracleCases()) {
+    if (named.c.dtype != DType::kF32) continue;
+    named.c.dtype = DType::kBF16;
+    SCOPED_TRACE(named.name + " in bf16");
     testing::ExpectMatchesOracle(named.c, *backend, /*backward=*/true);
   }
 }
@@ -113,15 +128,21 @@ TEST(BackwardTest, NoLeakAcrossDocumentsSlidingLayerWithImages) {
   ExpectNoLeak(layer);
 }
 
-TEST(BackwardTest, ResultIsIndependentOfThreadCount) {
+// Bit-identical results for 1 and 3 threads on every instruction set and
+// dtype (the bf16 matrix-unit paths included).
+class ThreadCountTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+
+TEST_P(ThreadCountTest, ResultIsIndependentOfThreadCount) {
+  const auto& [isa, dtype] = GetParam();
   AttentionCase c;
   c.shape = {2, 4, 2, 256, 64};
   c.layouts = {reference::GemmaLikeLayout(256)};
   c.layer.kind = LayerKind::kSliding;
   c.layer.window = 40;
+  c.dtype = dtype;
   const reference::SyntheticBatch batch = testing::MakeBatch(c);
-  auto one = testing::MakeCpuBackend(1);
-  auto three = testing::MakeCpuBackend(3);
+  auto one = testing::MakeCpuBackend(1, isa);
+  auto three = testing::MakeCpuBackend(3, isa);
   absl::StatusOr<reference::ChunkedResult> a = reference::RunChunked(batch, c.layer, 2, *one);
   absl::StatusOr<reference::ChunkedResult> b = reference::RunChunked(batch, c.layer, 2, *three);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -134,6 +155,17 @@ TEST(BackwardTest, ResultIsIndependentOfThreadCount) {
     EXPECT_EQ(std::memcmp(x->data(), y->data(), x->size() * sizeof(float)), 0);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(IsasAndDtypes, ThreadCountTest,
+                         ::testing::Combine(::testing::ValuesIn(testing::SupportedIsas()),
+                                            ::testing::Values(DType::kF32, DType::kBF16,
+                                                              DType::kF16)),
+                         [](const auto& info) {
+                           const DType dt = std::get<1>(info.param);
+                           return std::get<0>(info.param) + (dt == DType::kF32    ? "_F32"
+                                                             : dt == DType::kBF16 ? "_Bf16"
+                                                                                  : "_F16");
+                         });
 
 // dK/dV of a chunk are summed over every query shard in fp32, so the error
 // must not grow with the number of chunks (peers that summed in bf16 saw it
