@@ -2,11 +2,11 @@
 //
 // Forward and backward of the chunk kernels on one whole sequence (B=1,
 // H=16, Hkv=8, S=8192) for D in {128, 256}, full causal and sliding W=512,
-// fp32 and bf16. In the same run it measures this machine's sgemm peak
-// (OpenBLAS, all cores) and two dense baselines that materialize the S x S
-// scores: a naive one (plain loops) and one on OpenBLAS sgemm. FLOPs count
-// only the pairs the mask allows: 4*B*H*S^2*D*fraction forward, 2.5x that
-// backward. Ends with `figure: <name> <value>` lines.
+// and D=128 causal over packed documents of 1024 tokens, fp32 and bf16. In the same run it measures
+// this machine's sgemm peak (OpenBLAS, all cores) and two dense baselines that materialize the S x
+// S scores: a naive one (plain loops) and one on OpenBLAS sgemm. FLOPs count only the pairs the
+// mask allows: 4*B*H*S^2*D*fraction forward, 2.5x that backward. Ends with `figure: <name> <value>`
+// lines.
 //
 //   build/release/bench/ringattn_attention_bench [--seq_len=8192] [--quick]
 
@@ -50,9 +50,12 @@ struct Config {
   int64_t head_dim;
   bool sliding;
   DType dtype;
+  int64_t doc_len = 0;  // Packed documents of this length (causal); 0: one document.
   std::string Name() const {
     return std::string(dtype == DType::kF32 ? "fp32" : "bf16") + "_d" + std::to_string(head_dim) +
-           (sliding ? "_sliding512" : "_causal");
+           (sliding       ? "_sliding512"
+            : doc_len > 0 ? "_docs" + std::to_string(doc_len)
+                          : "_causal");
   }
   LayerConfig Layer() const {
     LayerConfig layer;
@@ -63,12 +66,14 @@ struct Config {
   }
 };
 
-// Fraction of (query, key) pairs a single-document causal/sliding mask allows.
-double AllowedFraction(int64_t s, const LayerConfig& layer) {
+// Fraction of (query, key) pairs a causal/sliding mask over documents of
+// doc_len tokens (0: one document) allows.
+double AllowedFraction(int64_t s, const LayerConfig& layer, int64_t doc_len) {
   const MaskRule rule = MaskRuleFor(layer);
   double allowed = 0.0;
   for (int64_t q = 0; q < s; ++q) {
-    const int64_t lo = rule.windowed ? std::max<int64_t>(0, q - rule.window + 1) : 0;
+    int64_t lo = rule.windowed ? std::max<int64_t>(0, q - rule.window + 1) : 0;
+    if (doc_len > 0) lo = std::max(lo, q / doc_len * doc_len);
     allowed += static_cast<double>(q - lo + 1);
   }
   return allowed / (static_cast<double>(s) * static_cast<double>(s));
@@ -83,10 +88,13 @@ struct Problem {
   std::vector<uint8_t> padding;
   std::vector<float> o32, lse, dq, dk, dv;
 
-  Problem(int64_t s, int64_t d, DType dt) : S(s), D(d), dtype(dt) {
+  int64_t doc_len;
+
+  Problem(int64_t s, int64_t d, DType dt, int64_t docs) : S(s), D(d), dtype(dt), doc_len(docs) {
     reference::BatchShape shape{B, H, Hkv, S, D};
     reference::RowLayout layout;
     layout.doc_lengths = {S};
+    if (doc_len > 0) layout.doc_lengths.assign(S / doc_len, doc_len);
     const reference::SyntheticBatch batch =
         reference::MakeSyntheticBatch(shape, {layout}, dtype, 7);
     q = reference::Encode(batch.q, dtype);
@@ -217,31 +225,40 @@ struct Results {
 int Main(int argc, char** argv) {
   int64_t seq_len = 8192;
   bool quick = false;
+  bool dense = true;
+  std::string isa;
   std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--seq_len=", 10) == 0) {
       seq_len = std::atoll(argv[i] + 10);
     } else if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--skip_dense") == 0) {
+      dense = false;
+    } else if (std::strncmp(argv[i], "--isa=", 6) == 0) {
+      isa = argv[i] + 6;
     } else if (std::strcmp(argv[i], "--help") == 0) {
       std::printf(
-          "usage: %s [--seq_len=N] [--quick] [google benchmark flags]\n"
-          "  --seq_len  sequence length S (default 8192, a multiple of 64)\n"
-          "  --quick    only D=128 fp32 (smoke run)\n",
+          "usage: %s [--seq_len=N] [--quick] [--skip_dense] [--isa=NAME] [google benchmark "
+          "flags]\n"
+          "  --seq_len  sequence length S (default 8192, a multiple of 1024)\n"
+          "  --quick    only D=128 fp32 (smoke run)\n"
+          "  --skip_dense  leave out the dense baselines\n"
+          "  --isa      instruction set of the kernels (default: the best supported)\n",
           argv[0]);
       return 0;
     } else {
       rest.push_back(argv[i]);
     }
   }
-  if (seq_len < 64 || seq_len % 64 != 0) {
-    std::fprintf(stderr, "error: --seq_len must be a positive multiple of 64\n");
+  if (seq_len < 1024 || seq_len % 1024 != 0) {
+    std::fprintf(stderr, "error: --seq_len must be a positive multiple of 1024\n");
     return 2;
   }
   int rest_argc = static_cast<int>(rest.size());
   benchmark::Initialize(&rest_argc, rest.data());
 
-  absl::StatusOr<std::unique_ptr<ChunkBackend>> backend = MakeCpuBackend();
+  absl::StatusOr<std::unique_ptr<ChunkBackend>> backend = MakeCpuBackend(0, isa);
   if (!backend.ok()) {
     std::fprintf(stderr, "error: %s\n", backend.status().ToString().c_str());
     return 1;
@@ -259,6 +276,7 @@ int Main(int argc, char** argv) {
         configs.push_back({d, sliding, dt});
       }
     }
+    if (!quick || dt == DType::kF32) configs.push_back({128, false, dt, 1024});
   }
 
   Results results;
@@ -267,16 +285,17 @@ int Main(int argc, char** argv) {
   std::unique_ptr<Problem> problem;
   double max_tensor_bytes = 0.0;
   auto problem_for = [&](const Config& c) -> Problem& {
-    if (!problem || problem->D != c.head_dim || problem->dtype != c.dtype) {
+    if (!problem || problem->D != c.head_dim || problem->dtype != c.dtype ||
+        problem->doc_len != c.doc_len) {
       problem.reset();
-      problem = std::make_unique<Problem>(seq_len, c.head_dim, c.dtype);
+      problem = std::make_unique<Problem>(seq_len, c.head_dim, c.dtype, c.doc_len);
       max_tensor_bytes = std::max(max_tensor_bytes, problem->TensorBytes());
     }
     return *problem;
   };
   for (const Config& c : configs) {
     const double fwd_flops = 4.0 * 16 * seq_len * static_cast<double>(seq_len) * c.head_dim *
-                             AllowedFraction(seq_len, c.Layer());
+                             AllowedFraction(seq_len, c.Layer(), c.doc_len);
     for (bool bwd : {false, true}) {
       const std::string name = std::string(bwd ? "bwd_" : "fwd_") + c.Name();
       const double flops = bwd ? 2.5 * fwd_flops : fwd_flops;
@@ -322,18 +341,22 @@ int Main(int argc, char** argv) {
     for (float& x : *t) x = dist(rng);
   }
   const int64_t naive_rows = std::min<int64_t>(seq_len, 128);
-  const double naive_seconds = NaiveDenseSeconds(hq, hk, hv, seq_len, d, naive_rows, scale) *
-                               (static_cast<double>(seq_len) / naive_rows) * 16;
-  const double blas_seconds = BlasDenseSeconds(hq, hk, hv, seq_len, d, scale) * 16;
+  const double naive_seconds = dense
+                                   ? NaiveDenseSeconds(hq, hk, hv, seq_len, d, naive_rows, scale) *
+                                         (static_cast<double>(seq_len) / naive_rows) * 16
+                                   : 0.0;
+  const double blas_seconds = dense ? BlasDenseSeconds(hq, hk, hv, seq_len, d, scale) * 16 : 0.0;
   const double score_bytes = 16.0 * seq_len * seq_len * sizeof(float);
 
   const std::string key = "fwd_fp32_d128_causal";
-  std::printf(
-      "\nnaive dense forward (S x S scores, plain loops), D=128 fp32 causal: %.1f s "
-      "(extrapolated from %lld rows of one head)\n",
-      naive_seconds, static_cast<long long>(naive_rows));
-  std::printf("BLAS dense forward (S x S scores, OpenBLAS sgemm): %.2f s (one head x 16)\n",
-              blas_seconds);
+  if (dense) {
+    std::printf(
+        "\nnaive dense forward (S x S scores, plain loops), D=128 fp32 causal: %.1f s "
+        "(extrapolated from %lld rows of one head)\n",
+        naive_seconds, static_cast<long long>(naive_rows));
+    std::printf("BLAS dense forward (S x S scores, OpenBLAS sgemm): %.2f s (one head x 16)\n",
+                blas_seconds);
+  }
   std::printf(
       "peak RSS during the flash benchmarks: %.0f MiB, %.2fx the largest problem's "
       "own tensors (inputs, outputs, gradients: %.0f MiB); its S x S fp32 scores "
@@ -346,7 +369,7 @@ int Main(int argc, char** argv) {
     std::printf("figure: cpu_%s_vs_sgemm_peak %.3f\n", name.c_str(), gflops / sgemm);
   }
   std::printf("figure: cpu_sgemm_peak_gflops %.1f\n", sgemm);
-  if (results.seconds.count(key)) {
+  if (dense && results.seconds.count(key)) {
     std::printf("figure: cpu_fwd_fp32_d128_causal_speedup_vs_naive_dense %.1f\n",
                 naive_seconds / results.seconds[key]);
     std::printf("figure: cpu_fwd_fp32_d128_causal_speedup_vs_blas_dense %.2f\n",
