@@ -19,6 +19,13 @@ COORD = 'job="ringattn-coordinator", ' + SCOPE
 WORKER = 'job="ringattn-worker", ' + SCOPE
 BOTH = 'job=~"ringattn-coordinator|ringattn-worker", ' + SCOPE
 RATE = "$__rate_interval"
+# Status codes that mean the service failed a call, not that its caller
+# asked for something wrong (INVALID_ARGUMENT, NOT_FOUND, ...) or gave up
+# (CANCELLED); the alert rules use the same list.
+SERVER_ERRORS = 'code=~"UNAVAILABLE|INTERNAL|UNKNOWN|DEADLINE_EXCEEDED|ABORTED|DATA_LOSS"'
+CLIENT_ERRORS = ('code=~"INVALID_ARGUMENT|NOT_FOUND|FAILED_PRECONDITION|OUT_OF_RANGE|'
+                 'ALREADY_EXISTS|PERMISSION_DENIED|UNAUTHENTICATED|RESOURCE_EXHAUSTED"')
+API_CALLS = 'method=~"Forward|Backward|Release"'
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
@@ -174,10 +181,8 @@ def build():
     g.add(stat("Server error ratio",
                "Share of Forward, Backward and Release calls ending in a server-side error.",
                "percentunit",
-               [(f'sum(rate(ringattn_requests_total{{{COORD}, method=~"Forward|Backward|Release", '
-                 f'code=~"UNAVAILABLE|INTERNAL|UNKNOWN|DEADLINE_EXCEEDED|ABORTED|DATA_LOSS"}}[{RATE}])) '
-                 f'/ sum(rate(ringattn_requests_total{{{COORD}, '
-                 f'method=~"Forward|Backward|Release"}}[{RATE}]))', "errors")],
+               [(f"sum(rate(ringattn_requests_total{{{COORD}, {API_CALLS}, {SERVER_ERRORS}}}[{RATE}])) "
+                 f"/ sum(rate(ringattn_requests_total{{{COORD}, {API_CALLS}}}[{RATE}]))", "errors")],
                thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 0.01},
                            {"color": "red", "value": 0.05}]), 4, 4)
     g.add(stat("Sessions open", "Forward sessions held for backward.", "none",
@@ -193,20 +198,33 @@ def build():
     g.row("Requests")
     g.add(timeseries(
         "Request rate by method and code",
-        "gRPC requests handled per second by each daemon, by RPC and status code.",
+        "API calls handled per second by each daemon, by RPC and status code: the public "
+        "API on the coordinator, shard calls on the workers. Control traffic is apart.",
         "reqps",
         [(f"sum by (job, method, code) (rate(ringattn_requests_total{{{BOTH}}}[{RATE}]))",
           "{{job}} {{method}} {{code}}")]), 12, 8)
     g.add(timeseries(
         "Error ratio",
-        "Share of requests not OK, by daemon: client mistakes (INVALID_ARGUMENT, "
-        "NOT_FOUND) and server-side errors alike.",
+        "Share of API calls ending in a server-side error (UNAVAILABLE, INTERNAL, "
+        "DEADLINE_EXCEEDED, ...), by daemon, and, dashed, in a client mistake "
+        "(INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...). CANCELLED counts as neither.",
         "percentunit",
-        [(f'sum by (job) (rate(ringattn_requests_total{{{BOTH}, code!="OK"}}[{RATE}])) / '
-          f"sum by (job) (rate(ringattn_requests_total{{{BOTH}}}[{RATE}]))", "{{job}}")]), 8, 8)
+        [(f"sum by (job) (rate(ringattn_requests_total{{{BOTH}, {SERVER_ERRORS}}}[{RATE}])) / "
+          f"sum by (job) (rate(ringattn_requests_total{{{BOTH}}}[{RATE}]))", "server {{job}}"),
+         (f"sum by (job) (rate(ringattn_requests_total{{{BOTH}, {CLIENT_ERRORS}}}[{RATE}])) / "
+          f"sum by (job) (rate(ringattn_requests_total{{{BOTH}}}[{RATE}]))", "client {{job}}")],
+        overrides=[by_name("client .*", {"custom.lineStyle": {"fill": "dash", "dash": [10, 10]}})]),
+        8, 8)
     g.add(timeseries(
         "Calls in flight", "Client calls the coordinator is serving now.", "none",
         [(f"sum by (op) (ringattn_calls_in_flight{{{COORD}}})", "{{op}}")]), 4, 8)
+    g.add(timeseries(
+        "Control-plane requests",
+        "Worker registration and heartbeats, the ring's rendezvous store (coordinator) and "
+        "JoinRing (workers), per second by method and code.",
+        "reqps",
+        [(f"sum by (job, method, code) (rate(ringattn_control_requests_total{{{BOTH}}}[{RATE}]))",
+          "{{job}} {{method}} {{code}}")]), 24, 8)
 
     g.row("Latency")
     g.add(timeseries(
@@ -248,11 +266,21 @@ def build():
           f"sum by (pod) (rate(ringattn_ring_step_compute_seconds_sum{{{WORKER}}}[{RATE}])))",
           "{{pod}}")]), 12, 8)
     g.add(timeseries(
-        "Compute per ring step by worker (mean)",
-        "A worker well above the others is a straggler: every step waits for it.",
+        "Compute per computed ring step by worker (mean)",
+        "Mean compute time of the steps each worker computes (skipped ones left out). Ranks "
+        "differ by design: causal shards give later ranks fuller steps.",
         "s",
         [(mean_per_step("ringattn_ring_step_compute_seconds", "pod, op"), "{{pod}} {{op}}")]),
         12, 8)
+    g.add(timeseries(
+        "Compute per allowed pair by worker",
+        "Compute time per (query, key) pair the position rules allow: the work each rank's "
+        "schedule gives it divided out. A worker well above the others (and above them per "
+        "computed step too) is a straggler: every step waits for it.",
+        "s",
+        [(f"sum by (pod, op) (rate(ringattn_ring_step_compute_seconds_sum{{{WORKER}}}[{RATE}])) / "
+          f"sum by (pod, op) (rate(ringattn_ring_pairs_computed_total{{{WORKER}}}[{RATE}]))",
+          "{{pod}} {{op}}")]), 12, 8)
 
     g.row("Throughput")
     g.add(timeseries(
@@ -320,10 +348,37 @@ def build():
         12, 8)
     g.add(table(
         "Daemons",
-        "Every scraped daemon: its build, backend and, for workers, the rank it holds now.",
-        [(f"max by (job, pod, version, backend) (ringattn_build_info{{{BOTH}}})", "build"),
+        "Every scraped daemon: its build, role, compute backend (workers) and, for workers, "
+        "the rank it holds now.",
+        [(f"max by (job, pod, version, role, backend) (ringattn_build_info{{{BOTH}}})", "build"),
          (f"max by (job, pod) (ringattn_ring_rank{{{WORKER}}})", "rank")],
         hidden=["Time", "Value #A"], renames={"Value #B": "rank"}), 24, 6)
+
+    g.row("Processes")
+    g.add(timeseries(
+        "CPU by daemon", "CPU seconds per second each daemon uses (1 = one core).", "none",
+        [(f"sum by (job, pod) (rate(process_cpu_seconds_total{{{BOTH}}}[{RATE}]))",
+          "{{pod}}")]), 8, 8)
+    g.add(timeseries(
+        "Memory by daemon",
+        "Resident set size of each daemon (session state, staged tensors, buffers) and, "
+        "dashed, its virtual memory size.",
+        "bytes",
+        [(f"sum by (job, pod) (process_resident_memory_bytes{{{BOTH}}})", "resident {{pod}}"),
+         (f"sum by (job, pod) (process_virtual_memory_bytes{{{BOTH}}})", "virtual {{pod}}")],
+        overrides=[by_name("virtual .*", {"custom.lineStyle": {"fill": "dash", "dash": [10, 10]},
+                                          "custom.fillOpacity": 0})]), 8, 8)
+    g.add(timeseries(
+        "Open file descriptors",
+        "Open descriptors of each daemon (sockets of the ring and gRPC included) as a share "
+        "of its limit.",
+        "percentunit",
+        [(f"sum by (job, pod) (process_open_fds{{{BOTH}}}) / "
+          f"sum by (job, pod) (process_max_fds{{{BOTH}}})", "{{pod}}")]), 8, 8)
+    g.add(timeseries(
+        "Uptime by daemon", "Time since each daemon started; a drop is a restart.", "s",
+        [(f"time() - max by (job, pod) (process_start_time_seconds{{{BOTH}}})", "{{pod}}")]),
+        24, 6)
     return g.panels
 
 
@@ -369,7 +424,7 @@ def dashboard():
         "uid": "ringattn-service",
         "title": "ringattn",
         "description": "Ring attention service: requests, latency, ring steps, throughput, "
-                       "memory and the ring's membership.",
+                       "memory, the ring's membership and the daemons' processes.",
         "tags": ["ringattn"],
         "editable": True,
         "graphTooltip": 1,

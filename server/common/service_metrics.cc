@@ -1,5 +1,7 @@
 #include "server/common/service_metrics.h"
 
+#include <map>
+
 namespace ringattn::server {
 namespace {
 
@@ -22,7 +24,8 @@ prometheus::Gauge& SingleGauge(prometheus::Registry& registry, const std::string
 
 }  // namespace
 
-ServiceMetrics::ServiceMetrics(prometheus::Registry& registry, const std::string& backend)
+ServiceMetrics::ServiceMetrics(prometheus::Registry& registry, Role role,
+                               const std::string& backend)
     : sessions_open(SingleGauge(registry, "ringattn_sessions_open",
                                 "Forward sessions whose state is held for backward.")),
       memory_held_bytes(SingleGauge(registry, "ringattn_memory_held_bytes",
@@ -31,8 +34,14 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& registry, const std::string
                                   "Generation of the current ring; 0 before the first ring.")),
       requests_(prometheus::BuildCounter()
                     .Name("ringattn_requests_total")
-                    .Help("gRPC requests handled, by method and status code.")
+                    .Help("API calls handled (attention work, not control traffic), by method "
+                          "and status code.")
                     .Register(registry)),
+      control_requests_(prometheus::BuildCounter()
+                            .Name("ringattn_control_requests_total")
+                            .Help("Control-plane calls handled (registration heartbeats, store, "
+                                  "JoinRing), by method and status code.")
+                            .Register(registry)),
       received_(prometheus::BuildCounter()
                     .Name("ringattn_received_bytes_total")
                     .Help("Tensor bytes received, by channel (api, shard, ring).")
@@ -41,11 +50,17 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& registry, const std::string
                 .Name("ringattn_sent_bytes_total")
                 .Help("Tensor bytes sent, by channel (api, shard, ring).")
                 .Register(registry)) {
+  std::map<std::string, std::string> info = {
+      {"version", RINGATTN_VERSION},
+      {"role", role == Role::kCoordinator ? "coordinator" : "worker"}};
+  if (!backend.empty()) info["backend"] = backend;
   prometheus::BuildGauge()
       .Name("ringattn_build_info")
-      .Help("Always 1; labels name the version and the compute backend.")
+      .Help(
+          "Always 1; labels name the version, the daemon's role and (workers) the compute "
+          "backend.")
       .Register(registry)
-      .Add({{"version", RINGATTN_VERSION}, {"backend", backend}})
+      .Add(info)
       .Set(1);
   // Present from the first scrape, so rate() has a zero to start from.
   for (Channel c : {Channel::kApi, Channel::kShard, Channel::kRing}) {
@@ -54,8 +69,10 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& registry, const std::string
   }
 }
 
-void ServiceMetrics::CountRequest(const std::string& method, const std::string& code) {
-  requests_.Add({{"method", method}, {"code", code}}).Increment();
+void ServiceMetrics::CountRequest(Plane plane, const std::string& method, const std::string& code) {
+  (plane == Plane::kApi ? requests_ : control_requests_)
+      .Add({{"method", method}, {"code", code}})
+      .Increment();
 }
 
 prometheus::Counter& ServiceMetrics::received_bytes(Channel c) const {

@@ -32,15 +32,25 @@ class PerOp {
 // workers, worker <-> worker (K/V chunks and gradient accumulators).
 enum class Channel { kApi, kShard, kRing };
 
-// The metrics both daemons export (names in README's metrics table).
-// Metric objects live in the registry; this only holds references.
+// Which daemon exports the metrics: ringattn_build_info's role label.
+enum class Role { kCoordinator, kWorker };
+
+// What an RPC serves. kApi: the calls that do attention work (the public
+// API on the coordinator, shard calls on the workers). kControl: what keeps
+// the cluster together (registration heartbeats, the rendezvous store,
+// joining a ring), counted apart so its volume never hides API failures.
+enum class Plane { kApi, kControl };
+
+// The metrics both daemons export (names in docs/operations.md's metrics
+// table). Metric objects live in the registry; this only holds references.
 class ServiceMetrics {
  public:
-  // `backend`: "cpu" or "cuda", for ringattn_build_info.
-  ServiceMetrics(prometheus::Registry& registry, const std::string& backend);
+  // `backend`: the compute backend ("cpu", "cuda") for ringattn_build_info;
+  // empty for a daemon that computes nothing (the coordinator).
+  ServiceMetrics(prometheus::Registry& registry, Role role, const std::string& backend = "");
 
   // Counts one finished RPC: method is the RPC's name, code its status.
-  void CountRequest(const std::string& method, const std::string& code);
+  void CountRequest(Plane plane, const std::string& method, const std::string& code);
 
   prometheus::Counter& received_bytes(Channel c) const;
   prometheus::Counter& sent_bytes(Channel c) const;
@@ -51,6 +61,7 @@ class ServiceMetrics {
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& control_requests_;
   prometheus::Family<prometheus::Counter>& received_;
   prometheus::Family<prometheus::Counter>& sent_;
 };

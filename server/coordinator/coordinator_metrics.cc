@@ -3,7 +3,7 @@
 namespace ringattn::server {
 
 CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
-    : service(registry, "coordinator"),
+    : service(registry, Role::kCoordinator),
       call_duration_seconds(prometheus::BuildHistogram()
                                 .Name("ringattn_call_duration_seconds")
                                 .Help("Whole client calls, first byte in to last byte out.")

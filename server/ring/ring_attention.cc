@@ -149,6 +149,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
     StepStats stats{step.step, step.chunk_owner, step.compute};
+    stats.pairs = step.pairs * shard.batch * shard.heads;
     // Pass the held chunk on while computing on it (the last step keeps it).
     if (step.step < schedule.exchanges) {
       RINGATTN_RETURN_IF_ERROR(exchange.Post(step.step + 1, current, next));
@@ -226,6 +227,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   for (const RingStep& step : schedule.steps) {
     const int i = step.step;
     StepStats stats{i, step.chunk_owner, step.compute};
+    stats.pairs = step.pairs * shard.batch * shard.heads;
     std::vector<float>& cur_acc = acc[i % 2];
     // The accumulator of the held chunk arrives from the previous rank once
     // it has added its share; receive it into the buffer sent two steps ago.

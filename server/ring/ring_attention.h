@@ -57,6 +57,9 @@ struct StepStats {
   double wait_seconds = 0.0;  // Blocked on communication after compute.
   int64_t bytes_sent = 0;
   int64_t bytes_received = 0;
+  // (query, key) pairs the position rules allow, over the shard's batch
+  // rows and query heads; 0 when the step computes nothing.
+  int64_t pairs = 0;
 };
 
 struct RingStats {

@@ -35,6 +35,23 @@ bool ChunkMayAttend(const ScheduleConfig& config, int q_rank, int k_rank) {
   return true;
 }
 
+int64_t PositionPairs(const ScheduleConfig& config, int q_rank, int k_rank) {
+  const kernels::LayerConfig& layer = config.layer;
+  const bool sliding = layer.kind == kernels::LayerKind::kSliding;
+  const int64_t L = config.shard_len;
+  const int64_t k_min = k_rank * L;
+  const int64_t k_max = k_min + L - 1;
+  // One row at a time: O(L) beside the step's O(L^2) attention.
+  int64_t pairs = 0;
+  for (int64_t q = q_rank * L; q < (q_rank + 1) * L; ++q) {
+    const int64_t hi = layer.causal ? std::min(k_max, q) : k_max;
+    // q - k < W; q - W + 1 without overflow for W near INT64_MAX.
+    const int64_t lo = sliding && q - k_min >= layer.window ? q - layer.window + 1 : k_min;
+    if (hi >= lo) pairs += hi - lo + 1;
+  }
+  return pairs;
+}
+
 absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config) {
   if (config.cp < 1 || config.rank < 0 || config.rank >= config.cp) {
     return absl::InvalidArgumentError(
@@ -60,6 +77,7 @@ absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config) {
     step.step = i;
     step.chunk_owner = ((config.rank - i) % config.cp + config.cp) % config.cp;
     step.compute = ChunkMayAttend(config, config.rank, step.chunk_owner);
+    if (step.compute) step.pairs = PositionPairs(config, config.rank, step.chunk_owner);
     schedule.steps.push_back(step);
   }
   schedule.grad_home = schedule.steps.back().chunk_owner;

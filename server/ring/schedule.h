@@ -29,6 +29,10 @@ struct RingStep {
   int step = 0;          // i: 0 is the rank's own chunk.
   int chunk_owner = 0;   // (rank - i) mod cp: whose K/V the rank holds.
   bool compute = false;  // False if no (query, key) pair can attend by position.
+  // (query, key) position pairs of this step that the causal and window
+  // rules allow, per batch row and head (documents and images not counted):
+  // the work the step's compute time is weighed against.
+  int64_t pairs = 0;
 };
 
 struct RingSchedule {
@@ -49,6 +53,10 @@ bool WindowLimitsExchanges(const kernels::LayerConfig& layer, bool batch_has_vis
 // Whether some query of shard `q_rank` may attend some key of chunk
 // `k_rank` by position alone (all metadata permitting).
 bool ChunkMayAttend(const ScheduleConfig& config, int q_rank, int k_rank);
+
+// The (query, key) position pairs between shard `q_rank` and chunk `k_rank`
+// that the causal and window rules allow.
+int64_t PositionPairs(const ScheduleConfig& config, int q_rank, int k_rank);
 
 // INVALID_ARGUMENT for cp < 1, rank out of range, L < 1 or a bad layer.
 absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config);

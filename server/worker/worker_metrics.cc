@@ -3,23 +3,30 @@
 namespace ringattn::server {
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& backend)
-    : service(registry, backend),
+    : service(registry, Role::kWorker, backend),
       shard_call_duration_seconds(prometheus::BuildHistogram()
                                       .Name("ringattn_shard_call_duration_seconds")
                                       .Help("This rank's whole ring calls.")
                                       .Register(registry),
                                   DoublingBuckets(0.001, 18)),
-      ring_step_compute_seconds(prometheus::BuildHistogram()
-                                    .Name("ringattn_ring_step_compute_seconds")
-                                    .Help("Compute time of one ring step on this rank.")
-                                    .Register(registry),
-                                DoublingBuckets(0.0001, 20)),
+      ring_step_compute_seconds(
+          prometheus::BuildHistogram()
+              .Name("ringattn_ring_step_compute_seconds")
+              .Help("Compute time of one computed ring step on this rank (skipped steps left out).")
+              .Register(registry),
+          DoublingBuckets(0.0001, 20)),
       ring_step_comm_wait_seconds(
           prometheus::BuildHistogram()
               .Name("ringattn_ring_step_comm_wait_seconds")
               .Help("Time one ring step waited on the ring after its compute (exposed comm).")
               .Register(registry),
           DoublingBuckets(0.0001, 20)),
+      ring_pairs_computed_total(
+          prometheus::BuildCounter()
+              .Name("ringattn_ring_pairs_computed_total")
+              .Help("(query, key) pairs the position rules allow in this rank's computed ring "
+                    "steps, over batch rows and query heads.")
+              .Register(registry)),
       ring_rank(prometheus::BuildGauge()
                     .Name("ringattn_ring_rank")
                     .Help("This worker's rank in the current ring; -1 outside a ring.")
@@ -31,7 +38,13 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
 void WorkerMetrics::RecordRingCall(Op op, const ring::RingStats& stats) {
   shard_call_duration_seconds[op].Observe(stats.total_seconds);
   for (const ring::StepStats& step : stats.steps) {
-    ring_step_compute_seconds[op].Observe(step.compute_seconds);
+    // Contiguous causal shards give ranks different numbers of computed
+    // steps by design; counting the skipped ones as zero-time steps would
+    // make the busiest rank look slow.
+    if (step.computed) {
+      ring_step_compute_seconds[op].Observe(step.compute_seconds);
+      ring_pairs_computed_total[op].Increment(static_cast<double>(step.pairs));
+    }
     ring_step_comm_wait_seconds[op].Observe(step.wait_seconds);
   }
   service.sent_bytes(Channel::kRing).Increment(static_cast<double>(stats.bytes_sent));

@@ -8,7 +8,8 @@
 namespace ringattn::server {
 
 // What a worker exports: the shared service metrics plus its ring calls,
-// each ring step split into compute and waiting on the ring.
+// each ring step split into compute and waiting on the ring, and the work
+// (allowed pairs) its computed steps did.
 struct WorkerMetrics {
   WorkerMetrics(prometheus::Registry& registry, const std::string& backend);
 
@@ -19,6 +20,7 @@ struct WorkerMetrics {
   PerOp<prometheus::Histogram> shard_call_duration_seconds;
   PerOp<prometheus::Histogram> ring_step_compute_seconds;
   PerOp<prometheus::Histogram> ring_step_comm_wait_seconds;
+  PerOp<prometheus::Counter> ring_pairs_computed_total;
   prometheus::Gauge& ring_rank;
 };
 

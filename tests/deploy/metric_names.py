@@ -2,7 +2,8 @@
 
 `metric_names_in_deploy(repo_root)` reads every PromQL expression of the
 Grafana dashboard (panel targets and template variable queries) and of the
-Prometheus alert rules, and returns the `ringattn_*` metric names they use,
+Prometheus alert rules, and returns the `ringattn_*` and `process_*` metric
+names they use,
 as the daemons export them: a histogram's `_bucket`, `_sum` and `_count`
 series count as the histogram's base name. Tests check these names against
 what the service really exports.
@@ -19,7 +20,7 @@ ALERT_RULES = pathlib.Path("deploy/prometheus/alerts.yml")
 
 # A metric name in PromQL: starts a token, never preceded by a name
 # character (so a label value like "ringattn-worker" never matches).
-_METRIC = re.compile(r"(?<![A-Za-z0-9_:])ringattn_[A-Za-z0-9_:]*")
+_METRIC = re.compile(r"(?<![A-Za-z0-9_:])(?:ringattn|process)_[A-Za-z0-9_:]*")
 _HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
 
 
@@ -62,7 +63,7 @@ def names_in(exprs):
 
 
 def metric_names_in_deploy(repo_root):
-    """Base names of every ringattn_* metric the dashboard and alert rules query."""
+    """Base names of every ringattn_* and process_* metric the dashboard and alert rules query."""
     root = pathlib.Path(repo_root)
     dashboard = json.loads((root / DASHBOARD).read_text())
     rules = yaml.safe_load((root / ALERT_RULES).read_text())

@@ -243,7 +243,9 @@ def test_dashboard_has_the_panels_operators_need():
     for want in ["request rate by method and code", "error ratio", "call latency",
                  "compute vs comm wait", "bytes/s by channel", "achieved flop/s",
                  "sessions open", "memory held vs budget", "ring generation and rebuilds",
-                 "workers registered / up"]:
+                 "workers registered / up", "control-plane requests",
+                 "compute per allowed pair by worker", "cpu by daemon", "memory by daemon",
+                 "open file descriptors"]:
         assert want in titles, want
 
 
@@ -270,10 +272,11 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
 # --- Metric names -----------------------------------------------------------
 
 def registered_metric_names():
-    """Names the daemons register with prometheus-cpp (string literals in server/)."""
+    """Names the daemons register with prometheus-cpp, and the process metrics
+    they collect (string literals in server/)."""
     names = set()
     for src in (REPO / "server").rglob("*.cc"):
-        names |= set(re.findall(r'"(ringattn_[a-z0-9_]+)"', src.read_text()))
+        names |= set(re.findall(r'"((?:ringattn|process)_[a-z0-9_]+)"', src.read_text()))
     return names
 
 

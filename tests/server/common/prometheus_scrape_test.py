@@ -117,10 +117,12 @@ def poll(base, promql, accept, what):
     pytest.fail(f"{what}: {promql} gave {last} after {POLL_SECONDS} s")
 
 
+B, H, Hkv, S, D = 1, 4, 2, 256, 32  # The job's shape.
+
+
 def run_job(address):
     """One forward and one backward through the Python client."""
     rng = np.random.default_rng(5)
-    B, H, Hkv, S, D = 1, 4, 2, 256, 32
     q = rng.standard_normal((B, H, S, D), dtype=np.float32)
     k = rng.standard_normal((B, Hkv, S, D), dtype=np.float32)
     v = rng.standard_normal((B, Hkv, S, D), dtype=np.float32)
@@ -158,19 +160,31 @@ def test_prometheus_scrapes_the_job(cluster, prometheus):
     poll(prometheus, 'ringattn_sent_bytes_total{job="ringattn-worker",channel="ring"}',
          lambda r: len(r) == 2 and all(v > 0 for v in r.values()), "ring bytes")
     # Latency histograms: one whole call each; per ring step, cp steps per
-    # rank for a causal forward, split into compute and communication wait.
+    # rank for a causal forward wait on the ring, and the computed ones
+    # compute: rank 0 skips rank 1's (future) chunk.
     poll(prometheus, 'ringattn_call_duration_seconds_count{op="forward"}',
          lambda r: sum(r.values()) == 1, "forward latency histogram")
     poll(prometheus, 'ringattn_call_duration_seconds_count{op="backward"}',
          lambda r: sum(r.values()) == 1, "backward latency histogram")
-    poll(prometheus, 'ringattn_ring_step_compute_seconds_count{op="forward"}',
-         lambda r: len(r) == 2 and all(v == 2 for v in r.values()), "ring step compute")
+    compute = poll(prometheus, 'ringattn_ring_step_compute_seconds_count{op="forward"}',
+                   lambda r: len(r) == 2, "ring step compute")
+    assert sorted(compute.values()) == [1, 2], compute
     poll(prometheus, 'ringattn_ring_step_comm_wait_seconds_count{op="forward"}',
          lambda r: len(r) == 2 and all(v == 2 for v in r.values()), "ring step wait")
+    # Work of the computed steps: causal pairs B H (L(L+1)/2) on rank 0 and
+    # B H (L^2 + L(L+1)/2) on rank 1, L = S / 2; together every causal pair.
+    L = S // 2
+    pairs = poll(prometheus, 'ringattn_ring_pairs_computed_total{op="forward"}',
+                 lambda r: len(r) == 2 and all(v > 0 for v in r.values()), "pairs computed")
+    assert sorted(pairs.values()) == [H * L * (L + 1) // 2, H * (L * L + L * (L + 1) // 2)]
+    backward_pairs = poll(prometheus, 'ringattn_ring_pairs_computed_total{op="backward"}',
+                          lambda r: len(r) == 2 and all(v > 0 for v in r.values()),
+                          "backward pairs computed")
+    assert sum(backward_pairs.values()) == H * S * (S + 1) // 2
     # Achieved FLOP/s and FLOPs: causal forward is 4 B H D S(S+1)/2.
     flops = poll(prometheus, 'ringattn_flops_total{op="forward"}',
                  lambda r: sum(r.values()) > 0, "flops")
-    assert sum(flops.values()) == 4 * 1 * 4 * 32 * 256 * 257 / 2
+    assert sum(flops.values()) == 4 * B * H * D * S * (S + 1) / 2
     poll(prometheus, "ringattn_achieved_flops_per_second", lambda r: len(r) == 2 and
          all(v > 0 for v in r.values()), "achieved FLOP/s")
     # State: released, so nothing held; one ring of two workers, all up.
@@ -184,6 +198,53 @@ def test_prometheus_scrapes_the_job(cluster, prometheus):
     poll(prometheus, "ringattn_ring_generation", lambda r: len(r) == 3 and
          all(v == 1 for v in r.values()), "ring generation")
     poll(prometheus, "ringattn_ring_rank", lambda r: sorted(r.values()) == [0, 1], "ranks")
+
+
+def test_control_traffic_is_counted_apart_from_api_calls(cluster, prometheus):
+    """Heartbeats outnumber API calls by far: they have their own family, so
+    request rates and error ratios over ringattn_requests_total are about
+    attention calls only."""
+    poll(prometheus, "up", lambda r: len(r) == 3 and all(v == 1 for v in r.values()),
+         "every target up")
+    # Registration, the rendezvous store and JoinRing: control.
+    control = poll(prometheus, "ringattn_control_requests_total",
+                   lambda r: {(dict(k)["job"], dict(k)["method"]) for k in r} >= {
+                       ("ringattn-coordinator", "Register"), ("ringattn-worker", "JoinRing")},
+                   "control-plane requests")
+    methods = {dict(k)["method"] for k in control}
+    assert methods <= {"Register", "StoreSet", "StoreGet", "JoinRing"}, methods
+    run_job(cluster["address"])
+    api = poll(prometheus, "ringattn_requests_total",
+               lambda r: {dict(k)["method"] for k in r} >= {"Forward", "Backward", "Release"},
+               "API requests")
+    methods = {dict(k)["method"] for k in api}
+    assert not methods & {"Register", "StoreSet", "StoreGet", "JoinRing"}, methods
+
+
+def test_every_daemon_exports_process_metrics_and_its_role(cluster, prometheus):
+    poll(prometheus, "up", lambda r: len(r) == 3 and all(v == 1 for v in r.values()),
+         "every target up")
+    now = time.time()
+    for name, ok in [("process_cpu_seconds_total", lambda v: v > 0),
+                     ("process_resident_memory_bytes", lambda v: v > 1 << 20),
+                     ("process_virtual_memory_bytes", lambda v: v > 1 << 20),
+                     ("process_open_fds", lambda v: 3 <= v < 100000),
+                     ("process_max_fds", lambda v: v >= 64),
+                     ("process_start_time_seconds", lambda v: now - 3600 < v <= now + 5)]:
+        r = poll(prometheus, name, lambda r: len(r) == 3, name)
+        for labels, value in r.items():
+            assert ok(value), (name, dict(labels), value)
+    info = poll(prometheus, "ringattn_build_info", lambda r: len(r) == 3, "build info")
+    roles = {}
+    for labels in info:
+        labels = dict(labels)
+        roles.setdefault(labels["job"], []).append(labels)
+    (coordinator,) = roles["ringattn-coordinator"]
+    assert coordinator["role"] == "coordinator"
+    assert "backend" not in coordinator, coordinator  # It computes nothing.
+    assert len(roles["ringattn-worker"]) == 2
+    for w in roles["ringattn-worker"]:
+        assert w["role"] == "worker" and w["backend"] == "cpu", w
 
 
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(cluster, prometheus):

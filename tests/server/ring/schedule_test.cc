@@ -75,6 +75,49 @@ TEST(ScheduleTest, ComputesExactlyTheNeededChunksOnEveryRank) {
   EXPECT_GT(skipped, 100);
 }
 
+// Brute force: the pairs of shard q_rank and chunk k_rank that position
+// alone allows (one document, no padding, no image).
+int64_t PositionPairsByBruteForce(const ScheduleConfig& c, int q_rank, int k_rank) {
+  const kernels::MaskRule rule = kernels::MaskRuleFor(c.layer);
+  const int64_t L = c.shard_len;
+  int64_t pairs = 0;
+  for (int64_t q = q_rank * L; q < (q_rank + 1) * L; ++q) {
+    for (int64_t k = k_rank * L; k < (k_rank + 1) * L; ++k) {
+      pairs += kernels::Allowed(rule, {q, 1, -1, false}, {k, 1, -1, false});
+    }
+  }
+  return pairs;
+}
+
+// The work a step's compute time is weighed against (the straggler alert
+// divides by it): exactly the allowed pairs of every computed step.
+TEST(ScheduleTest, StepsCountThePairsThePositionRulesAllow) {
+  std::mt19937 rng(78);
+  for (int trial = 0; trial < 300; ++trial) {
+    ScheduleConfig c = RandomConfig(rng);
+    for (int r = 0; r < c.cp; ++r) {
+      c.rank = r;
+      absl::StatusOr<RingSchedule> s = MakeSchedule(c);
+      ASSERT_TRUE(s.ok()) << s.status();
+      for (const RingStep& step : s->steps) {
+        const int64_t want = step.compute ? PositionPairsByBruteForce(c, r, step.chunk_owner) : 0;
+        ASSERT_EQ(step.pairs, want)
+            << "trial " << trial << " rank " << r << " chunk " << step.chunk_owner << " L "
+            << c.shard_len << " W " << c.layer.window << " causal " << c.layer.causal;
+      }
+    }
+  }
+  // Causal, L = 4: the diagonal chunk allows 4 + 3 + 2 + 1 pairs, a past one 16.
+  ScheduleConfig c;
+  c.cp = 2;
+  c.rank = 1;
+  c.shard_len = 4;
+  absl::StatusOr<RingSchedule> s = MakeSchedule(c);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->steps[0].pairs, 10);
+  EXPECT_EQ(s->steps[1].pairs, 16);
+}
+
 TEST(ScheduleTest, SlidingLayerExchangesStopAtTheWindow) {
   ScheduleConfig c;
   c.cp = 8;
