@@ -6,6 +6,8 @@
 // no symbol built for one set can stand in for another's at link time. Code
 // here uses no inline library templates for the same reason.
 
+#include <immintrin.h>
+
 #include <cstdint>
 
 #ifndef RINGATTN_ISA_NS
@@ -44,7 +46,18 @@ inline VecF Load(const float* p) {
 
 inline void Store(float* p, VecF v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-inline VecF Splat(float x) { return VecF{} + x; }
+// The set1 intrinsic rather than `VecF{} + x`: that form adds +0.0, which
+// the compiler must keep (it turns -0.0 into +0.0), so every broadcast in the
+// GEMM loops cost an add and a shuffle instead of one broadcast load.
+inline VecF Splat(float x) {
+#if defined(__AVX512F__)
+  return _mm512_set1_ps(x);
+#elif defined(__AVX2__)
+  return _mm256_set1_ps(x);
+#else
+  return _mm_set1_ps(x);
+#endif
+}
 
 inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
 
