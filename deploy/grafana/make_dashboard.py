@@ -6,7 +6,9 @@ job, one rate window); edit this file, then run
 
     python3 deploy/grafana/make_dashboard.py
 
-tests/deploy checks that the JSON beside this file is what it generates.
+It writes the JSON beside this file and the Helm chart's copy
+(helm/ringattn/files/, which the chart's dashboard ConfigMap serves);
+tests/deploy checks that both are what it generates.
 """
 
 import json
@@ -451,10 +453,15 @@ def render():
     return json.dumps(dashboard(), indent=2) + "\n"
 
 
+CHART_COPY = pathlib.Path(__file__).resolve().parents[2] / "helm" / "ringattn" / "files"
+
+
 def main():
-    out = pathlib.Path(__file__).with_name("ringattn-dashboard.json")
-    out.write_text(render())
-    print(f"wrote {out}", file=sys.stderr)
+    text = render()
+    for out in (pathlib.Path(__file__).with_name("ringattn-dashboard.json"),
+                CHART_COPY / "ringattn-dashboard.json"):
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

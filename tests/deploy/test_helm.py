@@ -20,7 +20,11 @@ KUBE_VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
 TLS_ON = {"tls": {"enabled": True, "secretName": "ringattn-tls"},
           "auth": {"enabled": True, "secretName": "ringattn-tokens"}}
 MONITOR_ON = {"metrics": {"serviceMonitor": {"enabled": True,
-                                             "labels": {"release": "kube-prometheus"}}}}
+                                             "labels": {"release": "kube-prometheus"}},
+                          "prometheusRule": {"enabled": True,
+                                             "labels": {"release": "kube-prometheus"}},
+                          "grafanaDashboard": {"enabled": True,
+                                               "annotations": {"grafana_folder": "ML"}}}}
 CONFIGS = {
     "default": {},
     "tls_auth": TLS_ON,
@@ -29,6 +33,10 @@ CONFIGS = {
                                          "podManagementPolicy": "OrderedReady"},
                      "podDisruptionBudget": {"enabled": False},
                      "serviceAccount": {"create": False}},
+    "open_network_spread": {"networkPolicy": {"enabled": False},
+                            "worker": {"placement": "spread", "hostIPC": True,
+                                       "nccl": {"env": {"NCCL_SOCKET_IFNAME": "eth0"}}},
+                            "test": {"enabled": False}},
 }
 
 
@@ -50,7 +58,7 @@ def container(obj):
 
 def daemon_flags(objs, role):
     """Everything a daemon is started with: flag file, then the command line."""
-    cm = find(objs, "ConfigMap")
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and f"{role}.flags" in o["data"]]
     c = container(find(objs, "Deployment" if role == "coordinator" else "StatefulSet"))
     args = c["args"]
     assert args[0] == role
@@ -82,7 +90,7 @@ def test_values_yaml_matches_its_schema_and_documents_every_value():
 
     # Every key of values.yaml has a comment line right above it, except the
     # fields of Kubernetes' own objects (resources, seccompProfile, ...).
-    kubernetes_objects = {"resources", "seccompProfile", "capabilities"}
+    kubernetes_objects = {"resources", "seccompProfile", "capabilities", "clients", "metricsFrom"}
     stack = []  # (indent, key) of the enclosing keys
     previous = ""
     keys = 0
@@ -112,6 +120,10 @@ def test_values_yaml_matches_its_schema_and_documents_every_value():
     {"coordinator": {"port": 70000}},
     {"worker": {"extraArgs": ["threads=4"]}},
     {"workers": {}},
+    {"worker": {"placement": "anywhere"}},
+    {"worker": {"nccl": {"env": {"LD_PRELOAD": "x.so"}}}},  # NCCL's variables only.
+    {"networkPolicy": {"clients": [{"pods": {}}]}},
+    {"test": {"seqLen": 0}},
 ])
 def test_helm_rejects_values_the_schema_forbids(bad):
     import helm_python
@@ -134,15 +146,21 @@ def test_manifests_are_valid_kubernetes_objects(rendered):
 
 def test_rendered_manifests_pass_yamllint(rendered, tmp_path):
     _, out = rendered
-    files = []
+    files, json_payload = [], []
     for path, text in out.items():
         if path.endswith(".yaml") and text.strip():
             f = tmp_path / path.replace("/", "_")
             f.write_text(text)
-            files.append(str(f))
-    r = subprocess.run([tool("yamllint"), "-s", "-d", YAMLLINT_CONFIG, *files],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+            # The dashboard ConfigMap carries generated JSON, whose query
+            # lines are longer than YAML's line limit.
+            (json_payload if path.endswith("dashboard-configmap.yaml") else files).append(str(f))
+    for batch, config in ((files, YAMLLINT_CONFIG),
+                          (json_payload, YAMLLINT_CONFIG.replace("max: 160", "max: 1000"))):
+        if not batch:
+            continue
+        r = subprocess.run([tool("yamllint"), "-s", "-d", config, *batch],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_chart_files_pass_yamllint():
@@ -269,17 +287,20 @@ def test_tls_mounts_the_secrets_and_passes_their_files():
 def test_pods_run_as_non_root_without_privileges(rendered):
     _, out = rendered
     for obj in manifests(out):
-        if obj["kind"] not in ("Deployment", "StatefulSet"):
+        if obj["kind"] == "Pod":
+            pod = obj["spec"]
+        elif obj["kind"] in ("Deployment", "StatefulSet"):
+            pod = obj["spec"]["template"]["spec"]
+        else:
             continue
-        pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001  # The image's USER.
         assert pod["automountServiceAccountToken"] is False
-        c = container(obj)
-        assert c["securityContext"]["allowPrivilegeEscalation"] is False
-        assert c["securityContext"]["readOnlyRootFilesystem"] is True
-        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        assert c["resources"]["requests"]["memory"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"]["memory"]
 
 
 def test_disruption_budget_covers_the_workers():
@@ -340,6 +361,7 @@ def test_notes_tell_how_to_reach_the_service():
     notes = render()["ringattn/templates/NOTES.txt"]
     assert "demo-ringattn-coordinator.ml.svc:50051" in notes
     assert "ringattn status --coordinator=" in notes
+    assert "helm test demo -n ml" in notes
 
 
 def test_long_release_names_stay_within_dns_limits():
@@ -350,3 +372,210 @@ def test_long_release_names_stay_within_dns_limits():
         if obj["kind"] == "StatefulSet":
             # Pod names add "-<ordinal>" and must stay a DNS label.
             assert len(name) + 4 <= 63
+
+
+# --- Monitoring objects from deploy/ ----------------------------------------
+
+REPO = CHART.parents[1]
+
+
+@pytest.mark.parametrize("source, copy", [
+    ("deploy/prometheus/alerts.yml", "files/alerts.yml"),
+    ("deploy/grafana/ringattn-dashboard.json", "files/ringattn-dashboard.json"),
+])
+def test_chart_serves_the_deploy_files_unchanged(source, copy):
+    """One source: the chart's copies (helm packages only files inside the
+    chart) are byte for byte the files in deploy/."""
+    assert (CHART / copy).read_bytes() == (REPO / source).read_bytes(), (
+        f"helm/ringattn/{copy} drifted from {source}: python3 deploy/grafana/make_dashboard.py "
+        f"rewrites the dashboard's copy; cp deploy/prometheus/alerts.yml helm/ringattn/files/")
+
+
+def test_prometheus_rule_holds_the_alert_rules(tmp_path):
+    assert not [o for o in manifests(render()) if o["kind"] == "PrometheusRule"]
+    rule = find(manifests(render(MONITOR_ON)), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    # Helm passes the rules' own {{ $labels... }} templates through untouched.
+    assert rule["spec"]["groups"] == alerts["groups"]
+    f = tmp_path / "rules.yml"
+    f.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    r = subprocess.run([tool("promtool"), "check", "rules", str(f)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dashboard_config_map_holds_the_dashboard():
+    assert not [o for o in manifests(render()) if o["metadata"]["name"].endswith("-dashboard")]
+    cm = find(manifests(render(MONITOR_ON)), "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    text = (REPO / "deploy" / "grafana" / "ringattn-dashboard.json").read_text()
+    assert json.loads(cm["data"]["ringattn-dashboard.json"]) == json.loads(text)
+
+
+# --- NetworkPolicy ------------------------------------------------------------
+
+def _selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admitted(objs, to_labels, port, from_labels, from_namespace="ml"):
+    """Whether the release's NetworkPolicies let a pod (labels, namespace) reach
+    `port` of a pod labelled `to_labels` in namespace ml (podSelector and
+    namespaceSelector peers; a namespace's labels are its name label)."""
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"
+                and _selects(o["spec"]["podSelector"], to_labels)]
+    if not policies:
+        return True  # Not isolated.
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            ports = [q["port"] for q in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                ns = peer.get("namespaceSelector")
+                ns_ok = (from_namespace == "ml" if ns is None else
+                         _selects(ns, {"kubernetes.io/metadata.name": from_namespace}))
+                if ns_ok and _selects(peer.get("podSelector", {}), from_labels):
+                    return True
+    return False
+
+
+def _pod_labels(objs, kind):
+    return find(objs, kind)["spec"]["template"]["metadata"]["labels"]
+
+
+def test_network_policy_keeps_the_ring_and_grpc_ports_to_the_release():
+    objs = manifests(render())
+    coord, worker = _pod_labels(objs, "Deployment"), _pod_labels(objs, "StatefulSet")
+    tester = find(objs, "Pod")["metadata"]["labels"]
+    other_release = dict(worker, **{"app.kubernetes.io/instance": "other"})
+    stranger = {"app": "something"}
+    client = {"ringattn-client": "true"}
+    ring_port = 41234  # Gloo and NCCL pick their ports at run time.
+    # The ring: workers of this release only, on any port.
+    assert admitted(objs, worker, ring_port, worker)
+    for who in (coord, tester, other_release, stranger, client):
+        assert not admitted(objs, worker, ring_port, who), who
+    # A worker's gRPC port: the coordinator (and its ring peers).
+    assert admitted(objs, worker, 50052, coord)
+    assert not admitted(objs, worker, 50052, client)
+    assert not admitted(objs, worker, 50052, other_release)
+    # The coordinator's gRPC port: release pods and the named clients.
+    for who in (worker, tester, client):
+        assert admitted(objs, coord, 50051, who), who
+    for who in (stranger, other_release):
+        assert not admitted(objs, coord, 50051, who), who
+    assert not admitted(objs, coord, 50051, client, from_namespace="elsewhere")
+    assert not admitted(objs, coord, 4000, worker)
+    # Metrics: anyone by default.
+    assert admitted(objs, coord, 9464, stranger, from_namespace="monitoring")
+    assert admitted(objs, worker, 9465, stranger, from_namespace="monitoring")
+
+
+def test_network_policy_takes_the_clients_and_scrapers_values_name():
+    values = {"networkPolicy": {
+        "clients": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "training"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}]}}
+    objs = manifests(render(values))
+    coord, worker = _pod_labels(objs, "Deployment"), _pod_labels(objs, "StatefulSet")
+    trainer = {"app": "trainer"}
+    assert admitted(objs, coord, 50051, trainer, from_namespace="training")
+    assert not admitted(objs, coord, 50051, {"ringattn-client": "true"})
+    assert not admitted(objs, worker, 50052, trainer, from_namespace="training")
+    assert admitted(objs, worker, 9465, {}, from_namespace="monitoring")
+    assert not admitted(objs, worker, 9465, {}, from_namespace="training")
+    assert not [o for o in manifests(render({"networkPolicy": {"enabled": False}}))
+                if o["kind"] == "NetworkPolicy"]
+
+
+# --- GPU pods and placement ---------------------------------------------------
+
+def test_gpu_workers_get_shared_memory_and_nccl_settings():
+    objs = manifests(render({"worker": {"nccl": {"env": {"NCCL_IB_DISABLE": 1}}}}))
+    sts = find(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    mounts = {m["name"]: m["mountPath"] for m in container(sts)["volumeMounts"]}
+    assert mounts["shm"] == "/dev/shm"
+    env = {e["name"]: e.get("value") for e in container(sts)["env"]}
+    assert env["NCCL_DEBUG"] == "WARN" and env["NCCL_IB_DISABLE"] == "1"
+    assert "hostIPC" not in pod
+    assert pod_of(render({"worker": {"hostIPC": True}}))["hostIPC"] is True
+    # CPU workers need neither.
+    cpu = find(manifests(render({"worker": {"gpus": 0}})), "StatefulSet")
+    assert "shm" not in {v["name"] for v in cpu["spec"]["template"]["spec"]["volumes"]}
+    assert not [e for e in container(cpu)["env"] if e["name"].startswith("NCCL_")]
+    off = pod_of(render({"worker": {"shm": {"enabled": False}}}))
+    assert "shm" not in {v["name"] for v in off["volumes"]}
+
+
+def pod_of(out):
+    return find(manifests(out), "StatefulSet")["spec"]["template"]["spec"]
+
+
+def test_ranks_pack_onto_one_node_by_default():
+    objs = manifests(render())
+    affinity = pod_of(render())["affinity"]
+    assert set(affinity) == {"podAffinity"}
+    (term,) = affinity["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    # It attracts to this release's workers; a preference, so a ring larger
+    # than a node still schedules.
+    assert (term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+            == find(objs, "StatefulSet")["spec"]["selector"]["matchLabels"])
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity["podAffinity"]
+
+    zone = pod_of(render({"worker": {"topologyKey": "topology.kubernetes.io/zone"}}))
+    (term,) = zone["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "topology.kubernetes.io/zone"
+    spread = pod_of(render({"worker": {"placement": "spread"}}))["affinity"]
+    assert set(spread) == {"podAntiAffinity"}
+    assert "affinity" not in pod_of(render({"worker": {"placement": "none"}}))
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "gpu", "operator": "In", "values": ["h200"]}]}]}}}
+    assert pod_of(render({"worker": {"affinity": own}}))["affinity"] == own
+
+
+# --- helm test ------------------------------------------------------------------
+
+def test_helm_test_checks_status_and_a_verified_forward():
+    objs = manifests(render())
+    pod = find(objs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    address = "--coordinator=demo-ringattn-coordinator.ml.svc:50051"
+    (status,) = pod["spec"]["initContainers"]
+    assert status["args"] == ["ringattn", "status", address]
+    (forward,) = pod["spec"]["containers"]
+    # `ringattn synthetic` compares forward and backward with the fp64
+    # oracle and exits non-zero on a mismatch.
+    assert forward["args"] == ["ringattn", "synthetic", address, "--seq_len=256"]
+    assert status["image"] == forward["image"] == container(find(objs, "StatefulSet"))["image"]
+    # Not a daemon: no Service or scrape job selects it.
+    component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    assert component == "test"
+    assert not [o for o in manifests(render({"test": {"enabled": False}})) if o["kind"] == "Pod"]
+
+
+def test_helm_test_speaks_tls_and_presents_the_api_token():
+    pod = find(manifests(render(TLS_ON)), "Pod")
+    for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
+        f = flags("\n".join(c["args"][2:]))
+        assert f["--tls_ca_file"] == "/etc/ringattn/tls/ca.crt"
+        assert f["--tls_cert_file"] == "/etc/ringattn/tls/tls.crt"
+        assert f["--tls_key_file"] == "/etc/ringattn/tls/tls.key"
+        assert f["--auth_token_file"] == "/etc/ringattn/auth/api-token"
+        mounts = {m["name"] for m in c["volumeMounts"]}
+        assert {"tls", "auth"} <= mounts
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["auth"]["secret"]["secretName"] == "ringattn-tokens"

@@ -162,3 +162,53 @@ prometheus.io/path: /metrics
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* NetworkPolicy ingress rule of a metrics `port`: from networkPolicy.metricsFrom, or anyone. */}}
+{{- define "ringattn.metricsIngress" -}}
+- ports:
+    - port: {{ .port }}
+      protocol: TCP
+  {{- with .root.Values.networkPolicy.metricsFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* Flags of the ringattn client (helm test) for TLS and the API token. */}}
+{{- define "ringattn.clientArgs" -}}
+{{- $v := .Values -}}
+{{- if $v.tls.enabled }}
+- --tls_ca_file=/etc/ringattn/tls/{{ $v.tls.caKey }}
+- --tls_cert_file=/etc/ringattn/tls/{{ $v.tls.certKey }}
+- --tls_key_file=/etc/ringattn/tls/{{ $v.tls.keyKey }}
+{{- end }}
+{{- if $v.auth.enabled }}
+- --auth_token_file=/etc/ringattn/auth/{{ $v.auth.apiTokenKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Affinity of the worker pods: worker.affinity when set, else by
+worker.placement. "pack" prefers the node (worker.topologyKey) that already
+runs this release's workers: every rank is needed for every call, so
+spreading buys no availability, and ranks on one node keep the ring's
+traffic off the network between nodes. It is a preference: a ring larger
+than a node still schedules. "spread" prefers different nodes; "none" says
+nothing.
+*/}}
+{{- define "ringattn.workerAffinity" -}}
+{{- $v := .Values.worker -}}
+{{- if $v.affinity }}
+{{- toYaml $v.affinity }}
+{{- else if ne $v.placement "none" }}
+{{ ternary "podAffinity" "podAntiAffinity" (eq $v.placement "pack") }}:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: {{ $v.topologyKey }}
+        labelSelector:
+          matchLabels:
+            {{- include "ringattn.selectorLabels" . | nindent 12 }}
+            app.kubernetes.io/component: worker
+{{- end }}
+{{- end }}
