@@ -10,6 +10,6 @@ venv="${1:-${root}/build/peers-venv}"
 python3 -m venv "${venv}"
 "${venv}/bin/pip" install --upgrade pip >/dev/null
 # The CPU wheel index first (no CUDA libraries to download); PyPI otherwise.
-"${venv}/bin/pip" install --index-url https://download.pytorch.org/whl/cpu torch ||
+"${venv}/bin/pip" install --retries 1 --timeout 15 --index-url https://download.pytorch.org/whl/cpu torch ||
   "${venv}/bin/pip" install torch
 "${venv}/bin/python" -c 'import torch; print("torch", torch.__version__)'
