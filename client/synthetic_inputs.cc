@@ -1,5 +1,7 @@
 #include "client/synthetic_inputs.h"
 
+#include "proto/wire/dtype.h"
+
 namespace ringattn::client {
 
 attention::v1::LayerConfig ToWire(const kernels::LayerConfig& layer) {
@@ -23,7 +25,7 @@ std::unique_ptr<EncodedBatch> EncodeBatch(const kernels::reference::SyntheticBat
   e->dout = kernels::reference::Encode(b.dout, b.dtype);
   e->padding = b.padding;
   ForwardInputs& in = e->in;
-  in.dtype = kernels::DTypeName(b.dtype);
+  in.dtype = wire::DTypeName(b.dtype);
   in.batch = b.shape.batch;
   in.heads = b.shape.heads;
   in.kv_heads = b.shape.kv_heads;

@@ -29,10 +29,11 @@
 #include "client/local_cluster.h"
 #include "client/npy.h"
 #include "client/synthetic_inputs.h"
-#include "kernels/cpu/convert.h"
+#include "kernels/convert.h"
 #include "kernels/reference/compare.h"
 #include "kernels/reference/dense_attention.h"
 #include "kernels/reference/synthetic_batch.h"
+#include "proto/wire/dtype.h"
 
 ABSL_FLAG(std::string, coordinator, "", "Coordinator address for status and synthetic.");
 ABSL_FLAG(int, cp, 4, "Workers of a local cluster.");
@@ -129,18 +130,13 @@ void PrintMetrics(const char* what, const attention::v1::CallMetrics& m) {
 
 // The Gemma-4-like batch through the service, checked against the oracle.
 int Synthetic(const std::string& address) {
-  kernels::DType dtype;
   const std::string name = absl::GetFlag(FLAGS_dtype);
-  if (name == "FP32") {
-    dtype = kernels::DType::kF32;
-  } else if (name == "BF16") {
-    dtype = kernels::DType::kBF16;
-  } else if (name == "FP16") {
-    dtype = kernels::DType::kF16;
-  } else {
+  const absl::StatusOr<kernels::DType> parsed = wire::ParseDType(name);
+  if (!parsed.ok()) {
     std::fprintf(stderr, "error: --dtype must be FP32, BF16 or FP16\n");
     return 2;
   }
+  const kernels::DType dtype = *parsed;
   auto c = ConnectFromFlags(address);
   absl::StatusOr<attention::v1::ClusterStatusResponse> status = c->Status();
   if (!status.ok()) {
@@ -184,7 +180,7 @@ int Synthetic(const std::string& address) {
     }
     (void)c->Release(f->session.handle());
     std::vector<float> out(f->out.size() / kernels::DTypeSize(dtype));
-    kernels::cpu::ToF32(dtype, f->out.data(), static_cast<int64_t>(out.size()), out.data());
+    kernels::ToF32(dtype, f->out.data(), static_cast<int64_t>(out.size()), out.data());
     const auto problem = kernels::reference::ToDenseProblem(batch, config);
     const auto want = kernels::reference::DenseForward(problem);
     const std::vector<double> dout64(batch.dout.begin(), batch.dout.end());
@@ -218,9 +214,12 @@ size_t ItemSizeOf(const NpyArray& a) {
 // The wire dtype of an .npy array: float32, float16, or uint16 holding bf16
 // bits when --dtype=BF16.
 absl::StatusOr<std::string> WireDType(const NpyArray& a) {
-  if (a.descr == "<f4") return std::string("FP32");
-  if (a.descr == "<f2") return std::string("FP16");
-  if (a.descr == "<u2" && absl::GetFlag(FLAGS_dtype) == "BF16") return std::string("BF16");
+  if (a.descr == "<f4") return wire::DTypeName(kernels::DType::kF32);
+  if (a.descr == "<f2") return wire::DTypeName(kernels::DType::kF16);
+  const absl::StatusOr<kernels::DType> flag = wire::ParseDType(absl::GetFlag(FLAGS_dtype));
+  if (a.descr == "<u2" && flag.ok() && *flag == kernels::DType::kBF16) {
+    return wire::DTypeName(kernels::DType::kBF16);
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       "unsupported .npy dtype ", a.descr, " (float32, float16, or uint16 with --dtype=BF16)"));
 }
@@ -434,7 +433,8 @@ int Run(const std::string& command) {
     }
     // Prometheus endpoints first: a launcher reading up to the address line
     // has them all.
-    std::printf("metrics of coordinator at %s\n", (*cluster)->coordinator_metrics_address().c_str());
+    std::printf("metrics of coordinator at %s\n",
+                (*cluster)->coordinator_metrics_address().c_str());
     const std::vector<std::string> workers = (*cluster)->worker_metrics_addresses();
     for (size_t r = 0; r < workers.size(); ++r) {
       std::printf("metrics of worker %zu at %s\n", r, workers[r].c_str());
