@@ -73,9 +73,28 @@ absl::Status ForEachTensor(PreparedBatch& out, const std::vector<const PreparedB
 
 }  // namespace
 
-int64_t PaddedLength(int64_t seq_len, int cp) {
-  const int64_t m = 2 * static_cast<int64_t>(cp);
-  return (seq_len + m - 1) / m * m;
+absl::StatusOr<AttentionMetadata> PadMetadata(int64_t batch, int64_t seq_len, int64_t padded_len,
+                                              std::optional<HostTensor> padding_mask,
+                                              std::optional<HostTensor> doc_ids,
+                                              std::optional<HostTensor> vision_groups) {
+  const int64_t n = batch * seq_len;
+  AttentionMetadata out;
+  if (!padding_mask) padding_mask = HostTensor::Zeros(ElemType::kU8, {batch, seq_len});
+  if (!doc_ids) {
+    doc_ids = HostTensor::Zeros(ElemType::kI32, {batch, seq_len});
+    for (int64_t i = 0; i < n; ++i) doc_ids->SetInt(i, padding_mask->IntAt(i) != 0 ? 0 : 1);
+  }
+  if (vision_groups) {
+    for (int64_t i = 0; i < n && !out.has_vision; ++i)
+      out.has_vision = vision_groups->IntAt(i) >= 0;
+  } else {
+    vision_groups = HostTensor::Zeros(ElemType::kI32, {batch, seq_len});
+    for (int64_t i = 0; i < n; ++i) vision_groups->SetInt(i, -1);
+  }
+  RINGATTN_ASSIGN_OR_RETURN(out.padding_mask, PadDim(*padding_mask, 1, padded_len, 1));
+  RINGATTN_ASSIGN_OR_RETURN(out.doc_ids, PadDim(*doc_ids, 1, padded_len, 0));
+  RINGATTN_ASSIGN_OR_RETURN(out.vision_groups, PadDim(*vision_groups, 1, padded_len, -1));
+  return out;
 }
 
 absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
@@ -111,7 +130,7 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
   out.padded_len = PaddedLength(S, cp);
 
   // Rule 1: padding mask, true = padding.
-  out.padding_mask = HostTensor::Zeros(ElemType::kU8, bs);
+  HostTensor padding = HostTensor::Zeros(ElemType::kU8, bs);
   if (in.attention_mask.has_value()) {
     const HostTensor& m = *in.attention_mask;
     const bool four_d = m.shape.size() == 4;
@@ -120,7 +139,7 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t i = 0; i < S; ++i) {
         const int64_t at = four_d ? (b * S + i) * S + i : b * S + i;  // diagonal of 4-D
-        out.padding_mask.SetInt(b * S + i, m.FloatAt(at) == 0.0 ? 1 : 0);
+        padding.SetInt(b * S + i, m.FloatAt(at) == 0.0 ? 1 : 0);
       }
     }
   }
@@ -155,26 +174,25 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
     out.loss_mask = in.loss_mask;
   }
 
-  // Rule 5: document ids, kept when present, else 1 for real tokens and 0
-  // for padding, synthesized before padding.
-  out.doc_ids = HostTensor::Zeros(ElemType::kI32, bs);
+  // Rule 5: document ids, kept when present (PadMetadata synthesizes them
+  // otherwise).
+  std::optional<HostTensor> doc;
   if (in.packed_seq_ids.has_value()) {
     RINGATTN_RETURN_IF_ERROR(ExpectShape("packed_seq_ids", *in.packed_seq_ids, bs));
     RINGATTN_RETURN_IF_ERROR(ExpectInteger("packed_seq_ids", *in.packed_seq_ids));
-    for (int64_t i = 0; i < B * S; ++i) out.doc_ids.SetInt(i, in.packed_seq_ids->IntAt(i));
-  } else {
-    for (int64_t i = 0; i < B * S; ++i)
-      out.doc_ids.SetInt(i, out.padding_mask.IntAt(i) != 0 ? 0 : 1);
+    doc = HostTensor::Zeros(ElemType::kI32, bs);
+    for (int64_t i = 0; i < B * S; ++i) doc->SetInt(i, in.packed_seq_ids->IntAt(i));
   }
 
   // Rule 6: vision groups on the full, unsharded sequence: each maximal run
   // of image or video tokens is a new group, numbered per row.
-  out.vision_groups = HostTensor::Zeros(ElemType::kI32, bs);
-  for (int64_t i = 0; i < B * S; ++i) out.vision_groups.SetInt(i, -1);
+  std::optional<HostTensor> vision;
   if (in.mm_token_type_ids.has_value()) {
     const HostTensor& types = *in.mm_token_type_ids;
     RINGATTN_RETURN_IF_ERROR(ExpectShape("mm_token_type_ids", types, bs));
     RINGATTN_RETURN_IF_ERROR(ExpectInteger("mm_token_type_ids", types));
+    vision = HostTensor::Zeros(ElemType::kI32, bs);
+    for (int64_t i = 0; i < B * S; ++i) vision->SetInt(i, -1);
     for (int64_t b = 0; b < B; ++b) {
       int64_t group = -1;
       bool in_run = false;
@@ -185,10 +203,10 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
           return absl::InvalidArgumentError(
               absl::StrCat("mm_token_type_ids[", b, ",", i, "] is ", type, "; must be 0, 1 or 2"));
         }
-        const bool vision = (type == 1 || type == 2) && out.padding_mask.IntAt(at) == 0;
-        if (vision && !in_run) ++group;
-        in_run = vision;
-        if (vision) out.vision_groups.SetInt(at, group);
+        const bool is_vision = (type == 1 || type == 2) && padding.IntAt(at) == 0;
+        if (is_vision && !in_run) ++group;
+        in_run = is_vision;
+        if (is_vision) vision->SetInt(at, group);
       }
     }
     out.mm_token_type_ids = types;
@@ -209,9 +227,12 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
   RINGATTN_RETURN_IF_ERROR(pad(out.labels, 1, -100));
   RINGATTN_RETURN_IF_ERROR(pad(out.loss_mask, 1, 0));
   RINGATTN_RETURN_IF_ERROR(pad(out.mm_token_type_ids, 1, 0));
-  RINGATTN_ASSIGN_OR_RETURN(out.padding_mask, PadDim(out.padding_mask, 1, P, 1));
-  RINGATTN_ASSIGN_OR_RETURN(out.doc_ids, PadDim(out.doc_ids, 1, P, 0));
-  RINGATTN_ASSIGN_OR_RETURN(out.vision_groups, PadDim(out.vision_groups, 1, P, -1));
+  RINGATTN_ASSIGN_OR_RETURN(
+      AttentionMetadata metadata,
+      PadMetadata(B, S, P, std::move(padding), std::move(doc), std::move(vision)));
+  out.padding_mask = std::move(metadata.padding_mask);
+  out.doc_ids = std::move(metadata.doc_ids);
+  out.vision_groups = std::move(metadata.vision_groups);
   // Positions continue last + 1, last + 2, ... per row (and per section).
   const bool rope3 = out.position_ids.shape.size() == 3;
   RINGATTN_ASSIGN_OR_RETURN(out.position_ids, PadDim(out.position_ids, rope3 ? 2 : 1, P, 0));
@@ -229,12 +250,12 @@ absl::StatusOr<PreparedBatch> ShardFor(const PreparedBatch& whole, int rank) {
     return absl::InvalidArgumentError(
         absl::StrCat("rank ", rank, " is not in [0, ", whole.cp, ")"));
   }
-  const int64_t L = whole.padded_len / whole.cp;
+  const ShardLayout layout(whole.seq_len, whole.cp);
   PreparedBatch shard = whole;
   shard.rank = rank;
   RINGATTN_RETURN_IF_ERROR(ForEachTensor(
       shard, {&whole}, [&](HostTensor& t, const std::vector<const HostTensor*>& src, size_t dim) {
-        RINGATTN_ASSIGN_OR_RETURN(t, SliceDim(*src[0], dim, rank * L, (rank + 1) * L));
+        RINGATTN_ASSIGN_OR_RETURN(t, SliceDim(*src[0], dim, layout.Begin(rank), layout.End(rank)));
         return absl::OkStatus();
       }));
   return shard;

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/batch/host_tensor.h"
+#include "server/batch/shard_layout.h"
 
 // Batch preparation and contiguous sharding (SPEC §1): the coordinator's
 // job before any attention runs. Glossary: B batch, S sequence length, P
@@ -45,8 +46,24 @@ struct PreparedBatch {
   HostTensor vision_groups;                     // [B, P] I32, -1 = none
 };
 
-// The padded length for a sequence of `seq_len` on `cp` ranks.
-int64_t PaddedLength(int64_t seq_len, int cp);
+// The per-token metadata the attention mask reads (SPEC §2), over the padded
+// sequence.
+struct AttentionMetadata {
+  HostTensor padding_mask;   // [B, P] U8, 1 = padding
+  HostTensor doc_ids;        // [B, P] I32, 0 = padding
+  HostTensor vision_groups;  // [B, P] I32, -1 = no image block
+  bool has_vision = false;   // Some token is in an image block.
+};
+
+// Rules 5 and 7 for the mask metadata, from the [B, S] tensors as given
+// (padding_mask U8, doc_ids and vision_groups I32) or absent: no padding
+// mask means no padding; no document ids, 1 for real tokens and 0 for
+// padding (synthesized before padding); no vision groups, -1 everywhere.
+// Each is then padded to `padded_len`: padding 1, documents 0, vision -1.
+absl::StatusOr<AttentionMetadata> PadMetadata(int64_t batch, int64_t seq_len, int64_t padded_len,
+                                              std::optional<HostTensor> padding_mask,
+                                              std::optional<HostTensor> doc_ids,
+                                              std::optional<HostTensor> vision_groups);
 
 // SPEC §1 rules 1-7. INVALID_ARGUMENT naming the field for bad input.
 absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& inputs, int cp);

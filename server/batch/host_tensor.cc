@@ -3,6 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/convert.h"
+#include "kernels/dtype.h"
 
 namespace ringattn::batch {
 namespace {
@@ -50,11 +51,11 @@ absl::string_view ElemName(ElemType type) {
     case ElemType::kU8:
       return "BOOL";
     case ElemType::kF32:
-      return "FP32";
+      return kernels::DTypeName(kernels::DType::kF32);
     case ElemType::kBF16:
-      return "BF16";
+      return kernels::DTypeName(kernels::DType::kBF16);
     case ElemType::kF16:
-      return "FP16";
+      return kernels::DTypeName(kernels::DType::kF16);
   }
   return "UNKNOWN";
 }
