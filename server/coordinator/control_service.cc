@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "proto/wire/grpc_status.h"
 
@@ -11,7 +12,7 @@ grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
                                           const worker::v1::RegisterRequest* request,
                                           worker::v1::RegisterResponse* response) {
   if (request->address().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "address is required");
+    return wire::ToGrpc(absl::InvalidArgumentError("address is required"));
   }
   const absl::StatusOr<int> rank = cluster_.Register(
       request->address(), request->has_rank() ? std::optional<int>(request->rank()) : std::nullopt,
@@ -42,8 +43,8 @@ grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* /*context*/,
   const bool found = cv_.wait_for(lock, std::chrono::duration<double>(wait),
                                   [&] { return store_.contains(request->key()); });
   if (!found) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("store key '", request->key(), "' is not set"));
+    return wire::ToGrpc(
+        absl::NotFoundError(absl::StrCat("store key '", request->key(), "' is not set")));
   }
   response->set_value(store_[request->key()]);
   return grpc::Status::OK;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/functional/function_ref.h"
+#include "server/batch/shard_layout.h"
 
 // Shards a tensor while its bytes stream in (SPEC §1.7-1.8): the tensor
 // [outer, S, inner] arrives row-major in pieces of any size; rank r gets its
@@ -19,7 +20,9 @@ namespace ringattn::server {
 class SequenceRouter {
  public:
   // position_bytes: bytes of one sequence position (inner * element size).
-  SequenceRouter(int64_t outer, int64_t seq_len, int64_t shard_len, int cp, int64_t position_bytes);
+  SequenceRouter(int64_t outer, const batch::ShardLayout& layout, int64_t position_bytes);
+  SequenceRouter(int64_t outer, int64_t seq_len, int64_t shard_len, int cp, int64_t position_bytes)
+      : SequenceRouter(outer, batch::ShardLayout(seq_len, shard_len, cp), position_bytes) {}
 
   // Routes the next bytes of the tensor: emit(rank, run) in order for each
   // rank, zero runs included. Stops and returns false as soon as emit does,
@@ -33,8 +36,8 @@ class SequenceRouter {
  private:
   bool EmitPadding(absl::FunctionRef<bool(int, std::span<const std::byte>)> emit);
 
-  const int64_t outer_, seq_len_, shard_len_, position_bytes_;
-  const int cp_;
+  const int64_t outer_, position_bytes_;
+  const batch::ShardLayout layout_;
   std::vector<std::byte> zeros_;
   int64_t row_ = 0;     // Outer index of the row being filled.
   int64_t offset_ = 0;  // Bytes of that row routed so far.

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "proto/wire/grpc_status.h"
 
 namespace ringattn::server {
 namespace {
@@ -29,11 +30,11 @@ absl::StatusOr<std::unique_ptr<Registration>> Registration::Start(RegistrationOp
   std::unique_ptr<Registration> r(new Registration(std::move(options)));
   const absl::Time give_up = absl::Now() + r->options_.first_timeout;
   while (true) {
-    const grpc::Status s = r->RegisterOnce();
+    const absl::Status s = r->RegisterOnce();
     if (s.ok()) break;
     if (absl::Now() > give_up) {
       return absl::UnavailableError(
-          absl::StrCat("cannot register with ", r->options_.coordinator, ": ", s.error_message()));
+          absl::StrCat("cannot register with ", r->options_.coordinator, ": ", s.message()));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -50,7 +51,7 @@ Registration::~Registration() {
   if (heartbeat_.joinable()) heartbeat_.join();
 }
 
-grpc::Status Registration::RegisterOnce() {
+absl::Status Registration::RegisterOnce() {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   worker::v1::RegisterRequest req;
@@ -58,11 +59,11 @@ grpc::Status Registration::RegisterOnce() {
   if (options_.rank) req.set_rank(*options_.rank);
   req.set_incarnation(incarnation_);
   worker::v1::RegisterResponse resp;
-  const grpc::Status s = stub_->Register(&ctx, req, &resp);
+  const absl::Status s = wire::FromGrpc(stub_->Register(&ctx, req, &resp));
   if (!s.ok()) {
     if (connected_) {
       std::fprintf(stderr, "worker: lost the coordinator at %s: %s\n", options_.coordinator.c_str(),
-                   s.error_message().c_str());
+                   std::string(s.message()).c_str());
     }
     connected_ = false;
     return s;
@@ -85,7 +86,7 @@ void Registration::Heartbeat() {
   while (!cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.heartbeat),
                        [&] { return stopping_; })) {
     lock.unlock();
-    RegisterOnce();  // Failures are logged once; the next beat tries again.
+    RegisterOnce().IgnoreError();  // Failures are logged once; the next beat tries again.
     lock.lock();
   }
 }

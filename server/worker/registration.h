@@ -39,7 +39,7 @@ class Registration {
 
  private:
   explicit Registration(RegistrationOptions options);
-  grpc::Status RegisterOnce();
+  absl::Status RegisterOnce();
   void Heartbeat();
 
   const RegistrationOptions options_;

@@ -12,9 +12,11 @@
 
 #include "kernels/chunk_backend.h"
 #include "proto/wire/security.h"
+#include "proto/wire/tensor_stream.h"
 #include "server/ring/store.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
+#include "server/worker/request_convert.h"
 #include "server/worker/worker_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
@@ -48,14 +50,12 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
                     wire::ChannelSecurity store_security = {},
                     TransportFactory connect = GlooTransportFactory());
 
+  using Stream = grpc::ServerReaderWriter<worker::v1::ShardResponse, worker::v1::ShardRequest>;
+
   grpc::Status JoinRing(grpc::ServerContext* context, const worker::v1::JoinRingRequest* request,
                         worker::v1::JoinRingResponse* response) override;
-  grpc::Status Forward(grpc::ServerContext* context,
-                       grpc::ServerReaderWriter<worker::v1::ShardResponse,
-                                                worker::v1::ShardRequest>* stream) override;
-  grpc::Status Backward(grpc::ServerContext* context,
-                        grpc::ServerReaderWriter<worker::v1::ShardResponse,
-                                                 worker::v1::ShardRequest>* stream) override;
+  grpc::Status Forward(grpc::ServerContext* context, Stream* stream) override;
+  grpc::Status Backward(grpc::ServerContext* context, Stream* stream) override;
   grpc::Status Release(grpc::ServerContext* context,
                        const worker::v1::WorkerReleaseRequest* request,
                        worker::v1::WorkerReleaseResponse* response) override;
@@ -63,7 +63,7 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  private:
   // What forward leaves for backward: the shard and its output.
   struct Session {
-    worker::v1::ShardCall call;
+    ShardSpec spec;
     std::vector<std::byte> q, k, v, out;
     std::vector<int32_t> doc, vision;
     std::vector<uint8_t> padding;
@@ -73,17 +73,46 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
       return q.size() + k.size() + v.size() + out.size() + doc.size() * 4 + vision.size() * 4 +
              padding.size() + lse.size() * 4;
     }
+    // The shard as the ring reads it.
+    ring::ShardRef Shard() const {
+      const kernels::AttentionShape& s = spec.shape;
+      return {.dtype = s.dtype,
+              .batch = s.batch,
+              .heads = s.heads,
+              .kv_heads = s.kv_heads,
+              .shard_len = s.q_len,
+              .head_dim = s.head_dim,
+              .q = q,
+              .k = k,
+              .v = v,
+              .doc = doc,
+              .vision = vision,
+              .padding = padding};
+    }
   };
 
+  absl::Status Join(const worker::v1::JoinRingRequest& request);
+  absl::Status RunForward(Stream& stream);
+  absl::Status RunBackward(Stream& stream);
+  // Reads a shard stream: its call (checked, then `expect` declares the
+  // call's tensors), every tensor chunk, then the commit. A call whose
+  // stream fails once it was committed gives up its turn.
+  absl::StatusOr<CommittedCall> ReadCall(
+      Stream& stream, wire::TensorAssembler& assembler,
+      const std::function<void(const ShardSpec&, wire::TensorAssembler&)>& expect);
+  // Runs `run` in the call's turn of the ring's order, then gives the turn
+  // up, whatever happened.
+  template <typename T>
+  absl::StatusOr<T> InTurn(uint64_t epoch, const CommittedCall& call,
+                           const std::function<absl::StatusOr<T>()>& run);
   // The transport of the current ring generation, shared with calls in
   // flight so a rebuild cannot pull it from under them.
   std::shared_ptr<ring::Transport> transport();
-  // Whether `call` was numbered in this worker's current ring; if so, the
-  // ring's epoch (this worker's count of rings joined) for the sequencer.
-  absl::StatusOr<uint64_t> CheckGeneration(const worker::v1::ShardCall& call);
-  // A call whose stream ended before its commit: `status` for the caller.
-  grpc::Status Withdrawn(const std::optional<worker::v1::ShardCall>& seen,
-                         const absl::Status& status);
+  // Whether a call of `generation` was numbered in this worker's current
+  // ring; if so, the ring's epoch (this worker's count of rings joined) for
+  // the sequencer.
+  absl::StatusOr<uint64_t> CheckGeneration(uint64_t generation);
+  int rank();
   void PublishLocked();  // Session gauges (requires mu_).
 
   kernels::ChunkBackend& backend_;

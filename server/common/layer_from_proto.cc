@@ -1,9 +1,9 @@
-#include "server/common/layer_config.h"
+#include "server/common/layer_from_proto.h"
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/validate.h"
+#include "kernels/validate.h"
 #include "kernels/status_macros.h"
 
 namespace ringattn::server {
@@ -28,20 +28,8 @@ absl::StatusOr<kernels::LayerConfig> LayerFromProto(const attention::v1::LayerCo
   out.causal = layer.has_causal() ? layer.causal() : true;
   out.vision_bidirectional = layer.has_vision_bidirectional() ? layer.vision_bidirectional() : true;
   out.dropout = layer.dropout();
-  RINGATTN_RETURN_IF_ERROR(kernels::cpu::ValidateLayer(out));
+  RINGATTN_RETURN_IF_ERROR(kernels::ValidateLayer(out));
   return out;
-}
-
-absl::StatusOr<kernels::DType> ParseDType(const std::string& dtype) {
-  if (dtype == "FP32") return kernels::DType::kF32;
-  if (dtype == "BF16") return kernels::DType::kBF16;
-  if (dtype == "FP16") return kernels::DType::kF16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype '", dtype, "' is not supported; use FP32, BF16 or FP16"));
-}
-
-kernels::DType DTypeFromWire(const std::string& dtype) {
-  return ParseDType(dtype).value_or(kernels::DType::kF32);
 }
 
 }  // namespace ringattn::server

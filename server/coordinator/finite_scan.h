@@ -1,0 +1,44 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_FINITE_SCAN_H_
+#define RINGATTN_SERVER_COORDINATOR_FINITE_SCAN_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/dtype.h"
+
+namespace ringattn::server {
+
+// Q, K, V and dO must be finite. A NaN or Inf would not stay in its own
+// rows: masked keys still enter a tile's products with weight 0, and
+// 0 * NaN is NaN, so one NaN in a document's V reaches other documents'
+// outputs in the same tile, depending on tiling and sharding. The check runs
+// on the pieces as they stream through; an element may straddle two pieces.
+class FiniteScan {
+ public:
+  // shape: the whole tensor's, row-major, for naming the element found.
+  FiniteScan(std::string name, kernels::DType dtype, std::vector<int64_t> shape);
+
+  // The next bytes of the tensor: INVALID_ARGUMENT naming the index of the
+  // first NaN or Inf.
+  absl::Status Add(std::span<const std::byte> piece);
+
+ private:
+  absl::Status Check(std::span<const std::byte> elements);
+
+  const std::string name_;
+  const std::vector<int64_t> shape_;
+  const kernels::DType dtype_;
+  const size_t size_;
+  std::array<std::byte, 4> carry_{};
+  size_t carried_ = 0;
+  int64_t index_ = 0;  // Elements checked so far.
+};
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_FINITE_SCAN_H_

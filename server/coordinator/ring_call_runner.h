@@ -1,0 +1,148 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_RING_CALL_RUNNER_H_
+#define RINGATTN_SERVER_COORDINATOR_RING_CALL_RUNNER_H_
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention_service.pb.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/sync_stream.h"
+#include "kernels/status_macros.h"
+#include "server/batch/batch_prep.h"
+#include "server/batch/shard_layout.h"
+#include "server/coordinator/cluster.h"
+#include "server/coordinator/commit_gate.h"
+#include "server/coordinator/coordinator_metrics.h"
+#include "server/coordinator/rank_call.h"
+#include "server/coordinator/shard_io.h"
+#include "server/coordinator/shard_reader.h"
+#include "worker/v1/worker_service.pb.h"
+
+namespace ringattn::server {
+
+// One Forward or Backward on the ring, as the coordinator runs it: every
+// rank's stream opened at once, the client's inputs forwarded while they
+// arrive, the commit once every rank has all of them, then the ranks'
+// answers gathered into the client's stream and the call's metrics. Each
+// step's error is the one to report to the client: a rank's own failure
+// over the withdrawals it caused, naming the ranks that are down, with the
+// ring marked for rebuilding when the failure broke it.
+class RingCallRunner {
+ public:
+  enum class Method { kForward, kBackward };
+  using Clock = std::chrono::steady_clock;
+
+  // What does not change from call to call.
+  struct Env {
+    Cluster& cluster;
+    CoordinatorMetrics& metrics;
+    absl::Duration ring_timeout;  // Bound on every ring wait.
+  };
+
+  // Opens every rank's `method` stream on the ring of `ticket`, each told
+  // `call`. `context`: the client's call (the commit waits for none that
+  // was cancelled). `start`: when it began (its metrics time all of it).
+  RingCallRunner(const Env& env, grpc::ServerContext& context, Clock::time_point start,
+                 const Cluster::Ticket& ticket, Method method, const worker::v1::ShardCall& call,
+                 const batch::ShardLayout& layout);
+
+  RankCalls& ranks() { return calls_; }
+  // What a failure after the commit must undo before it is reported (a
+  // forward's session, left on the ranks that finished).
+  void UndoOnFailure(std::function<void()> undo) { undo_ = std::move(undo); }
+
+  // Reads the rest of the client's stream into `inputs`: its tensor pieces,
+  // forwarded as they come. CANCELLED when the client cancelled before its
+  // stream ended: such a stream is not a request, even if every byte came.
+  template <typename Response, typename Request>
+  absl::Status ReadInputs(grpc::ServerReaderWriterInterface<Response, Request>& stream,
+                          ClientInputs& inputs);
+  // Sends every rank its slice of the metadata.
+  absl::Status SendMetadata(const batch::AttentionMetadata& metadata);
+  // Every rank has its inputs: the call is committed on all, or on none if
+  // the client left or the ring changed meanwhile.
+  void Commit(bool batch_has_vision);
+  // Waits until every rank has started to answer with `answer` (its tensors
+  // in order, [B, heads, L, ...] each): its ring step is done.
+  absl::Status AwaitAnswers(std::vector<ExpectedTensor> answer);
+  // Streams the answers to the client, cut to S, then the call's metrics.
+  // `sent`: how writing to the client went so far. `client_left`: the
+  // message when the client went away.
+  template <typename Response, typename Request>
+  absl::Status Finish(grpc::ServerReaderWriterInterface<Response, Request>& stream,
+                      absl::Status sent, double flops, absl::string_view client_left);
+
+ private:
+  absl::Status InputsEnded(ClientInputs& inputs);
+  // Waits for every rank's stream to end. The status for the client: a
+  // rank's error first, then that of sending the answer (`sent`).
+  absl::Status Settle(const absl::Status& sent, absl::string_view client_left);
+  attention::v1::CallMetrics Metrics(double flops) const;
+  // When a rank failed while taking inputs: its own error, and the ring's.
+  absl::Status RanksFailed();
+  // A failed ring call's status for the client: names the ranks that are
+  // down, and marks the ring for rebuilding when the failure broke it.
+  absl::Status Failed(const absl::Status& status);
+  // CANCELLED with `message`: the client went away after the commit.
+  absl::Status ClientLeft(absl::string_view message);
+  void Undo();
+
+  const Env env_;
+  grpc::ServerContext& context_;
+  const Clock::time_point start_;
+  const uint64_t generation_;
+  const batch::ShardLayout layout_;
+  prometheus::Counter& api_received_;
+  prometheus::Counter& api_sent_;
+  std::function<void()> undo_;
+  bool committed_ = false;
+  std::vector<ExpectedTensor> answer_;
+  CommitGate gate_;
+  // After the gate: going out of scope, it withdraws every rank's call and
+  // waits for them before the gate goes.
+  RankCalls calls_;
+  std::vector<ShardReader> readers_;
+};
+
+template <typename Response, typename Request>
+absl::Status RingCallRunner::ReadInputs(
+    grpc::ServerReaderWriterInterface<Response, Request>& stream, ClientInputs& inputs) {
+  Request req;
+  while (stream.Read(&req)) {
+    if (!req.has_chunk()) return absl::InvalidArgumentError("only tensors follow the header");
+    api_received_.Increment(static_cast<double>(req.chunk().data().size()));
+    if (absl::Status s = inputs.Add(*req.mutable_chunk()); !s.ok()) {
+      return absl::IsUnavailable(s) ? RanksFailed() : s;
+    }
+  }
+  return InputsEnded(inputs);
+}
+
+template <typename Response, typename Request>
+absl::Status RingCallRunner::Finish(grpc::ServerReaderWriterInterface<Response, Request>& stream,
+                                    absl::Status sent, double flops,
+                                    absl::string_view client_left) {
+  for (const ExpectedTensor& tensor : answer_) {
+    if (!sent.ok()) break;
+    sent = GatherAnswer(readers_, tensor, layout_, [&](attention::v1::TensorChunk& chunk) {
+      api_sent_.Increment(static_cast<double>(chunk.data().size()));
+      Response resp;
+      *resp.mutable_chunk() = std::move(chunk);
+      return stream.Write(resp);
+    });
+  }
+  RINGATTN_RETURN_IF_ERROR(Settle(sent, client_left));
+  Response last;
+  *last.mutable_metrics() = Metrics(flops);
+  return stream.Write(last) ? absl::OkStatus() : ClientLeft(client_left);
+}
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_RING_CALL_RUNNER_H_

@@ -1,0 +1,128 @@
+#include "server/coordinator/shard_io.h"
+
+#include <algorithm>
+#include <span>
+#include <utility>
+
+#include "kernels/status_macros.h"
+#include "proto/wire/dtype.h"
+
+namespace ringattn::server {
+
+using attention::v1::TensorChunk;
+
+ShardedInput::ShardedInput(const std::string& name, kernels::DType dtype,
+                           const std::vector<int64_t>& shape, const batch::ShardLayout& layout,
+                           RankCalls& calls)
+    : router_(shape[0] * shape[1], layout,
+              shape[3] * static_cast<int64_t>(kernels::DTypeSize(dtype))),
+      scan_(name, dtype, shape) {
+  const std::vector<int64_t> shard = {shape[0], shape[1], layout.shard_len(), shape[3]};
+  for (auto& rank : calls.ranks) {
+    writers_.push_back(std::make_unique<wire::PieceWriter>(
+        name, wire::DTypeName(dtype), shard,
+        [r = rank.get()](TensorChunk& chunk) { return r->Send(std::move(chunk)); }));
+  }
+}
+
+absl::Status ShardedInput::Add(std::string&& piece) {
+  const auto bytes = std::as_bytes(std::span(piece.data(), piece.size()));
+  RINGATTN_RETURN_IF_ERROR(scan_.Add(bytes));
+  const bool sent = router_.Add(bytes, [&](int rank, std::span<const std::byte> run) {
+    // The router is done with `piece` once it hands it out whole.
+    if (run.data() == bytes.data() && run.size() == bytes.size()) {
+      return writers_[rank]->Append(std::move(piece));
+    }
+    return writers_[rank]->Append(run);
+  });
+  return sent ? absl::OkStatus() : absl::UnavailableError("a rank stopped taking inputs");
+}
+
+absl::Status ShardedInput::Finish() {
+  for (auto& w : writers_) {
+    if (!w->Finish()) return absl::UnavailableError("a rank stopped taking inputs");
+  }
+  return absl::OkStatus();
+}
+
+void ClientInputs::Shard(const std::string& name, kernels::DType dtype,
+                         const std::vector<int64_t>& shape, const batch::ShardLayout& layout,
+                         RankCalls& calls) {
+  assembler_.Expect(name, wire::DTypeName(dtype), shape, true, /*keep=*/false);
+  sharded_.try_emplace(name, name, dtype, shape, layout, calls);
+}
+
+void ClientInputs::Keep(const std::string& name, const std::string& dtype,
+                        std::vector<int64_t> shape) {
+  assembler_.Expect(name, dtype, std::move(shape), false);
+}
+
+absl::Status ClientInputs::Add(TensorChunk& chunk) {
+  RINGATTN_RETURN_IF_ERROR(assembler_.Add(chunk));
+  auto it = sharded_.find(chunk.name());
+  if (it == sharded_.end()) return absl::OkStatus();
+  return it->second.Add(std::move(*chunk.mutable_data()));
+}
+
+absl::Status ClientInputs::Finish() {
+  RINGATTN_RETURN_IF_ERROR(assembler_.Finish());
+  for (auto& [name, input] : sharded_) RINGATTN_RETURN_IF_ERROR(input.Finish());
+  return absl::OkStatus();
+}
+
+std::optional<std::vector<std::byte>> ClientInputs::Take(const std::string& name) {
+  if (!assembler_.Has(name)) return std::nullopt;
+  return assembler_.Take(name);
+}
+
+bool SendSlices(const std::string& name, const std::string& dtype, const batch::HostTensor& whole,
+                const batch::ShardLayout& layout, RankCalls& calls) {
+  const int64_t rows = whole.shape[0];
+  const int64_t len = whole.shape[1];  // P
+  const auto elem = static_cast<int64_t>(batch::ElemSize(whole.type));
+  for (int r = 0; r < layout.cp(); ++r) {
+    RankCall& rank = *calls.ranks[r];
+    wire::PieceWriter writer(name, dtype, {rows, layout.shard_len()},
+                             [&](TensorChunk& chunk) { return rank.Send(std::move(chunk)); });
+    for (int64_t o = 0; o < rows; ++o) {
+      const std::byte* p = whole.data.data() + (o * len + layout.Begin(r)) * elem;
+      if (!writer.Append({p, static_cast<size_t>(layout.shard_len() * elem)})) return false;
+    }
+    if (!writer.Finish()) return false;
+  }
+  return true;
+}
+
+absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTensor& shard,
+                          const batch::ShardLayout& layout,
+                          std::function<bool(TensorChunk&)> emit) {
+  const int64_t outer = shard.shape[0] * shard.shape[1];
+  int64_t inner = 1;
+  for (size_t i = 3; i < shard.shape.size(); ++i) inner *= shard.shape[i];
+  const auto row = static_cast<uint64_t>(inner) * wire::WireDTypeSize(shard.dtype);
+  std::vector<int64_t> shape = shard.shape;
+  shape[2] = layout.seq_len();
+  bool client_ok = true;
+  wire::PieceWriter writer(shard.name, shard.dtype, shape, [&](TensorChunk& chunk) {
+    client_ok = emit(chunk);
+    return client_ok;
+  });
+  const auto went_away = absl::CancelledError("the client went away");
+  for (int64_t o = 0; o < outer; ++o) {
+    for (size_t r = 0; r < readers.size(); ++r) {
+      const int64_t rows = layout.RealLen(static_cast<int>(r));
+      absl::Status s =
+          readers[r].Read(static_cast<uint64_t>(rows) * row,
+                          [&](std::span<const std::byte> run, std::string* whole) {
+                            return whole ? writer.Append(std::move(*whole)) : writer.Append(run);
+                          });
+      if (s.ok() && rows < layout.shard_len()) {
+        s = readers[r].Skip(static_cast<uint64_t>(layout.shard_len() - rows) * row);
+      }
+      if (!s.ok()) return client_ok ? s : went_away;
+    }
+  }
+  return writer.Finish() ? absl::OkStatus() : went_away;
+}
+
+}  // namespace ringattn::server

@@ -1,0 +1,96 @@
+#ifndef RINGATTN_SERVER_COORDINATOR_SHARD_IO_H_
+#define RINGATTN_SERVER_COORDINATOR_SHARD_IO_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "attention/v1/tensor.pb.h"
+#include "kernels/dtype.h"
+#include "proto/wire/tensor_stream.h"
+#include "server/batch/host_tensor.h"
+#include "server/batch/shard_layout.h"
+#include "server/coordinator/finite_scan.h"
+#include "server/coordinator/rank_call.h"
+#include "server/coordinator/sequence_router.h"
+#include "server/coordinator/shard_reader.h"
+
+// The tensor traffic between the client's stream and the ranks of one call:
+// inputs routed to the ranks while they arrive, metadata slices sent from
+// where they lie, answers gathered back into one tensor along the sequence.
+// No tensor along the sequence is ever held whole in the coordinator.
+
+namespace ringattn::server {
+
+// A sequence tensor [B, heads, S, D] of the client's stream, forwarded to
+// the ranks as it arrives: rank r gets [B, heads, L, D], its slice of the
+// sequence padded with zeros to P = cp * L.
+class ShardedInput {
+ public:
+  ShardedInput(const std::string& name, kernels::DType dtype, const std::vector<int64_t>& shape,
+               const batch::ShardLayout& layout, RankCalls& calls);
+
+  // Checks and forwards the next piece (a piece that falls within one
+  // rank's slice is passed on as it is, not copied). INVALID_ARGUMENT for a
+  // NaN or Inf; UNAVAILABLE when a rank's stream failed (its status tells
+  // why).
+  absl::Status Add(std::string&& piece);
+  // After the last piece: sends what the writers still hold.
+  absl::Status Finish();
+
+ private:
+  SequenceRouter router_;
+  FiniteScan scan_;
+  std::vector<std::unique_ptr<wire::PieceWriter>> writers_;
+};
+
+// The tensors of a client's stream after its header, every piece checked
+// against what was declared: those along the sequence sharded to the ranks
+// as they arrive, the rest (per-token metadata) kept whole.
+class ClientInputs {
+ public:
+  explicit ClientInputs(uint64_t max_call_bytes) : assembler_(max_call_bytes) {}
+
+  // A required tensor [B, heads, S, D], sharded into `calls` (see
+  // ShardedInput).
+  void Shard(const std::string& name, kernels::DType dtype, const std::vector<int64_t>& shape,
+             const batch::ShardLayout& layout, RankCalls& calls);
+  // An optional tensor, kept whole.
+  void Keep(const std::string& name, const std::string& dtype, std::vector<int64_t> shape);
+
+  // One piece: INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) for a piece that is
+  // not what was declared; UNAVAILABLE when a rank stopped taking inputs.
+  absl::Status Add(attention::v1::TensorChunk& chunk);
+  // After the stream: every required tensor complete, no partial one, and
+  // everything sent on (UNAVAILABLE as for Add).
+  absl::Status Finish();
+  // A kept tensor, or nothing if the client did not send it.
+  std::optional<std::vector<std::byte>> Take(const std::string& name);
+
+ private:
+  wire::TensorAssembler assembler_;
+  std::map<std::string, ShardedInput> sharded_;
+};
+
+// Sends every rank its slice of `whole` [B, P] along the sequence, streamed
+// from where it lies. False once a rank stopped taking inputs.
+bool SendSlices(const std::string& name, const std::string& dtype, const batch::HostTensor& whole,
+                const batch::ShardLayout& layout, RankCalls& calls);
+
+// Streams the ranks' answers `shard`, [B, heads, L, D] (or [B, heads, L]),
+// to `emit` as one tensor along the sequence, cut to the layout's S: read
+// from the ranks in the client's row-major order, the padding read and
+// dropped. CANCELLED when emit refused a piece (the client left); a rank's
+// error otherwise.
+absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTensor& shard,
+                          const batch::ShardLayout& layout,
+                          std::function<bool(attention::v1::TensorChunk&)> emit);
+
+}  // namespace ringattn::server
+
+#endif  // RINGATTN_SERVER_COORDINATOR_SHARD_IO_H_
