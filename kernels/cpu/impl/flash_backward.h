@@ -64,6 +64,42 @@ inline BackwardTile TileAt(const BackwardWorkspace& ws, int64_t qrow, int64_t bk
                       ws.delta + qrow,  ws.k_t + panel,      ws.v_t + panel};
 }
 
+// Adds one key tile's dK (times the scale) and dV, accumulated over every
+// query tile that meets it, into the caller's gradients, which the ring sums
+// chunk after chunk. dk_acc, dv_acc: [kBk, Dp]; params.dk, params.dv:
+// [B, Hkv, Lk, D]; bk = b * Hkv + kv head.
+inline void AddKeyTileGrads(const BackwardParams& params, int64_t bk, int64_t kt, int64_t dp,
+                            const float* dk_acc, const float* dv_acc) {
+  const AttentionShape& sh = params.problem.shape;
+  const float scale = params.problem.scale;
+  const int64_t d = sh.head_dim;
+  const int64_t k0 = kt * kBk;
+  const int64_t cols = Min(kBk, sh.kv_len - k0);
+  float* dk = params.dk + (bk * sh.kv_len + k0) * d;
+  float* dv = params.dv + (bk * sh.kv_len + k0) * d;
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t c = 0; c < d; ++c) {
+      dk[j * d + c] += scale * dk_acc[j * dp + c];
+      dv[j * d + c] += dv_acc[j * dp + c];
+    }
+  }
+}
+
+// The same for one query tile's dQ. dq_acc: [kBq, Dp]; params.dq:
+// [B, H, Lq, D]; bh = b * H + head.
+inline void AddQueryTileGrad(const BackwardParams& params, int64_t bh, int64_t qt, int64_t dp,
+                             const float* dq_acc) {
+  const AttentionShape& sh = params.problem.shape;
+  const float scale = params.problem.scale;
+  const int64_t d = sh.head_dim;
+  const int64_t q0 = qt * kBq;
+  const int64_t rows = Min(kBq, sh.q_len - q0);
+  float* dq = params.dq + (bh * sh.q_len + q0) * d;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t c = 0; c < d; ++c) dq[i * d + c] += scale * dq_acc[i * dp + c];
+  }
+}
+
 inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
                         const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
@@ -140,17 +176,7 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
         TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
       }
     }
-    if (!any) return;
-    const int64_t k0 = kt * kBk;
-    const int64_t cols = Min(kBk, p.shape.kv_len - k0);
-    float* dk = params.dk + (bk * p.shape.kv_len + k0) * d;
-    float* dv = params.dv + (bk * p.shape.kv_len + k0) * d;
-    for (int64_t j = 0; j < cols; ++j) {
-      for (int64_t c = 0; c < d; ++c) {
-        dk[j * d + c] += p.scale * dk_acc[j * dp + c];
-        dv[j * d + c] += dv_acc[j * dp + c];
-      }
-    }
+    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
   });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
@@ -180,13 +206,7 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
       // dQ += dS K (scaled below).
       TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc, dp);
     }
-    if (!any) return;
-    const int64_t q0 = qt * kBq;
-    const int64_t rows = Min(kBq, p.shape.q_len - q0);
-    float* dq = params.dq + (bh * p.shape.q_len + q0) * d;
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
-    }
+    if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
   });
 }
 
@@ -321,17 +341,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
         Bf16Gemm<true>(kBk, dp, kBq, ds16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
       }
     }
-    if (!any) return;
-    const int64_t k0 = kt * kBk;
-    const int64_t cols = Min(kBk, p.shape.kv_len - k0);
-    float* dk = params.dk + (bk * p.shape.kv_len + k0) * d;
-    float* dv = params.dv + (bk * p.shape.kv_len + k0) * d;
-    for (int64_t j = 0; j < cols; ++j) {
-      for (int64_t c = 0; c < d; ++c) {
-        dk[j * d + c] += p.scale * dk_acc[j * dp + c];
-        dv[j * d + c] += dv_acc[j * dp + c];
-      }
-    }
+    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
   });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
@@ -377,13 +387,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
       ToBf16(dpm, kBq * kBk, ds16);
       Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
     }
-    if (!any) return;
-    const int64_t q0 = qt * kBq;
-    const int64_t rows = Min(kBq, p.shape.q_len - q0);
-    float* dq = params.dq + (bh * p.shape.q_len + q0) * d;
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t c = 0; c < d; ++c) dq[i * d + c] += p.scale * dq_acc[i * dp + c];
-    }
+    if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
   });
 }
 
