@@ -36,6 +36,21 @@ bool Send(Stream& stream, const std::string& name, const std::string& dtype,
   return ok;
 }
 
+// What a forward's shard stream carries: q [B, H, L, D], k and v
+// [B, Hkv, L, D], the per-token metadata [B, L]; a backward's, dout.
+void ExpectForwardShard(const ShardSpec& c, wire::TensorAssembler& a) {
+  const std::string dtype = wire::DTypeName(c.shape.dtype);
+  a.Expect("q", dtype, QueryDims(c.shape), true);
+  a.Expect("k", dtype, KvDims(c.shape), true);
+  a.Expect("v", dtype, KvDims(c.shape), true);
+  a.Expect("doc_ids", "INT32", TokenDims(c.shape), true);
+  a.Expect("vision_groups", "INT32", TokenDims(c.shape), true);
+  a.Expect("padding_mask", "BOOL", TokenDims(c.shape), true);
+}
+void ExpectBackwardShard(const ShardSpec& c, wire::TensorAssembler& a) {
+  a.Expect("dout", wire::DTypeName(c.shape.dtype), QueryDims(c.shape), true);
+}
+
 void SendMetrics(Stream& stream, int rank, const ring::RingStats& stats) {
   ShardResponse resp;
   attention::v1::RankMetrics* m = resp.mutable_metrics();
@@ -70,6 +85,15 @@ TransportFactory GlooTransportFactory() {
     return ring::ConnectGloo(store, options);
   };
 }
+
+WorkerServiceImpl::Session::Session(ShardSpec shard, wire::TensorAssembler& inputs)
+    : spec(std::move(shard)),
+      q(inputs.Take("q")),
+      k(inputs.Take("k")),
+      v(inputs.Take("v")),
+      doc(wire::BytesAs<int32_t>(inputs.Take("doc_ids"))),
+      vision(wire::BytesAs<int32_t>(inputs.Take("vision_groups"))),
+      padding(wire::BytesAs<uint8_t>(inputs.Take("padding_mask"))) {}
 
 WorkerServiceImpl::WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes,
                                      WorkerMetrics& metrics, wire::ChannelSecurity store_security,
@@ -200,27 +224,11 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream
 
 absl::Status WorkerServiceImpl::RunForward(Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
-  RINGATTN_ASSIGN_OR_RETURN(
-      const CommittedCall call,
-      ReadCall(stream, assembler, [](const ShardSpec& c, wire::TensorAssembler& a) {
-        const std::string dtype = wire::DTypeName(c.shape.dtype);
-        a.Expect("q", dtype, QueryDims(c.shape), true);
-        a.Expect("k", dtype, KvDims(c.shape), true);
-        a.Expect("v", dtype, KvDims(c.shape), true);
-        a.Expect("doc_ids", "INT32", TokenDims(c.shape), true);
-        a.Expect("vision_groups", "INT32", TokenDims(c.shape), true);
-        a.Expect("padding_mask", "BOOL", TokenDims(c.shape), true);
-      }));
+  RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
+                            ReadCall(stream, assembler, ExpectForwardShard));
   const ShardSpec& spec = call.spec;
   RINGATTN_ASSIGN_OR_RETURN(const uint64_t epoch, CheckGeneration(spec.generation));
-  auto session = std::make_shared<Session>();
-  session->spec = spec;
-  session->q = assembler.Take("q");
-  session->k = assembler.Take("k");
-  session->v = assembler.Take("v");
-  session->doc = wire::BytesAs<int32_t>(assembler.Take("doc_ids"));
-  session->vision = wire::BytesAs<int32_t>(assembler.Take("vision_groups"));
-  session->padding = wire::BytesAs<uint8_t>(assembler.Take("padding_mask"));
+  auto session = std::make_shared<Session>(spec, assembler);
   RINGATTN_ASSIGN_OR_RETURN(ring::RingForwardResult r,
                             InTurn<ring::RingForwardResult>(
                                 epoch, call, [&]() -> absl::StatusOr<ring::RingForwardResult> {
@@ -254,11 +262,8 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Strea
 
 absl::Status WorkerServiceImpl::RunBackward(Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
-  RINGATTN_ASSIGN_OR_RETURN(
-      const CommittedCall call,
-      ReadCall(stream, assembler, [](const ShardSpec& c, wire::TensorAssembler& a) {
-        a.Expect("dout", wire::DTypeName(c.shape.dtype), QueryDims(c.shape), true);
-      }));
+  RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
+                            ReadCall(stream, assembler, ExpectBackwardShard));
   RINGATTN_ASSIGN_OR_RETURN(const uint64_t epoch, CheckGeneration(call.spec.generation));
   std::shared_ptr<Session> session;
   {

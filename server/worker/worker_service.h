@@ -63,6 +63,9 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  private:
   // What forward leaves for backward: the shard and its output.
   struct Session {
+    // The shard's tensors, taken from the forward's inputs.
+    Session(ShardSpec shard, wire::TensorAssembler& inputs);
+
     ShardSpec spec;
     std::vector<std::byte> q, k, v, out;
     std::vector<int32_t> doc, vision;
