@@ -63,7 +63,8 @@ class PieceWriter {
 template <typename T>
 std::vector<T> BytesAs(std::span<const std::byte> bytes) {
   std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  // An empty vector's data() may be null, and memcpy with null is undefined even for 0 bytes.
+  if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
   return out;
 }
 

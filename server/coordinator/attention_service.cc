@@ -13,7 +13,7 @@
 #include "server/coordinator/request_convert.h"
 #include "server/coordinator/shard_io.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 using Clock = RingCallRunner::Clock;
@@ -22,7 +22,7 @@ using Method = RingCallRunner::Method;
 // Keeps ringattn_calls_in_flight and the latency histogram for one call.
 class CallScope {
  public:
-  CallScope(CoordinatorMetrics& m, Op op) : m_(m), op_(op), t0_(Clock::now()) {
+  CallScope(CoordinatorMetrics& m, server::Op op) : m_(m), op_(op), t0_(Clock::now()) {
     m_.calls_in_flight[op_].Increment();
   }
   ~CallScope() { m_.calls_in_flight[op_].Decrement(); }
@@ -40,7 +40,7 @@ class CallScope {
 
  private:
   CoordinatorMetrics& m_;
-  const Op op_;
+  const server::Op op_;
   const Clock::time_point t0_;
 };
 
@@ -162,7 +162,7 @@ grpc::Status AttentionServiceImpl::Forward(grpc::ServerContext* context, Forward
 }
 
 absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, ForwardStream& stream) {
-  CallScope scope(metrics_, Op::kForward);
+  CallScope scope(metrics_, server::Op::kForward);
   RINGATTN_ASSIGN_OR_RETURN(const auto req,
                             ReadHeader<attention::v1::ForwardRequest>(stream, "Forward"));
   RINGATTN_ASSIGN_OR_RETURN(const ForwardSpec spec,
@@ -206,7 +206,7 @@ grpc::Status AttentionServiceImpl::Backward(grpc::ServerContext* context, Backwa
 
 absl::Status AttentionServiceImpl::RunBackward(grpc::ServerContext& context,
                                                BackwardStream& stream) {
-  CallScope scope(metrics_, Op::kBackward);
+  CallScope scope(metrics_, server::Op::kBackward);
   RINGATTN_ASSIGN_OR_RETURN(const auto req,
                             ReadHeader<attention::v1::BackwardRequest>(stream, "Backward"));
   const std::string& handle = req.header().handle();
@@ -257,4 +257,4 @@ grpc::Status AttentionServiceImpl::ClusterStatus(
   return grpc::Status::OK;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -13,7 +13,7 @@
 #include "server/coordinator/ring_call_runner.h"
 #include "server/coordinator/session_table.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 struct CoordinatorOptions {
   uint64_t max_call_bytes = uint64_t{1} << 32;       // Tensors of one call, in total.
@@ -60,6 +60,6 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   SessionTable sessions_;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_ATTENTION_SERVICE_H_

@@ -11,7 +11,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // The host part of "host:port" (the worker's advertised name, which its
@@ -349,4 +349,4 @@ absl::StatusOr<uint64_t> Cluster::Commit(uint64_t generation) {
   return ++sequence_;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -19,11 +19,11 @@
 #include "server/coordinator/coordinator_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 struct ClusterOptions {
   int cp = 1;
-  std::string store_address;  // This coordinator's CoordinatorControl endpoint.
+  std::string store_address;   // This coordinator's CoordinatorControl endpoint.
   std::string coordinator_id;  // Random per start (see JoinRingRequest).
   absl::Duration join_timeout = absl::Seconds(60);
   // How often every worker's health is checked; a worker that fails a
@@ -130,6 +130,6 @@ class Cluster {
   std::thread monitor_;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_CLUSTER_H_

@@ -8,7 +8,7 @@
 #include <optional>
 #include <utility>
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // Every rank's dispatch meets here once its inputs are sent; the call is
 // committed to all ranks or to none. Committing to some ranks only would
@@ -41,6 +41,6 @@ class CommitGate {
   std::function<std::optional<uint64_t>()> commit_;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_COMMIT_GATE_H_

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/wire/grpc_status.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
                                           const worker::v1::RegisterRequest* request,
@@ -50,4 +50,4 @@ grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -9,7 +9,7 @@
 #include "server/coordinator/cluster.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // The coordinator's side of worker control: registration and the ring's
 // rendezvous store (a key-value map; gets wait, bounded, for keys to appear).
@@ -34,6 +34,6 @@ class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service 
   std::map<std::string, std::string> store_;  // Guarded by mu_.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_CONTROL_SERVICE_H_

@@ -51,12 +51,14 @@ int main(int argc, char** argv) {
       "ringattn coordinator: accepts attention calls over gRPC, shards them across the ring's "
       "workers and streams the results back.");
   absl::ParseCommandLine(argc, argv);
-  using namespace ringattn::server;  // NOLINT(google-build-using-namespace)
-  BlockShutdownSignals();
-  TuneMallocForLargeBuffers();
-  ringattn::wire::SecurityOptions security_options = SecurityOptionsFromFlags();
+  using namespace ringattn::coordinator;  // NOLINT(google-build-using-namespace)
+  namespace server = ringattn::server;
+  server::BlockShutdownSignals();
+  server::TuneMallocForLargeBuffers();
+  ringattn::wire::SecurityOptions security_options = server::SecurityOptionsFromFlags();
   security_options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
-  const absl::StatusOr<DaemonSecurity> security = LoadDaemonSecurity(security_options);
+  const absl::StatusOr<server::DaemonSecurity> security =
+      server::LoadDaemonSecurity(security_options);
   if (!security.ok()) {
     std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
     return 2;
@@ -77,10 +79,10 @@ int main(int argc, char** argv) {
 
   auto registry = std::make_shared<prometheus::Registry>();
   CoordinatorMetrics metrics(*registry);
-  std::unique_ptr<MetricsServer> metrics_server;
+  std::unique_ptr<server::MetricsServer> metrics_server;
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    auto started = MetricsServer::Start(absl::GetFlag(FLAGS_host),
-                                        absl::GetFlag(FLAGS_metrics_port), registry);
+    auto started = server::MetricsServer::Start(absl::GetFlag(FLAGS_host),
+                                                absl::GetFlag(FLAGS_metrics_port), registry);
     if (!started.ok()) {
       std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
       return 1;
@@ -88,7 +90,7 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(started);
     std::fprintf(stderr, "coordinator: metrics on %s:%d/metrics\n",
                  absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
-    WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
+    server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
 
   std::random_device rd;
@@ -112,7 +114,7 @@ int main(int argc, char** argv) {
   if (asked != 0) make_cluster(asked);
   // With port 0, bind first to learn the port, then build the services.
   if (asked == 0) {
-    auto probe = StartServer(absl::GetFlag(FLAGS_host), 0, {});
+    auto probe = server::StartServer(absl::GetFlag(FLAGS_host), 0, {});
     if (!probe.ok()) {
       std::fprintf(stderr, "error: %s\n", probe.status().ToString().c_str());
       return 1;
@@ -125,18 +127,18 @@ int main(int argc, char** argv) {
   AttentionServiceImpl attention(*cluster, options, metrics);
   const int port = std::stoi(store_address.substr(store_address.rfind(':') + 1));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(RequestCounter(metrics.service));
-  auto server = StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control},
-                            std::move(interceptors), security->server);
-  if (!server.ok()) {
-    std::fprintf(stderr, "error: %s\n", server.status().ToString().c_str());
+  interceptors.push_back(server::RequestCounter(metrics.service));
+  auto started = server::StartServer(absl::GetFlag(FLAGS_host), port, {&attention, &control},
+                                     std::move(interceptors), security->server);
+  if (!started.ok()) {
+    std::fprintf(stderr, "error: %s\n", started.status().ToString().c_str());
     return 1;
   }
   std::fprintf(stderr, "coordinator: serving on %s:%d, waiting for %d workers\n",
-               absl::GetFlag(FLAGS_host).c_str(), server->port, cp);
-  WritePortFile(absl::GetFlag(FLAGS_port_file), server->port);
-  const int sig = WaitForShutdownSignal();
+               absl::GetFlag(FLAGS_host).c_str(), started->port, cp);
+  server::WritePortFile(absl::GetFlag(FLAGS_port_file), started->port);
+  const int sig = server::WaitForShutdownSignal();
   std::fprintf(stderr, "coordinator: signal %d, draining in-flight calls\n", sig);
-  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  started->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(30));
   return 0;
 }

@@ -1,14 +1,14 @@
 #include "server/coordinator/coordinator_metrics.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
-    : service(registry, Role::kCoordinator),
+    : service(registry, server::Role::kCoordinator),
       call_duration_seconds(prometheus::BuildHistogram()
                                 .Name("ringattn_call_duration_seconds")
                                 .Help("Whole client calls, first byte in to last byte out.")
                                 .Register(registry),
-                            DoublingBuckets(0.001, 18)),
+                            server::DoublingBuckets(0.001, 18)),
       calls_in_flight(prometheus::BuildGauge()
                           .Name("ringattn_calls_in_flight")
                           .Help("Client calls being served now.")
@@ -47,4 +47,4 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                      .Register(registry)
                      .Add({})) {}
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

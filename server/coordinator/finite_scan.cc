@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/status_macros.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // Index of the first element of `data` whose exponent bits are all ones
@@ -88,4 +88,4 @@ absl::Status FiniteScan::Check(std::span<const std::byte> elements) {
                                                  "]; q, k, v and dout must be finite"));
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "kernels/dtype.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // Q, K, V and dO must be finite. A NaN or Inf would not stay in its own
 // rows: masked keys still enter a tile's products with weight 0, and
@@ -39,6 +39,6 @@ class FiniteScan {
   int64_t index_ = 0;  // Elements checked so far.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_FINITE_SCAN_H_

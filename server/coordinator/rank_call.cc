@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/wire/grpc_status.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // Pieces in flight per direction and rank: enough to keep both streams busy,
@@ -113,4 +113,4 @@ void RankCall::Run() {
   out_.Close();
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

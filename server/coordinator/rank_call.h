@@ -25,7 +25,7 @@
 // whole in the coordinator and a slow side slows the other down instead of
 // filling memory.
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 using ShardStream =
     grpc::ClientReaderWriterInterface<worker::v1::ShardRequest, worker::v1::ShardResponse>;
@@ -70,8 +70,8 @@ class RankCall {
   CommitGate& gate_;
   prometheus::Counter& sent_;
   prometheus::Counter& received_;
-  BoundedQueue<attention::v1::TensorChunk> in_;
-  BoundedQueue<attention::v1::TensorChunk> out_;
+  server::BoundedQueue<attention::v1::TensorChunk> in_;
+  server::BoundedQueue<attention::v1::TensorChunk> out_;
   std::mutex mu_;
   bool ended_ = false;                  // Guarded by mu_.
   bool commit_ = false;                 // Guarded by mu_.
@@ -96,6 +96,6 @@ struct RankCalls {
   }
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_RANK_CALL_H_

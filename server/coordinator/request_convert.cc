@@ -13,7 +13,7 @@
 #include "proto/wire/security.h"
 #include "server/common/layer_from_proto.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 constexpr int64_t kMaxDim = int64_t{1} << 31;
@@ -45,7 +45,7 @@ absl::StatusOr<ForwardSpec> ForwardSpecFromHeader(const attention::v1::ForwardHe
         "head_dim ", h.head_dim(), " is not supported (at most ", kernels::kMaxHeadDim, ")"));
   }
   RINGATTN_ASSIGN_OR_RETURN(const kernels::LayerConfig layer,
-                            LayerFromProto(h.layer(), h.head_dim()));
+                            server::LayerFromProto(h.layer(), h.head_dim()));
   const long double bytes = static_cast<long double>(h.batch()) * h.seq_len() * h.head_dim() *
                             (h.heads() + 2.0L * h.kv_heads()) * kernels::DTypeSize(dtype);
   if (bytes > static_cast<long double>(max_call_bytes)) {
@@ -91,4 +91,4 @@ std::string ClientKey(const grpc::ServerContext& context) {
   return absl::StrCat("peer:", peer);
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -17,7 +17,7 @@
 // converted and checked here once, before any memory is sized by what the
 // client declared, and nothing past the handlers reads the proto again.
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // A Forward header, checked. Glossary: B batch, H query heads, Hkv key/value
 // heads, S sequence length, D head dim.
@@ -49,6 +49,6 @@ worker::v1::ShardCall ShardCallFor(const ForwardSpec& spec, const std::string& s
 // credentials prove (token or certificate name), else "peer:" and its host.
 std::string ClientKey(const grpc::ServerContext& context);
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_REQUEST_CONVERT_H_

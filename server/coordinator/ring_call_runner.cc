@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // Starts one rank's worker RPC (Forward or Backward).
@@ -70,16 +70,16 @@ RingCallRunner::RingCallRunner(const Env& env, grpc::ServerContext& context,
       start_(start),
       generation_(ticket.generation),
       layout_(layout),
-      api_received_(env.metrics.service.received_bytes(Channel::kApi)),
-      api_sent_(env.metrics.service.sent_bytes(Channel::kApi)),
+      api_received_(env.metrics.service.received_bytes(server::Channel::kApi)),
+      api_sent_(env.metrics.service.sent_bytes(server::Channel::kApi)),
       gate_(static_cast<int>(ticket.stubs.size()),
             CommitIfWanted(env.cluster, ticket.generation, context)) {
   const ShardMethod open = method == Method::kForward
                                ? &worker::v1::WorkerService::StubInterface::Forward
                                : &worker::v1::WorkerService::StubInterface::Backward;
   const auto deadline = ShardDeadline(env.ring_timeout * 2 + absl::Seconds(30));
-  prometheus::Counter& sent = env.metrics.service.sent_bytes(Channel::kShard);
-  prometheus::Counter& received = env.metrics.service.received_bytes(Channel::kShard);
+  prometheus::Counter& sent = env.metrics.service.sent_bytes(server::Channel::kShard);
+  prometheus::Counter& received = env.metrics.service.received_bytes(server::Channel::kShard);
   for (size_t r = 0; r < ticket.stubs.size(); ++r) {
     calls_.ranks.push_back(std::make_unique<RankCall>(
         static_cast<int>(r),
@@ -166,4 +166,4 @@ void RingCallRunner::Undo() {
   std::exchange(undo_, nullptr)();
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -24,7 +24,7 @@
 #include "server/coordinator/shard_reader.h"
 #include "worker/v1/worker_service.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // One Forward or Backward on the ring, as the coordinator runs it: every
 // rank's stream opened at once, the client's inputs forwarded while they
@@ -143,6 +143,6 @@ absl::Status RingCallRunner::Finish(grpc::ServerReaderWriterInterface<Response, 
   return stream.Write(last) ? absl::OkStatus() : ClientLeft(client_left);
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_RING_CALL_RUNNER_H_

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 constexpr int64_t kZeroRunBytes = int64_t{1} << 20;
@@ -54,4 +54,4 @@ bool SequenceRouter::Add(std::span<const std::byte> piece,
   return true;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

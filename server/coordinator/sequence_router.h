@@ -15,7 +15,7 @@
 // in its own row-major order, with zeros for positions S..P-1. Nothing is
 // gathered first, so the coordinator forwards a piece as soon as it has it.
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 class SequenceRouter {
  public:
@@ -43,6 +43,6 @@ class SequenceRouter {
   int64_t offset_ = 0;  // Bytes of that row routed so far.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_SEQUENCE_ROUTER_H_

@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // Sessions opened under a proven identity are that client's alone; without
@@ -172,4 +172,4 @@ std::vector<std::string> SessionTable::DropExpiredLocked() {
   return expired;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

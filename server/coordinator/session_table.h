@@ -15,7 +15,7 @@
 #include "server/coordinator/coordinator_metrics.h"
 #include "server/coordinator/request_convert.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // What a forward leaves for its backward.
 struct Session {
@@ -121,6 +121,6 @@ class SessionTable {
   uint64_t next_session_ = 0;                   // Guarded by mu_.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_SESSION_TABLE_H_

@@ -7,7 +7,7 @@
 #include "kernels/status_macros.h"
 #include "proto/wire/dtype.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 using attention::v1::TensorChunk;
 
@@ -125,4 +125,4 @@ absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTenso
   return writer.Finish() ? absl::OkStatus() : went_away;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

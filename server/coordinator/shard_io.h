@@ -25,7 +25,7 @@
 // where they lie, answers gathered back into one tensor along the sequence.
 // No tensor along the sequence is ever held whole in the coordinator.
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 // A sequence tensor [B, heads, S, D] of the client's stream, forwarded to
 // the ranks as it arrives: rank r gets [B, heads, L, D], its slice of the
@@ -91,6 +91,6 @@ absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTenso
                           const batch::ShardLayout& layout,
                           std::function<bool(attention::v1::TensorChunk&)> emit);
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_SHARD_IO_H_

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/wire/tensor_stream.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 ShardReader::ShardReader(RankCall& rank, std::vector<ExpectedTensor> expected)
     : rank_(rank), expected_(std::move(expected)) {
@@ -73,4 +73,4 @@ absl::Status ShardReader::Skip(uint64_t n) {
   return Read(n, [](std::span<const std::byte>, std::string*) { return true; });
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

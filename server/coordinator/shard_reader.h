@@ -16,7 +16,7 @@
 // whole. Every piece is checked against what the rank must send: the next
 // expected tensor, its dtype and shape, in order, never past its end.
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 
 struct ExpectedTensor {
   std::string name;
@@ -52,6 +52,6 @@ class ShardReader {
   size_t at_ = 0;    // Bytes of piece_ read so far.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator
 
 #endif  // RINGATTN_SERVER_COORDINATOR_SHARD_READER_H_

@@ -5,7 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 std::string Visible(const Capabilities& caps) {
@@ -141,4 +141,4 @@ std::string TransportLabel(const Selection& s) {
   return s.transport == TransportKind::kNccl ? "nccl" : "gloo";
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

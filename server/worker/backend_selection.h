@@ -11,7 +11,7 @@
 // A pure function of its inputs (the caller counts the devices), so every
 // rule is tested without a GPU.
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 enum class BackendKind { kCpu, kCuda };
 enum class TransportKind { kGloo, kNccl };
@@ -63,6 +63,6 @@ absl::StatusOr<Selection> SelectBackend(const DeviceFlag& device, const Transpor
 std::string BackendLabel(const Selection& s);
 std::string TransportLabel(const Selection& s);
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_BACKEND_SELECTION_H_

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 void CallSequencer::Reset(uint64_t generation) {
   {
@@ -23,9 +23,8 @@ absl::Status CallSequencer::WaitTurn(uint64_t generation, uint64_t sequence,
     return absl::FailedPreconditionError(
         absl::StrCat("ring call ", sequence, " arrived after call ", next_ - 1, " ran"));
   }
-  const bool turn = cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] {
-    return generation != generation_ || next_ == sequence;
-  });
+  const bool turn = cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                                 [&] { return generation != generation_ || next_ == sequence; });
   if (generation != generation_) {
     return absl::UnavailableError(absl::StrCat("ring call of generation ", generation,
                                                " found generation ", generation_,
@@ -51,4 +50,4 @@ void CallSequencer::Done(uint64_t generation, uint64_t sequence) {
   cv_.notify_all();
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

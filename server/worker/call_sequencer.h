@@ -9,7 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 // Ring calls must run in the same order on every rank, or two ranks wait on
 // each other's different calls. The coordinator numbers calls 1, 2, 3, ...
@@ -40,6 +40,6 @@ class CallSequencer {
   std::set<uint64_t> done_early_;  // Done before their turn; all > next_.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_CALL_SEQUENCER_H_

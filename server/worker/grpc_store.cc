@@ -5,7 +5,7 @@
 #include "grpcpp/client_context.h"
 #include "proto/wire/grpc_status.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 absl::Status GrpcStore::Set(absl::string_view key, const std::vector<char>& value) {
   grpc::ClientContext ctx;
@@ -45,4 +45,4 @@ absl::Status GrpcStore::Wait(const std::vector<std::string>& keys, absl::Duratio
   return absl::OkStatus();
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

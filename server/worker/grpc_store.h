@@ -8,7 +8,7 @@
 #include "server/ring/store.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 // The ring's rendezvous store, backed by the coordinator's control service.
 class GrpcStore : public ring::Store {
@@ -26,6 +26,6 @@ class GrpcStore : public ring::Store {
   std::shared_ptr<worker::v1::CoordinatorControl::StubInterface> stub_;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_GRPC_STORE_H_

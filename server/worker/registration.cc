@@ -10,7 +10,7 @@
 #include "grpcpp/create_channel.h"
 #include "proto/wire/grpc_status.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 std::string RandomId() {
@@ -91,4 +91,4 @@ void Registration::Heartbeat() {
   }
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

@@ -14,7 +14,7 @@
 #include "grpcpp/security/credentials.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 struct RegistrationOptions {
   std::string coordinator;  // host:port
@@ -53,6 +53,6 @@ class Registration {
   std::thread heartbeat_;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_REGISTRATION_H_

@@ -5,7 +5,7 @@
 #include "proto/wire/dtype.h"
 #include "server/common/layer_from_proto.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 absl::StatusOr<ShardSpec> ShardSpecFromCall(const worker::v1::ShardCall& c) {
   if (c.batch() < 1 || c.heads() < 1 || c.kv_heads() < 1 || c.shard_len() < 1 || c.head_dim() < 1 ||
@@ -15,7 +15,7 @@ absl::StatusOr<ShardSpec> ShardSpecFromCall(const worker::v1::ShardCall& c) {
   }
   ShardSpec spec;
   RINGATTN_ASSIGN_OR_RETURN(const kernels::DType dtype, wire::ParseDType(c.dtype()));
-  RINGATTN_ASSIGN_OR_RETURN(spec.layer, LayerFromProto(c.layer(), c.head_dim()));
+  RINGATTN_ASSIGN_OR_RETURN(spec.layer, server::LayerFromProto(c.layer(), c.head_dim()));
   spec.session = c.session();
   spec.shape = {.dtype = dtype,
                 .batch = c.batch(),
@@ -49,4 +49,4 @@ ring::RingCall RingCallOf(const CommittedCall& call, const kernels::LayerConfig&
   return rc;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

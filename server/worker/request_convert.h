@@ -16,7 +16,7 @@
 // converted and checked here once, as soon as its first message arrives, and
 // nothing past the handlers reads the proto again.
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 // A ShardCall, checked.
 struct ShardSpec {
@@ -49,6 +49,6 @@ struct CommittedCall {
 // What every rank must agree on to run `call` with `layer`.
 ring::RingCall RingCallOf(const CommittedCall& call, const kernels::LayerConfig& layer);
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_REQUEST_CONVERT_H_

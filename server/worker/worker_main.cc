@@ -74,16 +74,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Backend and transport: the flags against this machine and build.
-  const absl::StatusOr<server::DeviceFlag> device_flag =
-      server::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
-  const absl::StatusOr<server::TransportFlag> transport_flag =
-      server::ParseTransportFlag(absl::GetFlag(FLAGS_transport));
+  const absl::StatusOr<worker::DeviceFlag> device_flag =
+      worker::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
+  const absl::StatusOr<worker::TransportFlag> transport_flag =
+      worker::ParseTransportFlag(absl::GetFlag(FLAGS_transport));
   if (!device_flag.ok() || !transport_flag.ok()) {
     const absl::Status& s = device_flag.ok() ? transport_flag.status() : device_flag.status();
     std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
     return 2;
   }
-  server::Capabilities caps;
+  worker::Capabilities caps;
   if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"))
     caps.cuda_visible_devices = visible;
 #if RINGATTN_HAVE_CUDA
@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
   caps.nccl_built = true;
   if (!caps.cuda_built) caps.cuda_devices = ring::NcclDeviceCount();
 #endif
-  absl::StatusOr<server::Selection> selection =
-      server::SelectBackend(*device_flag, *transport_flag, caps);
+  absl::StatusOr<worker::Selection> selection =
+      worker::SelectBackend(*device_flag, *transport_flag, caps);
   if (!selection.ok()) {
     std::fprintf(stderr, "error: %s\n", selection.status().ToString().c_str());
     return 2;
@@ -103,15 +103,15 @@ int main(int argc, char** argv) {
   std::unique_ptr<kernels::ChunkBackend> backend;
   int cpu_threads = 0;  // Of the CPU backend; 0 with another one.
 #if RINGATTN_HAVE_CUDA
-  if (selection->backend == server::BackendKind::kCuda) {
+  if (selection->backend == worker::BackendKind::kCuda) {
     auto cuda = kernels::cuda::CudaBackend::Create(selection->device);
     if (cuda.ok()) {
       backend = *std::move(cuda);
-    } else if (device_flag->kind == server::DeviceFlag::Kind::kAuto) {
+    } else if (device_flag->kind == worker::DeviceFlag::Kind::kAuto) {
       // Present but unusable (no memory, wrong architecture): auto falls back.
       caps.cuda_unusable = absl::StrCat("CUDA device ", selection->device,
                                         " is not usable: ", cuda.status().message());
-      selection = server::SelectBackend(*device_flag, *transport_flag, caps);
+      selection = worker::SelectBackend(*device_flag, *transport_flag, caps);
       if (!selection.ok()) {
         std::fprintf(stderr, "error: %s\n", selection.status().ToString().c_str());
         return 2;
@@ -134,10 +134,10 @@ int main(int argc, char** argv) {
     cpu_threads =
         threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
-  server::TransportFactory connect = server::GlooTransportFactory();
+  worker::TransportFactory connect = worker::GlooTransportFactory();
 #if RINGATTN_HAVE_NCCL
-  if (selection->transport == server::TransportKind::kNccl) {
-    connect = [device = selection->device](ring::Store& store, const server::RingJoin& join) {
+  if (selection->transport == worker::TransportKind::kNccl) {
+    connect = [device = selection->device](ring::Store& store, const worker::RingJoin& join) {
       ring::NcclOptions options;
       options.rank = join.rank;
       options.size = join.size;
@@ -150,9 +150,9 @@ int main(int argc, char** argv) {
   // One line that says what runs, and why when auto fell back to the CPU.
   std::fprintf(stderr, "worker: %sbackend %s, ring transport %s: %s\n",
                selection->fell_back ? "warning: " : "", backend->name().c_str(),
-               server::TransportLabel(*selection).c_str(), selection->reason.c_str());
+               worker::TransportLabel(*selection).c_str(), selection->reason.c_str());
   auto registry = std::make_shared<prometheus::Registry>();
-  server::WorkerMetrics metrics(*registry, server::BackendLabel(*selection));
+  worker::WorkerMetrics metrics(*registry, worker::BackendLabel(*selection));
   const std::string host = absl::GetFlag(FLAGS_host);
   std::unique_ptr<server::MetricsServer> metrics_server;
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(m);
     server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
-  server::WorkerServiceImpl service(*backend,
+  worker::WorkerServiceImpl service(*backend,
                                     static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)),
                                     metrics, security->peer, std::move(connect));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
@@ -181,17 +181,17 @@ int main(int argc, char** argv) {
   const std::string threads = cpu_threads > 0 ? absl::StrCat(", ", cpu_threads, " threads") : "";
   std::fprintf(stderr, "worker: serving on %s (backend %s%s, ring over %s), metrics on port %d\n",
                address.c_str(), backend->name().c_str(), threads.c_str(),
-               server::TransportLabel(*selection).c_str(),
+               worker::TransportLabel(*selection).c_str(),
                metrics_server ? metrics_server->port() : -1);
 
-  server::RegistrationOptions reg;
+  worker::RegistrationOptions reg;
   reg.coordinator = absl::GetFlag(FLAGS_coordinator);
   reg.address = address;
   if (absl::GetFlag(FLAGS_rank) >= 0) reg.rank = absl::GetFlag(FLAGS_rank);
   reg.first_timeout = absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds));
   reg.heartbeat = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_seconds));
   reg.credentials = security->peer_credentials;
-  auto registration = server::Registration::Start(reg);
+  auto registration = worker::Registration::Start(reg);
   if (!registration.ok()) {
     std::fprintf(stderr, "error: %s\n", registration.status().ToString().c_str());
     return 1;

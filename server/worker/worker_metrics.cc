@@ -1,26 +1,26 @@
 #include "server/worker/worker_metrics.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& backend)
-    : service(registry, Role::kWorker, backend),
+    : service(registry, server::Role::kWorker, backend),
       shard_call_duration_seconds(prometheus::BuildHistogram()
                                       .Name("ringattn_shard_call_duration_seconds")
                                       .Help("This rank's whole ring calls.")
                                       .Register(registry),
-                                  DoublingBuckets(0.001, 18)),
+                                  server::DoublingBuckets(0.001, 18)),
       ring_step_compute_seconds(
           prometheus::BuildHistogram()
               .Name("ringattn_ring_step_compute_seconds")
               .Help("Compute time of one computed ring step on this rank (skipped steps left out).")
               .Register(registry),
-          DoublingBuckets(0.0001, 20)),
+          server::DoublingBuckets(0.0001, 20)),
       ring_step_comm_wait_seconds(
           prometheus::BuildHistogram()
               .Name("ringattn_ring_step_comm_wait_seconds")
               .Help("Time one ring step waited on the ring after its compute (exposed comm).")
               .Register(registry),
-          DoublingBuckets(0.0001, 20)),
+          server::DoublingBuckets(0.0001, 20)),
       ring_pairs_computed_total(
           prometheus::BuildCounter()
               .Name("ringattn_ring_pairs_computed_total")
@@ -35,7 +35,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
   ring_rank.Set(-1);
 }
 
-void WorkerMetrics::RecordRingCall(Op op, const ring::RingStats& stats) {
+void WorkerMetrics::RecordRingCall(server::Op op, const ring::RingStats& stats) {
   shard_call_duration_seconds[op].Observe(stats.total_seconds);
   for (const ring::StepStats& step : stats.steps) {
     // Contiguous causal shards give ranks different numbers of computed
@@ -47,8 +47,9 @@ void WorkerMetrics::RecordRingCall(Op op, const ring::RingStats& stats) {
     }
     ring_step_comm_wait_seconds[op].Observe(step.wait_seconds);
   }
-  service.sent_bytes(Channel::kRing).Increment(static_cast<double>(stats.bytes_sent));
-  service.received_bytes(Channel::kRing).Increment(static_cast<double>(stats.bytes_received));
+  service.sent_bytes(server::Channel::kRing).Increment(static_cast<double>(stats.bytes_sent));
+  service.received_bytes(server::Channel::kRing)
+      .Increment(static_cast<double>(stats.bytes_received));
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

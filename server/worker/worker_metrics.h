@@ -5,7 +5,7 @@
 #include "server/common/service_metrics.h"
 #include "server/ring/ring_attention.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 // What a worker exports: the shared service metrics plus its ring calls,
 // each ring step split into compute and waiting on the ring, and the work
@@ -14,16 +14,16 @@ struct WorkerMetrics {
   WorkerMetrics(prometheus::Registry& registry, const std::string& backend);
 
   // Records one finished ring call of this rank.
-  void RecordRingCall(Op op, const ring::RingStats& stats);
+  void RecordRingCall(server::Op op, const ring::RingStats& stats);
 
-  ServiceMetrics service;
-  PerOp<prometheus::Histogram> shard_call_duration_seconds;
-  PerOp<prometheus::Histogram> ring_step_compute_seconds;
-  PerOp<prometheus::Histogram> ring_step_comm_wait_seconds;
-  PerOp<prometheus::Counter> ring_pairs_computed_total;
+  server::ServiceMetrics service;
+  server::PerOp<prometheus::Histogram> shard_call_duration_seconds;
+  server::PerOp<prometheus::Histogram> ring_step_compute_seconds;
+  server::PerOp<prometheus::Histogram> ring_step_comm_wait_seconds;
+  server::PerOp<prometheus::Counter> ring_pairs_computed_total;
   prometheus::Gauge& ring_rank;
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_WORKER_METRICS_H_

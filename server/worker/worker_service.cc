@@ -15,7 +15,7 @@
 #include "server/ring/transports/gloo_transport.h"
 #include "server/worker/grpc_store.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 using worker::v1::ShardRequest;
@@ -141,7 +141,7 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
   CommittedCall call;
   RINGATTN_ASSIGN_OR_RETURN(call.spec, ShardSpecFromCall(req.call()));
   expect(call.spec, assembler);
-  prometheus::Counter& received = metrics_.service.received_bytes(Channel::kShard);
+  prometheus::Counter& received = metrics_.service.received_bytes(server::Channel::kShard);
   bool committed = false;
   while (!committed && stream.Read(&req)) {
     if (req.has_commit()) {
@@ -237,8 +237,8 @@ absl::Status WorkerServiceImpl::RunForward(Stream& stream) {
                                   return ring::RingForward(*t, backend_, session->Shard(),
                                                            RingCallOf(call, spec.layer));
                                 }));
-  metrics_.RecordRingCall(Op::kForward, r.stats);
-  prometheus::Counter& sent = metrics_.service.sent_bytes(Channel::kShard);
+  metrics_.RecordRingCall(server::Op::kForward, r.stats);
+  prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
   Send(stream, "out", wire::DTypeName(spec.shape.dtype), QueryDims(spec.shape), r.out, sent);
   Send(stream, "lse", "FP32", {spec.shape.batch, spec.shape.heads, spec.shape.q_len},
        std::as_bytes(std::span(r.lse)), sent);
@@ -285,9 +285,9 @@ absl::Status WorkerServiceImpl::RunBackward(Stream& stream) {
                                                             session->out, dout, session->lse,
                                                             RingCallOf(call, session->spec.layer));
                                 }));
-  metrics_.RecordRingCall(Op::kBackward, r.stats);
+  metrics_.RecordRingCall(server::Op::kBackward, r.stats);
   const kernels::AttentionShape& fs = session->spec.shape;  // As the forward ran.
-  prometheus::Counter& sent = metrics_.service.sent_bytes(Channel::kShard);
+  prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
   Send(stream, "dq", "FP32", QueryDims(fs), std::as_bytes(std::span(r.dq)), sent);
   Send(stream, "dk", "FP32", KvDims(fs), std::as_bytes(std::span(r.dk)), sent);
   Send(stream, "dv", "FP32", KvDims(fs), std::as_bytes(std::span(r.dv)), sent);
@@ -304,4 +304,4 @@ grpc::Status WorkerServiceImpl::Release(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

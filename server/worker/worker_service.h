@@ -20,7 +20,7 @@
 #include "server/worker/worker_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 
 // One generation of the ring as the coordinator's JoinRing describes it.
 struct RingJoin {
@@ -135,6 +135,6 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   std::map<std::string, std::shared_ptr<Session>> sessions_;  // Guarded by mu_.
 };
 
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
 
 #endif  // RINGATTN_SERVER_WORKER_WORKER_SERVICE_H_

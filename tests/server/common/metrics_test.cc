@@ -107,7 +107,7 @@ TEST(MetricsTest, ProcessMetricsDescribeThisProcess) {
 
 TEST(MetricsTest, WorkersRecordComputeAndWorkOfComputedStepsOnly) {
   prometheus::Registry registry;
-  WorkerMetrics m(registry, "cpu");
+  worker::WorkerMetrics m(registry, "cpu");
   // Rank 0 of a causal cp=4 ring: its own chunk computed, three skipped.
   ring::RingStats stats;
   stats.steps.push_back({0, 0, true, 0.5, 0.1});

@@ -40,7 +40,7 @@
 #include "proto/wire/tensor_stream.h"
 #include "tests/server/testing/service_checks.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 using attention::v1::BackwardRequest;
@@ -933,9 +933,9 @@ class Fuzzer {
       Fail(category, "response stream: " + r.malformed);
       return r.handle;
     }
-    oracle_ = testing::ComputeOracle(p.batch, p.layer, true);
+    oracle_ = server::testing::ComputeOracle(p.batch, p.layer, true);
     out_ = r.out;
-    if (const std::string bad = testing::ForwardMismatch(p.batch, oracle_, r.out, r.lse);
+    if (const std::string bad = server::testing::ForwardMismatch(p.batch, oracle_, r.out, r.lse);
         !bad.empty()) {
       Fail(category, absl::StrCat("forward result: ", bad, Describe(p)));
     } else {
@@ -967,8 +967,8 @@ class Fuzzer {
       Fail(category, "response stream: " + r.malformed);
       return false;
     }
-    if (const std::string bad = testing::BackwardMismatch(
-            p.batch, testing::GradientsAt(p.batch, oracle_, out_), r.dq, r.dk, r.dv);
+    if (const std::string bad = server::testing::BackwardMismatch(
+            p.batch, server::testing::GradientsAt(p.batch, oracle_, out_), r.dq, r.dk, r.dv);
         !bad.empty()) {
       Fail(category, absl::StrCat("backward result: ", bad, Describe(p)));
       return false;
@@ -1157,8 +1157,8 @@ class Fuzzer {
   Tally tally_;
   int64_t iteration_ = 0;
   const bool verbose_ = std::getenv("RINGATTN_FUZZ_VERBOSE") != nullptr;
-  testing::OracleResult oracle_;  // Of the last valid forward,
-  std::vector<std::byte> out_;    // and the O it returned.
+  server::testing::OracleResult oracle_;  // Of the last valid forward,
+  std::vector<std::byte> out_;            // and the O it returned.
 };
 
 std::string FigureName(const std::string& s) {
@@ -1191,7 +1191,7 @@ TEST(ServiceFuzzTest, MutatedStreamsGetClearStatusesAndTheClusterSurvives) {
   for (; cases < config.iterations && SecondsSince(t0) < config.seconds; ++cases) {
     fuzzer.RunCase(cases);
     bool up = true;
-    for (pid_t pid : pids) up = up && testing::ChildRunning(pid);
+    for (pid_t pid : pids) up = up && server::testing::ChildRunning(pid);
     if (!up) {
       ADD_FAILURE() << "a daemon died during case " << cases;
       break;
@@ -1203,7 +1203,7 @@ TEST(ServiceFuzzTest, MutatedStreamsGetClearStatusesAndTheClusterSurvives) {
   // After all of it: every daemon up, no session left behind but those a
   // late cancel may have orphaned, none at all once the TTL has passed (the
   // budget is whole again), and a valid call still right.
-  for (pid_t pid : pids) EXPECT_TRUE(testing::ChildRunning(pid)) << "pid " << pid;
+  for (pid_t pid : pids) EXPECT_TRUE(server::testing::ChildRunning(pid)) << "pid " << pid;
   auto open_sessions = [&] {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
@@ -1218,8 +1218,8 @@ TEST(ServiceFuzzTest, MutatedStreamsGetClearStatusesAndTheClusterSurvives) {
       << "sessions left behind by refused or failed calls";
   if (open_at_end > 0) {
     // Orphans expire at most one TTL after the last case; asking closes them.
-    const auto give_up = std::chrono::steady_clock::now() +
-                         std::chrono::duration<double>(kSessionTtlSeconds + 2);
+    const auto give_up =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(kSessionTtlSeconds + 2);
     int open = open_at_end;
     while (open > 0 && std::chrono::steady_clock::now() < give_up) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -1235,7 +1235,7 @@ TEST(ServiceFuzzTest, MutatedStreamsGetClearStatusesAndTheClusterSurvives) {
 
   // No declared size was allocated before it was checked: the coordinator
   // never came near what the huge headers asked for (2^40 elements and up).
-  const int64_t peak_kib = testing::PeakRssKiB((*cluster)->coordinator_pid());
+  const int64_t peak_kib = server::testing::PeakRssKiB((*cluster)->coordinator_pid());
   EXPECT_LT(peak_kib, int64_t{1} << 20) << "coordinator peak RSS " << peak_kib << " KiB";
 
   std::printf("fuzz: %lld cases, %lld calls in %.1f s (seed %llu)\n", static_cast<long long>(cases),
@@ -1267,4 +1267,4 @@ TEST(ServiceFuzzTest, MutatedStreamsGetClearStatusesAndTheClusterSurvives) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -18,7 +18,7 @@
 #include "kernels/reference/compare.h"
 #include "tests/kernels/testing/attention_case.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 using kernels::reference::SyntheticBatch;
@@ -320,4 +320,4 @@ TEST(ServiceTest, PerClientLimitsOnSessionsAndHeldState) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

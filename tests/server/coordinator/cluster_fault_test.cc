@@ -19,11 +19,11 @@
 #include "tests/server/testing/metrics_scrape.h"
 #include "tests/server/testing/service_checks.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 using kernels::reference::SyntheticBatch;
-using testing::Scrape;
+using server::testing::Scrape;
 
 // A ring bound far above the fail-fast bounds asserted below, so that a
 // test passing cannot be a ring wait running into its timeout.
@@ -61,15 +61,16 @@ SyntheticBatch SmallBatch() {
 
 // Forward, backward and release of `b`, checked against the oracle.
 void ExpectCorrectRoundTrip(client::AttentionClient& c, const SyntheticBatch& b) {
-  const testing::OracleResult want = testing::ComputeOracle(b, Full(), /*backward=*/true);
+  const server::testing::OracleResult want =
+      server::testing::ComputeOracle(b, Full(), /*backward=*/true);
   auto e = client::EncodeBatch(b, Full());
   absl::StatusOr<client::ForwardOutputs> f = c.Forward(e->in);
   ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(testing::ForwardMismatch(b, want, f->out, f->lse), "");
+  EXPECT_EQ(server::testing::ForwardMismatch(b, want, f->out, f->lse), "");
   absl::StatusOr<client::BackwardOutputs> g =
       c.Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout)));
   ASSERT_TRUE(g.ok()) << g.status();
-  EXPECT_EQ(testing::BackwardMismatch(b, want, f->out, g->dq, g->dk, g->dv), "");
+  EXPECT_EQ(server::testing::BackwardMismatch(b, want, f->out, g->dq, g->dk, g->dv), "");
   EXPECT_TRUE(c.Release(f->session.handle()).ok());
 }
 
@@ -270,7 +271,8 @@ TEST(ClusterFaultTest, RestartedCoordinatorGetsItsWorkersBackByTheirHeartbeat) {
   ASSERT_NE(cluster, nullptr);
   const std::vector<pid_t> workers = cluster->worker_pids();
   ASSERT_TRUE(cluster->RestartCoordinator().ok());
-  for (pid_t pid : workers) EXPECT_TRUE(testing::ChildRunning(pid)) << "workers were not restarted";
+  for (pid_t pid : workers)
+    EXPECT_TRUE(server::testing::ChildRunning(pid)) << "workers were not restarted";
   auto c = client::AttentionClient::Connect(cluster->address());
   auto s = c->Status();
   ASSERT_TRUE(s.ok()) << s.status();
@@ -355,4 +357,4 @@ TEST(ClusterFaultTest, ClientCancelOrDeadlineMidRingFreesWorkerMemoryAndKeepsThe
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 
-namespace ringattn::server {
+namespace ringattn::coordinator {
 namespace {
 
 // Rank r's expected bytes: its slice of the sequence padded with zeros.
@@ -88,4 +88,4 @@ TEST(SequenceRouterTest, StopsWhenTheReceiverRefusesAndRefusesBytesPastTheEnd) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::coordinator

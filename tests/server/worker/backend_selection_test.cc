@@ -2,7 +2,7 @@
 
 #include "gtest/gtest.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 Capabilities Machine(int gpus, bool cuda_built = true, bool nccl_built = true) {
@@ -131,4 +131,4 @@ TEST(BackendSelectionTest, ExplicitNcclNeedsTheBuildAndADevice) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

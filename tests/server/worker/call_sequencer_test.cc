@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 constexpr uint64_t kGen = 0;  // A fresh sequencer's generation.
@@ -42,7 +42,8 @@ TEST(CallSequencerTest, MissingEarlierCallTimesOutAndPastCallsAreRefused) {
   EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(sequencer.WaitTurn(kGen, 1, absl::Seconds(1)).ok());
   sequencer.Done(kGen, 1);
-  EXPECT_EQ(sequencer.WaitTurn(kGen, 1, absl::Seconds(1)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(sequencer.WaitTurn(kGen, 1, absl::Seconds(1)).code(),
+            absl::StatusCode::kFailedPrecondition);
   sequencer.Reset(kGen);  // A new ring generation starts over at 1.
   EXPECT_TRUE(sequencer.WaitTurn(kGen, 1, absl::Seconds(1)).ok());
 }
@@ -90,4 +91,4 @@ TEST(CallSequencerTest, CallsOfAnOldGenerationCannotTouchTheNewOne) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::worker

@@ -8,7 +8,7 @@
 
 #include "gtest/gtest.h"
 
-namespace ringattn::server {
+namespace ringattn::worker {
 namespace {
 
 struct WorkerRun {
@@ -77,4 +77,4 @@ TEST(WorkerMainTest, ExplicitCpuRunsGlooWithoutAWarning) {
 }
 
 }  // namespace
-}  // namespace ringattn::server
+}  // namespace ringattn::worker
