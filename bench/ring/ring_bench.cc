@@ -87,12 +87,7 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
     vision = SliceSequence(batch.vision, kB, seq_len, 1, b, e);
     padding = SliceSequence(batch.padding, kB, seq_len, 1, b, e);
   }
-  ring::ShardRef shard{dtype,
-                       kB,
-                       kH,
-                       kHkv,
-                       L,
-                       kD,
+  ring::ShardRef shard{{dtype, kB, kH, kHkv, L, L, kD},
                        std::as_bytes(std::span(q)),
                        std::as_bytes(std::span(k)),
                        std::as_bytes(std::span(v)),

@@ -228,18 +228,14 @@ double InProcessRingSeconds(const Problem& p, int cp, int64_t window) {
       const auto doc = SliceSequence(p.batch.doc, sh.batch, sh.seq_len, 1, b, e);
       const auto vision = SliceSequence(p.batch.vision, sh.batch, sh.seq_len, 1, b, e);
       const auto padding = SliceSequence(p.batch.padding, sh.batch, sh.seq_len, 1, b, e);
-      ring::ShardRef shard{kernels::DType::kF32,
-                           sh.batch,
-                           sh.heads,
-                           sh.kv_heads,
-                           L,
-                           sh.head_dim,
-                           std::as_bytes(std::span(q)),
-                           std::as_bytes(std::span(k)),
-                           std::as_bytes(std::span(v)),
-                           doc,
-                           vision,
-                           padding};
+      ring::ShardRef shard{
+          {kernels::DType::kF32, sh.batch, sh.heads, sh.kv_heads, L, L, sh.head_dim},
+          std::as_bytes(std::span(q)),
+          std::as_bytes(std::span(k)),
+          std::as_bytes(std::span(v)),
+          doc,
+          vision,
+          padding};
       auto f = ring::RingForward(*t, backend, shard, call);
       if (f.ok()) {
         (void)ring::RingBackward(*t, backend, shard, f->out, std::as_bytes(std::span(dout)), f->lse,

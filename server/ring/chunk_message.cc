@@ -10,12 +10,12 @@ size_t Align8(size_t n) { return (n + 7) / 8 * 8; }
 }  // namespace
 
 ChunkLayout::ChunkLayout(const ShardRef& shard)
-    : dtype_(shard.dtype),
-      kv_shape_{shard.batch, shard.kv_heads, shard.shard_len, shard.head_dim},
-      kv_bytes_(
-          static_cast<size_t>(shard.batch * shard.kv_heads * shard.shard_len * shard.head_dim) *
-          kernels::DTypeSize(shard.dtype)),
-      tokens_(static_cast<size_t>(shard.batch * shard.shard_len)) {
+    : dtype_(shard.shape.dtype),
+      kv_shape_{shard.shape.batch, shard.shape.kv_heads, shard.shape.q_len, shard.shape.head_dim},
+      kv_bytes_(static_cast<size_t>(shard.shape.batch * shard.shape.kv_heads * shard.shape.q_len *
+                                    shard.shape.head_dim) *
+                kernels::DTypeSize(shard.shape.dtype)),
+      tokens_(static_cast<size_t>(shard.shape.batch * shard.shape.q_len)) {
   v_at_ = Align8(kv_bytes_);
   doc_at_ = v_at_ + Align8(kv_bytes_);
   vision_at_ = doc_at_ + Align8(tokens_ * sizeof(int32_t));

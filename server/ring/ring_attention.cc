@@ -28,14 +28,21 @@ std::span<std::byte> Bytes(std::vector<float>& v) { return std::as_writable_byte
 // Checks the shard against its own shapes, so that the kernels' errors can
 // only be ones every rank hits alike.
 absl::Status CheckShard(const ShardRef& s, const Transport& t) {
-  if (s.batch < 1 || s.heads < 1 || s.kv_heads < 1 || s.shard_len < 1 || s.head_dim < 1) {
+  if (s.shape.batch < 1 || s.shape.heads < 1 || s.shape.kv_heads < 1 || s.shape.q_len < 1 ||
+      s.shape.head_dim < 1) {
     return absl::InvalidArgumentError("shard sizes must be positive");
   }
-  const size_t esize = kernels::DTypeSize(s.dtype);
-  const auto q_bytes = static_cast<size_t>(s.batch * s.heads * s.shard_len * s.head_dim) * esize;
+  if (s.shape.kv_len != s.shape.q_len) {
+    return absl::InvalidArgumentError(absl::StrCat("a shard's kv_len (", s.shape.kv_len,
+                                                   ") must equal its q_len (", s.shape.q_len, ")"));
+  }
+  const size_t esize = kernels::DTypeSize(s.shape.dtype);
+  const auto q_bytes =
+      static_cast<size_t>(s.shape.batch * s.shape.heads * s.shape.q_len * s.shape.head_dim) * esize;
   const auto kv_bytes =
-      static_cast<size_t>(s.batch * s.kv_heads * s.shard_len * s.head_dim) * esize;
-  const auto tokens = static_cast<size_t>(s.batch * s.shard_len);
+      static_cast<size_t>(s.shape.batch * s.shape.kv_heads * s.shape.q_len * s.shape.head_dim) *
+      esize;
+  const auto tokens = static_cast<size_t>(s.shape.batch * s.shape.q_len);
   if (s.q.size() != q_bytes || s.k.size() != kv_bytes || s.v.size() != kv_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("shard tensors have ", s.q.size(), "/",
                                                    s.k.size(), "/", s.v.size(), " bytes, expected ",
@@ -118,14 +125,17 @@ absl::StatusOr<RingSchedule> ScheduleFor(const Transport& t, const ShardRef& sha
   ScheduleConfig config;
   config.cp = t.size();
   config.rank = t.rank();
-  config.shard_len = shard.shard_len;
+  config.shard_len = shard.shape.q_len;
   config.layer = call.layer;
   config.batch_has_vision = call.batch_has_vision;
   return MakeSchedule(config);
 }
 
 kernels::TensorRef QueryRef(const ShardRef& s, std::span<const std::byte> bytes) {
-  return {s.dtype, {s.batch, s.heads, s.shard_len, s.head_dim}, bytes.data(), bytes.size()};
+  return {s.shape.dtype,
+          {s.shape.batch, s.shape.heads, s.shape.q_len, s.shape.head_dim},
+          bytes.data(),
+          bytes.size()};
 }
 
 absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& backend,
@@ -134,8 +144,8 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
   RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
   const ChunkLayout layout(shard);
-  const int64_t rows = shard.batch * shard.heads * shard.shard_len;
-  const int64_t elems = rows * shard.head_dim;
+  const int64_t rows = shard.shape.batch * shard.shape.heads * shard.shape.q_len;
+  const int64_t elems = rows * shard.shape.head_dim;
 
   // Double buffering: compute on `current` while `next` arrives.
   std::vector<std::byte> current = layout.Pack(shard);
@@ -144,12 +154,12 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   std::vector<float> lse(rows, -std::numeric_limits<float>::infinity());
   std::vector<float> part(elems), part_lse(rows);
   const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                     t.rank() * shard.shard_len};
+                                     t.rank() * shard.shape.q_len};
   RingForwardResult result;
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
     StepStats stats{step.step, step.chunk_owner, step.compute};
-    stats.pairs = step.pairs * shard.batch * shard.heads;
+    stats.pairs = step.pairs * shard.shape.batch * shard.shape.heads;
     // Pass the held chunk on while computing on it (the last step keeps it).
     if (step.step < schedule.exchanges) {
       RINGATTN_RETURN_IF_ERROR(exchange.Post(step.step + 1, current, next));
@@ -161,21 +171,22 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
       args.k = layout.K(current);
       args.v = layout.V(current);
       args.q_meta = q_meta;
-      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shard_len);
+      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shape.q_len);
       args.layer = call.layer;
       args.out = part;
       args.lse = part_lse;
       RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
       // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
-      RINGATTN_RETURN_IF_ERROR(kernels::MergePartial(acc, lse, part, part_lse, shard.head_dim));
+      RINGATTN_RETURN_IF_ERROR(
+          kernels::MergePartial(acc, lse, part, part_lse, shard.shape.head_dim));
       stats.compute_seconds = Since(c0);
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
     std::swap(current, next);
     result.stats.steps.push_back(stats);
   }
-  result.out.resize(elems * kernels::DTypeSize(shard.dtype));
-  kernels::FromF32(shard.dtype, acc.data(), elems, result.out.data());
+  result.out.resize(elems * kernels::DTypeSize(shard.shape.dtype));
+  kernels::FromF32(shard.shape.dtype, acc.data(), elems, result.out.data());
   result.lse = std::move(lse);
   Summarize(result.stats, t0);
   return result;
@@ -188,12 +199,14 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   const Clock::time_point t0 = Clock::now();
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
   if (out.size() != shard.q.size() || dout.size() != shard.q.size() ||
-      static_cast<int64_t>(lse.size()) != shard.batch * shard.heads * shard.shard_len) {
+      static_cast<int64_t>(lse.size()) !=
+          shard.shape.batch * shard.shape.heads * shard.shape.q_len) {
     return absl::InvalidArgumentError("out, dout and lse must match the query shard");
   }
   RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
   const ChunkLayout layout(shard);
-  const int64_t kv_elems = shard.batch * shard.kv_heads * shard.shard_len * shard.head_dim;
+  const int64_t kv_elems =
+      shard.shape.batch * shard.shape.kv_heads * shard.shape.q_len * shard.shape.head_dim;
   const int size = t.size();
   const int prev = (t.rank() + size - 1) % size;
   const int next_rank = (t.rank() + 1) % size;
@@ -201,7 +214,8 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   std::vector<std::byte> current = layout.Pack(shard);
   std::vector<std::byte> next(layout.size());
   RingBackwardResult result;
-  result.dq.assign(shard.batch * shard.heads * shard.shard_len * shard.head_dim, 0.0f);
+  result.dq.assign(shard.shape.batch * shard.shape.heads * shard.shape.q_len * shard.shape.head_dim,
+                   0.0f);
   // This rank's dK/dV of the held chunk ([dK | dV], fp32), and the two
   // accumulators that travel with the chunks, alternating so one can be
   // received into while the other is still being sent.
@@ -209,7 +223,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   std::vector<float> acc[2] = {std::vector<float>(2 * kv_elems), std::vector<float>(2 * kv_elems)};
   std::unique_ptr<PendingOp> acc_send[2];
   const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                     t.rank() * shard.shard_len};
+                                     t.rank() * shard.shape.q_len};
   KvExchange exchange(t, call, MessageKind::kBackwardKv);
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
@@ -227,7 +241,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   for (const RingStep& step : schedule.steps) {
     const int i = step.step;
     StepStats stats{i, step.chunk_owner, step.compute};
-    stats.pairs = step.pairs * shard.batch * shard.heads;
+    stats.pairs = step.pairs * shard.shape.batch * shard.shape.heads;
     std::vector<float>& cur_acc = acc[i % 2];
     // The accumulator of the held chunk arrives from the previous rank once
     // it has added its share; receive it into the buffer sent two steps ago.
@@ -253,7 +267,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
       args.dout = QueryRef(shard, dout);
       args.lse = lse;
       args.q_meta = q_meta;
-      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shard_len);
+      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shape.q_len);
       args.layer = call.layer;
       args.dq = result.dq;  // dQ accumulates locally.
       args.dk = std::span(contrib).first(kv_elems);

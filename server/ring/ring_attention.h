@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kernels/attention_shape.h"
 #include "kernels/chunk_backend.h"
 #include "kernels/dtype.h"
 #include "kernels/layer_config.h"
@@ -24,14 +25,11 @@
 
 namespace ringattn::ring {
 
-// This rank's contiguous shard [rank * L, (rank + 1) * L) of one call.
+// This rank's contiguous shard [rank * L, (rank + 1) * L) of one call. Its
+// shape is the kernels' (a shard meets chunks of its own length, so
+// q_len == kv_len == L).
 struct ShardRef {
-  kernels::DType dtype = kernels::DType::kF32;
-  int64_t batch = 0;                 // B
-  int64_t heads = 0;                 // H
-  int64_t kv_heads = 0;              // Hkv
-  int64_t shard_len = 0;             // L
-  int64_t head_dim = 0;              // D
+  kernels::AttentionShape shape;     // B, H, Hkv, L (q_len and kv_len), D, dtype
   std::span<const std::byte> q;      // [B, H, L, D] dtype
   std::span<const std::byte> k;      // [B, Hkv, L, D] dtype
   std::span<const std::byte> v;      // [B, Hkv, L, D] dtype

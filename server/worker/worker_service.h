@@ -78,13 +78,7 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
     }
     // The shard as the ring reads it.
     ring::ShardRef Shard() const {
-      const kernels::AttentionShape& s = spec.shape;
-      return {.dtype = s.dtype,
-              .batch = s.batch,
-              .heads = s.heads,
-              .kv_heads = s.kv_heads,
-              .shard_len = s.q_len,
-              .head_dim = s.head_dim,
+      return {.shape = spec.shape,
               .q = q,
               .k = k,
               .v = v,

@@ -44,12 +44,7 @@ OwnedShard MakeShard(DType dtype, int64_t b, int64_t h, int64_t hkv, int64_t l, 
     s.vision.push_back(i % 3 == 0 ? -1 : static_cast<int32_t>(i + seed * 1000));
     s.padding.push_back(static_cast<uint8_t>((i + seed) % 2));
   }
-  s.ref.dtype = dtype;
-  s.ref.batch = b;
-  s.ref.heads = h;
-  s.ref.kv_heads = hkv;
-  s.ref.shard_len = l;
-  s.ref.head_dim = d;
+  s.ref.shape = {dtype, b, h, hkv, l, l, d};
   s.ref.q = s.q;
   s.ref.k = s.k;
   s.ref.v = s.v;
@@ -74,14 +69,15 @@ std::vector<T> Copy(std::span<const T> s) {
 void ExpectViewsHold(const ChunkLayout& layout, std::span<const std::byte> msg,
                      const OwnedShard& want, int64_t start) {
   const ShardRef& s = want.ref;
-  const std::array<int64_t, 4> kv_shape = {s.batch, s.kv_heads, s.shard_len, s.head_dim};
+  const std::array<int64_t, 4> kv_shape = {s.shape.batch, s.shape.kv_heads, s.shape.q_len,
+                                           s.shape.head_dim};
   const auto k = layout.K(msg);
-  EXPECT_EQ(k.dtype, s.dtype);
+  EXPECT_EQ(k.dtype, s.shape.dtype);
   EXPECT_EQ(k.shape, kv_shape);
   ASSERT_EQ(k.size_bytes, want.k.size());
   EXPECT_EQ(BytesOf(k.data, k.size_bytes), want.k);
   const auto v = layout.V(msg);
-  EXPECT_EQ(v.dtype, s.dtype);
+  EXPECT_EQ(v.dtype, s.shape.dtype);
   EXPECT_EQ(v.shape, kv_shape);
   ASSERT_EQ(v.size_bytes, want.v.size());
   EXPECT_EQ(BytesOf(v.data, v.size_bytes), want.v);

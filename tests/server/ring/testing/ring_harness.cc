@@ -18,12 +18,7 @@ using kernels::reference::SyntheticBatch;
 ShardRef ShardData::Ref(const SyntheticBatch& batch, int64_t shard_len) const {
   const auto& sh = batch.shape;
   ShardRef ref;
-  ref.dtype = batch.dtype;
-  ref.batch = sh.batch;
-  ref.heads = sh.heads;
-  ref.kv_heads = sh.kv_heads;
-  ref.shard_len = shard_len;
-  ref.head_dim = sh.head_dim;
+  ref.shape = {batch.dtype, sh.batch, sh.heads, sh.kv_heads, shard_len, shard_len, sh.head_dim};
   ref.q = std::as_bytes(std::span(q));
   ref.k = std::as_bytes(std::span(k));
   ref.v = std::as_bytes(std::span(v));
