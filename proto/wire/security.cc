@@ -24,6 +24,7 @@
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/auth_metadata_processor.h"
+#include "proto/wire/grpc_status.h"
 
 namespace ringattn::wire {
 namespace {
@@ -226,25 +227,23 @@ class TokenCheck final : public grpc::AuthMetadataProcessor {
                        : needs_cluster ? "the worker API needs the cluster token"
                                        : "this method needs a token";
     if (malformed) {
-      return grpc::Status(
-          grpc::StatusCode::UNAUTHENTICATED,
-          absl::StrCat("the authorization metadata is not 'Bearer <token>'; ", what));
+      return ToGrpc(absl::UnauthenticatedError(
+          absl::StrCat("the authorization metadata is not 'Bearer <token>'; ", what)));
     }
     if (!token) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          absl::StrCat("no 'authorization: Bearer <token>' metadata; ", what));
+      return ToGrpc(absl::UnauthenticatedError(
+          absl::StrCat("no 'authorization: Bearer <token>' metadata; ", what)));
     }
     if (!name) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          absl::StrCat("the token is not valid here; ", what));
+      return ToGrpc(
+          absl::UnauthenticatedError(absl::StrCat("the token is not valid here; ", what)));
     }
     if (needs_client && cluster) {
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          "the cluster token does not open the public API; use a client token");
+      return ToGrpc(absl::PermissionDeniedError(
+          "the cluster token does not open the public API; use a client token"));
     }
     if (needs_cluster && !cluster) {
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          "a client token does not open the worker API");
+      return ToGrpc(absl::PermissionDeniedError("a client token does not open the worker API"));
     }
     return grpc::Status::OK;
   }
