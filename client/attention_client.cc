@@ -128,11 +128,11 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   auto stream = stub_->Backward(&ctx);
   attention::v1::BackwardRequest req;
   req.mutable_header()->set_handle(handle);
+  // The service checks a stated kv_heads against the session before any work.
+  if (shapes.kv_heads > 0) req.mutable_header()->set_kv_heads(shapes.kv_heads);
   bool ok = stream->Write(req);
   const std::vector<int64_t> q_shape = {shapes.batch, shapes.heads, shapes.seq_len,
                                         shapes.head_dim};
-  const std::vector<int64_t> kv_shape = {shapes.batch, shapes.kv_heads, shapes.seq_len,
-                                         shapes.head_dim};
   if (ok) {
     wire::SplitTensor("dout", shapes.dtype, q_shape, dout, [&](attention::v1::TensorChunk& c) {
       attention::v1::BackwardRequest r;
@@ -145,15 +145,28 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   BackwardOutputs out;
   wire::TensorAssembler assembler(uint64_t{1} << 40);
   assembler.Expect("dq", "FP32", q_shape, true);
-  assembler.Expect("dk", "FP32", kv_shape, true);
-  assembler.Expect("dv", "FP32", kv_shape, true);
+  // dK and dV [B, Hkv, S, D]; without a stated Hkv, the session's, as the
+  // first of their pieces declares it.
+  auto expect_kv = [&](int64_t kv_heads) {
+    out.kv_heads = kv_heads;
+    const std::vector<int64_t> kv_shape = {shapes.batch, kv_heads, shapes.seq_len, shapes.head_dim};
+    assembler.Expect("dk", "FP32", kv_shape, true);
+    assembler.Expect("dv", "FP32", kv_shape, true);
+  };
+  if (shapes.kv_heads > 0) expect_kv(shapes.kv_heads);
   attention::v1::BackwardResponse resp;
   absl::Status bad;
   while (stream->Read(&resp)) {
     if (resp.has_metrics()) out.metrics = resp.metrics();
-    if (resp.has_chunk() && bad.ok()) bad = assembler.Add(resp.chunk());
+    if (!resp.has_chunk() || !bad.ok()) continue;
+    const attention::v1::TensorChunk& c = resp.chunk();
+    if (out.kv_heads == 0 && (c.name() == "dk" || c.name() == "dv")) {
+      expect_kv(c.shape_size() == 4 && c.shape(1) > 0 ? c.shape(1) : -1);
+    }
+    bad = assembler.Add(c);
   }
   if (absl::Status s = wire::FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (bad.ok() && out.kv_heads == 0) bad = absl::InvalidArgumentError("no dk in the answer");
   if (bad.ok()) bad = assembler.Finish();
   if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
   out.dq = wire::BytesAs<float>(assembler.Take("dq"));

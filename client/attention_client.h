@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +45,7 @@ struct BackwardOutputs {
   std::vector<float> dq;  // [B, H, S, D]
   std::vector<float> dk;  // [B, Hkv, S, D]
   std::vector<float> dv;  // [B, Hkv, S, D]
+  int64_t kv_heads = 0;   // Hkv: the caller's, or the session's when it passed 0.
   attention::v1::CallMetrics metrics;
 };
 
@@ -60,7 +61,9 @@ class AttentionClient {
 
   absl::StatusOr<ForwardOutputs> Forward(const ForwardInputs& in,
                                          absl::Duration timeout = absl::Minutes(10));
-  // dout: [B, H, S, D] in the dtype of the session's forward.
+  // dout: [B, H, S, D] in the dtype of the session's forward. shapes.kv_heads
+  // > 0 is checked by the service against the session before any work
+  // (INVALID_ARGUMENT); 0 takes the session's from the answer.
   absl::StatusOr<BackwardOutputs> Backward(const ForwardInputs& shapes, const std::string& handle,
                                            std::span<const std::byte> dout,
                                            absl::Duration timeout = absl::Minutes(10));

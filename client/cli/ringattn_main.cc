@@ -1,23 +1,16 @@
-// ringattn: the command-line client.
-//
-//   ringattn demo     start a local cluster (coordinator + --cp CPU workers on
-//                     127.0.0.1), send a Gemma-4-like batch through a sliding
-//                     and a full layer, forward and backward, check it
-//                     against the fp64 oracle, print errors, throughput and
-//                     per-rank step times, and shut the cluster down
-//   ringattn serve    start a local cluster and keep it running (Ctrl-C stops)
-//   ringattn status   --coordinator=HOST:PORT: the ring and its workers
-//   ringattn synthetic --coordinator=HOST:PORT: the demo against a running
-//                     cluster
-//   ringattn forward  --coordinator --q --k --v [--doc_ids --vision_groups
-//                     --padding_mask] --out_dir: O and LSE as .npy files
-//   ringattn backward --coordinator --handle --dout --kv_heads --out_dir:
-//                     dQ, dK, dV as .npy files
-//   ringattn bench    --coordinator: time forward + backward calls
+// ringattn: the command-line client. `ringattn help` lists the commands
+// (demo, serve, status, synthetic, forward, backward, release, bench) and
+// `ringattn help COMMAND` what one takes; client/cli/usage.cc holds both.
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "client/attention_client.h"
+#include "client/cli/usage.h"
 #include "client/local_cluster.h"
 #include "client/npy.h"
 #include "client/synthetic_inputs.h"
@@ -35,15 +29,22 @@
 #include "kernels/reference/synthetic_batch.h"
 #include "proto/wire/dtype.h"
 
-ABSL_FLAG(std::string, coordinator, "", "Coordinator address for status and synthetic.");
+ABSL_FLAG(std::string, coordinator, "",
+          "Address HOST:PORT of a running coordinator (every command but demo and serve).");
 ABSL_FLAG(int, cp, 4, "Workers of a local cluster.");
 ABSL_FLAG(int, worker_threads, 1, "Kernel threads per local worker.");
 ABSL_FLAG(int64_t, seq_len, 1024, "Sequence length of the synthetic batch.");
 ABSL_FLAG(int64_t, batch, 1, "Batch size of the synthetic batch.");
-ABSL_FLAG(int64_t, heads, 4, "Query heads.");
-ABSL_FLAG(int64_t, kv_heads, 2, "Key/value heads.");
+ABSL_FLAG(int64_t, heads, 4, "Query heads of the synthetic batch.");
+ABSL_FLAG(std::optional<int64_t>, kv_heads, std::nullopt,
+          "Key/value heads. demo, synthetic, bench: default 2. backward: the session's by "
+          "default; when given, the coordinator checks it against the session before the "
+          "backward runs.");
 ABSL_FLAG(int64_t, window, 512, "Sliding window of the sliding layer.");
-ABSL_FLAG(std::string, dtype, "FP32", "FP32, BF16 or FP16.");
+ABSL_FLAG(std::string, dtype, "",
+          "FP32, BF16 or FP16. demo, synthetic: the batch's (default FP32). forward, backward: "
+          "by default the .npy files' (float32, float16); when given it must be theirs, and "
+          "uint16 files need BF16 (raw bfloat16 bits).");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the synthetic batch.");
 ABSL_FLAG(std::string, q, "", "forward: q.npy [B,H,S,D] (float32, float16, or uint16 bf16 bits).");
 ABSL_FLAG(std::string, k, "", "forward: k.npy [B,Hkv,S,D].");
@@ -52,8 +53,13 @@ ABSL_FLAG(std::string, doc_ids, "", "forward: optional doc_ids.npy [B,S] int32."
 ABSL_FLAG(std::string, vision_groups, "", "forward: optional vision_groups.npy [B,S] int32.");
 ABSL_FLAG(std::string, padding_mask, "", "forward: optional padding_mask.npy [B,S] bool/uint8.");
 ABSL_FLAG(std::string, dout, "", "backward: dout.npy [B,H,S,D] in the forward dtype.");
-ABSL_FLAG(std::string, handle, "", "backward: the session handle forward printed.");
-ABSL_FLAG(std::string, out_dir, ".", "forward/backward: where the result .npy files go.");
+ABSL_FLAG(std::string, handle, "", "backward, release: the session handle forward printed.");
+ABSL_FLAG(std::string, out_dir, ".",
+          "forward, backward: an existing, writable directory for the result .npy files "
+          "(checked before sending).");
+ABSL_FLAG(bool, keep_session, false,
+          "forward: keep the session open when writing the outputs fails (by default it is "
+          "released, so it holds no worker memory until it expires).");
 ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else full).");
 ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
 ABSL_FLAG(int, iterations, 5, "bench: forward+backward calls to time.");
@@ -130,7 +136,7 @@ void PrintMetrics(const char* what, const attention::v1::CallMetrics& m) {
 
 // The Gemma-4-like batch through the service, checked against the oracle.
 int Synthetic(const std::string& address) {
-  const std::string name = absl::GetFlag(FLAGS_dtype);
+  const std::string name = absl::GetFlag(FLAGS_dtype).empty() ? "FP32" : absl::GetFlag(FLAGS_dtype);
   const absl::StatusOr<kernels::DType> parsed = wire::ParseDType(name);
   if (!parsed.ok()) {
     std::fprintf(stderr, "error: --dtype must be FP32, BF16 or FP16\n");
@@ -149,8 +155,8 @@ int Synthetic(const std::string& address) {
   kernels::LayerConfig full;
   const std::vector<Layer> layers = {{"sliding", 256, sliding}, {"full", 512, full}};
   kernels::reference::BatchShape shape{absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_heads),
-                                       absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_seq_len),
-                                       0};
+                                       absl::GetFlag(FLAGS_kv_heads).value_or(2),
+                                       absl::GetFlag(FLAGS_seq_len), 0};
   std::printf("ringattn: B=%lld H=%lld Hkv=%lld S=%lld %s through a ring of %d workers at %s\n",
               static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
               static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
@@ -211,17 +217,88 @@ size_t ItemSizeOf(const NpyArray& a) {
                                }());
 }
 
-// The wire dtype of an .npy array: float32, float16, or uint16 holding bf16
-// bits when --dtype=BF16.
-absl::StatusOr<std::string> WireDType(const NpyArray& a) {
-  if (a.descr == "<f4") return wire::DTypeName(kernels::DType::kF32);
-  if (a.descr == "<f2") return wire::DTypeName(kernels::DType::kF16);
-  const absl::StatusOr<kernels::DType> flag = wire::ParseDType(absl::GetFlag(FLAGS_dtype));
-  if (a.descr == "<u2" && flag.ok() && *flag == kernels::DType::kBF16) {
-    return wire::DTypeName(kernels::DType::kBF16);
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+// A mistake in the flags or files, found before anything is sent.
+int BadInvocation(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 2;
+}
+
+// The wire dtype of the tensor files `arrays` (paths `paths`): one dtype for
+// all of them, float32, float16, or uint16 holding bf16 bits when
+// --dtype=BF16, and --dtype's when it is given.
+absl::StatusOr<std::string> WireDType(const std::vector<const NpyArray*>& arrays,
+                                      const std::vector<std::string>& paths) {
+  auto numpy_name = [](const std::string& descr) -> std::string {
+    if (descr == "<f4") return "float32";
+    if (descr == "<f2") return "float16";
+    if (descr == "<u2") return "uint16";
+    return descr;
+  };
+  for (size_t i = 1; i < arrays.size(); ++i) {
+    if (arrays[i]->descr != arrays[0]->descr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(paths[i], " holds ", numpy_name(arrays[i]->descr), " but ", paths[0],
+                       " holds ", numpy_name(arrays[0]->descr)));
+    }
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unsupported .npy dtype ", a.descr, " (float32, float16, or uint16 with --dtype=BF16)"));
+  const std::string& descr = arrays[0]->descr;
+  const std::string flag = absl::GetFlag(FLAGS_dtype);
+  std::optional<kernels::DType> asked;
+  if (!flag.empty()) {
+    const absl::StatusOr<kernels::DType> parsed = wire::ParseDType(flag);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dtype=", flag, " is not FP32, BF16 or FP16"));
+    }
+    asked = *parsed;
+  }
+  std::optional<kernels::DType> held;
+  if (descr == "<f4") held = kernels::DType::kF32;
+  if (descr == "<f2") held = kernels::DType::kF16;
+  if (descr == "<u2") {
+    if (asked != kernels::DType::kBF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(paths[0], " holds uint16", asked ? absl::StrCat(", not ", flag) : "",
+                       ": pass --dtype=BF16 if it holds raw bfloat16 bits"));
+    }
+    held = kernels::DType::kBF16;
+  }
+  if (!held) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(paths[0], " holds ", descr,
+                     ": use float32, float16, or uint16 bfloat16 bits with --dtype=BF16"));
+  }
+  if (asked && *asked != *held) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--dtype=", wire::DTypeName(*asked), " but ", paths[0], " holds ", numpy_name(descr), " (",
+        wire::DTypeName(*held), "): convert the files or pass --dtype=", wire::DTypeName(*held)));
+  }
+  return std::string(wire::DTypeName(*held));
+}
+
+// --out_dir exists and takes a new file: checked before a call is sent, so
+// a typo costs no computation and leaves no session behind.
+absl::Status CheckOutDir() {
+  const std::string dir = absl::GetFlag(FLAGS_out_dir);
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out_dir=", dir, " is not an existing directory"));
+  }
+  std::string probe = dir + "/.ringattn-write-check-XXXXXX";
+  const int fd = mkstemp(probe.data());
+  if (fd < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out_dir=", dir, " is not writable: ", std::strerror(errno)));
+  }
+  close(fd);
+  unlink(probe.c_str());
+  return absl::OkStatus();
 }
 
 absl::Status WriteFloat(const std::string& name, std::vector<int64_t> shape,
@@ -233,25 +310,23 @@ absl::Status WriteFloat(const std::string& name, std::vector<int64_t> shape,
   return s;
 }
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
-  return 1;
-}
-
 int ForwardFromFiles(const std::string& address) {
   std::vector<NpyArray> qkv;
-  for (const std::string& path :
-       {absl::GetFlag(FLAGS_q), absl::GetFlag(FLAGS_k), absl::GetFlag(FLAGS_v)}) {
-    if (path.empty()) return Fail(absl::InvalidArgumentError("forward needs --q, --k and --v"));
+  const std::vector<std::string> paths = {absl::GetFlag(FLAGS_q), absl::GetFlag(FLAGS_k),
+                                          absl::GetFlag(FLAGS_v)};
+  for (const std::string& path : paths) {
+    if (path.empty()) {
+      return BadInvocation(absl::InvalidArgumentError("forward needs --q, --k and --v"));
+    }
     absl::StatusOr<NpyArray> a = ReadNpy(path);
-    if (!a.ok()) return Fail(a.status());
+    if (!a.ok()) return BadInvocation(a.status());
     if (a->shape.size() != 4) {
-      return Fail(absl::InvalidArgumentError(path + " must be 4-D [B, heads, S, D]"));
+      return BadInvocation(absl::InvalidArgumentError(path + " must be 4-D [B, heads, S, D]"));
     }
     qkv.push_back(*std::move(a));
   }
-  absl::StatusOr<std::string> dtype = WireDType(qkv[0]);
-  if (!dtype.ok()) return Fail(dtype.status());
+  absl::StatusOr<std::string> dtype = WireDType({&qkv[0], &qkv[1], &qkv[2]}, paths);
+  if (!dtype.ok()) return BadInvocation(dtype.status());
   ForwardInputs in;
   in.dtype = *dtype;
   in.batch = qkv[0].shape[0];
@@ -269,12 +344,12 @@ int ForwardFromFiles(const std::string& address) {
   for (int i = 0; i < 3; ++i) {
     if (meta_paths[i].empty()) continue;
     absl::StatusOr<NpyArray> a = ReadNpy(meta_paths[i]);
-    if (!a.ok()) return Fail(a.status());
+    if (!a.ok()) return BadInvocation(a.status());
     meta[i] = *std::move(a);
     const size_t want = i < 2 ? 4 : 1;
     if (ItemSizeOf(meta[i]) != want) {
-      return Fail(absl::InvalidArgumentError(meta_paths[i] +
-                                             (i < 2 ? " must be int32" : " must be bool/uint8")));
+      return BadInvocation(absl::InvalidArgumentError(
+          meta_paths[i] + (i < 2 ? " must be int32" : " must be bool/uint8")));
     }
   }
   if (!meta_paths[0].empty()) {
@@ -298,12 +373,17 @@ int ForwardFromFiles(const std::string& address) {
   } else {
     in.layer.clear_scale();
   }
+  if (absl::Status s = CheckOutDir(); !s.ok()) return BadInvocation(s);
   const double mib = static_cast<double>(in.q.size() + in.k.size() + in.v.size()) / 1048576.0;
   std::printf("forward: sending %.1f MiB to %s ...\n", mib, address.c_str());
   std::fflush(stdout);
   auto c = ConnectFromFlags(address);
   absl::StatusOr<ForwardOutputs> f = c->Forward(in);
   if (!f.ok()) return Fail(f.status());
+  // The handle first: whatever fails below, the user knows the session.
+  const std::string& handle = f->session.handle();
+  std::printf("handle %s\n", handle.c_str());
+  std::fflush(stdout);
   PrintMetrics("forward", f->metrics);
   const std::string descr = qkv[0].descr;
   absl::Status s = WriteFloat("out", {in.batch, in.heads, in.seq_len, in.head_dim}, f->out, descr);
@@ -311,25 +391,39 @@ int ForwardFromFiles(const std::string& address) {
     s = WriteFloat("lse", {in.batch, in.heads, in.seq_len}, std::as_bytes(std::span(f->lse)),
                    "<f4");
   }
-  if (!s.ok()) return Fail(s);
-  std::printf("handle %s\n", f->session.handle().c_str());
-  return 0;
+  if (s.ok()) return 0;
+  Fail(s);
+  if (absl::GetFlag(FLAGS_keep_session)) {
+    std::fprintf(stderr, "session %s kept open (--keep_session)\n", handle.c_str());
+  } else if (const absl::Status r = c->Release(handle); r.ok()) {
+    std::fprintf(stderr, "session %s released (--keep_session keeps it)\n", handle.c_str());
+  } else {
+    std::fprintf(stderr, "session %s not released: %s\n", handle.c_str(), r.ToString().c_str());
+  }
+  return 1;
 }
 
 int BackwardFromFiles(const std::string& address) {
   if (absl::GetFlag(FLAGS_handle).empty() || absl::GetFlag(FLAGS_dout).empty()) {
-    return Fail(absl::InvalidArgumentError("backward needs --handle and --dout"));
+    return BadInvocation(absl::InvalidArgumentError("backward needs --handle and --dout"));
   }
   absl::StatusOr<NpyArray> dout = ReadNpy(absl::GetFlag(FLAGS_dout));
-  if (!dout.ok()) return Fail(dout.status());
-  absl::StatusOr<std::string> dtype = WireDType(*dout);
-  if (!dtype.ok()) return Fail(dtype.status());
-  if (dout->shape.size() != 4) return Fail(absl::InvalidArgumentError("--dout must be 4-D"));
+  if (!dout.ok()) return BadInvocation(dout.status());
+  absl::StatusOr<std::string> dtype = WireDType({&*dout}, {absl::GetFlag(FLAGS_dout)});
+  if (!dtype.ok()) return BadInvocation(dtype.status());
+  if (dout->shape.size() != 4) {
+    return BadInvocation(absl::InvalidArgumentError("--dout must be 4-D [B, H, S, D]"));
+  }
+  const std::optional<int64_t> kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  if (kv_heads && *kv_heads < 1) {
+    return BadInvocation(absl::InvalidArgumentError("--kv_heads must be >= 1"));
+  }
+  if (absl::Status s = CheckOutDir(); !s.ok()) return BadInvocation(s);
   ForwardInputs shapes;
   shapes.dtype = *dtype;
   shapes.batch = dout->shape[0];
   shapes.heads = dout->shape[1];
-  shapes.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  shapes.kv_heads = kv_heads.value_or(0);  // 0: the session's.
   shapes.seq_len = dout->shape[2];
   shapes.head_dim = dout->shape[3];
   std::printf("backward: sending %.1f MiB ...\n",
@@ -339,7 +433,7 @@ int BackwardFromFiles(const std::string& address) {
   absl::StatusOr<BackwardOutputs> g = c->Backward(shapes, absl::GetFlag(FLAGS_handle), dout->data);
   if (!g.ok()) return Fail(g.status());
   PrintMetrics("backward", g->metrics);
-  const int64_t B = shapes.batch, H = shapes.heads, Hkv = shapes.kv_heads, S = shapes.seq_len,
+  const int64_t B = shapes.batch, H = shapes.heads, Hkv = g->kv_heads, S = shapes.seq_len,
                 D = shapes.head_dim;
   for (auto [name, t, heads] :
        {std::tuple{"dq", &g->dq, H}, {"dk", &g->dk, Hkv}, {"dv", &g->dv, Hkv}}) {
@@ -349,12 +443,21 @@ int BackwardFromFiles(const std::string& address) {
   return 0;
 }
 
+int ReleaseHandle(const std::string& address) {
+  const std::string handle = absl::GetFlag(FLAGS_handle);
+  if (handle.empty()) return BadInvocation(absl::InvalidArgumentError("release needs --handle"));
+  auto c = ConnectFromFlags(address);
+  if (absl::Status s = c->Release(handle); !s.ok()) return Fail(s);
+  std::printf("released %s\n", handle.c_str());
+  return 0;
+}
+
 // Times forward + backward of one synthetic layer against a running cluster,
 // printing progress after every call.
 int Bench(const std::string& address) {
   kernels::reference::BatchShape shape{absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_heads),
-                                       absl::GetFlag(FLAGS_kv_heads), absl::GetFlag(FLAGS_seq_len),
-                                       absl::GetFlag(FLAGS_head_dim)};
+                                       absl::GetFlag(FLAGS_kv_heads).value_or(2),
+                                       absl::GetFlag(FLAGS_seq_len), absl::GetFlag(FLAGS_head_dim)};
   kernels::reference::RowLayout layout;
   layout.doc_lengths = {shape.seq_len};
   const auto batch =
@@ -409,6 +512,11 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> StartLocal() {
 }
 
 int Run(const std::string& command) {
+  if (cli::FindCommand(command) == nullptr) {
+    std::fprintf(stderr, "error: unknown command '%s'; commands: %s\n", command.c_str(),
+                 cli::CommandNames().c_str());
+    return 2;
+  }
   if (command == "demo") {
     absl::StatusOr<std::unique_ptr<LocalCluster>> cluster = StartLocal();
     if (!cluster.ok()) {
@@ -467,30 +575,52 @@ int Run(const std::string& command) {
   }
   if (command == "synthetic") return Synthetic(address);
   if (command == "forward") return ForwardFromFiles(address);
-  if (command == "bench") return Bench(address);
   if (command == "backward") return BackwardFromFiles(address);
-  std::fprintf(
-      stderr,
-      "error: unknown command '%s' (demo, serve, status, synthetic, forward, backward, bench)\n",
-      command.c_str());
-  return 2;
+  if (command == "release") return ReleaseHandle(address);
+  return Bench(address);
+}
+
+// `ringattn help [COMMAND]` and `--help` anywhere: the usage of COMMAND, or of
+// every command, on stdout; exit code 2 for an unknown command.
+int Help(const std::vector<char*>& args, bool help_flag) {
+  // args[0] is the program; `help` itself is not the command asked about.
+  size_t i = 1;
+  if (!help_flag || (args.size() > 1 && std::string(args[1]) == "help")) ++i;
+  if (args.size() <= i) {
+    std::fputs(cli::MainHelp().c_str(), stdout);
+    return 0;
+  }
+  const cli::Command* c = cli::FindCommand(args[i]);
+  if (c == nullptr) {
+    std::fprintf(stderr, "error: unknown command '%s'; commands: %s\n", args[i],
+                 cli::CommandNames().c_str());
+    return 2;
+  }
+  std::fputs(cli::CommandHelp(*c).c_str(), stdout);
+  return 0;
 }
 
 }  // namespace
 }  // namespace ringattn::client
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "ringattn COMMAND [flags]\n"
-      "  demo       start a local cluster, run a Gemma-4-like batch forward and backward,\n"
-      "             check it against the fp64 oracle, stop the cluster\n"
-      "  serve      start a local cluster and keep it running until Ctrl-C\n"
-      "  status     show a running cluster (--coordinator)\n"
-      "  synthetic  the demo's batch against a running cluster (--coordinator)\n"
-      "  forward    --q --k --v .npy files -> out.npy, lse.npy and a session handle\n"
-      "  backward   --handle --dout .npy -> dq.npy, dk.npy, dv.npy\n"
-      "  bench      time forward+backward of a synthetic layer (--iterations, --seq_len, ...)");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  absl::SetProgramUsageMessage("ringattn COMMAND [flags]; `ringattn help` lists the commands");
+  // --help is answered here, not by absl, whose --help lists flags by source
+  // file: taken out before parsing, so the rest still parses as usual.
+  bool help_flag = false;
+  std::vector<char*> kept;
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-help" || a == "--helpshort" || a == "-helpshort" || a == "-h") {
+      help_flag = true;
+    } else {
+      kept.push_back(argv[i]);
+    }
+  }
+  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(kept.size()), kept.data());
+  if (help_flag || (args.size() > 1 && std::string(args[1]) == "help")) {
+    return ringattn::client::Help(args, help_flag);
+  }
   const std::string command = args.size() > 1 ? args[1] : "demo";
   return ringattn::client::Run(command);
 }

@@ -212,6 +212,11 @@ absl::Status AttentionServiceImpl::RunBackward(grpc::ServerContext& context,
   const std::string& handle = req.header().handle();
   RINGATTN_ASSIGN_OR_RETURN(const Session session, sessions_.Find(handle, ClientKey(context)));
   const ForwardSpec& s = session.spec;
+  if (const int64_t kv_heads = req.header().kv_heads(); kv_heads != 0 && kv_heads != s.kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_heads ", kv_heads,
+                                                   " does not match session ", handle,
+                                                   ", whose forward had kv_heads ", s.kv_heads));
+  }
   RINGATTN_ASSIGN_OR_RETURN(const Cluster::Ticket ticket, cluster_.NextCall());
   if (ticket.generation != session.generation) {
     return absl::UnavailableError(

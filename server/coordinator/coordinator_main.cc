@@ -5,12 +5,14 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/common/flag_help.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
 #include "server/common/request_metrics.h"
@@ -46,10 +48,39 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "Client tokens of the public API, one a line, 'token' or 'name:token' (the name is the "
           "client's identity); callers without one get UNAUTHENTICATED. Needs TLS.");
 
+namespace {
+
+constexpr char kUsage[] =
+    "ringattn-coordinator: accepts attention calls over gRPC, shards them across the ring's\n"
+    "workers and streams the results back.\n"
+    "\n"
+    "usage: ringattn-coordinator --cp=N [--port=P] [flags]";
+
+// What --help lists: every flag of this file and of server/common's
+// security flags, and nothing linked in from libraries.
+const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
+  static const auto* groups = new std::vector<ringattn::server::FlagGroup>{
+      {"Serving", {"cp", "host", "port", "port_file", "advertise_host"}},
+      {"Limits",
+       {"max_call_bytes", "memory_budget_bytes", "max_sessions_per_client",
+        "max_client_memory_bytes", "session_ttl_seconds", "ring_timeout_seconds",
+        "health_interval_seconds"}},
+      {"Metrics", {"metrics_port", "metrics_port_file"}},
+      {"Security",
+       {"tls_cert_file", "tls_key_file", "tls_ca_file", "tls_require_client_cert",
+        "auth_token_file", "cluster_token_file"}},
+  };
+  return *groups;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "ringattn coordinator: accepts attention calls over gRPC, shards them across the ring's "
-      "workers and streams the results back.");
+  absl::SetProgramUsageMessage(kUsage);
+  if (ringattn::server::HelpRequested(argc, argv)) {
+    std::fputs(ringattn::server::FlagHelp(kUsage, FlagGroups()).c_str(), stdout);
+    return 0;
+  }
   absl::ParseCommandLine(argc, argv);
   using namespace ringattn::coordinator;  // NOLINT(google-build-using-namespace)
   namespace server = ringattn::server;

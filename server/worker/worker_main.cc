@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,6 +22,7 @@
 #include "grpcpp/create_channel.h"
 #include "kernels/backends.h"
 #include "kernels/chunk_backend.h"
+#include "server/common/flag_help.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics_server.h"
 #include "server/common/request_metrics.h"
@@ -58,11 +60,41 @@ ABSL_FLAG(double, heartbeat_seconds, 1,
 ABSL_FLAG(int, metrics_port, 9465,
           "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
+ABSL_FLAG(double, ring_stall_timeout_seconds, 15,
+          "Fail a ring call whose wait on a peer makes no progress this long; 0: only the "
+          "coordinator's --ring_timeout_seconds bounds it.");
+
+namespace {
+
+constexpr char kUsage[] =
+    "ringattn-worker: holds one rank's shard and runs ring attention forward and backward\n"
+    "(CPU or CUDA backend, Gloo or NCCL ring).\n"
+    "\n"
+    "usage: ringattn-worker --coordinator=HOST:PORT [--rank=R] [flags]";
+
+// What --help lists: every flag of this file and of server/common's
+// security flags, and nothing linked in from libraries.
+const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
+  static const auto* groups = new std::vector<ringattn::server::FlagGroup>{
+      {"Ring", {"coordinator", "rank", "register_timeout_seconds", "heartbeat_seconds"}},
+      {"Serving", {"host", "port", "advertise_host", "max_call_bytes"}},
+      {"Compute", {"device", "transport", "threads"}},
+      {"Metrics", {"metrics_port", "metrics_port_file"}},
+      {"Security",
+       {"tls_cert_file", "tls_key_file", "tls_ca_file", "tls_require_client_cert",
+        "cluster_token_file"}},
+  };
+  return *groups;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "ringattn worker: holds one rank's shard and runs ring attention forward and backward "
-      "(CPU or CUDA backend, Gloo or NCCL ring).");
+  absl::SetProgramUsageMessage(kUsage);
+  if (ringattn::server::HelpRequested(argc, argv)) {
+    std::fputs(ringattn::server::FlagHelp(kUsage, FlagGroups()).c_str(), stdout);
+    return 0;
+  }
   absl::ParseCommandLine(argc, argv);
   using namespace ringattn;  // NOLINT(google-build-using-namespace)
   server::BlockShutdownSignals();
@@ -166,7 +198,8 @@ int main(int argc, char** argv) {
   }
   worker::WorkerServiceImpl service(*backend,
                                     static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)),
-                                    metrics, security->peer, std::move(connect));
+                                    metrics, security->peer, std::move(connect),
+                                    absl::Seconds(absl::GetFlag(FLAGS_ring_stall_timeout_seconds)));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(server::RequestCounter(metrics.service));
   auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service},
