@@ -64,6 +64,43 @@ inline BackwardTile TileAt(const BackwardWorkspace& ws, int64_t qrow, int64_t bk
                       ws.delta + qrow,  ws.k_t + panel,      ws.v_t + panel};
 }
 
+// Runs body(b, kvh, bk, kt, kv_summary, worker) on the pool for every key
+// tile (b: batch row, kvh: kv head, bk = b * Hkv + kvh, kt: key tile) that
+// holds a valid token. Early key tiles meet the most causal queries, so they
+// go first.
+template <typename Body>
+inline void ForEachKeyTile(const ChunkProblem& p, const TilePlan& plan, ThreadPool& pool,
+                           Body&& body) {
+  const int64_t bk_count = p.shape.batch * p.shape.kv_heads;
+  pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
+    const int64_t kt = task / bk_count;
+    const int64_t bk = task % bk_count;
+    const int64_t b = bk / p.shape.kv_heads;
+    const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
+    if (kv_sum.valid_count == 0) return;
+    body(b, bk % p.shape.kv_heads, bk, kt, kv_sum, worker);
+  });
+}
+
+// Runs body(b, bh, bk, qt, q_summary, worker) on the pool for every query
+// tile (bh = b * H + head, bk its kv head's b * Hkv + kvh, qt: query tile)
+// that holds a valid token, late query tiles (the most work) first.
+template <typename Body>
+inline void ForEachQueryTile(const ChunkProblem& p, const TilePlan& plan, ThreadPool& pool,
+                             Body&& body) {
+  const int64_t bh_count = p.shape.batch * p.shape.heads;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
+  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
+    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
+    const int64_t bh = task % bh_count;
+    const int64_t b = bh / p.shape.heads;
+    const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;
+    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
+    if (q_sum.valid_count == 0) return;
+    body(b, bh, bk, qt, q_sum, worker);
+  });
+}
+
 // Adds one key tile's dK (times the scale) and dV, accumulated over every
 // query tile that meets it, into the caller's gradients, which the ring sums
 // chunk after chunk. dk_acc, dv_acc: [kBk, Dp]; params.dk, params.dv:
@@ -145,69 +182,59 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
   // Pass 1: dK, dV per (batch, kv head, key tile), summed over the query
   // heads of the group (GQA) and every query tile. Early key tiles meet the
   // most causal queries, so they go first.
-  const int64_t bk_count = p.shape.batch * p.shape.kv_heads;
-  pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
-    const int64_t kt = task / bk_count;
-    const int64_t bk = task % bk_count;
-    const int64_t b = bk / p.shape.kv_heads;
-    const int64_t kvh = bk % p.shape.kv_heads;
-    const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
-    if (kv_sum.valid_count == 0) return;
+  ForEachKeyTile(
+      p, plan, pool,
+      [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum, int worker) {
+        float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
+        float* prob = s + kBq * kBk;                    // [kBq, kBk]
+        float* ds = prob + kBq * kBk;                   // [kBq, kBk]
+        float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
+        float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
+        for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
-    float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
-    float* prob = s + kBq * kBk;                    // [kBq, kBk]
-    float* ds = prob + kBq * kBk;                   // [kBq, kBk]
-    float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
-    float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
-    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
-
-    bool any = false;
-    for (int64_t hh = 0; hh < group; ++hh) {
-      const int64_t bh = b * p.shape.heads + kvh * group + hh;
-      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-        if (cls == TileClass::kEmpty) continue;
-        any = true;
-        const int64_t qrow = bh * lqp + qt * kBq;
-        const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
-        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
-        // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
-        TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
-        TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
-      }
-    }
-    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
-  });
+        bool any = false;
+        for (int64_t hh = 0; hh < group; ++hh) {
+          const int64_t bh = b * p.shape.heads + kvh * group + hh;
+          for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+            const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+            if (cls == TileClass::kEmpty) continue;
+            any = true;
+            const int64_t qrow = bh * lqp + qt * kBq;
+            const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
+            ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob,
+                               ds);
+            // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
+            TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
+            TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
+          }
+        }
+        if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
+      });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
-  const int64_t bh_count = p.shape.batch * p.shape.heads;
-  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
-    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
-    const int64_t bh = task % bh_count;
-    const int64_t b = bh / p.shape.heads;
-    const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;
-    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
-    if (q_sum.valid_count == 0) return;
+  ForEachQueryTile(
+      p, plan, pool,
+      [&](int64_t b, int64_t bh, int64_t bk, int64_t qt, const TileSummary& q_sum, int worker) {
+        float* s = ws.scratch + worker * scratch_size;
+        float* prob = s + kBq * kBk;
+        float* ds = prob + kBq * kBk;
+        float* dq_acc = ds + kBq * kBk;  // [kBq, Dp]
+        for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
 
-    float* s = ws.scratch + worker * scratch_size;
-    float* prob = s + kBq * kBk;
-    float* ds = prob + kBq * kBk;
-    float* dq_acc = ds + kBq * kBk;  // [kBq, Dp]
-    for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
-
-    const int64_t qrow = bh * lqp + qt * kBq;
-    bool any = false;
-    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
-      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
-      if (cls == TileClass::kEmpty) continue;
-      any = true;
-      const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
-      ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
-      // dQ += dS K (scaled below).
-      TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc, dp);
-    }
-    if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
-  });
+        const int64_t qrow = bh * lqp + qt * kBq;
+        bool any = false;
+        for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+          const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+          if (cls == TileClass::kEmpty) continue;
+          any = true;
+          const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
+          ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
+          // dQ += dS K (scaled below).
+          TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc,
+                         dp);
+        }
+        if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
+      });
 }
 
 // s_t: [kBk, kBq] raw k·q (row = key, column = query) -> scale * k·q where
@@ -293,102 +320,91 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
   });
 
   // Pass 1: dK, dV per (batch, kv head, key tile); early key tiles first.
-  const int64_t bk_count = p.shape.batch * p.shape.kv_heads;
-  pool.ParallelFor(bk_count * plan.kv_tiles, [&](int64_t task, int worker) {
-    const int64_t kt = task / bk_count;
-    const int64_t bk = task % bk_count;
-    const int64_t b = bk / p.shape.kv_heads;
-    const int64_t kvh = bk % p.shape.kv_heads;
-    const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
-    if (kv_sum.valid_count == 0) return;
+  ForEachKeyTile(
+      p, plan, pool,
+      [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum, int worker) {
+        float* s = ws.scratch + worker * scratch_size;             // [kBk, kBq] S^T, then P^T
+        float* dpm = s + kBq * kBk;                                // [kBk, kBq] dP^T, then dS^T
+        auto* p16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16 P^T
+        uint16_t* ds16 = p16 + kBq * kBk;                          // [kBk, kBq] bf16 dS^T
+        float* dk_acc = dpm + 2 * kBq * kBk;                       // [kBk, Dp]
+        float* dv_acc = dk_acc + kBk * dp;                         // [kBk, Dp]
+        float* shift = dv_acc + kBk * dp;                          // [kBq]
+        for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
-    float* s = ws.scratch + worker * scratch_size;             // [kBk, kBq] S^T, then P^T
-    float* dpm = s + kBq * kBk;                                // [kBk, kBq] dP^T, then dS^T
-    auto* p16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16 P^T
-    uint16_t* ds16 = p16 + kBq * kBk;                          // [kBk, kBq] bf16 dS^T
-    float* dk_acc = dpm + 2 * kBq * kBk;                       // [kBk, Dp]
-    float* dv_acc = dk_acc + kBk * dp;                         // [kBk, Dp]
-    float* shift = dv_acc + kBk * dp;                          // [kBq]
-    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
-
-    const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
-    TileScope tiles(true);
-    bool any = false;
-    for (int64_t hh = 0; hh < group; ++hh) {
-      const int64_t bh = b * p.shape.heads + kvh * group + hh;
-      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-        if (cls == TileClass::kEmpty) continue;
-        any = true;
-        const int64_t qrow = bh * lqp + qt * kBq;
-        const int64_t q_at = qrow * dp;
-        Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
-        ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
-        Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
-        SoftmaxShift(ws.lse + qrow, shift);
-        const float* delta = ws.delta + qrow;
-        for (int64_t j = 0; j < kBk; ++j) {
-          for (int64_t i = 0; i < kBq; i += kLanes) {
-            const int64_t at = j * kBq + i;
-            const VecF prob = Exp(Load(s + at) - Load(shift + i));
-            Store(s + at, prob);
-            Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
+        const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
+        TileScope tiles(true);
+        bool any = false;
+        for (int64_t hh = 0; hh < group; ++hh) {
+          const int64_t bh = b * p.shape.heads + kvh * group + hh;
+          for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+            const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+            if (cls == TileClass::kEmpty) continue;
+            any = true;
+            const int64_t qrow = bh * lqp + qt * kBq;
+            const int64_t q_at = qrow * dp;
+            Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
+            ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+            Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm,
+                            kBq);
+            SoftmaxShift(ws.lse + qrow, shift);
+            const float* delta = ws.delta + qrow;
+            for (int64_t j = 0; j < kBk; ++j) {
+              for (int64_t i = 0; i < kBq; i += kLanes) {
+                const int64_t at = j * kBq + i;
+                const VecF prob = Exp(Load(s + at) - Load(shift + i));
+                Store(s + at, prob);
+                Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
+              }
+            }
+            ToBf16(s, kBq * kBk, p16);
+            ToBf16(dpm, kBq * kBk, ds16);
+            Bf16Gemm<true>(kBk, dp, kBq, p16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+            Bf16Gemm<true>(kBk, dp, kBq, ds16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
           }
         }
-        ToBf16(s, kBq * kBk, p16);
-        ToBf16(dpm, kBq * kBk, ds16);
-        Bf16Gemm<true>(kBk, dp, kBq, p16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-        Bf16Gemm<true>(kBk, dp, kBq, ds16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
-      }
-    }
-    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
-  });
+        if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
+      });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
-  const int64_t bh_count = p.shape.batch * p.shape.heads;
-  pool.ParallelFor(bh_count * plan.q_tiles, [&](int64_t task, int worker) {
-    const int64_t qt = plan.q_tiles - 1 - task / bh_count;
-    const int64_t bh = task % bh_count;
-    const int64_t b = bh / p.shape.heads;
-    const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;
-    const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
-    if (q_sum.valid_count == 0) return;
+  ForEachQueryTile(
+      p, plan, pool,
+      [&](int64_t b, int64_t bh, int64_t bk, int64_t qt, const TileSummary& q_sum, int worker) {
+        float* s = ws.scratch + worker * scratch_size;              // [kBq, kBk]
+        float* dpm = s + kBq * kBk;                                 // [kBq, kBk]
+        auto* ds16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBq, kBk] bf16
+        float* dq_acc = dpm + 2 * kBq * kBk;                        // [kBq, Dp]
+        float* shift = dq_acc + 2 * kBk * dp;                       // [kBq]
+        for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
 
-    float* s = ws.scratch + worker * scratch_size;              // [kBq, kBk]
-    float* dpm = s + kBq * kBk;                                 // [kBq, kBk]
-    auto* ds16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBq, kBk] bf16
-    float* dq_acc = dpm + 2 * kBq * kBk;                        // [kBq, Dp]
-    float* shift = dq_acc + 2 * kBk * dp;                       // [kBq]
-    for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
-
-    const int64_t qrow = bh * lqp + qt * kBq;
-    const int64_t q_at = qrow * dp;
-    SoftmaxShift(ws.lse + qrow, shift);
-    const float* delta = ws.delta + qrow;
-    TileScope tiles(true);
-    bool any = false;
-    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
-      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
-      if (cls == TileClass::kEmpty) continue;
-      any = true;
-      const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
-      Bf16Gemm<false>(kBq, kBk, dp, pk.q + q_at, dp, pk.k_dpairs + kv_at, 2 * kBk, s, kBk);
-      ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
-      Bf16Gemm<false>(kBq, kBk, dp, pk.dout + q_at, dp, pk.v_dpairs + kv_at, 2 * kBk, dpm, kBk);
-      for (int64_t i = 0; i < kBq; ++i) {
-        const VecF row_shift = Splat(shift[i]);
-        const VecF row_delta = Splat(delta[i]);
-        for (int64_t j = 0; j < kBk; j += kLanes) {
-          const int64_t at = i * kBk + j;
-          const VecF prob = Exp(Load(s + at) - row_shift);
-          Store(dpm + at, prob * (Load(dpm + at) - row_delta));
+        const int64_t qrow = bh * lqp + qt * kBq;
+        const int64_t q_at = qrow * dp;
+        SoftmaxShift(ws.lse + qrow, shift);
+        const float* delta = ws.delta + qrow;
+        TileScope tiles(true);
+        bool any = false;
+        for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+          const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
+          if (cls == TileClass::kEmpty) continue;
+          any = true;
+          const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
+          Bf16Gemm<false>(kBq, kBk, dp, pk.q + q_at, dp, pk.k_dpairs + kv_at, 2 * kBk, s, kBk);
+          ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          Bf16Gemm<false>(kBq, kBk, dp, pk.dout + q_at, dp, pk.v_dpairs + kv_at, 2 * kBk, dpm, kBk);
+          for (int64_t i = 0; i < kBq; ++i) {
+            const VecF row_shift = Splat(shift[i]);
+            const VecF row_delta = Splat(delta[i]);
+            for (int64_t j = 0; j < kBk; j += kLanes) {
+              const int64_t at = i * kBk + j;
+              const VecF prob = Exp(Load(s + at) - row_shift);
+              Store(dpm + at, prob * (Load(dpm + at) - row_delta));
+            }
+          }
+          ToBf16(dpm, kBq * kBk, ds16);
+          Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
         }
-      }
-      ToBf16(dpm, kBq * kBk, ds16);
-      Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
-    }
-    if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
-  });
+        if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
+      });
 }
 
 inline void BackwardImpl(const BackwardParams& params, const TilePlan& plan,
