@@ -238,6 +238,8 @@ void Cluster::MarkDownLocked(int r, const std::string& why) {
   s.up = false;
   std::fprintf(stderr, "coordinator: rank %d at %s is down (%s)\n", r, s.address.c_str(),
                why.c_str());
+  const std::string down = absl::StrCat("rank ", r, " at ", s.address, " is down");
+  for (const auto& [id, on_down] : down_watches_) on_down(down);
   if (ready_) {
     ready_ = false;
     ring_.clear();
@@ -248,6 +250,19 @@ void Cluster::MarkDownLocked(int r, const std::string& why) {
   for (grpc::ClientContext* ctx : joining_) ctx->TryCancel();
   PublishLocked();
   cv_.notify_all();
+}
+
+Cluster::DownWatch Cluster::WatchDown(std::function<void(const std::string&)> on_down) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t id = ++next_watch_;
+  down_watches_.emplace(id, std::move(on_down));
+  return DownWatch(this, id);
+}
+
+Cluster::DownWatch::~DownWatch() {
+  if (cluster_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(cluster_->mu_);
+  cluster_->down_watches_.erase(id_);
 }
 
 void Cluster::RingFailed(uint64_t generation, const std::string& reason) {

@@ -3,11 +3,14 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -89,6 +92,26 @@ class Cluster {
   // UNAVAILABLE when no ring is ready.
   absl::StatusOr<Ticket> NextCall();
 
+  // While it lives, `on_down` is told (e.g. "rank 2 at 10.0.0.7:5000 is
+  // down") each time a rank is marked down, so that calls in flight fail at
+  // once rather than wait on the rank. It runs under the cluster's lock and
+  // must not call back into the cluster.
+  class DownWatch {
+   public:
+    DownWatch() = default;
+    DownWatch(DownWatch&& other) noexcept
+        : cluster_(std::exchange(other.cluster_, nullptr)), id_(other.id_) {}
+    DownWatch& operator=(DownWatch&&) = delete;
+    ~DownWatch();
+
+   private:
+    friend class Cluster;
+    DownWatch(Cluster* cluster, uint64_t id) : cluster_(cluster), id_(id) {}
+    Cluster* cluster_ = nullptr;
+    uint64_t id_ = 0;
+  };
+  DownWatch WatchDown(std::function<void(const std::string&)> on_down);
+
   // The next number in `generation`'s global call order (1, 2, ...; workers
   // run calls in it), given when a call is committed. UNAVAILABLE if that
   // ring is gone.
@@ -126,6 +149,8 @@ class Cluster {
   std::string last_error_;                        // Guarded by mu_.
   std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> ring_;  // Guarded.
   std::vector<grpc::ClientContext*> joining_;  // JoinRing calls of the build. Guarded by mu_.
+  std::map<uint64_t, std::function<void(const std::string&)>> down_watches_;  // Guarded by mu_.
+  uint64_t next_watch_ = 0;                                                   // Guarded by mu_.
   std::thread builder_;
   std::thread monitor_;
 };

@@ -1,5 +1,6 @@
 #include "server/coordinator/rank_call.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -14,27 +15,68 @@ constexpr size_t kQueuedPieces = 4;
 
 }  // namespace
 
+void CallCancel::Cancel(RankCall* failed) {
+  std::function<void()> on_cancel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_) return;
+    cancelled_ = true;
+    for (RankCall* r : ranks_) {
+      if (r != failed) r->CancelStream();
+    }
+    on_cancel = std::move(on_cancel_);
+  }
+  if (on_cancel) on_cancel();
+}
+
+bool CallCancel::cancelled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+
+void CallCancel::Add(RankCall* rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ranks_.push_back(rank);
+  if (cancelled_) rank->CancelStream();
+}
+
+void CallCancel::Remove(RankCall* rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::erase(ranks_, rank);
+}
+
 RankCall::RankCall(int rank, Open open, worker::v1::ShardCall call,
                    std::chrono::system_clock::time_point deadline, CommitGate& gate,
-                   prometheus::Counter& sent, prometheus::Counter& received)
+                   CallCancel& cancel, prometheus::Counter& sent, prometheus::Counter& received)
     : rank_(rank),
       open_(std::move(open)),
       call_(std::move(call)),
       deadline_(deadline),
       gate_(gate),
+      cancel_(cancel),
       sent_(sent),
       received_(received),
       in_(kQueuedPieces),
-      out_(kQueuedPieces),
-      thread_([this] { Run(); }) {}
+      out_(kQueuedPieces) {
+  ctx_.set_deadline(deadline_);
+  cancel_.Add(this);
+  thread_ = std::thread([this] { Run(); });
+}
 
 RankCall::~RankCall() {
+  // Before anything goes: a failing rank's thread may cancel this one.
+  cancel_.Remove(this);
   EndInputs(false, false);
   out_.Cancel();
   if (thread_.joinable()) thread_.join();
 }
 
 bool RankCall::Send(attention::v1::TensorChunk chunk) { return in_.Push(std::move(chunk)); }
+
+void RankCall::CancelStream() {
+  ctx_.TryCancel();
+  in_.Cancel();
+}
 
 void RankCall::EndInputs(bool commit, bool batch_has_vision) {
   {
@@ -56,21 +98,23 @@ absl::Status RankCall::Finish() {
 }
 
 void RankCall::Run() {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(deadline_);
-  std::unique_ptr<ShardStream> stream = open_(&ctx);
+  std::unique_ptr<ShardStream> stream = open_(&ctx_);
   worker::v1::ShardRequest req;
   *req.mutable_call() = call_;
   bool ok = stream->Write(req);
-  if (!ok) in_.Cancel();  // The producer's Send fails from now on.
+  // A failed write: the producer's Send fails from now on, and every other
+  // rank stops waiting for this one's inputs at the commit gate.
+  auto failed = [&] {
+    ok = false;
+    in_.Cancel();
+    cancel_.Cancel(this);
+  };
+  if (!ok) failed();
   while (std::optional<attention::v1::TensorChunk> chunk = in_.Pop()) {
     sent_.Increment(static_cast<double>(chunk->data().size()));
     worker::v1::ShardRequest r;
     *r.mutable_chunk() = std::move(*chunk);
-    if (!stream->Write(r)) {
-      ok = false;
-      in_.Cancel();
-    }
+    if (!stream->Write(r)) failed();
   }
   bool commit = false, has_vision = false;
   {
@@ -82,7 +126,7 @@ void RankCall::Run() {
   if (!sequence) {
     // A stream that failed has its own status (a worker gone mid-upload is
     // UNAVAILABLE, not a withdrawal); a healthy one is cancelled.
-    if (ok) ctx.TryCancel();
+    if (ok) ctx_.TryCancel();
     const grpc::Status s = stream->Finish();
     status_ = s.ok() || s.error_code() == grpc::StatusCode::CANCELLED
                   ? absl::CancelledError("the call was withdrawn before the ring started")
@@ -109,6 +153,8 @@ void RankCall::Run() {
   if (!s.ok()) {
     const absl::Status st = wire::FromGrpc(s);
     status_ = absl::Status(st.code(), absl::StrCat("rank ", rank_, ": ", st.message()));
+    // The other ranks' peers wait on this one in the ring: stop them all.
+    cancel_.Cancel(this);
   }
   out_.Close();
 }

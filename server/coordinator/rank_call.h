@@ -4,6 +4,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -30,12 +31,43 @@ namespace ringattn::coordinator {
 using ShardStream =
     grpc::ClientReaderWriterInterface<worker::v1::ShardRequest, worker::v1::ShardResponse>;
 
+class RankCall;
+
+// The cancellation of one ring call, shared by its ranks. Once one rank's
+// stream fails, or a rank of the ring goes down, the others must not wait
+// for it: their peers in the ring wait on it, and the client's answer on
+// them. Cancel ends every rank's stream at once; each worker then aborts
+// its transport, so the ring stops on every rank.
+class CallCancel {
+ public:
+  // `on_cancel` runs once, on the first Cancel (from any thread).
+  explicit CallCancel(std::function<void()> on_cancel = nullptr)
+      : on_cancel_(std::move(on_cancel)) {}
+
+  // Cancels every rank's stream, now and as they join; but `failed`'s, the
+  // rank whose failure this is, which must end with its own error.
+  void Cancel(RankCall* failed = nullptr);
+  bool cancelled();
+
+ private:
+  friend class RankCall;
+  void Add(RankCall* rank);
+  void Remove(RankCall* rank);
+
+  std::mutex mu_;
+  bool cancelled_ = false;        // Guarded by mu_.
+  std::vector<RankCall*> ranks_;  // Guarded by mu_.
+  std::function<void()> on_cancel_;
+};
+
 class RankCall {
  public:
   using Open = std::function<std::unique_ptr<ShardStream>(grpc::ClientContext*)>;
 
+  // A stream that fails cancels the call through `cancel` (which must
+  // outlive the RankCall).
   RankCall(int rank, Open open, worker::v1::ShardCall call,
-           std::chrono::system_clock::time_point deadline, CommitGate& gate,
+           std::chrono::system_clock::time_point deadline, CommitGate& gate, CallCancel& cancel,
            prometheus::Counter& sent, prometheus::Counter& received);
   // Withdraws the call if its inputs were not ended, drops what the rank
   // still sends, and waits for the thread.
@@ -61,13 +93,18 @@ class RankCall {
   int rank() const { return rank_; }
 
  private:
+  friend class CallCancel;
   void Run();
+  // Ends the stream at once (from any thread): the worker sees its call
+  // cancelled, and Next and Finish return without waiting for it.
+  void CancelStream();
 
   const int rank_;
   const Open open_;
   const worker::v1::ShardCall call_;
   const std::chrono::system_clock::time_point deadline_;
   CommitGate& gate_;
+  CallCancel& cancel_;
   prometheus::Counter& sent_;
   prometheus::Counter& received_;
   server::BoundedQueue<attention::v1::TensorChunk> in_;
@@ -76,6 +113,7 @@ class RankCall {
   bool ended_ = false;                  // Guarded by mu_.
   bool commit_ = false;                 // Guarded by mu_.
   bool has_vision_ = false;             // Guarded by mu_.
+  grpc::ClientContext ctx_;             // TryCancel is safe from any thread.
   absl::Status status_;                 // Written by the thread, read after join.
   attention::v1::RankMetrics metrics_;  // Likewise.
   std::thread thread_;

@@ -73,7 +73,14 @@ RingCallRunner::RingCallRunner(const Env& env, grpc::ServerContext& context,
       api_received_(env.metrics.service.received_bytes(server::Channel::kApi)),
       api_sent_(env.metrics.service.sent_bytes(server::Channel::kApi)),
       gate_(static_cast<int>(ticket.stubs.size()),
-            CommitIfWanted(env.cluster, ticket.generation, context)) {
+            CommitIfWanted(env.cluster, ticket.generation, context)),
+      down_watch_(env.cluster.WatchDown([this](const std::string& down) {
+        {
+          std::lock_guard<std::mutex> lock(fault_mu_);
+          if (fault_.ok()) fault_ = absl::UnavailableError(down);
+        }
+        cancel_.Cancel();
+      })) {
   const ShardMethod open = method == Method::kForward
                                ? &worker::v1::WorkerService::StubInterface::Forward
                                : &worker::v1::WorkerService::StubInterface::Backward;
@@ -84,7 +91,7 @@ RingCallRunner::RingCallRunner(const Env& env, grpc::ServerContext& context,
     calls_.ranks.push_back(std::make_unique<RankCall>(
         static_cast<int>(r),
         [stub = ticket.stubs[r], open](grpc::ClientContext* ctx) { return ((*stub).*open)(ctx); },
-        call, deadline, gate_, sent, received));
+        call, deadline, gate_, cancel_, sent, received));
   }
 }
 
@@ -119,7 +126,7 @@ absl::Status RingCallRunner::AwaitAnswers(std::vector<ExpectedTensor> answer) {
   for (ShardReader& reader : readers_) {
     if (absl::Status s = reader.Start(); !s.ok()) {
       // A rank's own error over the withdrawals and aborts it caused.
-      const absl::Status first = FirstError(FinishAll(calls_));
+      const absl::Status first = RanksError(FinishAll(calls_));
       return Failed(first.ok() ? s : first);
     }
   }
@@ -127,7 +134,7 @@ absl::Status RingCallRunner::AwaitAnswers(std::vector<ExpectedTensor> answer) {
 }
 
 absl::Status RingCallRunner::Settle(const absl::Status& sent, absl::string_view client_left) {
-  const absl::Status ranks = FirstError(FinishAll(calls_));
+  const absl::Status ranks = RanksError(FinishAll(calls_));
   if (!ranks.ok()) return Failed(ranks);
   if (sent.ok()) return absl::OkStatus();
   return absl::IsCancelled(sent) ? ClientLeft(client_left) : Failed(sent);
@@ -143,16 +150,27 @@ attention::v1::CallMetrics RingCallRunner::Metrics(double flops) const {
   return m;
 }
 
-absl::Status RingCallRunner::RanksFailed() { return Failed(FirstError(FinishAll(calls_))); }
+absl::Status RingCallRunner::RanksError(const std::vector<absl::Status>& statuses) {
+  const absl::Status first = FirstError(statuses);
+  if (!absl::IsCancelled(first)) return first;
+  std::lock_guard<std::mutex> lock(fault_mu_);
+  return fault_.ok() ? first : fault_;
+}
+
+absl::Status RingCallRunner::RanksFailed() { return Failed(RanksError(FinishAll(calls_))); }
 
 absl::Status RingCallRunner::Failed(const absl::Status& status) {
   Undo();
-  if (!BreaksRing(status)) return status;
+  // A call cancelled after its commit had every rank abort its transport,
+  // whatever the error that started it.
+  if (!BreaksRing(status) && !(committed_ && cancel_.cancelled())) return status;
   const std::string down = env_.cluster.CheckRanksNow();
   env_.cluster.RingFailed(generation_, down.empty() ? std::string(status.message()) : down);
   if (down.empty()) return status;
-  return absl::UnavailableError(
-      absl::StrCat(down, " (", status.message(), "); the ring is rebuilt when it is back"));
+  // A call cancelled because a rank went down already says so.
+  const std::string cause =
+      status.message() == down ? "" : absl::StrCat(" (", status.message(), ")");
+  return absl::UnavailableError(absl::StrCat(down, cause, "; the ring is rebuilt when it is back"));
 }
 
 absl::Status RingCallRunner::ClientLeft(absl::string_view message) {

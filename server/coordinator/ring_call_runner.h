@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -80,6 +81,10 @@ class RingCallRunner {
 
  private:
   absl::Status InputsEnded(ClientInputs& inputs);
+  // The error of the ranks' statuses to report: a rank's own failure over
+  // the cancellations it caused, else why the call was cancelled (a rank
+  // went down).
+  absl::Status RanksError(const std::vector<absl::Status>& statuses);
   // Waits for every rank's stream to end. The status for the client: a
   // rank's error first, then that of sending the answer (`sent`).
   absl::Status Settle(const absl::Status& sent, absl::string_view client_left);
@@ -104,10 +109,16 @@ class RingCallRunner {
   bool committed_ = false;
   std::vector<ExpectedTensor> answer_;
   CommitGate gate_;
-  // After the gate: going out of scope, it withdraws every rank's call and
-  // waits for them before the gate goes.
+  std::mutex fault_mu_;
+  absl::Status fault_;  // Why the call was cancelled from outside. Guarded by fault_mu_.
+  CallCancel cancel_;
+  // After the gate and the cancel: going out of scope, it withdraws every
+  // rank's call and waits for them before those go.
   RankCalls calls_;
   std::vector<ShardReader> readers_;
+  // Last, so it goes first: while it lasts, a rank marked down cancels the
+  // call.
+  Cluster::DownWatch down_watch_;
 };
 
 template <typename Response, typename Request>

@@ -66,6 +66,17 @@ absl::StatusOr<T> AbortOnError(Transport& transport, absl::StatusOr<T> result) {
   return result;
 }
 
+// Waits for `op`, bounded by the call's timeout and by its stall bound; a
+// wait that outlasts the stall bound fails as a stalled peer.
+absl::Status WaitOp(PendingOp& op, const RingCall& call) {
+  if (call.stall_timeout >= call.timeout) return op.Wait(call.timeout);
+  const absl::Status s = op.Wait(call.stall_timeout);
+  if (!absl::IsDeadlineExceeded(s)) return s;
+  return absl::UnavailableError(absl::StrCat("no progress for ",
+                                             absl::FormatDuration(call.stall_timeout),
+                                             " (the ring stalled): ", s.message()));
+}
+
 // The K/V chunk exchange of one step: post the receive of the next chunk and
 // the send of the current one, then (after compute) wait for both.
 class KvExchange {
@@ -88,8 +99,8 @@ class KvExchange {
   absl::Status Wait(StepStats& stats) {
     if (!recv_) return absl::OkStatus();
     const Clock::time_point t0 = Clock::now();
-    absl::Status s = send_->Wait(call_.timeout);
-    if (s.ok()) s = recv_->Wait(call_.timeout);
+    absl::Status s = WaitOp(*send_, call_);
+    if (s.ok()) s = WaitOp(*recv_, call_);
     stats.wait_seconds += Since(t0);
     stats.bytes_sent += bytes_;
     stats.bytes_received += bytes_;
@@ -228,7 +239,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
     const Clock::time_point w0 = Clock::now();
-    absl::Status s = op->Wait(call.timeout);
+    absl::Status s = WaitOp(*op, call);
     op.reset();
     stats.wait_seconds += Since(w0);
     if (!s.ok()) {

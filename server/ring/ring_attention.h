@@ -45,6 +45,10 @@ struct RingCall {
   uint64_t generation = 0;                     // Ring generation; bumped on rebuild.
   uint64_t sequence = 0;                       // Distinct per call within a generation.
   absl::Duration timeout = absl::Seconds(60);  // Bound on every wait.
+  // A wait that makes no progress this long means a peer stalled (hung,
+  // stopped, or stuck in its own step): the call fails with UNAVAILABLE
+  // well before `timeout`. Infinite: only `timeout` bounds a wait.
+  absl::Duration stall_timeout = absl::InfiniteDuration();
 };
 
 struct StepStats {

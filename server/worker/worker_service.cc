@@ -1,7 +1,9 @@
 #include "server/worker/worker_service.h"
 
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -73,6 +75,43 @@ void SendMetrics(Stream& stream, int rank, const ring::RingStats& stats) {
   stream.Write(resp);
 }
 
+// While a ring call runs (or waits for its turn), aborts its transport if
+// the coordinator cancels the call: it does so only when the call failed on
+// another rank or a rank of it went down, and then the ring is rebuilt. The
+// abort wakes this rank's waits and closes its connections, so that its
+// peers stop waiting on it too. The synchronous server has no cancellation
+// callback, hence the poll.
+class AbortOnCancel {
+ public:
+  AbortOnCancel(grpc::ServerContext& context, std::shared_ptr<ring::Transport> transport)
+      : thread_([this, &context, t = std::move(transport)] {
+          std::unique_lock<std::mutex> lock(mu_);
+          while (!done_) {
+            if (context.IsCancelled()) {
+              if (t) t->Abort();
+              return;
+            }
+            cv_.wait_for(lock, std::chrono::milliseconds(20));
+          }
+        }) {}
+  ~AbortOnCancel() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  AbortOnCancel(const AbortOnCancel&) = delete;
+  AbortOnCancel& operator=(const AbortOnCancel&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;   // Guarded by mu_.
+  std::thread thread_;  // Last: starts once the rest is built.
+};
+
 }  // namespace
 
 TransportFactory GlooTransportFactory() {
@@ -97,11 +136,13 @@ WorkerServiceImpl::Session::Session(ShardSpec shard, wire::TensorAssembler& inpu
 
 WorkerServiceImpl::WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes,
                                      WorkerMetrics& metrics, wire::ChannelSecurity store_security,
-                                     TransportFactory connect)
+                                     TransportFactory connect, absl::Duration ring_stall_timeout)
     : backend_(backend),
       max_call_bytes_(max_call_bytes),
       store_security_(std::move(store_security)),
       connect_(std::move(connect)),
+      ring_stall_timeout_(ring_stall_timeout > absl::ZeroDuration() ? ring_stall_timeout
+                                                                    : absl::InfiniteDuration()),
       metrics_(metrics) {}
 
 void WorkerServiceImpl::PublishLocked() {
@@ -124,6 +165,13 @@ absl::StatusOr<uint64_t> WorkerServiceImpl::CheckGeneration(uint64_t generation)
 std::shared_ptr<ring::Transport> WorkerServiceImpl::transport() {
   std::lock_guard<std::mutex> lock(mu_);
   return transport_;
+}
+
+ring::RingCall WorkerServiceImpl::RingCallFor(const CommittedCall& call,
+                                              const kernels::LayerConfig& layer) const {
+  ring::RingCall rc = RingCallOf(call, layer);
+  rc.stall_timeout = ring_stall_timeout_;
+  return rc;
 }
 
 int WorkerServiceImpl::rank() {
@@ -172,8 +220,11 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
 }
 
 template <typename T>
-absl::StatusOr<T> WorkerServiceImpl::InTurn(uint64_t epoch, const CommittedCall& call,
+absl::StatusOr<T> WorkerServiceImpl::InTurn(grpc::ServerContext& context,
+                                            const std::shared_ptr<ring::Transport>& transport,
+                                            uint64_t epoch, const CommittedCall& call,
                                             const std::function<absl::StatusOr<T>()>& run) {
+  const AbortOnCancel abort_on_cancel(context, transport);
   RINGATTN_RETURN_IF_ERROR(sequencer_.WaitTurn(epoch, call.sequence, call.spec.timeout));
   absl::StatusOr<T> result = run();
   sequencer_.Done(epoch, call.sequence);
@@ -218,25 +269,25 @@ absl::Status WorkerServiceImpl::Join(const worker::v1::JoinRingRequest& request)
   return absl::OkStatus();
 }
 
-grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* /*context*/, Stream* stream) {
-  return wire::ToGrpc(RunForward(*stream));
+grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* context, Stream* stream) {
+  return wire::ToGrpc(RunForward(*context, *stream));
 }
 
-absl::Status WorkerServiceImpl::RunForward(Stream& stream) {
+absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
                             ReadCall(stream, assembler, ExpectForwardShard));
   const ShardSpec& spec = call.spec;
   RINGATTN_ASSIGN_OR_RETURN(const uint64_t epoch, CheckGeneration(spec.generation));
   auto session = std::make_shared<Session>(spec, assembler);
-  RINGATTN_ASSIGN_OR_RETURN(ring::RingForwardResult r,
-                            InTurn<ring::RingForwardResult>(
-                                epoch, call, [&]() -> absl::StatusOr<ring::RingForwardResult> {
-                                  std::shared_ptr<ring::Transport> t = transport();
-                                  if (!t) return absl::UnavailableError("worker is not in a ring");
-                                  return ring::RingForward(*t, backend_, session->Shard(),
-                                                           RingCallOf(call, spec.layer));
-                                }));
+  const std::shared_ptr<ring::Transport> t = transport();
+  RINGATTN_ASSIGN_OR_RETURN(
+      ring::RingForwardResult r,
+      InTurn<ring::RingForwardResult>(
+          context, t, epoch, call, [&]() -> absl::StatusOr<ring::RingForwardResult> {
+            if (!t) return absl::UnavailableError("worker is not in a ring");
+            return ring::RingForward(*t, backend_, session->Shard(), RingCallFor(call, spec.layer));
+          }));
   metrics_.RecordRingCall(server::Op::kForward, r.stats);
   prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
   Send(stream, "out", wire::DTypeName(spec.shape.dtype), QueryDims(spec.shape), r.out, sent);
@@ -256,11 +307,11 @@ absl::Status WorkerServiceImpl::RunForward(Stream& stream) {
   return absl::OkStatus();
 }
 
-grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* /*context*/, Stream* stream) {
-  return wire::ToGrpc(RunBackward(*stream));
+grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* context, Stream* stream) {
+  return wire::ToGrpc(RunBackward(*context, *stream));
 }
 
-absl::Status WorkerServiceImpl::RunBackward(Stream& stream) {
+absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
                             ReadCall(stream, assembler, ExpectBackwardShard));
@@ -273,18 +324,18 @@ absl::Status WorkerServiceImpl::RunBackward(Stream& stream) {
   }
   std::shared_ptr<ring::Transport> t = transport();
   // The turn is taken even for a call that will fail, so later calls still run.
-  RINGATTN_ASSIGN_OR_RETURN(ring::RingBackwardResult r,
-                            InTurn<ring::RingBackwardResult>(
-                                epoch, call, [&]() -> absl::StatusOr<ring::RingBackwardResult> {
-                                  if (!session || !t) {
-                                    return absl::NotFoundError(absl::StrCat(
-                                        "session '", call.spec.session, "' is not on this worker"));
-                                  }
-                                  const std::vector<std::byte> dout = assembler.Take("dout");
-                                  return ring::RingBackward(*t, backend_, session->Shard(),
-                                                            session->out, dout, session->lse,
-                                                            RingCallOf(call, session->spec.layer));
-                                }));
+  RINGATTN_ASSIGN_OR_RETURN(
+      ring::RingBackwardResult r,
+      InTurn<ring::RingBackwardResult>(
+          context, t, epoch, call, [&]() -> absl::StatusOr<ring::RingBackwardResult> {
+            if (!session || !t) {
+              return absl::NotFoundError(
+                  absl::StrCat("session '", call.spec.session, "' is not on this worker"));
+            }
+            const std::vector<std::byte> dout = assembler.Take("dout");
+            return ring::RingBackward(*t, backend_, session->Shard(), session->out, dout,
+                                      session->lse, RingCallFor(call, session->spec.layer));
+          }));
   metrics_.RecordRingCall(server::Op::kBackward, r.stats);
   const kernels::AttentionShape& fs = session->spec.shape;  // As the forward ran.
   prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);

@@ -10,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "kernels/chunk_backend.h"
 #include "proto/wire/security.h"
 #include "proto/wire/tensor_stream.h"
+#include "server/ring/ring_attention.h"
 #include "server/ring/store.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
@@ -38,6 +40,10 @@ using TransportFactory =
 // Gloo over TCP.
 TransportFactory GlooTransportFactory();
 
+// Well under the default ring timeout (60 s), well over a step's wait in a
+// healthy ring, where every rank computes about as much as its peers.
+inline constexpr absl::Duration kDefaultRingStallTimeout = absl::Seconds(15);
+
 // One rank's daemon: joins the ring when the coordinator says so, keeps its
 // shard and saved forward state per session, and runs ring forward and
 // backward calls in the coordinator's order.
@@ -46,9 +52,13 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   // `backend` computes the ring steps (CPU or CUDA) and must outlive the
   // service. `store_security`: how JoinRing reaches the coordinator's store
   // (TLS, cluster token). `connect`: the ring transport.
+  // `ring_stall_timeout`: how long a ring wait may make no progress before
+  // the call fails (a peer hung); zero or less: only the call's ring timeout
+  // bounds it.
   WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes, WorkerMetrics& metrics,
                     wire::ChannelSecurity store_security = {},
-                    TransportFactory connect = GlooTransportFactory());
+                    TransportFactory connect = GlooTransportFactory(),
+                    absl::Duration ring_stall_timeout = kDefaultRingStallTimeout);
 
   using Stream = grpc::ServerReaderWriter<worker::v1::ShardResponse, worker::v1::ShardRequest>;
 
@@ -89,8 +99,8 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   };
 
   absl::Status Join(const worker::v1::JoinRingRequest& request);
-  absl::Status RunForward(Stream& stream);
-  absl::Status RunBackward(Stream& stream);
+  absl::Status RunForward(grpc::ServerContext& context, Stream& stream);
+  absl::Status RunBackward(grpc::ServerContext& context, Stream& stream);
   // Reads a shard stream: its call (checked, then `expect` declares the
   // call's tensors), every tensor chunk, then the commit. A call whose
   // stream fails once it was committed gives up its turn.
@@ -98,9 +108,12 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
       Stream& stream, wire::TensorAssembler& assembler,
       const std::function<void(const ShardSpec&, wire::TensorAssembler&)>& expect);
   // Runs `run` in the call's turn of the ring's order, then gives the turn
-  // up, whatever happened.
+  // up, whatever happened. If the coordinator cancels the call meanwhile,
+  // `transport` (the one `run` uses) is aborted.
   template <typename T>
-  absl::StatusOr<T> InTurn(uint64_t epoch, const CommittedCall& call,
+  absl::StatusOr<T> InTurn(grpc::ServerContext& context,
+                           const std::shared_ptr<ring::Transport>& transport, uint64_t epoch,
+                           const CommittedCall& call,
                            const std::function<absl::StatusOr<T>()>& run);
   // The transport of the current ring generation, shared with calls in
   // flight so a rebuild cannot pull it from under them.
@@ -109,6 +122,8 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   // ring; if so, the ring's epoch (this worker's count of rings joined) for
   // the sequencer.
   absl::StatusOr<uint64_t> CheckGeneration(uint64_t generation);
+  // The ring's view of a committed call, with this worker's stall bound.
+  ring::RingCall RingCallFor(const CommittedCall& call, const kernels::LayerConfig& layer) const;
   int rank();
   void PublishLocked();  // Session gauges (requires mu_).
 
@@ -116,6 +131,7 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   const uint64_t max_call_bytes_;
   const wire::ChannelSecurity store_security_;
   const TransportFactory connect_;
+  const absl::Duration ring_stall_timeout_;
   WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;

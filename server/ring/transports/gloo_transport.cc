@@ -3,6 +3,7 @@
 #include <chrono>
 #include <exception>
 #include <mutex>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -10,6 +11,7 @@
 #include "gloo/rendezvous/context.h"
 #include "gloo/rendezvous/prefix_store.h"
 #include "gloo/rendezvous/store.h"
+#include "gloo/transport/pair.h"
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/unbound_buffer.h"
 
@@ -55,10 +57,31 @@ absl::Status FromException(const std::exception& e, absl::string_view what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", msg));
 }
 
+// The operations in flight on one transport, so that an abort from another
+// thread can wake their waits: dropping the context alone would not, since
+// every buffer keeps Gloo's context alive.
+struct InFlight {
+  std::mutex mu;
+  bool aborted = false;                             // Guarded by mu.
+  std::set<gloo::transport::UnboundBuffer*> sends;  // Guarded by mu.
+  std::set<gloo::transport::UnboundBuffer*> recvs;  // Guarded by mu.
+};
+
 class GlooOp : public PendingOp {
  public:
-  GlooOp(std::unique_ptr<gloo::transport::UnboundBuffer> buffer, bool is_send, int peer)
-      : buffer_(std::move(buffer)), is_send_(is_send), peer_(peer) {}
+  // Requires `in_flight->mu`: registered before an abort can miss it.
+  GlooOp(std::unique_ptr<gloo::transport::UnboundBuffer> buffer, bool is_send, int peer,
+         std::shared_ptr<InFlight> in_flight)
+      : buffer_(std::move(buffer)),
+        is_send_(is_send),
+        peer_(peer),
+        in_flight_(std::move(in_flight)) {
+    (is_send_ ? in_flight_->sends : in_flight_->recvs).insert(buffer_.get());
+  }
+  ~GlooOp() override {
+    std::lock_guard<std::mutex> lock(in_flight_->mu);
+    (is_send_ ? in_flight_->sends : in_flight_->recvs).erase(buffer_.get());
+  }
 
   absl::Status Wait(absl::Duration timeout) override {
     try {
@@ -75,6 +98,7 @@ class GlooOp : public PendingOp {
   std::unique_ptr<gloo::transport::UnboundBuffer> buffer_;
   bool is_send_;
   int peer_;
+  std::shared_ptr<InFlight> in_flight_;
 };
 
 class GlooTransport : public Transport {
@@ -95,10 +119,28 @@ class GlooTransport : public Transport {
     return Start(peer, tag, data.data(), data.size(), false);
   }
 
-  // Dropping the context closes every pair: peers blocked on this rank see
-  // the connection go and fail at once.
+  // May come from another thread while the ring waits: wakes every wait in
+  // flight here, then closes every pair so that peers blocked on this rank
+  // see the connection go and fail at once (a closed pair alone does not
+  // wake this side's waits on it).
   void Abort() override {
     std::lock_guard<std::mutex> lock(mu_);
+    {
+      std::lock_guard<std::mutex> ops(in_flight_->mu);
+      if (in_flight_->aborted) return;
+      in_flight_->aborted = true;
+      for (gloo::transport::UnboundBuffer* b : in_flight_->sends) b->abortWaitSend();
+      for (gloo::transport::UnboundBuffer* b : in_flight_->recvs) b->abortWaitRecv();
+    }
+    if (!context_) return;
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_) continue;
+      try {
+        if (std::unique_ptr<gloo::transport::Pair>& pair = context_->getPair(peer)) pair->close();
+      } catch (const std::exception&) {
+        // Already broken: nothing left to close.
+      }
+    }
     context_.reset();
   }
 
@@ -118,14 +160,17 @@ class GlooTransport : public Transport {
       } else {
         buffer->recv(peer, tag);
       }
-      return std::unique_ptr<PendingOp>(std::make_unique<GlooOp>(std::move(buffer), is_send, peer));
+      std::lock_guard<std::mutex> ops(in_flight_->mu);
+      return std::unique_ptr<PendingOp>(
+          std::make_unique<GlooOp>(std::move(buffer), is_send, peer, in_flight_));
     } catch (const std::exception& e) {
       return FromException(e, absl::StrCat(is_send ? "send to" : "receive from", " rank ", peer));
     }
   }
 
   std::mutex mu_;
-  std::shared_ptr<gloo::rendezvous::Context> context_;
+  std::shared_ptr<gloo::rendezvous::Context> context_;  // Null once aborted. Guarded by mu_.
+  const std::shared_ptr<InFlight> in_flight_ = std::make_shared<InFlight>();
   const int rank_;
   const int size_;
 };

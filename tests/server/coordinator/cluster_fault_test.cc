@@ -2,11 +2,17 @@
 // forward or a backward, a coordinator killed and restarted, a client whose
 // deadline passes while the ring runs. Each must end in a clear status
 // within a bound, and the cluster must serve correct results afterwards.
+#include <signal.h>
+
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <optional>
+#include <random>
+#include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
 #include "client/synthetic_inputs.h"
@@ -28,7 +34,10 @@ using server::testing::Scrape;
 // A ring bound far above the fail-fast bounds asserted below, so that a
 // test passing cannot be a ring wait running into its timeout.
 constexpr double kRingTimeoutSeconds = 40;
-constexpr absl::Duration kFailFast = absl::Seconds(10);
+// A lost rank fails the call within about a second: the coordinator cancels
+// the call on every rank the moment one fails or is marked down. The bound
+// leaves room for a loaded machine.
+constexpr absl::Duration kFailFast = absl::Seconds(3);
 
 std::unique_ptr<client::LocalCluster> StartCluster(int cp) {
   client::LocalClusterOptions options;
@@ -103,26 +112,36 @@ struct Timed {
   absl::Duration after_fault;
 };
 
-// Kills `victim` while a call made by `call` runs on the ring; the call's
-// status and how long after the kill it came back.
-template <typename Call>
-Timed KillMidCall(client::LocalCluster& cluster, int victim, Call call) {
+// Injects `fault` into `victim` `delay` after its shard starts to arrive,
+// while a call made by `call` runs; the call's status and how long after the
+// fault it came back.
+template <typename Call, typename Fault>
+Timed FaultMidCall(client::LocalCluster& cluster, int victim, absl::Duration delay, Call call,
+                   Fault fault) {
   const std::string metrics = cluster.worker_metrics_addresses()[victim];
   const double before =
       Scrape(metrics, "ringattn_received_bytes_total", {{"channel", "shard"}}).value_or(-1);
   std::future<absl::Status> running = std::async(std::launch::async, call);
   EXPECT_TRUE(WaitForShardBytes(metrics, before));
   // The shard is arriving: the ring starts within milliseconds, and runs
-  // for about a second.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // for about a second or more.
+  std::this_thread::sleep_for(absl::ToChronoMilliseconds(delay));
   EXPECT_EQ(running.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
       << "the call ended before the fault";
-  const absl::Time killed = absl::Now();
-  EXPECT_TRUE(cluster.KillWorker(victim).ok());
+  const absl::Time injected = absl::Now();
+  fault();
   Timed t;
   t.status = running.get();
-  t.after_fault = absl::Now() - killed;
+  t.after_fault = absl::Now() - injected;
   return t;
+}
+
+// Kills (SIGKILL) `victim` while a call made by `call` runs on the ring.
+template <typename Call>
+Timed KillMidCall(client::LocalCluster& cluster, int victim, Call call,
+                  absl::Duration delay = absl::Milliseconds(300)) {
+  return FaultMidCall(cluster, victim, delay, call,
+                      [&] { EXPECT_TRUE(cluster.KillWorker(victim).ok()); });
 }
 
 // The ring is rebuilt with a new generation once the killed worker's
@@ -351,6 +370,86 @@ TEST(ClusterFaultTest, ClientCancelOrDeadlineMidRingFreesWorkerMemoryAndKeepsThe
   auto s = c->Status();
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->ring_generation(), generation) << "a client leaving must not rebuild the ring";
+  ExpectCorrectRoundTrip(*c, SmallBatch());
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// Kills a seeded rank at seeded points of forwards and backwards (inputs
+// still streaming in, the ring starting, mid-ring): every call fails fast
+// with UNAVAILABLE naming the rank, and the ring is rebuilt each time.
+void ExpectSeededKillsFailFast(int cp, uint32_t seed) {
+  auto cluster = StartCluster(cp);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> rank(0, cp - 1);
+  std::uniform_int_distribution<int> delay_ms(0, 900);
+  for (const bool backward : {false, true, false, true}) {
+    const int victim = rank(rng);
+    const absl::Duration delay = absl::Milliseconds(delay_ms(rng));
+    std::optional<client::ForwardOutputs> f;
+    if (backward) {
+      absl::StatusOr<client::ForwardOutputs> done = c->Forward(e->in);
+      ASSERT_TRUE(done.ok()) << done.status();
+      f = *std::move(done);
+    }
+    const uint64_t generation = c->Status()->ring_generation();
+    const Timed t = KillMidCall(
+        *cluster, victim,
+        [&] {
+          if (!backward) return c->Forward(e->in).status();
+          return c->Backward(e->in, f->session.handle(), std::as_bytes(std::span(e->dout)))
+              .status();
+        },
+        delay);
+    const std::string rank_name = absl::StrCat("rank ", victim);
+    EXPECT_EQ(t.status.code(), absl::StatusCode::kUnavailable) << t.status;
+    EXPECT_NE(t.status.message().find(rank_name), std::string::npos) << t.status;
+    EXPECT_LT(t.after_fault, kFailFast) << t.status;
+    std::printf("figure: cp %d %s, rank %d killed %.2f s into its shard: failed %.2f s later: %s\n",
+                cp, backward ? "backward" : "forward", victim, absl::ToDoubleSeconds(delay),
+                absl::ToDoubleSeconds(t.after_fault), std::string(t.status.message()).c_str());
+    ASSERT_TRUE(cluster->StartWorker(victim).ok());
+    ASSERT_TRUE(cluster->WaitReady().ok());
+    ASSERT_TRUE(WaitForStatus(
+        *c, [&](const auto& st) { return st.ring_ready() && st.ring_generation() > generation; }));
+  }
+  ExpectCorrectRoundTrip(*c, SmallBatch());
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+TEST(ClusterFaultTest, KillsAtSeededPointsFailFastAtCp2) { ExpectSeededKillsFailFast(2, 20); }
+
+TEST(ClusterFaultTest, KillsAtSeededPointsFailFastAtCp4) { ExpectSeededKillsFailFast(4, 21); }
+
+// A hung worker (SIGSTOP) holds its peers in the ring and answers nothing:
+// once the health checker marks it down, the call in flight fails at once
+// naming it, and the ring is rebuilt when it wakes.
+TEST(ClusterFaultTest, StoppedWorkerFailsTheCallInFlightWithinSeconds) {
+  auto cluster = StartCluster(2);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const uint64_t generation = c->Status()->ring_generation();
+  const SyntheticBatch big = LongBatch();
+  auto e = client::EncodeBatch(big, Full());
+  const pid_t victim = cluster->worker_pids()[1];
+  const Timed t = FaultMidCall(
+      *cluster, 1, absl::Milliseconds(300), [&] { return c->Forward(e->in).status(); },
+      [&] { EXPECT_EQ(kill(victim, SIGSTOP), 0); });
+  // Woken whatever the outcome, so that it can be stopped and reaped.
+  EXPECT_EQ(kill(victim, SIGCONT), 0);
+  EXPECT_EQ(t.status.code(), absl::StatusCode::kUnavailable) << t.status;
+  EXPECT_NE(t.status.message().find("rank 1"), std::string::npos) << t.status;
+  // The health check's interval (1 s) and timeout, then the cancel.
+  EXPECT_LT(t.after_fault, absl::Seconds(5)) << t.status;
+  std::printf("figure: forward failed %.2f s after its worker was stopped: %s\n",
+              absl::ToDoubleSeconds(t.after_fault), std::string(t.status.message()).c_str());
+  ASSERT_TRUE(WaitForStatus(
+      *c, [&](const auto& st) { return st.ring_ready() && st.ring_generation() > generation; }));
   ExpectCorrectRoundTrip(*c, SmallBatch());
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());
