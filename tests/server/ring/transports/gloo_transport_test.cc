@@ -187,5 +187,53 @@ TEST(GlooTransportTest, ThreadsExchangeTaggedMessagesAndTimeOut) {
   std::filesystem::remove_all(dir);
 }
 
+// An abort from another thread (a worker whose call was cancelled) wakes
+// this rank's waits at once, and its peer's waits on it fail at once too,
+// both far inside their timeouts.
+TEST(GlooTransportTest, AbortFromAnotherThreadWakesWaitsHereAndOnThePeer) {
+  const std::string dir = MakeTempDir();
+  FileStore store(dir);
+  std::vector<std::unique_ptr<Transport>> t(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      GlooOptions o;
+      o.rank = r;
+      o.size = 2;
+      o.timeout = absl::Seconds(20);
+      auto c = ConnectGloo(store, o);
+      ASSERT_TRUE(c.ok()) << c.status();
+      t[r] = std::move(*c);
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_TRUE(t[0] && t[1]);
+  std::vector<std::byte> here(64), there(64), big(1 << 20, std::byte{1});
+  // Never matched: each waits on the other for a message never sent.
+  auto waiting_here = t[1]->Recv(0, 5, here);
+  auto waiting_there = t[0]->Recv(1, 6, there);
+  auto sending_here = t[1]->Send(0, 7, big);  // No receive posted for it.
+  ASSERT_TRUE(waiting_here.ok() && waiting_there.ok() && sending_here.ok());
+  const auto t0 = Clock::now();
+  std::thread aborter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    t[1]->Abort();
+  });
+  const absl::Status here_status = (*waiting_here)->Wait(absl::Seconds(15));
+  const absl::Status send_status = (*sending_here)->Wait(absl::Seconds(15));
+  const absl::Status there_status = (*waiting_there)->Wait(absl::Seconds(15));
+  aborter.join();
+  EXPECT_EQ(here_status.code(), absl::StatusCode::kUnavailable) << here_status;
+  EXPECT_EQ(send_status.code(), absl::StatusCode::kUnavailable) << send_status;
+  EXPECT_EQ(there_status.code(), absl::StatusCode::kUnavailable) << there_status;
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 5.0);
+  EXPECT_FALSE(t[1]->Recv(0, 8, here).ok()) << "an aborted transport takes no new operation";
+  waiting_here->reset();
+  sending_here->reset();
+  waiting_there->reset();
+  t.clear();
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ringattn::ring
