@@ -76,7 +76,9 @@ constexpr char kUsage[] =
 // security flags, and nothing linked in from libraries.
 const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
   static const auto* groups = new std::vector<ringattn::server::FlagGroup>{
-      {"Ring", {"coordinator", "rank", "register_timeout_seconds", "heartbeat_seconds"}},
+      {"Ring",
+       {"coordinator", "rank", "register_timeout_seconds", "heartbeat_seconds",
+        "ring_stall_timeout_seconds"}},
       {"Serving", {"host", "port", "advertise_host", "max_call_bytes"}},
       {"Compute", {"device", "transport", "threads"}},
       {"Metrics", {"metrics_port", "metrics_port_file"}},
