@@ -64,8 +64,13 @@ absl::StatusOr<SessionTable::Reservation> SessionTable::Reserve(const std::strin
     mine.bytes += bytes;
     bytes_held_ += bytes;
     PublishLocked();
+    // 128 bits from the OS's random source: without tokens or client
+    // certificates a handle is the only key to its session, so it must not
+    // be guessable from others (the counter only orders them in logs).
     std::random_device rd;
-    return Reservation(this, absl::StrFormat("s%d-%08x", ++next_session_, rd()), client, bytes);
+    return Reservation(
+        this, absl::StrFormat("s%d-%08x%08x%08x%08x", ++next_session_, rd(), rd(), rd(), rd()),
+        client, bytes);
   }();
   release_(expired);
   return reserved;
