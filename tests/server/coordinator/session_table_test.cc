@@ -28,6 +28,13 @@ class SessionTableTest : public ::testing::Test {
   std::vector<std::string> released_;
 };
 
+// A session's contents do not matter to the table.
+Session AnySession() {
+  ForwardSpec spec;
+  spec.wire_layer.set_window(512);
+  return Session{std::move(spec), batch::ShardLayout(8, 2), 1, false};
+}
+
 // The random part of a handle: what follows "s<counter>-".
 std::string RandomPart(const std::string& handle) { return handle.substr(handle.find('-') + 1); }
 
@@ -66,7 +73,7 @@ TEST_F(SessionTableTest, ASessionOfAProvenIdentityIsItsOwnersAlone) {
   absl::StatusOr<SessionTable::Reservation> r = table.Reserve("id:alice", 10);
   ASSERT_TRUE(r.ok()) << r.status();
   const std::string handle = r->handle();
-  table.Open(*std::move(r), Session{.spec = {}, .layout = batch::ShardLayout(8, 2)});
+  table.Open(*std::move(r), AnySession());
   EXPECT_EQ(table.Count(), 1);
   EXPECT_TRUE(table.Find(handle, "id:alice").ok());
   EXPECT_EQ(table.Find(handle, "id:mallory").status().code(), absl::StatusCode::kNotFound);
