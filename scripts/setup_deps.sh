@@ -9,7 +9,8 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest python3-cryptography
   prometheus-cpp-dev prometheus
-  yamllint python3-yaml python3-pip
+  yamllint python3-yaml python3-pip python3-venv python3-wheel
+  python3-torch  # the PyTorch tests: Debian's CPU-only 1.13, no scaled_dot_product_attention
 )
 
 # Deployment tests (tests/deploy) need tools Debian lacks: Helm's engine

@@ -1,7 +1,8 @@
-"""Forward and backward of one causal layer through a running cluster.
+"""Forward and backward of one causal layer through a running cluster (numpy).
 
-    build/release/bin/ringattn serve &          # prints the coordinator address
-    PYTHONPATH=client/python python3 client/python/examples/forward_backward.py 127.0.0.1:PORT
+    pip install ./client/python
+    scripts/run_main.sh serve                       # prints the coordinator address
+    python3 client/python/examples/forward_backward.py 127.0.0.1:PORT
 """
 
 import sys
@@ -20,11 +21,12 @@ def main() -> None:
     v = rng.uniform(-1, 1, (B, Hkv, S, D)).astype(np.float32)
     with Client(address) as client:
         print(client.status())
-        fwd = client.forward(q, k, v, layer=Layer(sliding=True, window=128))
-        print("out", fwd.out.shape, "lse", fwd.lse.shape, f"{fwd.metrics.seconds * 1e3:.1f} ms")
-        bwd = client.backward(fwd.handle, np.ones_like(q))
-        print("dq", bwd.dq.shape, "dk", bwd.dk.shape, f"{bwd.metrics.seconds * 1e3:.1f} ms")
-        client.release(fwd.handle)
+        with client.forward(q, k, v, layer=Layer(sliding=True, window=128)) as fwd:
+            print("out", fwd.out.shape, "lse", fwd.lse.shape,
+                  f"{fwd.metrics.seconds * 1e3:.1f} ms")
+            bwd = fwd.backward(np.ones_like(q))
+            print("dq", bwd.dq.shape, "dk", bwd.dk.shape, f"{bwd.metrics.seconds * 1e3:.1f} ms")
+        # Leaving the block released the session.
 
 
 if __name__ == "__main__":

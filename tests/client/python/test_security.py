@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ringattn import Client, Layer
+from ringattn import Client, Layer, RingattnError
 from test_client import reference, rel_err
 
 BIN_DIR = os.environ.get("RINGATTN_BIN_DIR", "build/release/bin")
@@ -118,7 +118,7 @@ def test_certificate_and_token_get_results(secured):
 def test_missing_or_wrong_token_is_unauthenticated(secured):
     for token in (None, "wrong-token-0123456789abcdef", CLUSTER_TOKEN):
         with _client(secured, token=token) as client:
-            with pytest.raises(grpc.RpcError) as err:
+            with pytest.raises(RingattnError) as err:
                 client.status()
             want = (grpc.StatusCode.PERMISSION_DENIED if token == CLUSTER_TOKEN
                     else grpc.StatusCode.UNAUTHENTICATED)
@@ -128,7 +128,7 @@ def test_missing_or_wrong_token_is_unauthenticated(secured):
 def test_no_client_certificate_no_connection(secured):
     _, d = secured
     with Client(secured[0], tls_ca_file=str(d / "ca.pem"), token=TOKEN) as client:
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(RingattnError) as err:
             client.status()
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 

@@ -1,0 +1,397 @@
+"""A client of ringattn.attention.v1.AttentionService: numpy arrays in and out.
+
+Every failed call raises RingattnError (the gRPC code and the server's
+message); shapes and dtypes are checked before anything is sent. Each call
+takes a timeout (seconds, for the whole call including retries; the client's
+default otherwise).
+
+Retries: a call that fails with UNAVAILABLE is tried again (up to `retries`
+times, with backoff) only where repeating it cannot do work twice:
+ClusterStatus always; Release always (NOT_FOUND on a retry means the first
+try got through); Forward and Backward only while the request stream had not
+yet let go of its last tensor chunk. The coordinator acts on a stream only
+once it holds every declared tensor, so a stream cut before its last chunk
+left no session and ran nothing; after the last chunk a session may exist,
+and the error is raised instead (a session nobody holds expires on the
+coordinator).
+
+TLS and tokens mirror the C++ client's flags: tls_ca_file verifies the
+coordinator, tls_cert_file / tls_key_file are the client certificate for
+coordinators that require one, and a token (or the first token of
+auth_token_file) travels as `authorization: Bearer <token>`, only over TLS.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import queue
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar, Union
+
+import grpc
+import numpy as np
+
+from ringattn._proto.attention.v1 import attention_service_pb2 as pb
+from ringattn._proto.attention.v1 import attention_service_pb2_grpc as pb_grpc
+from ringattn.errors import RingattnError, invalid
+from ringattn.layer import Layer
+from ringattn.results import BackwardResult, ForwardResult
+from ringattn.wire import FLOAT_WIRE, NUMPY_DTYPES, Assembler, chunks, flag_last
+
+T = TypeVar("T")
+Session = Union[ForwardResult, str]
+_MAX_REMEMBERED = 4096  # Handles whose dtype and shape backward() can look up.
+
+
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def first_token(path: str) -> str:
+    """The first token of a token file ('token' or 'name:token' lines, '#' comments)."""
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split(":", 1)[-1].strip()
+    raise ValueError(f"token file {path!r} holds no token")
+
+
+def _float_wire(name: str, array: np.ndarray, dtype: Optional[str]) -> str:
+    if dtype is not None:
+        if dtype not in ("FP32", "FP16", "BF16"):
+            raise invalid(f"dtype {dtype!r}: FP32, FP16 or BF16")
+        if dtype == "BF16" and array.dtype != np.uint16:
+            raise invalid(f"{name}: BF16 travels as uint16 arrays of bfloat16 bits, "
+                          f"got {array.dtype}")
+        return dtype
+    if array.dtype == np.uint16:
+        raise invalid(f"{name} is uint16: if these are bfloat16 bits, pass dtype='BF16'")
+    wire = FLOAT_WIRE.get(array.dtype)
+    if wire is None:
+        raise invalid(f"{name}.dtype {array.dtype}: float32, float16, or uint16 bfloat16 "
+                      "bits with dtype='BF16'")
+    return wire
+
+
+def _as_wire(name: str, array: Any, wire: str) -> np.ndarray:
+    array = np.asarray(array)
+    if wire == "BF16":
+        if array.dtype != np.uint16:
+            raise invalid(f"{name}: BF16 travels as uint16 bfloat16 bits, got {array.dtype}")
+        return array
+    if wire in ("FP32", "FP16") and not np.issubdtype(array.dtype, np.floating):
+        raise invalid(f"{name}.dtype {array.dtype}: a float array for {wire}")
+    return array.astype(NUMPY_DTYPES[wire], copy=False)
+
+
+def _metadata(name: str, array: Any, wire: str, batch: int, seq: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != (batch, seq):
+        raise invalid(f"{name} must be [B, S] = [{batch}, {seq}], got {list(array.shape)}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise invalid(f"{name}.dtype {array.dtype}: integers or bools")
+    return array.astype(NUMPY_DTYPES[wire], copy=False)
+
+
+def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Tuple[int, int, int, int, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            want = "[B, H, S, D]" if name == "q" else "[B, Hkv, S, D]"
+            raise invalid(f"{name} must be 4-D {want}, got shape {list(t.shape)}")
+        if min(t.shape) <= 0:
+            raise invalid(f"{name} has an empty dimension: {list(t.shape)}")
+    B, H, S, D = q.shape
+    if k.shape != v.shape:
+        raise invalid(f"k {list(k.shape)} and v {list(v.shape)} differ")
+    if (k.shape[0], k.shape[2], k.shape[3]) != (B, S, D):
+        raise invalid(f"k/v {list(k.shape)} must be [B, Hkv, S, D] with q's B, S, D "
+                      f"{[B, S, D]}")
+    if H % k.shape[1]:
+        raise invalid(f"q heads {H} must be a multiple of kv heads {k.shape[1]}")
+    return B, H, k.shape[1], S, D
+
+
+Releasable = Union[str, "concurrent.futures.Future[ForwardResult]"]
+
+
+def _release_loop(handles: "queue.SimpleQueue[Optional[Releasable]]",
+                  stub: pb_grpc.AttentionServiceStub, timeout: float) -> None:
+    """Releases handles queued by finalizers, off the thread that dropped them;
+    a queued future (an async forward nobody waited for) is released once done."""
+    while True:
+        handle = handles.get()
+        if handle is None:
+            return
+        if isinstance(handle, concurrent.futures.Future):
+            try:
+                handle = handle.result().handle
+            except Exception:  # noqa: BLE001 (a failed forward left no session)
+                continue
+        try:
+            stub.Release(pb.ReleaseRequest(handle=handle), timeout=timeout)
+        except grpc.RpcError:
+            pass  # Gone already, or the coordinator is: it expires the session itself.
+        except ValueError:
+            return  # The channel was closed.
+
+
+class Client:
+    """Forward, backward, release and status against one coordinator.
+
+    address: "host:port". timeout: default seconds per call. retries: extra
+    tries on UNAVAILABLE for calls safe to repeat (see the module doc).
+    max_workers: threads behind forward_async / backward_async.
+    """
+
+    def __init__(self, address: str, timeout: float = 600.0, *, retries: int = 3,
+                 max_workers: int = 4, tls: bool = False, tls_ca_file: Optional[str] = None,
+                 tls_cert_file: Optional[str] = None, tls_key_file: Optional[str] = None,
+                 tls_server_name: Optional[str] = None, token: Optional[str] = None,
+                 auth_token_file: Optional[str] = None) -> None:
+        options = [("grpc.max_receive_message_length", 8 << 20),
+                   ("grpc.max_send_message_length", 8 << 20)]
+        if token is None and auth_token_file:
+            token = first_token(auth_token_file)
+        if bool(tls_cert_file) != bool(tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if tls or tls_ca_file or tls_cert_file:
+            creds = grpc.ssl_channel_credentials(root_certificates=_read(tls_ca_file),
+                                                 private_key=_read(tls_key_file),
+                                                 certificate_chain=_read(tls_cert_file))
+            if token:
+                creds = grpc.composite_channel_credentials(
+                    creds, grpc.access_token_call_credentials(token))
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        elif token:
+            raise ValueError("a token needs TLS (tls_ca_file, or tls=True): a bearer token sent "
+                             "in clear text is anyone's")
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.AttentionServiceStub(self._channel)
+        self._timeout = timeout
+        self._retries = max(0, retries)
+        self._max_workers = max_workers
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+        self._known: "collections.OrderedDict[str, ForwardResult]" = collections.OrderedDict()
+        self._closed = False
+        # SimpleQueue.put is reentrant: finalizers and __del__ may call it at any time.
+        self._to_release: "queue.SimpleQueue[Optional[Releasable]]" = queue.SimpleQueue()
+        self._releaser = threading.Thread(target=_release_loop, name="ringattn-release",
+                                          args=(self._to_release, self._stub, 30.0), daemon=True)
+        self._releaser.start()
+        weakref.finalize(self, self._to_release.put, None)
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Finishes queued releases and async calls, then closes the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        self._to_release.put(None)
+        self._releaser.join(timeout=30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- calls --------------------------------------------------------------
+
+    def forward(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                layer: Optional[Layer] = None, dtype: Optional[str] = None,
+                doc_ids: Optional[np.ndarray] = None, vision_groups: Optional[np.ndarray] = None,
+                padding_mask: Optional[np.ndarray] = None, *,
+                timeout: Optional[float] = None) -> ForwardResult:
+        """Opens a session. q: [B, H, S, D]; k, v: [B, Hkv, S, D], all in one dtype
+        (float32, float16, or uint16 bfloat16 bits with dtype='BF16'). doc_ids
+        [B, S] (1-based documents, 0 = padding), vision_groups [B, S] (-1 =
+        none), padding_mask [B, S] (1 = padding)."""
+        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        B, H, Hkv, S, D = _check_qkv(q, k, v)
+        wire = _float_wire("q", q, dtype)
+        tensors = [("q", _as_wire("q", q, wire), wire), ("k", _as_wire("k", k, wire), wire),
+                   ("v", _as_wire("v", v, wire), wire)]
+        if wire != "BF16" and dtype is None and not (q.dtype == k.dtype == v.dtype):
+            raise invalid(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+        for name, array, meta_wire in (("doc_ids", doc_ids, "INT32"),
+                                       ("vision_groups", vision_groups, "INT32"),
+                                       ("padding_mask", padding_mask, "BOOL")):
+            if array is not None:
+                tensors.append((name, _metadata(name, array, meta_wire, B, S), meta_wire))
+        header = pb.ForwardHeader(layer=(layer or Layer()).to_proto(), dtype=wire, batch=B,
+                                  heads=H, kv_heads=Hkv, seq_len=S, head_dim=D)
+        sent_all = [False]
+
+        def requests() -> Iterator[pb.ForwardRequest]:
+            yield pb.ForwardRequest(header=header)
+            for name, array, tensor_wire in tensors:
+                for chunk in chunks(name, tensor_wire, array):
+                    yield pb.ForwardRequest(chunk=chunk)
+
+        def attempt(remaining: float) -> ForwardResult:
+            sent_all[0] = False
+            assembler, session, metrics = Assembler(), None, pb.CallMetrics()
+            stream = flag_last(requests(), lambda: sent_all.__setitem__(0, True))
+            for resp in self._stub.Forward(stream, timeout=remaining):
+                which = resp.WhichOneof("part")
+                if which == "session":
+                    session = resp.session
+                elif which == "chunk":
+                    assembler.add(resp.chunk)
+                elif which == "metrics":
+                    metrics = resp.metrics
+            if session is None:
+                raise RingattnError(grpc.StatusCode.INTERNAL, "the answer lacks a session")
+            return ForwardResult(session.handle, assembler.take("out"), assembler.take("lse"),
+                                 session.padded_len, metrics, dtype=wire, q_shape=(B, H, S, D),
+                                 kv_heads=Hkv, client=self)
+
+        result = self._call(attempt, lambda: not sent_all[0], timeout)
+        self._remember(result)
+        return result
+
+    def backward(self, session: Session, dout: np.ndarray, dtype: Optional[str] = None, *,
+                 timeout: Optional[float] = None) -> BackwardResult:
+        """dout: [B, H, S, D] in the forward's dtype. session: the ForwardResult,
+        or its handle (then the dtype is the one this client's forward() saw)."""
+        known = session if isinstance(session, ForwardResult) else self._known.get(session)
+        handle = session.handle if isinstance(session, ForwardResult) else session
+        dout = np.asarray(dout)
+        if known is not None:
+            if dtype is not None and dtype != known.dtype:
+                raise invalid(f"dtype {dtype!r}, but the session is {known.dtype}")
+            wire = known.dtype
+            if dout.shape != known.q_shape:
+                raise invalid(f"dout must be [B, H, S, D] = {list(known.q_shape)}, "
+                              f"got {list(dout.shape)}")
+        else:
+            wire = _float_wire("dout", dout, dtype)
+            if dout.ndim != 4:
+                raise invalid(f"dout must be 4-D [B, H, S, D], got shape {list(dout.shape)}")
+        dout = _as_wire("dout", dout, wire)
+        sent_all = [False]
+
+        def requests() -> Iterator[pb.BackwardRequest]:
+            yield pb.BackwardRequest(header=pb.BackwardHeader(
+                handle=handle, kv_heads=known.kv_heads if known is not None else 0))
+            for chunk in chunks("dout", wire, dout):
+                yield pb.BackwardRequest(chunk=chunk)
+
+        def attempt(remaining: float) -> BackwardResult:
+            sent_all[0] = False
+            assembler, metrics = Assembler(), pb.CallMetrics()
+            stream = flag_last(requests(), lambda: sent_all.__setitem__(0, True))
+            for resp in self._stub.Backward(stream, timeout=remaining):
+                if resp.WhichOneof("part") == "chunk":
+                    assembler.add(resp.chunk)
+                else:
+                    metrics = resp.metrics
+            return BackwardResult(assembler.take("dq"), assembler.take("dk"),
+                                  assembler.take("dv"), metrics)
+
+        return self._call(attempt, lambda: not sent_all[0], timeout)
+
+    def release(self, session: Session, *, timeout: Optional[float] = None) -> None:
+        """Frees the session's state. NOT_FOUND when it is unknown or already gone."""
+        handle = session.handle if isinstance(session, ForwardResult) else session
+        retried = [False]
+
+        def attempt(remaining: float) -> None:
+            try:
+                self._stub.Release(pb.ReleaseRequest(handle=handle), timeout=remaining)
+            except grpc.RpcError as err:
+                # A retry that finds nothing means the first try released it.
+                if not (retried[0] and err.code() == grpc.StatusCode.NOT_FOUND):
+                    raise
+            finally:
+                retried[0] = True
+
+        with self._lock:
+            self._known.pop(handle, None)
+        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
+
+    def release_later(self, handle: Releasable) -> None:
+        """Queues a release (of a handle, or of a forward_async future's session
+        once it is done) for a background thread. Safe from finalizers and
+        __del__: it only appends to a reentrant queue. Errors are dropped."""
+        self._to_release.put(handle)
+
+    def status(self, *, timeout: Optional[float] = None) -> pb.ClusterStatusResponse:
+        return self._call(
+            lambda remaining: self._stub.ClusterStatus(pb.ClusterStatusRequest(),
+                                                       timeout=remaining),
+            lambda: True, 10.0 if timeout is None else timeout)
+
+    # -- non-blocking forms -------------------------------------------------
+
+    def forward_async(self, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[ForwardResult]":
+        """forward() on a worker thread; the arrays are read there, so keep them
+        unchanged until the future is done."""
+        return self._executor().submit(self.forward, *args, **kwargs)
+
+    def backward_async(self, *args: Any,
+                       **kwargs: Any) -> "concurrent.futures.Future[BackwardResult]":
+        return self._executor().submit(self.backward, *args, **kwargs)
+
+    # -- internals ----------------------------------------------------------
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="ringattn-call")
+            return self._pool
+
+    def _remember(self, result: ForwardResult) -> None:
+        # Only what backward() needs, not the outputs.
+        light = ForwardResult(result.handle, np.empty(0), np.empty(0), result.padded_len,
+                              pb.CallMetrics(), dtype=result.dtype, q_shape=result.q_shape,
+                              kv_heads=result.kv_heads)
+        with self._lock:
+            self._known[result.handle] = light
+            while len(self._known) > _MAX_REMEMBERED:
+                self._known.popitem(last=False)
+
+    def _call(self, attempt: Callable[[float], T], may_retry: Callable[[], bool],
+              timeout: Optional[float]) -> T:
+        """attempt(seconds left) until it succeeds, fails for good, or time runs out."""
+        total = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        backoff = 0.05
+        for tries_left in range(self._retries, -1, -1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RingattnError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no answer within {total} s")
+            try:
+                return attempt(remaining)
+            except RingattnError:
+                raise
+            except grpc.RpcError as err:
+                error = RingattnError.from_rpc(err)
+                if (error.code() != grpc.StatusCode.UNAVAILABLE or tries_left == 0
+                        or not may_retry()):
+                    raise error from None
+            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 1.0)
+        raise AssertionError("unreachable")
+
+
+__all__: Sequence[str] = ["Client", "first_token"]
