@@ -9,7 +9,8 @@ venv="$1"
 src="$2/client/python"
 tools="$(sed -n 's/^GRPCIO_TOOLS_VERSION = "\(.*\)"$/\1/p' "$src/gen_protos.py")"
 rm -rf "$venv"
-/usr/bin/python3 -m venv --system-site-packages "$venv"
+# No pip of its own: the system pip, seen through the system packages, installs into it.
+/usr/bin/python3 -m venv --system-site-packages --without-pip "$venv"
 # A copy, so the build leaves nothing behind in the source tree.
 stage="$venv/stage"
 mkdir -p "$stage"
