@@ -15,7 +15,6 @@ value by up to 2^-9 and 2^-12 of itself; they are held to 1e-2 and 2e-3.
 import gc
 import math
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

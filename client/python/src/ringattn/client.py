@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import numpy as np
@@ -155,8 +155,9 @@ class Client:
                  tls_cert_file: Optional[str] = None, tls_key_file: Optional[str] = None,
                  tls_server_name: Optional[str] = None, token: Optional[str] = None,
                  auth_token_file: Optional[str] = None) -> None:
-        options = [("grpc.max_receive_message_length", 8 << 20),
-                   ("grpc.max_send_message_length", 8 << 20)]
+        options: List[Tuple[str, Union[int, str]]] = [
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20)]
         if token is None and auth_token_file:
             token = first_token(auth_token_file)
         if bool(tls_cert_file) != bool(tls_key_file):

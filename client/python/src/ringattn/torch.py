@@ -187,7 +187,7 @@ class PendingAttention:
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str,
                  call: _Call) -> None:
-        self._tensors = (q, k, v)
+        self._tensors: Tuple[torch.Tensor, ...] = (q, k, v)
         self._layout = layout
         self._call = call
         assert call.future is not None

@@ -8,7 +8,7 @@ bfloat16 bits (numpy has no bfloat16).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, TypeVar
 
 import grpc
 import numpy as np
@@ -17,11 +17,11 @@ from ringattn._proto.attention.v1 import tensor_pb2
 from ringattn.errors import RingattnError
 
 CHUNK_BYTES = 2 << 20
-NUMPY_DTYPES = {"FP32": np.dtype(np.float32), "FP16": np.dtype(np.float16),
+NUMPY_DTYPES: Dict[str, np.dtype] = {"FP32": np.dtype(np.float32), "FP16": np.dtype(np.float16),
                 "BF16": np.dtype(np.uint16), "INT32": np.dtype(np.int32),
                 "INT64": np.dtype(np.int64), "BOOL": np.dtype(np.uint8)}
 # The wire dtype an array implies by itself; BF16 (uint16 bits) must be named.
-FLOAT_WIRE = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16"}
+FLOAT_WIRE: Dict[np.dtype, str] = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16"}
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 def chunks(name: str, wire: str, array: np.ndarray) -> Iterator[tensor_pb2.TensorChunk]:
     """array in NUMPY_DTYPES[wire], any shape; one chunk even when empty."""
     array = np.ascontiguousarray(array)
-    data = memoryview(array).cast("B") if array.size else memoryview(b"")
+    data = array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
     for offset in range(0, max(len(data), 1), CHUNK_BYTES):
         yield tensor_pb2.TensorChunk(name=name, dtype=wire, shape=list(array.shape),
                                      offset=offset, data=bytes(data[offset:offset + CHUNK_BYTES]))
