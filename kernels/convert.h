@@ -5,25 +5,38 @@
 #include <cstring>
 
 #include "kernels/dtype.h"
+#include "kernels/host_device.h"
 
 namespace ringattn::kernels {
 
-inline uint32_t FloatBits(float f) {
+// The scalar conversions are shared with the CUDA kernels that write the
+// ring's output on the device, so both backends round every value the same
+// way, NaN payloads included.
+
+RINGATTN_HOST_DEVICE uint32_t FloatBits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   return u;
+#endif
 }
 
-inline float BitsFloat(uint32_t u) {
+RINGATTN_HOST_DEVICE float BitsFloat(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
+#endif
 }
 
-inline float Bf16ToF32(uint16_t h) { return BitsFloat(uint32_t{h} << 16); }
+RINGATTN_HOST_DEVICE float Bf16ToF32(uint16_t h) { return BitsFloat(uint32_t{h} << 16); }
 
 // Round to nearest even; NaN stays a (quiet) NaN.
-inline uint16_t F32ToBf16(float f) {
+RINGATTN_HOST_DEVICE uint16_t F32ToBf16(float f) {
   uint32_t u = FloatBits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   u += 0x7fffu + ((u >> 16) & 1u);
@@ -32,7 +45,7 @@ inline uint16_t F32ToBf16(float f) {
 
 // IEEE binary16 -> binary32, exact, subnormals included. Branch-free so
 // loops over it vectorize.
-inline float F16ToF32(uint16_t h) {
+RINGATTN_HOST_DEVICE float F16ToF32(uint16_t h) {
   const uint32_t w = uint32_t{h} << 16;
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
@@ -47,10 +60,15 @@ inline float F16ToF32(uint16_t h) {
 }
 
 // IEEE binary32 -> binary16, round to nearest even, overflow to inf.
-inline uint16_t F32ToF16(float f) {
+RINGATTN_HOST_DEVICE uint16_t F32ToF16(float f) {
   // Scaling up then down makes the FPU round the mantissa at the half's
   // precision, including into the subnormal range.
-  float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+#if defined(__CUDA_ARCH__)
+  const float magnitude = fabsf(f);
+#else
+  const float magnitude = __builtin_fabsf(f);
+#endif
+  float base = (magnitude * 0x1.0p+112f) * 0x1.0p-110f;
   const uint32_t w = FloatBits(f);
   const uint32_t shl1_w = w + w;
   const uint32_t sign = w & 0x80000000u;

@@ -2,13 +2,17 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/chunk_params.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/device_footprint.h"
 #include "kernels/cuda/device_launch.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/status_macros.h"
@@ -24,20 +28,28 @@ struct MetaBuffers {
   DeviceBuffer padding;  // [B, L] uint8
 };
 
-absl::Status Upload(DeviceBuffer& dst, const void* src, size_t bytes, cudaStream_t stream) {
+// Bytes copied each way, read by metrics threads while a call runs.
+struct Traffic {
+  std::atomic<int64_t> host_to_device{0};
+  std::atomic<int64_t> device_to_host{0};
+};
+
+absl::Status Upload(DeviceBuffer& dst, const void* src, size_t bytes, cudaStream_t stream,
+                    Traffic& traffic) {
   RINGATTN_RETURN_IF_ERROR(dst.Reserve(bytes));
   RINGATTN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst.data(), src, bytes, cudaMemcpyHostToDevice, stream));
+  traffic.host_to_device += static_cast<int64_t>(bytes);
   return absl::OkStatus();
 }
 
 // tokens: B * L of the slice.
 absl::StatusOr<DeviceMeta> UploadMeta(MetaBuffers& dst, const MetaPtrs& src, int64_t tokens,
-                                      cudaStream_t stream) {
+                                      cudaStream_t stream, Traffic& traffic) {
   const size_t n = static_cast<size_t>(tokens);
-  RINGATTN_RETURN_IF_ERROR(Upload(dst.doc, src.doc, n * sizeof(int32_t), stream));
-  RINGATTN_RETURN_IF_ERROR(Upload(dst.vision, src.vision, n * sizeof(int32_t), stream));
-  RINGATTN_RETURN_IF_ERROR(Upload(dst.padding, src.padding, n * sizeof(uint8_t), stream));
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.doc, src.doc, n * sizeof(int32_t), stream, traffic));
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.vision, src.vision, n * sizeof(int32_t), stream, traffic));
+  RINGATTN_RETURN_IF_ERROR(Upload(dst.padding, src.padding, n * sizeof(uint8_t), stream, traffic));
   return DeviceMeta{dst.doc.as<const int32_t>(), dst.vision.as<const int32_t>(),
                     dst.padding.as<const uint8_t>(), src.start};
 }
@@ -53,14 +65,14 @@ struct InputBuffers {
 // problem's shape, mask and scale.
 template <typename ChunkArgs, typename DeviceParams>
 absl::Status UploadInputs(InputBuffers& in, const ChunkArgs& args, const ChunkProblem& p,
-                          cudaStream_t stream, DeviceParams& d) {
-  RINGATTN_RETURN_IF_ERROR(Upload(in.q, args.q.data, args.q.size_bytes, stream));
-  RINGATTN_RETURN_IF_ERROR(Upload(in.k, args.k.data, args.k.size_bytes, stream));
-  RINGATTN_RETURN_IF_ERROR(Upload(in.v, args.v.data, args.v.size_bytes, stream));
-  RINGATTN_ASSIGN_OR_RETURN(d.q_meta,
-                            UploadMeta(in.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream));
+                          cudaStream_t stream, Traffic& traffic, DeviceParams& d) {
+  RINGATTN_RETURN_IF_ERROR(Upload(in.q, args.q.data, args.q.size_bytes, stream, traffic));
+  RINGATTN_RETURN_IF_ERROR(Upload(in.k, args.k.data, args.k.size_bytes, stream, traffic));
+  RINGATTN_RETURN_IF_ERROR(Upload(in.v, args.v.data, args.v.size_bytes, stream, traffic));
   RINGATTN_ASSIGN_OR_RETURN(
-      d.kv_meta, UploadMeta(in.kv_meta, p.kv_meta, p.shape.batch * p.shape.kv_len, stream));
+      d.q_meta, UploadMeta(in.q_meta, p.q_meta, p.shape.batch * p.shape.q_len, stream, traffic));
+  RINGATTN_ASSIGN_OR_RETURN(d.kv_meta, UploadMeta(in.kv_meta, p.kv_meta,
+                                                  p.shape.batch * p.shape.kv_len, stream, traffic));
   d.shape = p.shape;
   d.q = in.q.data();
   d.k = in.k.data();
@@ -70,9 +82,11 @@ absl::Status UploadInputs(InputBuffers& in, const ChunkArgs& args, const ChunkPr
   return absl::OkStatus();
 }
 
-absl::Status Download(void* dst, const DeviceBuffer& src, size_t bytes, cudaStream_t stream) {
+absl::Status Download(void* dst, const DeviceBuffer& src, size_t bytes, cudaStream_t stream,
+                      Traffic& traffic) {
   RINGATTN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst, src.data(), bytes, cudaMemcpyDeviceToHost, stream));
+  traffic.device_to_host += static_cast<int64_t>(bytes);
   return absl::OkStatus();
 }
 
@@ -126,6 +140,42 @@ struct CudaBackend::Impl {
   DeviceBuffer lse;         // [B, H, Lq] fp32
   DeviceBuffer dq, dk, dv;  // fp32 gradients
   DeviceBuffer workspace;   // LaunchPlan workspace
+  Traffic traffic;
+  // Sum of the buffers' capacities, after the last call that grew one.
+  std::atomic<int64_t> held{0};
+  std::atomic<int64_t> free_bytes{0}, total_bytes{0};  // At the last Reserve
+
+  // Every buffer, with what steps of a footprint need of it.
+  std::vector<std::pair<DeviceBuffer*, int64_t>> Wants(const StepFootprint& f,
+                                                       const AttentionShape& s) {
+    const int64_t q_tokens = s.batch * s.q_len, kv_tokens = s.batch * s.kv_len;
+    const int64_t ints = sizeof(int32_t);
+    return {{&in.q, f.q},
+            {&in.k, f.k},
+            {&in.v, f.v},
+            {&in.q_meta.doc, q_tokens * ints},
+            {&in.q_meta.vision, q_tokens * ints},
+            {&in.q_meta.padding, q_tokens},
+            {&in.kv_meta.doc, kv_tokens * ints},
+            {&in.kv_meta.vision, kv_tokens * ints},
+            {&in.kv_meta.padding, kv_tokens},
+            {&out, f.out},
+            {&dout, f.dout},
+            {&lse, f.lse},
+            {&dq, f.dq},
+            {&dk, f.dk},
+            {&dv, f.dv},
+            {&workspace, f.workspace}};
+  }
+
+  void UpdateHeld() {
+    int64_t sum = 0;
+    // Only the buffers of the list matter here, not what a shape wants.
+    for (const auto& [buffer, unused] : Wants(StepFootprint{}, AttentionShape{})) {
+      sum += static_cast<int64_t>(buffer->capacity());
+    }
+    held = sum;
+  }
 };
 
 int CudaDeviceCount() {
@@ -191,9 +241,9 @@ absl::Status CudaBackend::Forward(const ForwardChunkArgs& args) {
   const cudaStream_t stream = m.stream.get();
   const size_t out_bytes = args.out.size() * sizeof(float);
   const size_t lse_bytes = args.lse.size() * sizeof(float);
-  return RunSynchronously(stream, [&]() -> absl::Status {
+  absl::Status status = RunSynchronously(stream, [&]() -> absl::Status {
     ForwardDeviceParams d;
-    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, fp.problem, stream, d));
+    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, fp.problem, stream, m.traffic, d));
     RINGATTN_RETURN_IF_ERROR(m.out.Reserve(out_bytes));
     RINGATTN_RETURN_IF_ERROR(m.lse.Reserve(lse_bytes));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.forward_workspace_bytes));
@@ -202,9 +252,11 @@ absl::Status CudaBackend::Forward(const ForwardChunkArgs& args) {
     d.workspace = m.workspace.data();
     d.workspace_bytes = static_cast<int64_t>(m.workspace.capacity());
     RINGATTN_RETURN_IF_ERROR(LaunchForward(d, plan, stream));
-    RINGATTN_RETURN_IF_ERROR(Download(args.out.data(), m.out, out_bytes, stream));
-    return Download(args.lse.data(), m.lse, lse_bytes, stream);
+    RINGATTN_RETURN_IF_ERROR(Download(args.out.data(), m.out, out_bytes, stream, m.traffic));
+    return Download(args.lse.data(), m.lse, lse_bytes, stream, m.traffic);
   });
+  m.UpdateHeld();
+  return status;
 }
 
 absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
@@ -216,17 +268,18 @@ absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
   const size_t dq_bytes = args.dq.size() * sizeof(float);
   const size_t dk_bytes = args.dk.size() * sizeof(float);
   const size_t dv_bytes = args.dv.size() * sizeof(float);
-  return RunSynchronously(stream, [&]() -> absl::Status {
+  absl::Status status = RunSynchronously(stream, [&]() -> absl::Status {
     BackwardDeviceParams d;
-    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, bp.problem, stream, d));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.out, args.out.data, args.out.size_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.dout, args.dout.data, args.dout.size_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(UploadInputs(m.in, args, bp.problem, stream, m.traffic, d));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.out, args.out.data, args.out.size_bytes, stream, m.traffic));
     RINGATTN_RETURN_IF_ERROR(
-        Upload(m.lse, args.lse.data(), args.lse.size() * sizeof(float), stream));
+        Upload(m.dout, args.dout.data, args.dout.size_bytes, stream, m.traffic));
+    RINGATTN_RETURN_IF_ERROR(
+        Upload(m.lse, args.lse.data(), args.lse.size() * sizeof(float), stream, m.traffic));
     // The kernels add to what the caller already holds, as the CPU ones do.
-    RINGATTN_RETURN_IF_ERROR(Upload(m.dq, args.dq.data(), dq_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.dk, args.dk.data(), dk_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Upload(m.dv, args.dv.data(), dv_bytes, stream));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dq, args.dq.data(), dq_bytes, stream, m.traffic));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dk, args.dk.data(), dk_bytes, stream, m.traffic));
+    RINGATTN_RETURN_IF_ERROR(Upload(m.dv, args.dv.data(), dv_bytes, stream, m.traffic));
     RINGATTN_RETURN_IF_ERROR(m.workspace.Reserve(plan.backward_workspace_bytes));
     d.out = m.out.data();
     d.dout = m.dout.data();
@@ -237,10 +290,48 @@ absl::Status CudaBackend::Backward(const BackwardChunkArgs& args) {
     d.workspace = m.workspace.data();
     d.workspace_bytes = static_cast<int64_t>(m.workspace.capacity());
     RINGATTN_RETURN_IF_ERROR(LaunchBackward(d, plan, stream));
-    RINGATTN_RETURN_IF_ERROR(Download(args.dq.data(), m.dq, dq_bytes, stream));
-    RINGATTN_RETURN_IF_ERROR(Download(args.dk.data(), m.dk, dk_bytes, stream));
-    return Download(args.dv.data(), m.dv, dv_bytes, stream);
+    RINGATTN_RETURN_IF_ERROR(Download(args.dq.data(), m.dq, dq_bytes, stream, m.traffic));
+    RINGATTN_RETURN_IF_ERROR(Download(args.dk.data(), m.dk, dk_bytes, stream, m.traffic));
+    return Download(args.dv.data(), m.dv, dv_bytes, stream, m.traffic);
   });
+  m.UpdateHeld();
+  return status;
+}
+
+absl::Status CudaBackend::Reserve(const AttentionShape& shape, bool backward) {
+  RINGATTN_ASSIGN_OR_RETURN(const LaunchPlan plan, MakeLaunchPlan(shape, impl_->caps));
+  RINGATTN_ASSIGN_OR_RETURN(const ScopedDevice on_device, ScopedDevice::Enter(impl_->device));
+  Impl& m = *impl_;
+  const auto wants = m.Wants(StepDeviceFootprint(shape, plan, backward), shape);
+  // Buffers only grow: what a buffer already holds counts toward its want.
+  int64_t needed = 0;
+  for (const auto& [buffer, bytes] : wants) {
+    needed += std::max<int64_t>(0, bytes - static_cast<int64_t>(buffer->capacity()));
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  RINGATTN_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  m.free_bytes = static_cast<int64_t>(free_bytes);
+  m.total_bytes = static_cast<int64_t>(total_bytes);
+  RINGATTN_RETURN_IF_ERROR(CheckDeviceFits(needed, static_cast<int64_t>(free_bytes),
+                                           static_cast<int64_t>(total_bytes), m.name));
+  absl::Status status = absl::OkStatus();
+  for (const auto& [buffer, bytes] : wants) {
+    status = buffer->Reserve(static_cast<size_t>(bytes));
+    if (!status.ok()) break;
+  }
+  m.UpdateHeld();
+  return status;
+}
+
+BackendMemory CudaBackend::memory() const {
+  const Impl& m = *impl_;
+  BackendMemory r;
+  r.device_bytes_held = m.held;
+  r.device_bytes_free = m.free_bytes;
+  r.device_bytes_total = m.total_bytes;
+  r.host_to_device_bytes = m.traffic.host_to_device;
+  r.device_to_host_bytes = m.traffic.device_to_host;
+  return r;
 }
 
 }  // namespace ringattn::kernels::cuda

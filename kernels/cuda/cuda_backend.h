@@ -36,6 +36,10 @@ class CudaBackend final : public ringattn::kernels::ChunkBackend {
   std::string name() const override;  // "cuda:0 (NVIDIA H100 80GB HBM3)"
   absl::Status Forward(const ForwardChunkArgs& args) override;
   absl::Status Backward(const BackwardChunkArgs& args) override;
+  // Allocates every staging buffer for the shape up front, after checking
+  // the device's free memory (cudaMemGetInfo) against what is missing.
+  absl::Status Reserve(const AttentionShape& shape, bool backward) override;
+  BackendMemory memory() const override;
   int device() const;
 
  private:

@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/impl/dispatch.h"
+#include "kernels/cuda/impl/merge_kernel_args.h"
+#include "kernels/cuda/impl/merge_launch.h"
 #include "kernels/status_macros.h"
 
 namespace ringattn::kernels::cuda {
@@ -85,6 +87,34 @@ absl::Status LaunchBackward(const BackwardDeviceParams& params, const LaunchPlan
   p.dv = params.dv;
   return ToStatus(
       impl::RunBackward(p, plan.backward_tiles, plan.backward_dkdv, plan.backward_dq, stream));
+}
+
+absl::Status LaunchMergePartial(const MergeDeviceParams& params, cudaStream_t stream) {
+  if (params.rows < 0 || params.head_dim <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("merge of ", params.rows, " rows of head dim ", params.head_dim));
+  }
+  if (params.rows > 0 && (params.out == nullptr || params.lse == nullptr || params.o_s == nullptr ||
+                          params.lse_s == nullptr)) {
+    return absl::InvalidArgumentError("merge: a device pointer is null");
+  }
+  impl::MergeArgs a;
+  a.out = params.out;
+  a.lse = params.lse;
+  a.o_s = params.o_s;
+  a.lse_s = params.lse_s;
+  a.rows = params.rows;
+  a.head_dim = params.head_dim;
+  return ToStatus(impl::RunMergePartial(a, stream));
+}
+
+absl::Status LaunchFromF32(const float* src, int64_t n, DType dtype, void* dst,
+                           cudaStream_t stream) {
+  if (n < 0 || (n > 0 && (src == nullptr || dst == nullptr))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("conversion of ", n, " values to ", DTypeName(dtype), " without buffers"));
+  }
+  return ToStatus(impl::RunFromF32(src, dst, n, dtype, stream));
 }
 
 absl::Status LaunchForward(const ForwardDeviceParams& params, cudaStream_t stream) {

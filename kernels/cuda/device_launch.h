@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cuda/attention_params.h"
 #include "kernels/cuda/launch_plan.h"
+#include "kernels/dtype.h"
 #include "kernels/mask.h"
 
 // Device-pointer entry points of the CUDA chunk kernels, for callers that
@@ -54,6 +55,17 @@ struct BackwardDeviceParams {
   int64_t workspace_bytes = 0;  // >= LaunchPlan::backward_workspace_bytes
 };
 
+// Merges a chunk's partial O/LSE into the running result on the device,
+// with the rules and rounding of kernels::MergePartial (SPEC §3).
+struct MergeDeviceParams {
+  float* out = nullptr;          // [rows, D] fp32 running output, updated
+  float* lse = nullptr;          // [rows] fp32 running log-sum-exp, updated
+  const float* o_s = nullptr;    // [rows, D] fp32 the chunk's partial output
+  const float* lse_s = nullptr;  // [rows] fp32 the chunk's log-sum-exp
+  int64_t rows = 0;
+  int64_t head_dim = 0;
+};
+
 // The capabilities of the current device (cudaGetDevice).
 absl::StatusOr<DeviceCaps> CurrentDeviceCaps();
 
@@ -62,6 +74,13 @@ absl::Status LaunchForward(const ForwardDeviceParams& params, const LaunchPlan& 
                            cudaStream_t stream);
 absl::Status LaunchBackward(const BackwardDeviceParams& params, const LaunchPlan& plan,
                             cudaStream_t stream);
+
+// INVALID_ARGUMENT for negative sizes or missing pointers; then enqueues.
+absl::Status LaunchMergePartial(const MergeDeviceParams& params, cudaStream_t stream);
+
+// dst: [n] dtype <- src: [n] fp32, rounded as kernels::FromF32 rounds.
+absl::Status LaunchFromF32(const float* src, int64_t n, DType dtype, void* dst,
+                           cudaStream_t stream);
 
 // Same, planning for the current device first.
 absl::Status LaunchForward(const ForwardDeviceParams& params, cudaStream_t stream);

@@ -31,8 +31,41 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                     .Name("ringattn_ring_rank")
                     .Help("This worker's rank in the current ring; -1 outside a ring.")
                     .Register(registry)
-                    .Add({})) {
+                    .Add({})),
+      device_memory_bytes(
+          prometheus::BuildGauge()
+              .Name("ringattn_device_memory_bytes")
+              .Help("Device memory on this worker's GPU: held by its backend, and free on the "
+                    "device at the last admission check (0 on the CPU backend).")
+              .Register(registry)),
+      host_device_copy_bytes_total(
+          prometheus::BuildCounter()
+              .Name("ringattn_host_device_copy_bytes_total")
+              .Help("Bytes the backend copied between host and device memory.")
+              .Register(registry)),
+      device_memory_held_bytes(device_memory_bytes.Add({{"state", "held"}})),
+      device_memory_free_bytes(device_memory_bytes.Add({{"state", "free"}})),
+      host_to_device_bytes_total(host_device_copy_bytes_total.Add({{"direction", "to_device"}})),
+      device_to_host_bytes_total(host_device_copy_bytes_total.Add({{"direction", "to_host"}})) {
   ring_rank.Set(-1);
+}
+
+void WorkerMetrics::RecordBackendMemory(const kernels::BackendMemory& memory) {
+  std::lock_guard<std::mutex> lock(traffic_mu_);
+  device_memory_held_bytes.Set(static_cast<double>(memory.device_bytes_held));
+  device_memory_free_bytes.Set(static_cast<double>(memory.device_bytes_free));
+  // The backend's counts only grow; a call reading an older snapshot than
+  // one already counted adds nothing.
+  if (memory.host_to_device_bytes > last_.host_to_device_bytes) {
+    host_to_device_bytes_total.Increment(
+        static_cast<double>(memory.host_to_device_bytes - last_.host_to_device_bytes));
+    last_.host_to_device_bytes = memory.host_to_device_bytes;
+  }
+  if (memory.device_to_host_bytes > last_.device_to_host_bytes) {
+    device_to_host_bytes_total.Increment(
+        static_cast<double>(memory.device_to_host_bytes - last_.device_to_host_bytes));
+    last_.device_to_host_bytes = memory.device_to_host_bytes;
+  }
 }
 
 void WorkerMetrics::RecordRingCall(server::Op op, const ring::RingStats& stats) {

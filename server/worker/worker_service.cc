@@ -286,9 +286,12 @@ absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream&
       InTurn<ring::RingForwardResult>(
           context, t, epoch, call, [&]() -> absl::StatusOr<ring::RingForwardResult> {
             if (!t) return absl::UnavailableError("worker is not in a ring");
+            // A session admitted here must also fit its backward.
+            RINGATTN_RETURN_IF_ERROR(backend_.Reserve(spec.shape, /*backward=*/true));
             return ring::RingForward(*t, backend_, session->Shard(), RingCallFor(call, spec.layer));
           }));
   metrics_.RecordRingCall(server::Op::kForward, r.stats);
+  metrics_.RecordBackendMemory(backend_.memory());
   prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
   Send(stream, "out", wire::DTypeName(spec.shape.dtype), QueryDims(spec.shape), r.out, sent);
   Send(stream, "lse", "FP32", {spec.shape.batch, spec.shape.heads, spec.shape.q_len},
@@ -333,10 +336,12 @@ absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream
                   absl::StrCat("session '", call.spec.session, "' is not on this worker"));
             }
             const std::vector<std::byte> dout = assembler.Take("dout");
+            RINGATTN_RETURN_IF_ERROR(backend_.Reserve(session->spec.shape, /*backward=*/true));
             return ring::RingBackward(*t, backend_, session->Shard(), session->out, dout,
                                       session->lse, RingCallFor(call, session->spec.layer));
           }));
   metrics_.RecordRingCall(server::Op::kBackward, r.stats);
+  metrics_.RecordBackendMemory(backend_.memory());
   const kernels::AttentionShape& fs = session->spec.shape;  // As the forward ran.
   prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
   Send(stream, "dq", "FP32", QueryDims(fs), std::as_bytes(std::span(r.dq)), sent);

@@ -54,6 +54,7 @@ struct EmuDim {
 inline thread_local EmuDim threadIdx;
 inline EmuDim blockIdx;
 inline EmuDim blockDim{0, 1, 1};
+inline EmuDim gridDim{0, 1, 1};
 inline std::barrier<>* g_block_barrier = nullptr;
 inline constexpr int kMaxEmulatedWarps = 32;
 inline std::barrier<>* g_warp_barrier[kMaxEmulatedWarps] = {};
@@ -77,6 +78,9 @@ inline float __int_as_float(unsigned u) {
   return f;
 }
 inline float __expf(float x) { return std::exp(x); }
+// Host float arithmetic rounds every operation; the build does not contract.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 
 inline float EmuToF(float x) { return x; }
 inline float EmuToF(__half x) { return __half2float(x); }
@@ -173,6 +177,7 @@ void EmuLaunch(unsigned gx, unsigned gy, unsigned threads, F f) {
     std::abort();
   }
   blockDim = {threads, 1, 1};
+  gridDim = {gx, gy, 1};
   for (unsigned by = 0; by < gy; ++by) {
     for (unsigned bx = 0; bx < gx; ++bx) {
       blockIdx = {bx, by, 0};
