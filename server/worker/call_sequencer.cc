@@ -20,8 +20,10 @@ absl::Status CallSequencer::WaitTurn(uint64_t generation, uint64_t sequence,
                                      absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   if (generation == generation_ && sequence < next_) {
+    // Messages carry no call numbers: they reach the public API, and a
+    // number would tell a caller where the ring's sequence stands.
     return absl::FailedPreconditionError(
-        absl::StrCat("ring call ", sequence, " arrived after call ", next_ - 1, " ran"));
+        "ring call arrived after a later call ran (stale or replayed)");
   }
   const bool turn = cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
                                  [&] { return generation != generation_ || next_ == sequence; });
@@ -31,8 +33,7 @@ absl::Status CallSequencer::WaitTurn(uint64_t generation, uint64_t sequence,
                                                "; the ring was rebuilt"));
   }
   if (!turn) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("ring call ", sequence, " waited too long for call ", next_));
+    return absl::DeadlineExceededError("ring call waited too long for the calls ordered before it");
   }
   return absl::OkStatus();
 }

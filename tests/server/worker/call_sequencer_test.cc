@@ -1,6 +1,7 @@
 #include "server/worker/call_sequencer.h"
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,6 +47,24 @@ TEST(CallSequencerTest, MissingEarlierCallTimesOutAndPastCallsAreRefused) {
             absl::StatusCode::kFailedPrecondition);
   sequencer.Reset(kGen);  // A new ring generation starts over at 1.
   EXPECT_TRUE(sequencer.WaitTurn(kGen, 1, absl::Seconds(1)).ok());
+}
+
+// Errors reach the public API through the coordinator: they must not tell
+// a caller how far the ring's call numbers have gone.
+TEST(CallSequencerTest, ErrorsNameNoCallNumbers) {
+  CallSequencer sequencer;
+  for (uint64_t seq = 1; seq <= 7; ++seq) {
+    ASSERT_TRUE(sequencer.WaitTurn(kGen, seq, absl::Seconds(1)).ok());
+    sequencer.Done(kGen, seq);
+  }
+  const absl::Status stale = sequencer.WaitTurn(kGen, 3, absl::Seconds(1));
+  const absl::Status early = sequencer.WaitTurn(kGen, 9, absl::Milliseconds(20));
+  ASSERT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_EQ(early.code(), absl::StatusCode::kDeadlineExceeded);
+  for (const absl::Status& s : {stale, early}) {
+    EXPECT_EQ(std::string(s.message()).find_first_of("0123456789"), std::string::npos)
+        << s.message();
+  }
 }
 
 // A call withdrawn before its turn (Done early) must not hold up later ones.
