@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -91,6 +92,11 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   if (in.doc_ids) send("doc_ids", "INT32", tokens, std::as_bytes(*in.doc_ids));
   if (in.vision_groups) send("vision_groups", "INT32", tokens, std::as_bytes(*in.vision_groups));
   if (in.padding_mask) send("padding_mask", "BOOL", tokens, std::as_bytes(*in.padding_mask));
+  for (const auto& [name, t] : {std::pair{"attention_mask", &in.attention_mask},
+                                {"mm_token_type_ids", &in.mm_token_type_ids},
+                                {"packed_seq_ids", &in.packed_seq_ids}}) {
+    if (t->has_value()) send(name, (*t)->dtype, (*t)->shape, (*t)->data);
+  }
   stream->WritesDone();
 
   ForwardOutputs out;
@@ -172,6 +178,73 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   out.dq = wire::BytesAs<float>(assembler.Take("dq"));
   out.dk = wire::BytesAs<float>(assembler.Take("dk"));
   out.dv = wire::BytesAs<float>(assembler.Take("dv"));
+  return out;
+}
+
+absl::StatusOr<PrepareBatchOutputs> AttentionClient::PrepareBatch(const PrepareBatchInputs& in,
+                                                                  absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  Tracked tracked(*this, ctx);
+  SetDeadline(ctx, timeout);
+  auto stream = stub_->PrepareBatch(&ctx);
+  attention::v1::PrepareBatchRequest req;
+  req.mutable_header()->set_pad_token_id(in.pad_token_id);
+  req.mutable_header()->set_cp(in.cp);
+  req.mutable_header()->set_include_shards(in.include_shards);
+  bool ok = stream->Write(req);
+  for (const auto& [name, t] : in.tensors) {
+    if (!ok) break;
+    wire::SplitTensor(name, t.dtype, t.shape, t.data, [&](attention::v1::TensorChunk& c) {
+      attention::v1::PrepareBatchRequest r;
+      *r.mutable_chunk() = std::move(c);
+      ok = stream->Write(r);
+      return ok;
+    });
+  }
+  stream->WritesDone();
+
+  PrepareBatchOutputs out;
+  // Shapes depend on the batch: each tensor's first piece declares its own.
+  wire::TensorAssembler assembler(uint64_t{1} << 40);
+  std::vector<std::string> names;
+  attention::v1::PrepareBatchResponse resp;
+  absl::Status bad;
+  bool has_info = false;
+  while (stream->Read(&resp)) {
+    if (resp.has_info()) {
+      out.info = resp.info();
+      has_info = true;
+    }
+    if (!resp.has_chunk() || !bad.ok()) continue;
+    const attention::v1::TensorChunk& c = resp.chunk();
+    if (!assembler.Has(c.name()) && c.offset() == 0) {
+      assembler.Expect(c.name(), c.dtype(), {c.shape().begin(), c.shape().end()}, true);
+      names.push_back(c.name());
+    }
+    bad = assembler.Add(c);
+  }
+  if (absl::Status s = wire::FromGrpc(stream->Finish()); !s.ok()) return s;
+  if (bad.ok() && !has_info) bad = absl::InvalidArgumentError("no batch info in the answer");
+  if (bad.ok()) bad = assembler.Finish();
+  if (bad.ok()) out.shards.resize(static_cast<size_t>(in.include_shards ? out.info.cp() : 0));
+  for (const std::string& name : names) {
+    if (!bad.ok()) break;
+    Tensor t{assembler.DTypeOf(name), assembler.ShapeOf(name), assembler.Take(name)};
+    // "rank<r>/<name>": rank r's shard.
+    const size_t slash = name.find('/');
+    if (slash == std::string::npos) {
+      out.tensors[name] = std::move(t);
+      continue;
+    }
+    size_t rank = 0;
+    if (!absl::SimpleAtoi(name.substr(4, slash - 4), &rank) || name.rfind("rank", 0) != 0 ||
+        rank >= out.shards.size()) {
+      bad = absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", name, "'"));
+      break;
+    }
+    out.shards[rank][name.substr(slash + 1)] = std::move(t);
+  }
+  if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +23,21 @@
 
 namespace ringattn::client {
 
+// A tensor the caller holds, sent as it lies: a wire dtype (FP32, BF16,
+// FP16, INT32, INT64, BOOL), the shape, and row-major little-endian bytes.
+struct TensorView {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::span<const std::byte> data;
+};
+
+// A tensor received.
+struct Tensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<std::byte> data;
+};
+
 struct ForwardInputs {
   std::string dtype = "FP32";  // FP32, BF16, FP16
   int64_t batch = 1, heads = 1, kv_heads = 1, seq_len = 1, head_dim = 1;
@@ -31,7 +47,33 @@ struct ForwardInputs {
   std::optional<std::span<const int32_t>> doc_ids;        // [B, S]
   std::optional<std::span<const int32_t>> vision_groups;  // [B, S]
   std::optional<std::span<const uint8_t>> padding_mask;   // [B, S], 1 = padding
+  // The same metadata as a Hugging Face batch has it, derived by the
+  // coordinator (docs/batch.md); given with its explicit counterpart, both
+  // must agree.
+  std::optional<TensorView> attention_mask;     // [B, S] 1 = real, or [B, 1, S, S]
+  std::optional<TensorView> mm_token_type_ids;  // [B, S] INT32/INT64, 0 text 1 image 2 video
+  std::optional<TensorView> packed_seq_ids;     // [B, S] INT32/INT64, 1-based, 0 = padding
   attention::v1::LayerConfig layer;
+};
+
+// A training batch for PrepareBatch (SPEC §1), by input name: input_ids
+// [B, S] or inputs_embeds [B, S, E]; labels and/or loss_mask [B, S];
+// optional position_ids [B, S] or [3, B, S], attention_mask,
+// mm_token_type_ids, packed_seq_ids.
+struct PrepareBatchInputs {
+  std::map<std::string, TensorView> tensors;
+  int64_t pad_token_id = 0;
+  int cp = 0;  // 0: the ring's.
+  bool include_shards = false;
+};
+
+struct PrepareBatchOutputs {
+  attention::v1::PreparedBatchInfo info;
+  // Padded to P: the inputs given, plus position_ids, padding_mask, doc_ids
+  // and vision_groups.
+  std::map<std::string, Tensor> tensors;
+  // With include_shards: rank r's slices [r*L, (r+1)*L) of the same.
+  std::vector<std::map<std::string, Tensor>> shards;
 };
 
 struct ForwardOutputs {
@@ -67,6 +109,10 @@ class AttentionClient {
   absl::StatusOr<BackwardOutputs> Backward(const ForwardInputs& shapes, const std::string& handle,
                                            std::span<const std::byte> dout,
                                            absl::Duration timeout = absl::Minutes(10));
+  // The padded batch and its per-rank shards, so a loss and RoPE agree with
+  // what the ring computes; runs no attention.
+  absl::StatusOr<PrepareBatchOutputs> PrepareBatch(const PrepareBatchInputs& in,
+                                                   absl::Duration timeout = absl::Minutes(10));
   absl::Status Release(const std::string& handle);
   absl::StatusOr<attention::v1::ClusterStatusResponse> Status();
 

@@ -1,5 +1,6 @@
 // ringattn: the command-line client. `ringattn help` lists the commands
-// (demo, serve, status, synthetic, forward, backward, release, bench) and
+// (demo, serve, status, synthetic, forward, prepare, backward, release,
+// bench) and
 // `ringattn help COMMAND` what one takes; client/cli/usage.cc holds both.
 
 #include <unistd.h>
@@ -10,12 +11,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "client/attention_client.h"
@@ -52,6 +56,30 @@ ABSL_FLAG(std::string, v, "", "forward: v.npy [B,Hkv,S,D].");
 ABSL_FLAG(std::string, doc_ids, "", "forward: optional doc_ids.npy [B,S] int32.");
 ABSL_FLAG(std::string, vision_groups, "", "forward: optional vision_groups.npy [B,S] int32.");
 ABSL_FLAG(std::string, padding_mask, "", "forward: optional padding_mask.npy [B,S] bool/uint8.");
+ABSL_FLAG(std::string, attention_mask, "",
+          "forward, prepare: optional Hugging Face attention_mask.npy, [B,S] (nonzero = real "
+          "token) or [B,1,S,S] (bool/int nonzero = attend; float additive, 0 = attend); "
+          "bool, int32, int64, float32 or float16.");
+ABSL_FLAG(std::string, mm_token_type_ids, "",
+          "forward, prepare: optional mm_token_type_ids.npy [B,S] int32/int64 (0 text, 1 image, "
+          "2 video); each run of image tokens is one vision group.");
+ABSL_FLAG(std::string, packed_seq_ids, "",
+          "forward, prepare: optional packed_seq_ids.npy [B,S] int32/int64: 1-based documents, "
+          "0 = padding.");
+ABSL_FLAG(std::string, input_ids, "", "prepare: input_ids.npy [B,S] int32/int64.");
+ABSL_FLAG(std::string, inputs_embeds, "",
+          "prepare: inputs_embeds.npy [B,S,E] float32, float16 or uint16 (bf16 bits), instead "
+          "of --input_ids.");
+ABSL_FLAG(std::string, labels, "", "prepare: labels.npy [B,S] int32/int64.");
+ABSL_FLAG(std::string, loss_mask, "",
+          "prepare: loss_mask.npy [B,S] (bool, int or float); used when --labels is absent.");
+ABSL_FLAG(std::string, position_ids, "",
+          "prepare: optional position_ids.npy [B,S] or [3,B,S] (multimodal RoPE) int32/int64; "
+          "default 0..S-1.");
+ABSL_FLAG(std::optional<int>, prepare_cp, std::nullopt,
+          "prepare: shards for a ring of this many ranks (default: the coordinator's).");
+ABSL_FLAG(int64_t, pad_token_id, 0, "prepare: the token id input_ids are padded with.");
+ABSL_FLAG(bool, shards, false, "prepare: also write every rank's shard, as rank<r>_<name>.npy.");
 ABSL_FLAG(std::string, dout, "", "backward: dout.npy [B,H,S,D] in the forward dtype.");
 ABSL_FLAG(std::string, handle, "", "backward, release: the session handle forward printed.");
 ABSL_FLAG(std::string, out_dir, ".",
@@ -310,6 +338,51 @@ absl::Status WriteFloat(const std::string& name, std::vector<int64_t> shape,
   return s;
 }
 
+// The wire dtype of an .npy file's element type, as PrepareBatch and the
+// metadata inputs take them (uint16 holds bfloat16 bits).
+std::optional<std::string> WireDTypeOfDescr(const std::string& descr) {
+  static const auto* names = new std::map<std::string, std::string>{
+      {"<i8", "INT64"}, {"<i4", "INT32"}, {"|b1", "BOOL"}, {"|u1", "BOOL"},
+      {"<f4", "FP32"},  {"<f2", "FP16"},  {"<u2", "BF16"}};
+  auto it = names->find(descr);
+  if (it == names->end()) return std::nullopt;
+  return it->second;
+}
+
+// And back, for writing what came back.
+std::string DescrOfWireDType(const std::string& dtype) {
+  if (dtype == "INT64") return "<i8";
+  if (dtype == "INT32") return "<i4";
+  if (dtype == "BOOL") return "|b1";
+  if (dtype == "FP16") return "<f2";
+  if (dtype == "BF16") return "<u2";
+  return "<f4";
+}
+
+// Each (name, path) with a path, read as .npy into `out` under its name.
+absl::Status ReadTensorFiles(const std::vector<std::pair<std::string, std::string>>& files,
+                             std::map<std::string, NpyArray>& out) {
+  for (const auto& [name, path] : files) {
+    if (path.empty()) continue;
+    absl::StatusOr<NpyArray> a = ReadNpy(path);
+    if (!a.ok()) return a.status();
+    out[name] = *std::move(a);
+  }
+  return absl::OkStatus();
+}
+
+// A tensor file as a wire tensor; an error naming the flag for an element
+// type the wire does not carry.
+absl::StatusOr<TensorView> ViewOf(const std::string& name, const NpyArray& a) {
+  const std::optional<std::string> dtype = WireDTypeOfDescr(a.descr);
+  if (!dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " holds ", a.descr,
+                     ": use bool, int32, int64, float32, float16 or uint16 (bfloat16 bits)"));
+  }
+  return TensorView{*dtype, a.shape, a.data};
+}
+
 int ForwardFromFiles(const std::string& address) {
   std::vector<NpyArray> qkv;
   const std::vector<std::string> paths = {absl::GetFlag(FLAGS_q), absl::GetFlag(FLAGS_k),
@@ -364,6 +437,22 @@ int ForwardFromFiles(const std::string& address) {
     in.padding_mask =
         std::span(reinterpret_cast<const uint8_t*>(meta[2].data.data()), meta[2].data.size());
   }
+  std::map<std::string, NpyArray> hf;
+  if (absl::Status s =
+          ReadTensorFiles({{"attention_mask", absl::GetFlag(FLAGS_attention_mask)},
+                           {"mm_token_type_ids", absl::GetFlag(FLAGS_mm_token_type_ids)},
+                           {"packed_seq_ids", absl::GetFlag(FLAGS_packed_seq_ids)}},
+                          hf);
+      !s.ok()) {
+    return BadInvocation(s);
+  }
+  for (auto& [name, a] : hf) {
+    absl::StatusOr<TensorView> view = ViewOf(name, a);
+    if (!view.ok()) return BadInvocation(view.status());
+    if (name == "attention_mask") in.attention_mask = *view;
+    if (name == "mm_token_type_ids") in.mm_token_type_ids = *view;
+    if (name == "packed_seq_ids") in.packed_seq_ids = *view;
+  }
   kernels::LayerConfig layer;
   if (absl::GetFlag(FLAGS_sliding)) layer.kind = kernels::LayerKind::kSliding;
   layer.window = absl::GetFlag(FLAGS_window);
@@ -401,6 +490,65 @@ int ForwardFromFiles(const std::string& address) {
     std::fprintf(stderr, "session %s not released: %s\n", handle.c_str(), r.ToString().c_str());
   }
   return 1;
+}
+
+// A training batch from .npy files through PrepareBatch: every padded
+// tensor written to --out_dir as <name>.npy, and with --shards every rank's
+// as rank<r>_<name>.npy.
+int PrepareFromFiles(const std::string& address) {
+  if (absl::GetFlag(FLAGS_input_ids).empty() == absl::GetFlag(FLAGS_inputs_embeds).empty()) {
+    return BadInvocation(
+        absl::InvalidArgumentError("prepare needs one of --input_ids or --inputs_embeds"));
+  }
+  if (absl::GetFlag(FLAGS_labels).empty() && absl::GetFlag(FLAGS_loss_mask).empty()) {
+    return BadInvocation(absl::InvalidArgumentError("prepare needs --labels or --loss_mask"));
+  }
+  std::map<std::string, NpyArray> files;
+  if (absl::Status s =
+          ReadTensorFiles({{"input_ids", absl::GetFlag(FLAGS_input_ids)},
+                           {"inputs_embeds", absl::GetFlag(FLAGS_inputs_embeds)},
+                           {"labels", absl::GetFlag(FLAGS_labels)},
+                           {"loss_mask", absl::GetFlag(FLAGS_loss_mask)},
+                           {"position_ids", absl::GetFlag(FLAGS_position_ids)},
+                           {"attention_mask", absl::GetFlag(FLAGS_attention_mask)},
+                           {"mm_token_type_ids", absl::GetFlag(FLAGS_mm_token_type_ids)},
+                           {"packed_seq_ids", absl::GetFlag(FLAGS_packed_seq_ids)}},
+                          files);
+      !s.ok()) {
+    return BadInvocation(s);
+  }
+  PrepareBatchInputs in;
+  for (const auto& [name, a] : files) {
+    absl::StatusOr<TensorView> view = ViewOf(name, a);
+    if (!view.ok()) return BadInvocation(view.status());
+    in.tensors[name] = *view;
+  }
+  in.pad_token_id = absl::GetFlag(FLAGS_pad_token_id);
+  if (const std::optional<int> cp = absl::GetFlag(FLAGS_prepare_cp)) {
+    if (*cp < 1) return BadInvocation(absl::InvalidArgumentError("--prepare_cp must be >= 1"));
+    in.cp = *cp;
+  }
+  in.include_shards = absl::GetFlag(FLAGS_shards);
+  if (absl::Status s = CheckOutDir(); !s.ok()) return BadInvocation(s);
+  auto c = ConnectFromFlags(address);
+  absl::StatusOr<PrepareBatchOutputs> p = c->PrepareBatch(in);
+  if (!p.ok()) return Fail(p.status());
+  std::printf("prepared B=%lld S=%lld -> P=%lld for cp=%d (shard length %lld)\n",
+              static_cast<long long>(p->info.batch()), static_cast<long long>(p->info.seq_len()),
+              static_cast<long long>(p->info.padded_len()), p->info.cp(),
+              static_cast<long long>(p->info.shard_len()));
+  auto write = [&](const std::string& file, const Tensor& t) {
+    return WriteFloat(file, t.shape, t.data, DescrOfWireDType(t.dtype));
+  };
+  for (const auto& [name, t] : p->tensors) {
+    if (absl::Status s = write(name, t); !s.ok()) return Fail(s);
+  }
+  for (size_t r = 0; r < p->shards.size(); ++r) {
+    for (const auto& [name, t] : p->shards[r]) {
+      if (absl::Status s = write(absl::StrCat("rank", r, "_", name), t); !s.ok()) return Fail(s);
+    }
+  }
+  return 0;
 }
 
 int BackwardFromFiles(const std::string& address) {
@@ -575,6 +723,7 @@ int Run(const std::string& command) {
   }
   if (command == "synthetic") return Synthetic(address);
   if (command == "forward") return ForwardFromFiles(address);
+  if (command == "prepare") return PrepareFromFiles(address);
   if (command == "backward") return BackwardFromFiles(address);
   if (command == "release") return ReleaseHandle(address);
   return Bench(address);

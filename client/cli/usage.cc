@@ -27,6 +27,9 @@ const std::vector<FlagGroup>& Groups() {
       {"Files",
        {"q", "k", "v", "doc_ids", "vision_groups", "padding_mask", "dout", "handle", "out_dir",
         "keep_session"}},
+      {"Hugging Face batch",
+       {"attention_mask", "mm_token_type_ids", "packed_seq_ids", "input_ids", "inputs_embeds",
+        "labels", "loss_mask", "position_ids", "pad_token_id", "prepare_cp", "shards"}},
       {"Shape and dtype", {"dtype", "batch", "heads", "kv_heads", "seq_len", "head_dim", "seed"}},
       {"Layer", {"sliding", "window", "scale"}},
       {"Timing", {"iterations"}},
@@ -125,13 +128,31 @@ const std::vector<Command>& Commands() {
       {"forward", "Q, K, V from .npy files -> out.npy, lse.npy and a session handle",
        "ringattn forward --coordinator=HOST:PORT --q=q.npy --k=k.npy --v=v.npy\n"
        "    [--doc_ids=d.npy] [--vision_groups=g.npy] [--padding_mask=p.npy]\n"
+       "    [--attention_mask=m.npy] [--mm_token_type_ids=t.npy] [--packed_seq_ids=s.npy]\n"
        "    [--sliding --window=W] [--scale=X] [--out_dir=DIR]",
        "Checks the files' dtypes (against --dtype when given) and that --out_dir is writable "
        "before sending, prints the session handle as soon as the forward returns, then writes "
        "out.npy [B,H,S,D] in the input dtype and lse.npy [B,H,S] float32. When writing fails "
-       "the session is released unless --keep_session.",
+       "the session is released unless --keep_session. The metadata may be given as a Hugging "
+       "Face batch has it (--attention_mask, --mm_token_type_ids, --packed_seq_ids): the "
+       "coordinator derives padding, vision groups and documents; a 4-D mask must be exactly "
+       "the layer's mask, and one given with its explicit counterpart must agree with it.",
        WithClientSecurity({"coordinator", "q", "k", "v", "doc_ids", "vision_groups", "padding_mask",
-                           "out_dir", "keep_session", "dtype", "sliding", "window", "scale"})},
+                           "attention_mask", "mm_token_type_ids", "packed_seq_ids", "out_dir",
+                           "keep_session", "dtype", "sliding", "window", "scale"})},
+      {"prepare", "a training batch from .npy files -> padded tensors and per-rank shards",
+       "ringattn prepare --coordinator=HOST:PORT --input_ids=ids.npy | --inputs_embeds=e.npy\n"
+       "    --labels=l.npy | --loss_mask=m.npy [--position_ids=p.npy]\n"
+       "    [--attention_mask=a.npy] [--mm_token_type_ids=t.npy] [--packed_seq_ids=s.npy]\n"
+       "    [--pad_token_id=N] [--prepare_cp=N] [--shards] [--out_dir=DIR]",
+       "Sends the batch to the coordinator's PrepareBatch (SPEC section 1) and writes what the "
+       "ring computes with to --out_dir: every input padded to P, a multiple of 2 * cp, plus "
+       "position_ids, padding_mask, doc_ids and vision_groups, as <name>.npy; with --shards "
+       "also rank r's contiguous slice of each as rank<r>_<name>.npy. Without --prepare_cp, for "
+       "the coordinator's ring.",
+       WithClientSecurity({"coordinator", "input_ids", "inputs_embeds", "labels", "loss_mask",
+                           "position_ids", "attention_mask", "mm_token_type_ids", "packed_seq_ids",
+                           "pad_token_id", "prepare_cp", "shards", "out_dir"})},
       {"backward", "dO of a session from an .npy file -> dq.npy, dk.npy, dv.npy",
        "ringattn backward --coordinator=HOST:PORT --handle=HANDLE --dout=dout.npy [--out_dir=DIR]",
        "Sends dO [B,H,S,D] in the forward's dtype for the session forward printed and writes "

@@ -82,10 +82,26 @@ void SplitTensor(const std::string& name, const std::string& dtype,
 void TensorAssembler::Expect(const std::string& name, const std::string& dtype,
                              std::vector<int64_t> shape, bool required, bool keep) {
   Slot& slot = slots_[name];
-  slot.dtype = dtype;
-  slot.shape = std::move(shape);
   slot.required = required;
   slot.keep = keep;
+  SetLayout(slot, dtype, std::move(shape));
+}
+
+void TensorAssembler::ExpectOneOf(const std::string& name, std::vector<std::string> dtypes,
+                                  std::vector<std::vector<int64_t>> shapes, bool required) {
+  Slot& slot = slots_[name];
+  slot.required = required;
+  slot.dtypes = std::move(dtypes);
+  slot.shapes = std::move(shapes);
+  // Until a piece picks one, the first choice stands (an absent required
+  // tensor is reported with it).
+  SetLayout(slot, slot.dtypes.empty() ? "" : slot.dtypes[0],
+            slot.shapes.empty() ? std::vector<int64_t>{} : slot.shapes[0]);
+}
+
+void TensorAssembler::SetLayout(Slot& slot, const std::string& dtype, std::vector<int64_t> shape) {
+  slot.dtype = dtype;
+  slot.shape = std::move(shape);
   // A byte count past 64 bits saturates rather than wrap to a small size that
   // a short stream would complete.
   slot.bytes = WireDTypeSize(dtype);
@@ -104,6 +120,22 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
   }
   Slot& slot = it->second;
   const std::vector<int64_t> shape(chunk.shape().begin(), chunk.shape().end());
+  if (!slot.started && !slot.dtypes.empty()) {
+    if (std::find(slot.dtypes.begin(), slot.dtypes.end(), chunk.dtype()) == slot.dtypes.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(chunk.name(), ".dtype is '", chunk.dtype(),
+                                                     "', expected one of ",
+                                                     absl::StrJoin(slot.dtypes, ", ")));
+    }
+    if (std::find(slot.shapes.begin(), slot.shapes.end(), shape) == slot.shapes.end()) {
+      std::vector<std::string> shapes;
+      for (const auto& s : slot.shapes)
+        shapes.push_back(absl::StrCat("[", absl::StrJoin(s, ","), "]"));
+      return absl::InvalidArgumentError(absl::StrCat(chunk.name(), ".shape is [",
+                                                     absl::StrJoin(shape, ","), "], expected ",
+                                                     absl::StrJoin(shapes, " or ")));
+    }
+    SetLayout(slot, chunk.dtype(), shape);
+  }
   if (chunk.dtype() != slot.dtype) {
     return absl::InvalidArgumentError(
         absl::StrCat(chunk.name(), ".dtype is '", chunk.dtype(), "', expected ", slot.dtype));
@@ -161,6 +193,14 @@ bool TensorAssembler::Has(const std::string& name) const {
 
 std::vector<std::byte> TensorAssembler::Take(const std::string& name) {
   return std::move(slots_[name].data);
+}
+
+const std::string& TensorAssembler::DTypeOf(const std::string& name) const {
+  return slots_.at(name).dtype;
+}
+
+const std::vector<int64_t>& TensorAssembler::ShapeOf(const std::string& name) const {
+  return slots_.at(name).shape;
 }
 
 }  // namespace ringattn::wire

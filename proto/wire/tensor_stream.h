@@ -81,6 +81,11 @@ class TensorAssembler {
   void Expect(const std::string& name, const std::string& dtype, std::vector<int64_t> shape,
               bool required, bool keep = true);
 
+  // Declares that tensor `name` may arrive in any of `dtypes` with any of
+  // `shapes`; its first piece fixes which, and the rest must agree.
+  void ExpectOneOf(const std::string& name, std::vector<std::string> dtypes,
+                   std::vector<std::vector<int64_t>> shapes, bool required);
+
   absl::Status Add(const attention::v1::TensorChunk& chunk);
 
   // After the stream ends: every required tensor complete, no partial one.
@@ -89,11 +94,17 @@ class TensorAssembler {
   bool Has(const std::string& name) const;
   // Moves a complete tensor out.
   std::vector<std::byte> Take(const std::string& name);
+  // The dtype and shape a received tensor came with.
+  const std::string& DTypeOf(const std::string& name) const;
+  const std::vector<int64_t>& ShapeOf(const std::string& name) const;
 
  private:
   struct Slot {
     std::string dtype;
     std::vector<int64_t> shape;
+    // ExpectOneOf's choices, until the first piece picks one.
+    std::vector<std::string> dtypes;
+    std::vector<std::vector<int64_t>> shapes;
     bool required = false;
     bool keep = true;
     uint64_t bytes = 0;
@@ -101,6 +112,8 @@ class TensorAssembler {
     std::vector<std::byte> data;
     bool started = false;
   };
+  static void SetLayout(Slot& slot, const std::string& dtype, std::vector<int64_t> shape);
+
   std::map<std::string, Slot> slots_;
   uint64_t max_total_bytes_;
   uint64_t total_ = 0;

@@ -7,37 +7,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/status_macros.h"
+#include "server/batch/hf_metadata.h"
 
 namespace ringattn::batch {
 namespace {
-
-bool IsInteger(ElemType t) {
-  return t == ElemType::kI64 || t == ElemType::kI32 || t == ElemType::kU8;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
-
-absl::Status ExpectShape(const char* name, const HostTensor& t, const std::vector<int64_t>& want) {
-  if (t.shape != want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " has shape ", ShapeString(t.shape), ", expected ", ShapeString(want)));
-  }
-  if (t.data.size() != static_cast<size_t>(t.NumElements()) * ElemSize(t.type)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " holds ", t.data.size(), " bytes, which does not match its shape"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ExpectInteger(const char* name, const HostTensor& t) {
-  if (!IsInteger(t.type)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " must be an integer tensor, got ", ElemName(t.type)));
-  }
-  return absl::OkStatus();
-}
 
 // Every sequence tensor of a prepared batch, as members.
 constexpr std::optional<HostTensor> PreparedBatch::*kOptionalTensors[] = {
@@ -129,21 +102,6 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
   out.cp = cp;
   out.padded_len = PaddedLength(S, cp);
 
-  // Rule 1: padding mask, true = padding.
-  HostTensor padding = HostTensor::Zeros(ElemType::kU8, bs);
-  if (in.attention_mask.has_value()) {
-    const HostTensor& m = *in.attention_mask;
-    const bool four_d = m.shape.size() == 4;
-    RINGATTN_RETURN_IF_ERROR(
-        ExpectShape("attention_mask", m, four_d ? std::vector<int64_t>{B, 1, S, S} : bs));
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < S; ++i) {
-        const int64_t at = four_d ? (b * S + i) * S + i : b * S + i;  // diagonal of 4-D
-        padding.SetInt(b * S + i, m.FloatAt(at) == 0.0 ? 1 : 0);
-      }
-    }
-  }
-
   // Rule 3: position ids, injected as 0..S-1 when absent.
   if (in.position_ids.has_value()) {
     const HostTensor& pos = *in.position_ids;
@@ -174,43 +132,13 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
     out.loss_mask = in.loss_mask;
   }
 
-  // Rule 5: document ids, kept when present (PadMetadata synthesizes them
-  // otherwise).
-  std::optional<HostTensor> doc;
-  if (in.packed_seq_ids.has_value()) {
-    RINGATTN_RETURN_IF_ERROR(ExpectShape("packed_seq_ids", *in.packed_seq_ids, bs));
-    RINGATTN_RETURN_IF_ERROR(ExpectInteger("packed_seq_ids", *in.packed_seq_ids));
-    doc = HostTensor::Zeros(ElemType::kI32, bs);
-    for (int64_t i = 0; i < B * S; ++i) doc->SetInt(i, in.packed_seq_ids->IntAt(i));
-  }
-
-  // Rule 6: vision groups on the full, unsharded sequence: each maximal run
-  // of image or video tokens is a new group, numbered per row.
-  std::optional<HostTensor> vision;
-  if (in.mm_token_type_ids.has_value()) {
-    const HostTensor& types = *in.mm_token_type_ids;
-    RINGATTN_RETURN_IF_ERROR(ExpectShape("mm_token_type_ids", types, bs));
-    RINGATTN_RETURN_IF_ERROR(ExpectInteger("mm_token_type_ids", types));
-    vision = HostTensor::Zeros(ElemType::kI32, bs);
-    for (int64_t i = 0; i < B * S; ++i) vision->SetInt(i, -1);
-    for (int64_t b = 0; b < B; ++b) {
-      int64_t group = -1;
-      bool in_run = false;
-      for (int64_t i = 0; i < S; ++i) {
-        const int64_t at = b * S + i;
-        const int64_t type = types.IntAt(at);
-        if (type < 0 || type > 2) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("mm_token_type_ids[", b, ",", i, "] is ", type, "; must be 0, 1 or 2"));
-        }
-        const bool is_vision = (type == 1 || type == 2) && padding.IntAt(at) == 0;
-        if (is_vision && !in_run) ++group;
-        in_run = is_vision;
-        if (is_vision) vision->SetInt(at, group);
-      }
-    }
-    out.mm_token_type_ids = types;
-  }
+  // Rules 1, 5 and 6: the mask's metadata, derived as for a Forward.
+  RINGATTN_ASSIGN_OR_RETURN(AttentionMetadata metadata,
+                            DeriveMetadata(B, S, out.padded_len,
+                                           {.attention_mask = in.attention_mask,
+                                            .mm_token_type_ids = in.mm_token_type_ids,
+                                            .packed_seq_ids = in.packed_seq_ids}));
+  if (in.mm_token_type_ids.has_value()) out.mm_token_type_ids = in.mm_token_type_ids;
 
   if (in.input_ids.has_value()) out.input_ids = in.input_ids;
   if (in.inputs_embeds.has_value()) out.inputs_embeds = in.inputs_embeds;
@@ -227,9 +155,6 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const BatchInputs& in, int cp) {
   RINGATTN_RETURN_IF_ERROR(pad(out.labels, 1, -100));
   RINGATTN_RETURN_IF_ERROR(pad(out.loss_mask, 1, 0));
   RINGATTN_RETURN_IF_ERROR(pad(out.mm_token_type_ids, 1, 0));
-  RINGATTN_ASSIGN_OR_RETURN(
-      AttentionMetadata metadata,
-      PadMetadata(B, S, P, std::move(padding), std::move(doc), std::move(vision)));
   out.padding_mask = std::move(metadata.padding_mask);
   out.doc_ids = std::move(metadata.doc_ids);
   out.vision_groups = std::move(metadata.vision_groups);

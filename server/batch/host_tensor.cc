@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kernels/convert.h"
 #include "kernels/dtype.h"
 
@@ -58,6 +59,43 @@ absl::string_view ElemName(ElemType type) {
       return kernels::DTypeName(kernels::DType::kF16);
   }
   return "UNKNOWN";
+}
+
+std::optional<ElemType> ParseElemType(absl::string_view name) {
+  for (ElemType t : {ElemType::kI64, ElemType::kI32, ElemType::kU8, ElemType::kF32, ElemType::kBF16,
+                     ElemType::kF16}) {
+    if (ElemName(t) == name) return t;
+  }
+  return std::nullopt;
+}
+
+bool IsIntegerType(ElemType t) {
+  return t == ElemType::kI64 || t == ElemType::kI32 || t == ElemType::kU8;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+absl::Status ExpectShape(absl::string_view name, const HostTensor& t,
+                         const std::vector<int64_t>& want) {
+  if (t.shape != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " has shape ", ShapeString(t.shape), ", expected ", ShapeString(want)));
+  }
+  if (t.data.size() != static_cast<size_t>(t.NumElements()) * ElemSize(t.type)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " holds ", t.data.size(), " bytes, which does not match its shape"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectInteger(absl::string_view name, const HostTensor& t) {
+  if (!IsIntegerType(t.type)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be an integer tensor, got ", ElemName(t.type)));
+  }
+  return absl::OkStatus();
 }
 
 HostTensor HostTensor::Zeros(ElemType type, std::vector<int64_t> shape) {

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,7 +20,10 @@ namespace ringattn::batch {
 enum class ElemType : uint8_t { kI64, kI32, kU8, kF32, kBF16, kF16 };
 
 size_t ElemSize(ElemType type);
+// The wire dtype name (INT64, INT32, BOOL, FP32, BF16, FP16), and back.
 absl::string_view ElemName(ElemType type);
+std::optional<ElemType> ParseElemType(absl::string_view name);
+bool IsIntegerType(ElemType type);  // I64, I32, U8
 
 struct HostTensor {
   ElemType type = ElemType::kI64;
@@ -49,6 +54,16 @@ struct HostTensor {
     return out;
   }
 };
+
+// "[2,3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
+// INVALID_ARGUMENT naming the field `name` when `t` is not of shape `want`
+// or holds a byte count its shape does not.
+absl::Status ExpectShape(absl::string_view name, const HostTensor& t,
+                         const std::vector<int64_t>& want);
+// INVALID_ARGUMENT naming `name` when `t` is not an integer tensor.
+absl::Status ExpectInteger(absl::string_view name, const HostTensor& t);
 
 // Pads dimension `dim` on the right to `new_len`; every new element is the
 // bit pattern of `fill` converted to the element type (0 for floats).

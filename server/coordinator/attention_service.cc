@@ -10,6 +10,8 @@
 #include "proto/wire/dtype.h"
 #include "proto/wire/grpc_status.h"
 #include "server/batch/batch_prep.h"
+#include "server/coordinator/forward_metadata.h"
+#include "server/coordinator/prepare_batch.h"
 #include "server/coordinator/request_convert.h"
 #include "server/coordinator/shard_io.h"
 
@@ -78,30 +80,14 @@ double ForwardFlops(const ForwardSpec& spec) {
 }
 
 // A Forward stream's tensors after its header: q [B, H, S, D], k and v
-// [B, Hkv, S, D], sharded while they arrive; the per-token metadata [B, S]
-// (each optional), kept.
+// [B, Hkv, S, D], sharded while they arrive; the per-token metadata (each
+// optional), kept.
 void ExpectForwardInputs(const ForwardSpec& s, const batch::ShardLayout& layout, RankCalls& ranks,
                          ClientInputs& inputs) {
   for (auto [name, heads] : {std::pair{"q", s.heads}, {"k", s.kv_heads}, {"v", s.kv_heads}}) {
     inputs.Shard(name, s.dtype, {s.batch, heads, s.seq_len, s.head_dim}, layout, ranks);
   }
-  inputs.Keep("doc_ids", "INT32", {s.batch, s.seq_len});
-  inputs.Keep("vision_groups", "INT32", {s.batch, s.seq_len});
-  inputs.Keep("padding_mask", "BOOL", {s.batch, s.seq_len});
-}
-
-// The metadata the client sent, completed and padded (SPEC §1).
-absl::StatusOr<batch::AttentionMetadata> ForwardMetadata(const ForwardSpec& s,
-                                                         const batch::ShardLayout& layout,
-                                                         ClientInputs& inputs) {
-  auto kept = [&](const char* name, batch::ElemType type) -> std::optional<batch::HostTensor> {
-    std::optional<std::vector<std::byte>> data = inputs.Take(name);
-    if (!data) return std::nullopt;
-    return batch::HostTensor{type, {s.batch, s.seq_len}, *std::move(data)};
-  };
-  return batch::PadMetadata(
-      s.batch, s.seq_len, layout.padded_len(), kept("padding_mask", batch::ElemType::kU8),
-      kept("doc_ids", batch::ElemType::kI32), kept("vision_groups", batch::ElemType::kI32));
+  ExpectForwardMetadata(s, inputs);
 }
 
 // What each rank answers a forward with, and a backward.
@@ -242,6 +228,13 @@ grpc::Status AttentionServiceImpl::Release(grpc::ServerContext* context,
                                            const attention::v1::ReleaseRequest* request,
                                            attention::v1::ReleaseResponse* /*response*/) {
   return wire::ToGrpc(sessions_.Release(request->handle(), ClientKey(*context)));
+}
+
+grpc::Status AttentionServiceImpl::PrepareBatch(
+    grpc::ServerContext* /*context*/,
+    grpc::ServerReaderWriter<attention::v1::PrepareBatchResponse,
+                             attention::v1::PrepareBatchRequest>* stream) {
+  return wire::ToGrpc(RunPrepareBatch(*stream, cluster_.cp(), options_.max_call_bytes));
 }
 
 grpc::Status AttentionServiceImpl::ClusterStatus(

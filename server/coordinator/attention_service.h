@@ -43,6 +43,10 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   grpc::Status Backward(grpc::ServerContext* context, BackwardStream* stream) override;
   grpc::Status Release(grpc::ServerContext* context, const attention::v1::ReleaseRequest* request,
                        attention::v1::ReleaseResponse* response) override;
+  grpc::Status PrepareBatch(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<attention::v1::PrepareBatchResponse,
+                               attention::v1::PrepareBatchRequest>* stream) override;
   grpc::Status ClusterStatus(grpc::ServerContext* context,
                              const attention::v1::ClusterStatusRequest* request,
                              attention::v1::ClusterStatusResponse* response) override;

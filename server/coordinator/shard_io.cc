@@ -57,6 +57,11 @@ void ClientInputs::Keep(const std::string& name, const std::string& dtype,
   assembler_.Expect(name, dtype, std::move(shape), false);
 }
 
+void ClientInputs::KeepOneOf(const std::string& name, std::vector<std::string> dtypes,
+                             std::vector<std::vector<int64_t>> shapes) {
+  assembler_.ExpectOneOf(name, std::move(dtypes), std::move(shapes), false);
+}
+
 absl::Status ClientInputs::Add(TensorChunk& chunk) {
   RINGATTN_RETURN_IF_ERROR(assembler_.Add(chunk));
   auto it = sharded_.find(chunk.name());
@@ -73,6 +78,14 @@ absl::Status ClientInputs::Finish() {
 std::optional<std::vector<std::byte>> ClientInputs::Take(const std::string& name) {
   if (!assembler_.Has(name)) return std::nullopt;
   return assembler_.Take(name);
+}
+
+std::optional<batch::HostTensor> ClientInputs::TakeTensor(const std::string& name) {
+  if (!assembler_.Has(name)) return std::nullopt;
+  // Only dtypes HostTensor holds are ever expected.
+  const std::optional<batch::ElemType> type = batch::ParseElemType(assembler_.DTypeOf(name));
+  if (!type) return std::nullopt;
+  return batch::HostTensor{*type, assembler_.ShapeOf(name), assembler_.Take(name)};
 }
 
 bool SendSlices(const std::string& name, const std::string& dtype, const batch::HostTensor& whole,

@@ -62,6 +62,9 @@ class ClientInputs {
              const batch::ShardLayout& layout, RankCalls& calls);
   // An optional tensor, kept whole.
   void Keep(const std::string& name, const std::string& dtype, std::vector<int64_t> shape);
+  // An optional tensor in any of `dtypes` and `shapes`, kept whole.
+  void KeepOneOf(const std::string& name, std::vector<std::string> dtypes,
+                 std::vector<std::vector<int64_t>> shapes);
 
   // One piece: INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) for a piece that is
   // not what was declared; UNAVAILABLE when a rank stopped taking inputs.
@@ -71,6 +74,8 @@ class ClientInputs {
   absl::Status Finish();
   // A kept tensor, or nothing if the client did not send it.
   std::optional<std::vector<std::byte>> Take(const std::string& name);
+  // The same with the dtype and shape it came in.
+  std::optional<batch::HostTensor> TakeTensor(const std::string& name);
 
  private:
   wire::TensorAssembler assembler_;

@@ -113,8 +113,8 @@ TEST(HelpTest, CliHelpListsEveryCommandAndItsOwnFlags) {
   const std::string bin = Bin("ringattn");
   ExpectHelpListsOwnFlagsOnly(bin, {"client/cli/"});
   const CommandRun r = RunCommand(bin + " --help");
-  for (const char* command : {"demo", "serve", "status", "synthetic", "forward", "backward",
-                              "release", "bench", "help"}) {
+  for (const char* command : {"demo", "serve", "status", "synthetic", "forward", "prepare",
+                              "backward", "release", "bench", "help"}) {
     EXPECT_TRUE(absl::StrContains(r.output, absl::StrCat("\n  ", command, " "))) << r.output;
   }
   EXPECT_EQ(RunCommand(bin + " help").output, r.output);
@@ -126,11 +126,28 @@ TEST(HelpTest, HelpOfACommandShowsItsUsageAndOnlyItsFlags) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "usage: ringattn forward --coordinator=HOST:PORT"))
       << r.output;
-  EXPECT_EQ(ListedFlags(r.output),
-            (std::set<std::string>{"coordinator", "q", "k", "v", "doc_ids", "vision_groups",
-                                   "padding_mask", "out_dir", "keep_session", "dtype", "sliding",
-                                   "window", "scale", "tls", "tls_ca_file", "tls_cert_file",
-                                   "tls_key_file", "tls_server_name", "auth_token_file"}))
+  EXPECT_EQ(ListedFlags(r.output), (std::set<std::string>{"coordinator",
+                                                          "q",
+                                                          "k",
+                                                          "v",
+                                                          "doc_ids",
+                                                          "vision_groups",
+                                                          "padding_mask",
+                                                          "attention_mask",
+                                                          "mm_token_type_ids",
+                                                          "packed_seq_ids",
+                                                          "out_dir",
+                                                          "keep_session",
+                                                          "dtype",
+                                                          "sliding",
+                                                          "window",
+                                                          "scale",
+                                                          "tls",
+                                                          "tls_ca_file",
+                                                          "tls_cert_file",
+                                                          "tls_key_file",
+                                                          "tls_server_name",
+                                                          "auth_token_file"}))
       << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "  --out_dir=.\n")) << r.output;
   // The same through --help after the command, anywhere on the line.
@@ -152,7 +169,7 @@ TEST(HelpTest, UnknownCommandIsNamedAsSuch) {
     EXPECT_TRUE(
         absl::StrContains(r.output,
                           "unknown command 'frobnicate'; commands: demo, serve, status, synthetic, "
-                          "forward, backward, release, bench, help"))
+                          "forward, prepare, backward, release, bench, help"))
         << cmd << ": " << r.output;
     EXPECT_FALSE(absl::StrContains(r.output, "needs --coordinator")) << r.output;
   }
@@ -362,6 +379,137 @@ TEST_F(CliClusterTest, ReleaseFreesTheSessionAndASecondReleaseIsNotFound) {
       RunCommand(absl::StrCat(Bin("ringattn"), " release --coordinator=", cluster_->address()));
   EXPECT_EQ(missing.exit_code, 2) << missing.output;
   EXPECT_TRUE(absl::StrContains(missing.output, "release needs --handle")) << missing.output;
+}
+
+// An .npy of int64 values.
+void WriteInts(const std::string& path, std::vector<int64_t> shape,
+               const std::vector<int64_t>& values) {
+  NpyArray a{"<i8", std::move(shape), {}};
+  const auto* bytes = reinterpret_cast<const std::byte*>(values.data());
+  a.data.assign(bytes, bytes + values.size() * 8);
+  ASSERT_TRUE(WriteNpy(path, a).ok()) << path;
+}
+
+template <typename T>
+std::vector<T> ValuesOf(const NpyArray& a) {
+  std::vector<T> v(a.data.size() / sizeof(T));
+  std::memcpy(v.data(), a.data.data(), a.data.size());
+  return v;
+}
+
+// prepare writes the padded tensors and, with --shards, each rank's slice;
+// --prepare_cp overrides the ring's 2.
+TEST_F(CliClusterTest, PrepareWritesThePaddedBatchAndShards) {
+  const std::string dir = MakeTempDir();
+  WriteInts(dir + "/ids.npy", {1, 5}, {11, 12, 13, 14, 15});
+  WriteInts(dir + "/labels.npy", {1, 5}, {1, 2, 3, 4, 5});
+  WriteInts(dir + "/mask.npy", {1, 5}, {1, 1, 1, 1, 0});
+  WriteInts(dir + "/types.npy", {1, 5}, {0, 1, 1, 0, 0});
+  const std::string out = dir + "/out";  // Apart: the outputs reuse the inputs' names.
+  ASSERT_EQ(mkdir(out.c_str(), 0755), 0);
+  const std::string prepare = absl::StrCat(
+      Bin("ringattn"), " prepare --coordinator=", cluster_->address(), " --input_ids=", dir,
+      "/ids.npy --labels=", dir, "/labels.npy --attention_mask=", dir,
+      "/mask.npy --mm_token_type_ids=", dir, "/types.npy --pad_token_id=9", " --out_dir=", out);
+  const CommandRun r = RunCommand(prepare + " --shards");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(absl::StrContains(r.output, "prepared B=1 S=5 -> P=8 for cp=2 (shard length 4)"))
+      << r.output;
+  absl::StatusOr<NpyArray> ids = ReadNpy(out + "/input_ids.npy");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(ids->shape, (std::vector<int64_t>{1, 8}));
+  EXPECT_EQ(ValuesOf<int64_t>(*ids), (std::vector<int64_t>{11, 12, 13, 14, 15, 9, 9, 9}));
+  absl::StatusOr<NpyArray> padding = ReadNpy(out + "/padding_mask.npy");
+  ASSERT_TRUE(padding.ok()) << padding.status();
+  EXPECT_EQ(padding->descr, "|b1");
+  EXPECT_EQ(ValuesOf<uint8_t>(*padding), (std::vector<uint8_t>{0, 0, 0, 0, 1, 1, 1, 1}));
+  absl::StatusOr<NpyArray> labels = ReadNpy(out + "/rank1_labels.npy");
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_EQ(ValuesOf<int64_t>(*labels), (std::vector<int64_t>{5, -100, -100, -100}));
+  absl::StatusOr<NpyArray> vision = ReadNpy(out + "/rank0_vision_groups.npy");
+  ASSERT_TRUE(vision.ok()) << vision.status();
+  EXPECT_EQ(ValuesOf<int32_t>(*vision), (std::vector<int32_t>{-1, 0, 0, -1}));
+  absl::StatusOr<NpyArray> positions = ReadNpy(out + "/position_ids.npy");
+  ASSERT_TRUE(positions.ok()) << positions.status();
+  EXPECT_EQ(ValuesOf<int64_t>(*positions), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+
+  const CommandRun cp3 = RunCommand(prepare + " --prepare_cp=3");
+  ASSERT_EQ(cp3.exit_code, 0) << cp3.output;
+  EXPECT_TRUE(absl::StrContains(cp3.output, "-> P=6 for cp=3")) << cp3.output;
+  // The server's checks come back naming the field.
+  WriteInts(dir + "/short.npy", {1, 4}, {1, 2, 3, 4});
+  const CommandRun bad = RunCommand(prepare + " --labels=" + dir + "/short.npy");
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_TRUE(absl::StrContains(bad.output, "INVALID_ARGUMENT: labels has shape [1,4]"))
+      << bad.output;
+  // And the CLI's own before anything is sent.
+  const CommandRun none =
+      RunCommand(absl::StrCat(Bin("ringattn"), " prepare --coordinator=", cluster_->address(),
+                              " --labels=", dir, "/labels.npy"));
+  EXPECT_EQ(none.exit_code, 2) << none.output;
+  EXPECT_TRUE(absl::StrContains(none.output, "prepare needs one of --input_ids or --inputs_embeds"))
+      << none.output;
+}
+
+// forward with Hugging Face metadata files gives what the explicit files do.
+TEST_F(CliClusterTest, ForwardWithHfMetadataMatchesExplicitMetadata) {
+  const std::string dir = MakeTempDir();
+  WriteInputs(dir);
+  std::vector<int64_t> mask(kS, 1), types(kS, 0), packed(kS, 1);
+  std::vector<int32_t> docs(kS, 1), groups(kS, -1);
+  std::vector<uint8_t> padding(kS, 0);
+  for (int64_t i = 0; i < kS; ++i) {
+    if (i >= 40) packed[i] = docs[i] = 2;  // A second document,
+    if (i >= 60) {                         // then padding,
+      mask[i] = packed[i] = docs[i] = 0;
+      padding[i] = 1;
+    }
+    if (i >= 10 && i < 20) {  // and an image in the first.
+      types[i] = 1;
+      groups[i] = 0;
+    }
+  }
+  WriteInts(dir + "/mask.npy", {kB, kS}, mask);
+  WriteInts(dir + "/types.npy", {kB, kS}, types);
+  WriteInts(dir + "/packed.npy", {kB, kS}, packed);
+  auto write = [&](const std::string& name, const std::string& descr, const void* p, size_t n) {
+    NpyArray a{descr, {kB, kS}, {}};
+    a.data.assign(static_cast<const std::byte*>(p), static_cast<const std::byte*>(p) + n);
+    ASSERT_TRUE(WriteNpy(dir + "/" + name, a).ok());
+  };
+  write("docs.npy", "<i4", docs.data(), docs.size() * 4);
+  write("groups.npy", "<i4", groups.data(), groups.size() * 4);
+  write("padding.npy", "|u1", padding.data(), padding.size());
+  const std::string hf_out = dir + "/hf", explicit_out = dir + "/explicit";
+  ASSERT_EQ(mkdir(hf_out.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(explicit_out.c_str(), 0755), 0);
+  const CommandRun hf = RunCommand(ForwardCommand(cluster_->address(), dir, hf_out) +
+                                   " --sliding --window=16 --attention_mask=" + dir +
+                                   "/mask.npy --mm_token_type_ids=" + dir +
+                                   "/types.npy --packed_seq_ids=" + dir + "/packed.npy");
+  ASSERT_EQ(hf.exit_code, 0) << hf.output;
+  const CommandRun ex =
+      RunCommand(ForwardCommand(cluster_->address(), dir, explicit_out) +
+                 " --sliding --window=16 --doc_ids=" + dir + "/docs.npy --vision_groups=" + dir +
+                 "/groups.npy --padding_mask=" + dir + "/padding.npy");
+  ASSERT_EQ(ex.exit_code, 0) << ex.output;
+  for (const char* name : {"/out.npy", "/lse.npy"}) {
+    absl::StatusOr<NpyArray> a = ReadNpy(hf_out + name);
+    absl::StatusOr<NpyArray> b = ReadNpy(explicit_out + name);
+    ASSERT_TRUE(a.ok() && b.ok()) << name;
+    EXPECT_EQ(a->data, b->data) << name;
+  }
+  for (const CommandRun* run : {&hf, &ex}) {
+    EXPECT_TRUE(AttentionClient::Connect(cluster_->address())->Release(HandleOf(run->output)).ok());
+  }
+  // A float64 file is not a wire dtype: named before sending.
+  NpyArray f8{"<f8", {kB, kS}, std::vector<std::byte>(kS * 8)};
+  ASSERT_TRUE(WriteNpy(dir + "/f8.npy", f8).ok());
+  const CommandRun bad = RunCommand(ForwardCommand(cluster_->address(), dir, dir) +
+                                    " --attention_mask=" + dir + "/f8.npy");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_TRUE(absl::StrContains(bad.output, "--attention_mask holds <f8")) << bad.output;
+  EXPECT_EQ(OpenSessions(), 0);
 }
 
 }  // namespace
