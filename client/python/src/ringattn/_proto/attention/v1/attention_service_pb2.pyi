@@ -118,6 +118,46 @@ class LayerConfig(_message.Message):
     window: int
     def __init__(self, kind: _Optional[_Union[LayerConfig.Kind, str]] = ..., window: _Optional[int] = ..., scale: _Optional[float] = ..., causal: bool = ..., vision_bidirectional: bool = ..., dropout: _Optional[float] = ...) -> None: ...
 
+class PrepareBatchHeader(_message.Message):
+    __slots__ = ["cp", "include_shards", "pad_token_id"]
+    CP_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PAD_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    cp: int
+    include_shards: bool
+    pad_token_id: int
+    def __init__(self, pad_token_id: _Optional[int] = ..., cp: _Optional[int] = ..., include_shards: bool = ...) -> None: ...
+
+class PrepareBatchRequest(_message.Message):
+    __slots__ = ["chunk", "header"]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    chunk: _tensor_pb2.TensorChunk
+    header: PrepareBatchHeader
+    def __init__(self, header: _Optional[_Union[PrepareBatchHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class PrepareBatchResponse(_message.Message):
+    __slots__ = ["chunk", "info"]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    chunk: _tensor_pb2.TensorChunk
+    info: PreparedBatchInfo
+    def __init__(self, info: _Optional[_Union[PreparedBatchInfo, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class PreparedBatchInfo(_message.Message):
+    __slots__ = ["batch", "cp", "padded_len", "seq_len", "shard_len"]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    CP_FIELD_NUMBER: _ClassVar[int]
+    PADDED_LEN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_LEN_FIELD_NUMBER: _ClassVar[int]
+    batch: int
+    cp: int
+    padded_len: int
+    seq_len: int
+    shard_len: int
+    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., padded_len: _Optional[int] = ..., cp: _Optional[int] = ..., shard_len: _Optional[int] = ...) -> None: ...
+
 class RankMetrics(_message.Message):
     __slots__ = ["bytes_received", "bytes_sent", "comm_wait_seconds", "compute_seconds", "rank", "steps", "total_seconds"]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]

@@ -42,6 +42,11 @@ class AttentionServiceStub(object):
                 request_serializer=attention_dot_v1_dot_attention__service__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=attention_dot_v1_dot_attention__service__pb2.ClusterStatusResponse.FromString,
                 )
+        self.PrepareBatch = channel.stream_stream(
+                '/ringattn.attention.v1.AttentionService/PrepareBatch',
+                request_serializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.SerializeToString,
+                response_deserializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.FromString,
+                )
 
 
 class AttentionServiceServicer(object):
@@ -78,6 +83,15 @@ class AttentionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareBatch(self, request_iterator, context):
+        """SPEC §1 for a whole training batch: the padded tensors and every rank's
+        shard, so the caller's loss and RoPE agree with what the ring computes.
+        Runs no attention and opens no session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +114,11 @@ def add_AttentionServiceServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=attention_dot_v1_dot_attention__service__pb2.ClusterStatusRequest.FromString,
                     response_serializer=attention_dot_v1_dot_attention__service__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'PrepareBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.PrepareBatch,
+                    request_deserializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.FromString,
+                    response_serializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,5 +202,22 @@ class AttentionService(object):
         return grpc.experimental.unary_unary(request, target, '/ringattn.attention.v1.AttentionService/ClusterStatus',
             attention_dot_v1_dot_attention__service__pb2.ClusterStatusRequest.SerializeToString,
             attention_dot_v1_dot_attention__service__pb2.ClusterStatusResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def PrepareBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/ringattn.attention.v1.AttentionService/PrepareBatch',
+            attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.SerializeToString,
+            attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
