@@ -18,6 +18,15 @@ void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(timeout));
 }
 
+attention::v1::TensorRef ToProto(const std::string& name, const RegionRef& r) {
+  attention::v1::TensorRef ref;
+  ref.set_name(name);
+  ref.set_region(r.region);
+  ref.set_offset(r.offset);
+  ref.set_byte_size(r.byte_size);
+  return ref;
+}
+
 }  // namespace
 
 AttentionClient::AttentionClient(std::shared_ptr<grpc::Channel> channel)
@@ -72,10 +81,17 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   h->set_kv_heads(in.kv_heads);
   h->set_seq_len(in.seq_len);
   h->set_head_dim(in.head_dim);
+  for (const auto& [name, r] : in.output_regions) *h->add_outputs() = ToProto(name, r);
   bool ok = stream->Write(req);
   auto send = [&](const std::string& name, const std::string& dtype,
                   const std::vector<int64_t>& shape, std::span<const std::byte> data) {
     if (!ok) return;
+    if (auto it = in.input_regions.find(name); it != in.input_regions.end()) {
+      attention::v1::ForwardRequest r;
+      *r.mutable_tensor_ref() = ToProto(name, it->second);
+      ok = stream->Write(r);
+      return;
+    }
     wire::SplitTensor(name, dtype, shape, data, [&](attention::v1::TensorChunk& c) {
       attention::v1::ForwardRequest r;
       *r.mutable_chunk() = std::move(c);
@@ -89,9 +105,19 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   send("q", in.dtype, q_shape, in.q);
   send("k", in.dtype, kv_shape, in.k);
   send("v", in.dtype, kv_shape, in.v);
-  if (in.doc_ids) send("doc_ids", "INT32", tokens, std::as_bytes(*in.doc_ids));
-  if (in.vision_groups) send("vision_groups", "INT32", tokens, std::as_bytes(*in.vision_groups));
-  if (in.padding_mask) send("padding_mask", "BOOL", tokens, std::as_bytes(*in.padding_mask));
+  auto has = [&](const auto& field, const char* name) {
+    return field.has_value() || in.input_regions.contains(name);
+  };
+  auto bytes_of = [](const auto& field) {
+    return field ? std::as_bytes(*field) : std::span<const std::byte>();
+  };
+  if (has(in.doc_ids, "doc_ids")) send("doc_ids", "INT32", tokens, bytes_of(in.doc_ids));
+  if (has(in.vision_groups, "vision_groups")) {
+    send("vision_groups", "INT32", tokens, bytes_of(in.vision_groups));
+  }
+  if (has(in.padding_mask, "padding_mask")) {
+    send("padding_mask", "BOOL", tokens, bytes_of(in.padding_mask));
+  }
   for (const auto& [name, t] : {std::pair{"attention_mask", &in.attention_mask},
                                 {"mm_token_type_ids", &in.mm_token_type_ids},
                                 {"packed_seq_ids", &in.packed_seq_ids}}) {
@@ -101,8 +127,10 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
 
   ForwardOutputs out;
   wire::TensorAssembler assembler(uint64_t{1} << 40);
-  assembler.Expect("out", in.dtype, q_shape, true);
-  assembler.Expect("lse", "FP32", {in.batch, in.heads, in.seq_len}, true);
+  if (!in.output_regions.contains("out")) assembler.Expect("out", in.dtype, q_shape, true);
+  if (!in.output_regions.contains("lse")) {
+    assembler.Expect("lse", "FP32", {in.batch, in.heads, in.seq_len}, true);
+  }
   attention::v1::ForwardResponse resp;
   absl::Status bad;
   bool has_session = false;
@@ -128,6 +156,14 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
                                                           const std::string& handle,
                                                           std::span<const std::byte> dout,
                                                           absl::Duration timeout) {
+  return Backward(shapes, handle, dout, BackwardRegions{}, timeout);
+}
+
+absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& shapes,
+                                                          const std::string& handle,
+                                                          std::span<const std::byte> dout,
+                                                          const BackwardRegions& regions,
+                                                          absl::Duration timeout) {
   grpc::ClientContext ctx;
   Tracked tracked(*this, ctx);
   SetDeadline(ctx, timeout);
@@ -136,10 +172,17 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   req.mutable_header()->set_handle(handle);
   // The service checks a stated kv_heads against the session before any work.
   if (shapes.kv_heads > 0) req.mutable_header()->set_kv_heads(shapes.kv_heads);
+  for (const auto& [name, r] : regions.outputs) {
+    *req.mutable_header()->add_outputs() = ToProto(name, r);
+  }
   bool ok = stream->Write(req);
   const std::vector<int64_t> q_shape = {shapes.batch, shapes.heads, shapes.seq_len,
                                         shapes.head_dim};
-  if (ok) {
+  if (ok && regions.dout) {
+    attention::v1::BackwardRequest r;
+    *r.mutable_tensor_ref() = ToProto("dout", *regions.dout);
+    ok = stream->Write(r);
+  } else if (ok) {
     wire::SplitTensor("dout", shapes.dtype, q_shape, dout, [&](attention::v1::TensorChunk& c) {
       attention::v1::BackwardRequest r;
       *r.mutable_chunk() = std::move(c);
@@ -150,16 +193,23 @@ absl::StatusOr<BackwardOutputs> AttentionClient::Backward(const ForwardInputs& s
   stream->WritesDone();
   BackwardOutputs out;
   wire::TensorAssembler assembler(uint64_t{1} << 40);
-  assembler.Expect("dq", "FP32", q_shape, true);
+  if (!regions.outputs.contains("dq")) assembler.Expect("dq", "FP32", q_shape, true);
   // dK and dV [B, Hkv, S, D]; without a stated Hkv, the session's, as the
-  // first of their pieces declares it.
+  // first of their pieces declares it (or a region's size says).
   auto expect_kv = [&](int64_t kv_heads) {
     out.kv_heads = kv_heads;
     const std::vector<int64_t> kv_shape = {shapes.batch, kv_heads, shapes.seq_len, shapes.head_dim};
-    assembler.Expect("dk", "FP32", kv_shape, true);
-    assembler.Expect("dv", "FP32", kv_shape, true);
+    for (const char* name : {"dk", "dv"}) {
+      if (!regions.outputs.contains(name)) assembler.Expect(name, "FP32", kv_shape, true);
+    }
   };
-  if (shapes.kv_heads > 0) expect_kv(shapes.kv_heads);
+  int64_t kv_heads = shapes.kv_heads;
+  if (auto it = regions.outputs.find("dk"); kv_heads <= 0 && it != regions.outputs.end()) {
+    const auto per_head =
+        static_cast<uint64_t>(shapes.batch * shapes.seq_len * shapes.head_dim) * 4;
+    if (per_head > 0) kv_heads = static_cast<int64_t>(it->second.byte_size / per_head);
+  }
+  if (kv_heads > 0) expect_kv(kv_heads);
   attention::v1::BackwardResponse resp;
   absl::Status bad;
   while (stream->Read(&resp)) {
@@ -246,6 +296,36 @@ absl::StatusOr<PrepareBatchOutputs> AttentionClient::PrepareBatch(const PrepareB
   }
   if (!bad.ok()) return absl::InternalError(absl::StrCat("bad response: ", bad.message()));
   return out;
+}
+
+absl::Status AttentionClient::RegisterRegion(const std::string& name, const std::string& shm_name,
+                                             uint64_t byte_size) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(30));
+  attention::v1::RegisterRegionRequest req;
+  req.set_name(name);
+  req.set_shm_name(shm_name);
+  req.set_byte_size(byte_size);
+  attention::v1::RegisterRegionResponse resp;
+  return wire::FromGrpc(stub_->RegisterRegion(&ctx, req, &resp));
+}
+
+absl::Status AttentionClient::UnregisterRegion(const std::string& name) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(30));
+  attention::v1::UnregisterRegionRequest req;
+  req.set_name(name);
+  attention::v1::UnregisterRegionResponse resp;
+  return wire::FromGrpc(stub_->UnregisterRegion(&ctx, req, &resp));
+}
+
+absl::StatusOr<attention::v1::ListRegionsResponse> AttentionClient::ListRegions() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, absl::Seconds(30));
+  attention::v1::ListRegionsRequest req;
+  attention::v1::ListRegionsResponse resp;
+  if (absl::Status s = wire::FromGrpc(stub_->ListRegions(&ctx, req, &resp)); !s.ok()) return s;
+  return resp;
 }
 
 absl::Status AttentionClient::Release(const std::string& handle) {

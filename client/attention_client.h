@@ -38,6 +38,14 @@ struct Tensor {
   std::vector<std::byte> data;
 };
 
+// A tensor in a region registered with AttentionClient::RegisterRegion:
+// its bytes at [offset, offset + byte_size), exactly the tensor's size.
+struct RegionRef {
+  std::string region;
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+};
+
 struct ForwardInputs {
   std::string dtype = "FP32";  // FP32, BF16, FP16
   int64_t batch = 1, heads = 1, kv_heads = 1, seq_len = 1, head_dim = 1;
@@ -54,6 +62,19 @@ struct ForwardInputs {
   std::optional<TensorView> mm_token_type_ids;  // [B, S] INT32/INT64, 0 text 1 image 2 video
   std::optional<TensorView> packed_seq_ids;     // [B, S] INT32/INT64, 1-based, 0 = padding
   attention::v1::LayerConfig layer;
+  // Inputs named in regions instead of streamed (their spans above are not
+  // read): any of q, k, v, doc_ids, vision_groups, padding_mask.
+  std::map<std::string, RegionRef> input_regions;
+  // Outputs written into regions instead of streamed back: out, lse (left
+  // empty in ForwardOutputs).
+  std::map<std::string, RegionRef> output_regions;
+};
+
+// A backward's tensors in regions: dout, and any of dq, dk, dv (left empty
+// in BackwardOutputs).
+struct BackwardRegions {
+  std::optional<RegionRef> dout;
+  std::map<std::string, RegionRef> outputs;
 };
 
 // A training batch for PrepareBatch (SPEC §1), by input name: input_ids
@@ -113,6 +134,19 @@ class AttentionClient {
   // what the ring computes; runs no attention.
   absl::StatusOr<PrepareBatchOutputs> PrepareBatch(const PrepareBatchInputs& in,
                                                    absl::Duration timeout = absl::Minutes(10));
+
+  // The same with tensors in regions (dout not read when regions.dout is set).
+  absl::StatusOr<BackwardOutputs> Backward(const ForwardInputs& shapes, const std::string& handle,
+                                           std::span<const std::byte> dout,
+                                           const BackwardRegions& regions,
+                                           absl::Duration timeout = absl::Minutes(10));
+
+  // Shared-memory regions of this client's identity (see the service's
+  // RegisterRegion): `shm_name` must be an object on the service's host.
+  absl::Status RegisterRegion(const std::string& name, const std::string& shm_name,
+                              uint64_t byte_size);
+  absl::Status UnregisterRegion(const std::string& name);
+  absl::StatusOr<attention::v1::ListRegionsResponse> ListRegions();
   absl::Status Release(const std::string& handle);
   absl::StatusOr<attention::v1::ClusterStatusResponse> Status();
 

@@ -120,6 +120,9 @@ absl::Status LocalCluster::StartWorker(int rank) {
                                    "--threads=" + std::to_string(options_.worker_threads)};
   for (std::string& flag : SecurityFlags(options_, false)) args.push_back(std::move(flag));
   args.insert(args.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  if (auto it = options_.rank_worker_flags.find(rank); it != options_.rank_worker_flags.end()) {
+    args.insert(args.end(), it->second.begin(), it->second.end());
+  }
   absl::StatusOr<pid_t> w = Spawn(args);
   if (!w.ok()) return w.status();
   workers_[rank] = *w;

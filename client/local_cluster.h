@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,8 +21,9 @@ struct LocalClusterOptions {
   std::string bin_dir;
   int worker_threads = 1;
   double ring_timeout_seconds = 60;
-  std::vector<std::string> coordinator_flags;  // Extra flags, e.g. limits.
-  std::vector<std::string> worker_flags;       // Extra flags for every worker.
+  std::vector<std::string> coordinator_flags;                 // Extra flags, e.g. limits.
+  std::vector<std::string> worker_flags;                      // Extra flags for every worker.
+  std::map<int, std::vector<std::string>> rank_worker_flags;  // And for one rank's.
   absl::Duration start_timeout = absl::Seconds(60);
   // TLS and tokens (the daemons' flags of the same names), the same files for
   // every daemon. The launcher's own calls show tls_cert_file as client

@@ -4,7 +4,10 @@
 //  2. bytes/s through the real service (coordinator + 2 workers): a forward
 //     with little compute and a lot of data (sliding W=16), bytes in + out
 //     over the call's wall time, against the baseline;
-//  3. forward + backward step time through the service against the same
+//  3. the same forwards with every tensor in a shared-memory region (no
+//     tensor byte on gRPC), against raw gRPC, against memcpy of the same
+//     bytes in this process, and their CPU per byte against the streamed;
+//  4. forward + backward step time through the service against the same
 //     ring run in-process (threads over the in-process transport): the
 //     service's overhead.
 // Ends with `figure: <name> <value>` lines.
@@ -14,8 +17,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -29,6 +34,7 @@
 #include "attention/v1/attention_service.grpc.pb.h"
 #include "client/attention_client.h"
 #include "client/local_cluster.h"
+#include "client/region_staging.h"
 #include "client/synthetic_inputs.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
@@ -172,14 +178,16 @@ std::unique_ptr<Problem> MakeProblem(kernels::reference::BatchShape shape, int64
 
 // Best of `repeat` forwards of `p` (released after each): bytes in and out
 // over the client's wall time, and the CPU of every process per byte.
+// `staging`: the tensors lie in that region (staged once, before), and the
+// forward names them all by reference.
 absl::StatusOr<Throughput> MeasureForward(client::AttentionClient& c,
                                           const client::LocalCluster& cluster, const Problem& p,
-                                          int repeat) {
+                                          int repeat, client::RegionStaging* staging = nullptr) {
   Throughput best;
   for (int r = 0; r < repeat; ++r) {
     const double cpu0 = ClusterCpuSeconds(cluster);
     const Clock::time_point t0 = Clock::now();
-    absl::StatusOr<client::ForwardOutputs> f = c.Forward(p.in);
+    absl::StatusOr<client::ForwardOutputs> f = staging ? staging->Forward() : c.Forward(p.in);
     const double s = Since(t0);
     const double cpu = ClusterCpuSeconds(cluster) - cpu0;
     if (!f.ok()) return f.status();
@@ -189,8 +197,10 @@ absl::StatusOr<Throughput> MeasureForward(client::AttentionClient& c,
       std::printf(", rank %d ring %.3f s (compute %.3f)", rk.rank(), rk.total_seconds(),
                   rk.compute_seconds());
     }
-    double bytes = static_cast<double>(p.in.q.size() + p.in.k.size() + p.in.v.size() +
-                                       f->out.size() + f->lse.size() * sizeof(float));
+    const size_t out_bytes = staging ? staging->Bytes("out").size() : f->out.size();
+    const size_t lse_bytes = staging ? staging->Bytes("lse").size() : f->lse.size() * sizeof(float);
+    double bytes =
+        static_cast<double>(p.in.q.size() + p.in.k.size() + p.in.v.size() + out_bytes + lse_bytes);
     if (p.in.padding_mask) bytes += static_cast<double>(p.in.padding_mask->size());
     if (p.in.doc_ids) bytes += static_cast<double>(p.in.doc_ids->size_bytes());
     if (p.in.vision_groups) bytes += static_cast<double>(p.in.vision_groups->size_bytes());
@@ -198,6 +208,31 @@ absl::StatusOr<Throughput> MeasureForward(client::AttentionClient& c,
     if (bytes / s > best.bytes_per_second) best = {bytes / s, cpu / bytes};
   }
   return best;
+}
+
+// Best of `repeat` copies of `bytes` from one buffer to another (both
+// touched first, so page faults are not timed): the host's memcpy
+// bandwidth, counted as bytes moved.
+double MemcpyBytesPerSecond(size_t bytes, int repeat) {
+  std::vector<std::byte> from(bytes, std::byte{1}), to(bytes, std::byte{0});
+  double best = 0;
+  for (int r = 0; r < repeat; ++r) {
+    const Clock::time_point t0 = Clock::now();
+    std::memcpy(to.data(), from.data(), bytes);
+    best = std::max(best, static_cast<double>(bytes) / Since(t0));
+  }
+  return best;
+}
+
+// Forwards of `p` with every tensor in a shared-memory region (staged once).
+absl::StatusOr<Throughput> MeasureShmForward(client::AttentionClient& c,
+                                             const client::LocalCluster& cluster, const Problem& p,
+                                             int repeat) {
+  absl::StatusOr<std::unique_ptr<client::RegionStaging>> staging =
+      client::RegionStaging::Create(c, p.in, "bench");
+  if (!staging.ok()) return staging.status();
+  (*staging)->Stage(p.in, {});
+  return MeasureForward(c, cluster, p, repeat, staging->get());
 }
 
 // The same forward + backward as a ring of `cp` threads in this process.
@@ -282,6 +317,23 @@ int Main() {
                  (service.ok() ? plane.status() : service.status()).ToString().c_str());
     return 1;
   }
+  // The same forwards with every tensor in a shared-memory region on this
+  // host: no tensor byte on gRPC; against the same bytes memcpy'd here.
+  std::printf("shared-memory regions:\n");
+  heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/false);
+  absl::StatusOr<Throughput> shm_service = absl::GetFlag(FLAGS_window_forward)
+                                               ? MeasureShmForward(*c, **cluster, *heavy, repeat)
+                                               : absl::StatusOr<Throughput>(Throughput{1.0, 1.0});
+  heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/true);
+  absl::StatusOr<Throughput> shm_plane = MeasureShmForward(*c, **cluster, *heavy, repeat);
+  const size_t plane_bytes = heavy->in.q.size() * 2 + heavy->in.k.size() + heavy->in.v.size();
+  heavy.reset();
+  if (!shm_service.ok() || !shm_plane.ok()) {
+    std::fprintf(stderr, "error: %s\n",
+                 (shm_service.ok() ? shm_plane.status() : shm_service.status()).ToString().c_str());
+    return 1;
+  }
+  const double memcpy_bps = MemcpyBytesPerSecond(plane_bytes, repeat);
   const double service_bps = service->bytes_per_second;
   std::printf(
       "through the service (forward, S=32768 H=8 D=128 fp32, W=16): %.0f MiB/s, %.2f of raw; "
@@ -302,6 +354,29 @@ int Main() {
               raw_run.cpu_seconds_per_byte / service->cpu_seconds_per_byte);
   std::printf("figure: service_data_plane_bytes_per_cpu_s_vs_grpc_loopback %.2f\n",
               raw_run.cpu_seconds_per_byte / plane->cpu_seconds_per_byte);
+  std::printf(
+      "shared memory (same forwards, every tensor by reference): %.0f MiB/s end to end, %.2f of "
+      "raw gRPC; data plane %.0f MiB/s, %.2f of memcpy (%.0f MiB/s); CPU s/GiB %.2f (streamed "
+      "%.2f), data plane %.2f (streamed %.2f)\n",
+      shm_service->bytes_per_second / 1048576.0, shm_service->bytes_per_second / raw,
+      shm_plane->bytes_per_second / 1048576.0, shm_plane->bytes_per_second / memcpy_bps,
+      memcpy_bps / 1048576.0, shm_service->cpu_seconds_per_byte * 1073741824.0,
+      service->cpu_seconds_per_byte * 1073741824.0, shm_plane->cpu_seconds_per_byte * 1073741824.0,
+      plane->cpu_seconds_per_byte * 1073741824.0);
+  std::printf("figure: memcpy_mib_per_s %.0f\n", memcpy_bps / 1048576.0);
+  std::printf("figure: shm_forward_mib_per_s %.0f\n", shm_service->bytes_per_second / 1048576.0);
+  std::printf("figure: shm_bytes_per_s_vs_grpc_loopback %.2f\n",
+              shm_service->bytes_per_second / raw);
+  std::printf("figure: shm_data_plane_bytes_per_s_vs_memcpy %.2f\n",
+              shm_plane->bytes_per_second / memcpy_bps);
+  std::printf("figure: shm_data_plane_bytes_per_s_vs_grpc_loopback %.2f\n",
+              shm_plane->bytes_per_second / raw);
+  // CPU seconds per byte of the region path against the streamed one's
+  // (lower is better).
+  std::printf("figure: shm_cpu_s_per_byte_vs_streamed %.2f\n",
+              shm_service->cpu_seconds_per_byte / service->cpu_seconds_per_byte);
+  std::printf("figure: shm_data_plane_cpu_s_per_byte_vs_streamed %.2f\n",
+              shm_plane->cpu_seconds_per_byte / plane->cpu_seconds_per_byte);
   if (!absl::GetFlag(FLAGS_step)) {
     c.reset();
     return (*cluster)->Stop().ok() ? 0 : 1;

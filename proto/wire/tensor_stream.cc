@@ -175,6 +175,37 @@ absl::Status TensorAssembler::Add(const attention::v1::TensorChunk& chunk) {
   return absl::OkStatus();
 }
 
+absl::Status TensorAssembler::AddWhole(const std::string& name, std::vector<std::byte> data) {
+  auto it = slots_.find(name);
+  if (it == slots_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", name, "'"));
+  }
+  Slot& slot = it->second;
+  if (slot.started) return absl::InvalidArgumentError(absl::StrCat(name, " was sent twice"));
+  if (slot.bytes == std::numeric_limits<uint64_t>::max() ||
+      slot.bytes > max_total_bytes_ - total_) {
+    return absl::ResourceExhaustedError(absl::StrCat("tensors of this call exceed the limit of ",
+                                                     max_total_bytes_, " bytes at '", name, "'"));
+  }
+  if (slot.keep && data.size() != slot.bytes) {
+    return absl::InternalError(
+        absl::StrCat(name, ": ", data.size(), " bytes where ", slot.bytes, " are due"));
+  }
+  slot.started = true;
+  if (slot.keep) slot.data = std::move(data);
+  slot.received = slot.bytes;
+  total_ += slot.bytes;
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> TensorAssembler::ExpectedBytes(const std::string& name) const {
+  auto it = slots_.find(name);
+  if (it == slots_.end() || it->second.bytes == std::numeric_limits<uint64_t>::max()) {
+    return std::nullopt;
+  }
+  return it->second.bytes;
+}
+
 absl::Status TensorAssembler::Finish() {
   for (const auto& [name, slot] : slots_) {
     if (!slot.started && !slot.required) continue;

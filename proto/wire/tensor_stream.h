@@ -6,6 +6,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -87,6 +88,14 @@ class TensorAssembler {
                    std::vector<std::vector<int64_t>> shapes, bool required);
 
   absl::Status Add(const attention::v1::TensorChunk& chunk);
+  // A whole expected tensor that came another way (from a shared-memory
+  // region): counted as all its pieces, so it must not have started and
+  // later pieces of it are refused. `data` holds it when it is kept (and is
+  // ignored otherwise).
+  absl::Status AddWhole(const std::string& name, std::vector<std::byte> data = {});
+  // The bytes an expected tensor holds, or nothing for a name not expected
+  // (or a shape that overflows).
+  std::optional<uint64_t> ExpectedBytes(const std::string& name) const;
 
   // After the stream ends: every required tensor complete, no partial one.
   absl::Status Finish();

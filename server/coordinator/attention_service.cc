@@ -14,6 +14,7 @@
 #include "server/coordinator/prepare_batch.h"
 #include "server/coordinator/request_convert.h"
 #include "server/coordinator/shard_io.h"
+#include "server/shm/shm_file.h"
 
 namespace ringattn::coordinator {
 namespace {
@@ -123,6 +124,8 @@ AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions 
       options_(options),
       metrics_(metrics),
       ring_env_{cluster, metrics, options.ring_timeout},
+      shm_host_id_(options.shm_regions ? shm::ShmHostId() : ""),
+      regions_({options.max_regions_per_client, options.session_ttl}),
       sessions_({options.memory_budget_bytes, options.session_ttl, options.max_sessions_per_client,
                  options.max_client_memory_bytes},
                 metrics,
@@ -143,6 +146,73 @@ void AttentionServiceImpl::ReleaseOnWorkers(const std::vector<std::string>& hand
   }
 }
 
+CallRegions AttentionServiceImpl::RegionsFor(const std::string& owner,
+                                             const Cluster::Ticket& ticket) {
+  CallRegions regions;
+  if (!options_.shm_regions) return regions;
+  regions.table = &regions_;
+  regions.owner = owner;
+  for (size_t r = 0; r < ticket.stubs.size(); ++r) {
+    regions.direct.push_back(!shm_host_id_.empty() && r < ticket.shm_host_ids.size() &&
+                             ticket.shm_host_ids[r] == shm_host_id_);
+  }
+  return regions;
+}
+
+absl::StatusOr<RegionOutputs> AttentionServiceImpl::ResolveOutputs(
+    const std::string& owner,
+    const google::protobuf::RepeatedPtrField<attention::v1::TensorRef>& refs,
+    const std::vector<std::pair<std::string, uint64_t>>& whole) {
+  RegionOutputs outputs;
+  if (refs.empty()) return outputs;
+  if (!options_.shm_regions) {
+    return absl::FailedPreconditionError("this coordinator takes no shared-memory regions");
+  }
+  for (const attention::v1::TensorRef& ref : refs) {
+    auto it = std::find_if(whole.begin(), whole.end(),
+                           [&](const auto& w) { return w.first == ref.name(); });
+    if (it == whole.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", ref.name(), "' is not an output of this call"));
+    }
+    if (outputs.tensors.contains(ref.name())) {
+      return absl::InvalidArgumentError(absl::StrCat("output '", ref.name(), "' is named twice"));
+    }
+    RINGATTN_ASSIGN_OR_RETURN(RegionTensor tensor, regions_.Resolve(owner, ref, it->second));
+    outputs.tensors.emplace(ref.name(), std::move(tensor));
+  }
+  return outputs;
+}
+
+grpc::Status AttentionServiceImpl::RegisterRegion(
+    grpc::ServerContext* context, const attention::v1::RegisterRegionRequest* request,
+    attention::v1::RegisterRegionResponse* /*response*/) {
+  if (!options_.shm_regions) {
+    return wire::ToGrpc(
+        absl::FailedPreconditionError("this coordinator takes no shared-memory regions"));
+  }
+  return wire::ToGrpc(regions_.Register(ClientKey(*context), request->name(), request->shm_name(),
+                                        request->byte_size()));
+}
+
+grpc::Status AttentionServiceImpl::UnregisterRegion(
+    grpc::ServerContext* context, const attention::v1::UnregisterRegionRequest* request,
+    attention::v1::UnregisterRegionResponse* /*response*/) {
+  return wire::ToGrpc(regions_.Unregister(ClientKey(*context), request->name()));
+}
+
+grpc::Status AttentionServiceImpl::ListRegions(grpc::ServerContext* context,
+                                               const attention::v1::ListRegionsRequest* /*request*/,
+                                               attention::v1::ListRegionsResponse* response) {
+  for (const auto& region : regions_.List(ClientKey(*context))) {
+    attention::v1::RegionStatus* r = response->add_regions();
+    r->set_name(region->name);
+    r->set_shm_name(region->file.name());
+    r->set_byte_size(region->byte_size);
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status AttentionServiceImpl::Forward(grpc::ServerContext* context, ForwardStream* stream) {
   return wire::ToGrpc(RunForward(*context, *stream));
 }
@@ -153,12 +223,19 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
                             ReadHeader<attention::v1::ForwardRequest>(stream, "Forward"));
   RINGATTN_ASSIGN_OR_RETURN(const ForwardSpec spec,
                             ForwardSpecFromHeader(req.header(), options_.max_call_bytes));
+  const std::string owner = ClientKey(context);
+  const auto tokens = static_cast<uint64_t>(spec.batch * spec.heads * spec.seq_len);
+  RINGATTN_ASSIGN_OR_RETURN(
+      RegionOutputs outputs,
+      ResolveOutputs(
+          owner, req.header().outputs(),
+          {{"out", tokens * spec.head_dim * kernels::DTypeSize(spec.dtype)}, {"lse", tokens * 4}}));
   RINGATTN_RETURN_IF_ERROR(cluster_.WaitReady(absl::Seconds(5)));
   const batch::ShardLayout layout(spec.seq_len, cluster_.cp());
   // The session's place in the budget is taken before any tensor byte is
   // read: the inputs go on to the workers while they arrive.
   RINGATTN_ASSIGN_OR_RETURN(SessionTable::Reservation reservation,
-                            sessions_.Reserve(ClientKey(context), SessionBytes(spec, layout)));
+                            sessions_.Reserve(owner, SessionBytes(spec, layout)));
   const std::string handle = reservation.handle();
   RINGATTN_ASSIGN_OR_RETURN(const Cluster::Ticket ticket, cluster_.NextCall());
   RingCallRunner ring(ring_env_, context, scope.start(), ticket, Method::kForward,
@@ -166,7 +243,10 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
                       layout);
   // Ranks that finished keep the session unless it is freed.
   ring.UndoOnFailure([&] { sessions_.Drop(handle); });
-  ClientInputs inputs(options_.max_call_bytes);
+  CallRegions regions = RegionsFor(owner, ticket);
+  outputs.direct = regions.direct;
+  RINGATTN_RETURN_IF_ERROR(ring.SendRegionOutputs(std::move(outputs), ForwardAnswer(spec, layout)));
+  ClientInputs inputs(options_.max_call_bytes, std::move(regions));
   ExpectForwardInputs(spec, layout, ring.ranks(), inputs);
   RINGATTN_RETURN_IF_ERROR(ring.ReadInputs(stream, inputs));
   RINGATTN_ASSIGN_OR_RETURN(const batch::AttentionMetadata metadata,
@@ -196,13 +276,20 @@ absl::Status AttentionServiceImpl::RunBackward(grpc::ServerContext& context,
   RINGATTN_ASSIGN_OR_RETURN(const auto req,
                             ReadHeader<attention::v1::BackwardRequest>(stream, "Backward"));
   const std::string& handle = req.header().handle();
-  RINGATTN_ASSIGN_OR_RETURN(const Session session, sessions_.Find(handle, ClientKey(context)));
+  const std::string owner = ClientKey(context);
+  RINGATTN_ASSIGN_OR_RETURN(const Session session, sessions_.Find(handle, owner));
   const ForwardSpec& s = session.spec;
   if (const int64_t kv_heads = req.header().kv_heads(); kv_heads != 0 && kv_heads != s.kv_heads) {
     return absl::InvalidArgumentError(absl::StrCat("kv_heads ", kv_heads,
                                                    " does not match session ", handle,
                                                    ", whose forward had kv_heads ", s.kv_heads));
   }
+  const auto positions = static_cast<uint64_t>(s.batch * s.seq_len * s.head_dim) * 4;
+  RINGATTN_ASSIGN_OR_RETURN(RegionOutputs outputs,
+                            ResolveOutputs(owner, req.header().outputs(),
+                                           {{"dq", positions * s.heads},
+                                            {"dk", positions * s.kv_heads},
+                                            {"dv", positions * s.kv_heads}}));
   RINGATTN_ASSIGN_OR_RETURN(const Cluster::Ticket ticket, cluster_.NextCall());
   if (ticket.generation != session.generation) {
     return absl::UnavailableError(
@@ -212,7 +299,11 @@ absl::Status AttentionServiceImpl::RunBackward(grpc::ServerContext& context,
       ring_env_, context, scope.start(), ticket, Method::kBackward,
       ShardCallFor(s, handle, session.layout, ticket.generation, options_.ring_timeout),
       session.layout);
-  ClientInputs inputs(options_.max_call_bytes);
+  CallRegions regions = RegionsFor(owner, ticket);
+  outputs.direct = regions.direct;
+  RINGATTN_RETURN_IF_ERROR(
+      ring.SendRegionOutputs(std::move(outputs), BackwardAnswer(s, session.layout)));
+  ClientInputs inputs(options_.max_call_bytes, std::move(regions));
   inputs.Shard("dout", s.dtype, {s.batch, s.heads, s.seq_len, s.head_dim}, session.layout,
                ring.ranks());
   RINGATTN_RETURN_IF_ERROR(ring.ReadInputs(stream, inputs));

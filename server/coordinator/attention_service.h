@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -10,6 +11,7 @@
 #include "attention/v1/attention_service.grpc.pb.h"
 #include "server/coordinator/cluster.h"
 #include "server/coordinator/coordinator_metrics.h"
+#include "server/coordinator/region_table.h"
 #include "server/coordinator/ring_call_runner.h"
 #include "server/coordinator/session_table.h"
 
@@ -24,6 +26,10 @@ struct CoordinatorOptions {
   // sessions open at once, and session state held. 0: no limit of its own.
   int max_sessions_per_client = 0;
   uint64_t max_client_memory_bytes = 0;
+  // Shared-memory regions: whether clients may register them, and how many
+  // each may hold (idle ones expire after session_ttl).
+  bool shm_regions = true;
+  int max_regions_per_client = 64;
 };
 
 // The public API: pads and shards each call (SPEC §1), dispatches it to
@@ -50,17 +56,38 @@ class AttentionServiceImpl final : public attention::v1::AttentionService::Servi
   grpc::Status ClusterStatus(grpc::ServerContext* context,
                              const attention::v1::ClusterStatusRequest* request,
                              attention::v1::ClusterStatusResponse* response) override;
+  grpc::Status RegisterRegion(grpc::ServerContext* context,
+                              const attention::v1::RegisterRegionRequest* request,
+                              attention::v1::RegisterRegionResponse* response) override;
+  grpc::Status UnregisterRegion(grpc::ServerContext* context,
+                                const attention::v1::UnregisterRegionRequest* request,
+                                attention::v1::UnregisterRegionResponse* response) override;
+  grpc::Status ListRegions(grpc::ServerContext* context,
+                           const attention::v1::ListRegionsRequest* request,
+                           attention::v1::ListRegionsResponse* response) override;
 
  private:
   absl::Status RunForward(grpc::ServerContext& context, ForwardStream& stream);
   absl::Status RunBackward(grpc::ServerContext& context, BackwardStream& stream);
   // Frees the sessions' state on every worker (best effort).
   void ReleaseOnWorkers(const std::vector<std::string>& handles);
+  // How a call of `owner` on the ring of `ticket` may use regions: the
+  // ranks that see this coordinator's shared memory read and write them.
+  CallRegions RegionsFor(const std::string& owner, const Cluster::Ticket& ticket);
+  // The header's output references, checked against the call's outputs
+  // (`whole`: their names and whole-tensor sizes, in bytes).
+  absl::StatusOr<RegionOutputs> ResolveOutputs(
+      const std::string& owner,
+      const google::protobuf::RepeatedPtrField<attention::v1::TensorRef>& refs,
+      const std::vector<std::pair<std::string, uint64_t>>& whole);
 
   Cluster& cluster_;
   const CoordinatorOptions options_;
   CoordinatorMetrics& metrics_;
   const RingCallRunner::Env ring_env_;
+  // Which shared memory this process sees (empty: regions are off).
+  const std::string shm_host_id_;
+  RegionTable regions_;
   SessionTable sessions_;
 };
 

@@ -51,7 +51,8 @@ Cluster::~Cluster() {
 }
 
 absl::StatusOr<int> Cluster::Register(const std::string& address, std::optional<int> rank,
-                                      const std::string& incarnation) {
+                                      const std::string& incarnation,
+                                      const std::string& shm_host_id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (rank && (*rank < 0 || *rank >= options_.cp)) {
     return absl::InvalidArgumentError(
@@ -107,6 +108,7 @@ absl::StatusOr<int> Cluster::Register(const std::string& address, std::optional<
     next_build_ = absl::InfinitePast();
   }
   slot.up = true;  // It just called us.
+  slot.shm_host_id = shm_host_id;
   PublishLocked();
   MaybeBuildLocked();
   return r;
@@ -353,7 +355,9 @@ absl::StatusOr<Cluster::Ticket> Cluster::NextCall() {
     return absl::UnavailableError(
         absl::StrCat("the ring is being rebuilt", last_error_.empty() ? "" : ": ", last_error_));
   }
-  return Ticket{generation_, ring_};
+  Ticket ticket{generation_, ring_, {}};
+  for (const Slot& slot : slots_) ticket.shm_host_ids.push_back(slot.shm_host_id);
+  return ticket;
 }
 
 absl::StatusOr<uint64_t> Cluster::Commit(uint64_t generation) {

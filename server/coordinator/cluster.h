@@ -53,9 +53,10 @@ class Cluster {
   // Registration and heartbeat. `rank` pins the slot (a pod's ordinal);
   // otherwise the worker gets its old slot, a free one, or that of a worker
   // that is down. A new incarnation at a known address is a restart.
-  // Returns the worker's rank.
+  // `shm_host_id`: which shared memory the worker sees (shm_file.h), empty
+  // for none. Returns the worker's rank.
   absl::StatusOr<int> Register(const std::string& address, std::optional<int> rank,
-                               const std::string& incarnation);
+                               const std::string& incarnation, const std::string& shm_host_id = "");
 
   // Blocks until a ring is ready (or `timeout`): UNAVAILABLE, naming the
   // ranks that are missing or down, if not. Returns at once when a worker
@@ -88,6 +89,7 @@ class Cluster {
   struct Ticket {
     uint64_t generation = 0;
     std::vector<std::shared_ptr<worker::v1::WorkerService::StubInterface>> stubs;
+    std::vector<std::string> shm_host_ids;  // By rank, as each registered.
   };
   // UNAVAILABLE when no ring is ready.
   absl::StatusOr<Ticket> NextCall();
@@ -121,6 +123,7 @@ class Cluster {
   struct Slot {
     std::string address;
     std::string incarnation;
+    std::string shm_host_id;
     std::shared_ptr<grpc::Channel> channel;
     std::shared_ptr<worker::v1::WorkerService::StubInterface> stub;
     bool up = false;

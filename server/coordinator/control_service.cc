@@ -16,7 +16,7 @@ grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
   }
   const absl::StatusOr<int> rank = cluster_.Register(
       request->address(), request->has_rank() ? std::optional<int>(request->rank()) : std::nullopt,
-      request->incarnation());
+      request->incarnation(), request->shm_host_id());
   if (!rank.ok()) return wire::ToGrpc(rank.status());
   response->set_cp(cluster_.cp());
   response->set_rank(*rank);

@@ -39,6 +39,10 @@ ABSL_FLAG(int, max_sessions_per_client, 64,
           "limit. Over it, forward gets RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_client_memory_bytes, 0,
           "Session state one client may hold; 0: only --memory_budget_bytes applies.");
+ABSL_FLAG(bool, shm_regions, true,
+          "Let clients on this host register shared-memory regions and name tensors in them "
+          "instead of streaming them.");
+ABSL_FLAG(int, max_regions_per_client, 64, "Shared-memory regions one client may hold.");
 ABSL_FLAG(int, metrics_port, 9464,
           "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
@@ -60,11 +64,11 @@ constexpr char kUsage[] =
 // security flags, and nothing linked in from libraries.
 const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
   static const auto* groups = new std::vector<ringattn::server::FlagGroup>{
-      {"Serving", {"cp", "host", "port", "port_file", "advertise_host"}},
+      {"Serving", {"cp", "host", "port", "port_file", "advertise_host", "shm_regions"}},
       {"Limits",
        {"max_call_bytes", "memory_budget_bytes", "max_sessions_per_client",
-        "max_client_memory_bytes", "session_ttl_seconds", "ring_timeout_seconds",
-        "health_interval_seconds"}},
+        "max_client_memory_bytes", "max_regions_per_client", "session_ttl_seconds",
+        "ring_timeout_seconds", "health_interval_seconds"}},
       {"Metrics", {"metrics_port", "metrics_port_file"}},
       {"Security",
        {"tls_cert_file", "tls_key_file", "tls_ca_file", "tls_require_client_cert",
@@ -107,6 +111,8 @@ int main(int argc, char** argv) {
   options.max_sessions_per_client = absl::GetFlag(FLAGS_max_sessions_per_client);
   options.max_client_memory_bytes =
       static_cast<uint64_t>(std::max<int64_t>(absl::GetFlag(FLAGS_max_client_memory_bytes), 0));
+  options.shm_regions = absl::GetFlag(FLAGS_shm_regions);
+  options.max_regions_per_client = absl::GetFlag(FLAGS_max_regions_per_client);
 
   auto registry = std::make_shared<prometheus::Registry>();
   CoordinatorMetrics metrics(*registry);

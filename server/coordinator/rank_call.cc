@@ -71,7 +71,17 @@ RankCall::~RankCall() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool RankCall::Send(attention::v1::TensorChunk chunk) { return in_.Push(std::move(chunk)); }
+bool RankCall::Send(attention::v1::TensorChunk chunk) {
+  worker::v1::ShardRequest r;
+  *r.mutable_chunk() = std::move(chunk);
+  return in_.Push(std::move(r));
+}
+
+bool RankCall::SendRegion(worker::v1::RegionSlice slice) {
+  worker::v1::ShardRequest r;
+  *r.mutable_region() = std::move(slice);
+  return in_.Push(std::move(r));
+}
 
 void RankCall::CancelStream() {
   ctx_.TryCancel();
@@ -110,11 +120,9 @@ void RankCall::Run() {
     cancel_.Cancel(this);
   };
   if (!ok) failed();
-  while (std::optional<attention::v1::TensorChunk> chunk = in_.Pop()) {
-    sent_.Increment(static_cast<double>(chunk->data().size()));
-    worker::v1::ShardRequest r;
-    *r.mutable_chunk() = std::move(*chunk);
-    if (!stream->Write(r)) failed();
+  while (std::optional<worker::v1::ShardRequest> r = in_.Pop()) {
+    if (r->has_chunk()) sent_.Increment(static_cast<double>(r->chunk().data().size()));
+    if (!stream->Write(*r)) failed();
   }
   bool commit = false, has_vision = false;
   {

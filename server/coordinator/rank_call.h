@@ -78,6 +78,9 @@ class RankCall {
   // Queues one input piece; false once the rank's stream failed (the call
   // will not be committed).
   bool Send(attention::v1::TensorChunk chunk);
+  // Queues a tensor the rank reads from (or writes into) a client's region
+  // itself; false as for Send.
+  bool SendRegion(worker::v1::RegionSlice slice);
   // No more inputs. `commit`: this side wants the call committed (every
   // rank's side must); the commit tells the rank whether the batch holds
   // vision tokens, known only once the client's whole stream was read.
@@ -107,7 +110,7 @@ class RankCall {
   CallCancel& cancel_;
   prometheus::Counter& sent_;
   prometheus::Counter& received_;
-  server::BoundedQueue<attention::v1::TensorChunk> in_;
+  server::BoundedQueue<worker::v1::ShardRequest> in_;
   server::BoundedQueue<attention::v1::TensorChunk> out_;
   std::mutex mu_;
   bool ended_ = false;                  // Guarded by mu_.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/client_context.h"
+#include "proto/wire/tensor_stream.h"
 
 namespace ringattn::coordinator {
 namespace {
@@ -115,6 +116,27 @@ absl::Status RingCallRunner::SendMetadata(const batch::AttentionMetadata& metada
   return absl::OkStatus();
 }
 
+absl::Status RingCallRunner::SendRegionOutputs(RegionOutputs outputs,
+                                               const std::vector<ExpectedTensor>& answer) {
+  region_outputs_ = std::move(outputs);
+  region_outputs_.direct.resize(calls_.ranks.size(), false);
+  for (const ExpectedTensor& t : answer) {
+    auto it = region_outputs_.tensors.find(t.name);
+    if (it == region_outputs_.tensors.end()) continue;
+    int64_t inner = 1;
+    for (size_t i = 3; i < t.shape.size(); ++i) inner *= t.shape[i];
+    const auto position_bytes = inner * static_cast<int64_t>(wire::WireDTypeSize(t.dtype));
+    for (size_t r = 0; r < calls_.ranks.size(); ++r) {
+      if (!region_outputs_.direct[r]) continue;
+      if (!calls_.ranks[r]->SendRegion(SliceOf(t.name, it->second, t.shape[0] * t.shape[1],
+                                               position_bytes, layout_, static_cast<int>(r)))) {
+        return RanksFailed();
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 void RingCallRunner::Commit(bool batch_has_vision) {
   committed_ = true;
   for (auto& r : calls_.ranks) r->EndInputs(/*commit=*/true, batch_has_vision);
@@ -122,7 +144,14 @@ void RingCallRunner::Commit(bool batch_has_vision) {
 
 absl::Status RingCallRunner::AwaitAnswers(std::vector<ExpectedTensor> answer) {
   answer_ = std::move(answer);
-  for (auto& r : calls_.ranks) readers_.emplace_back(*r, answer_);
+  for (auto& r : calls_.ranks) {
+    // A rank that writes an output into its region itself does not answer it.
+    std::vector<ExpectedTensor> sent;
+    for (const ExpectedTensor& t : answer_) {
+      if (!region_outputs_.Direct(r->rank(), t.name)) sent.push_back(t);
+    }
+    readers_.emplace_back(*r, std::move(sent));
+  }
   for (ShardReader& reader : readers_) {
     if (absl::Status s = reader.Start(); !s.ok()) {
       // A rank's own error over the withdrawals and aborts it caused.

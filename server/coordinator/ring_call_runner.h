@@ -66,6 +66,10 @@ class RingCallRunner {
                           ClientInputs& inputs);
   // Sends every rank its slice of the metadata.
   absl::Status SendMetadata(const batch::AttentionMetadata& metadata);
+  // Before the commit: the outputs of `answer` (as AwaitAnswers takes it)
+  // that go into regions. Their direct ranks are told where to write them;
+  // the others' answers are written there by Finish.
+  absl::Status SendRegionOutputs(RegionOutputs outputs, const std::vector<ExpectedTensor>& answer);
   // Every rank has its inputs: the call is committed on all, or on none if
   // the client left or the ring changed meanwhile.
   void Commit(bool batch_has_vision);
@@ -108,6 +112,7 @@ class RingCallRunner {
   std::function<void()> undo_;
   bool committed_ = false;
   std::vector<ExpectedTensor> answer_;
+  RegionOutputs region_outputs_;
   CommitGate gate_;
   std::mutex fault_mu_;
   absl::Status fault_;  // Why the call was cancelled from outside. Guarded by fault_mu_.
@@ -126,11 +131,16 @@ absl::Status RingCallRunner::ReadInputs(
     grpc::ServerReaderWriterInterface<Response, Request>& stream, ClientInputs& inputs) {
   Request req;
   while (stream.Read(&req)) {
-    if (!req.has_chunk()) return absl::InvalidArgumentError("only tensors follow the header");
-    api_received_.Increment(static_cast<double>(req.chunk().data().size()));
-    if (absl::Status s = inputs.Add(*req.mutable_chunk()); !s.ok()) {
-      return absl::IsUnavailable(s) ? RanksFailed() : s;
+    absl::Status s;
+    if (req.has_tensor_ref()) {
+      s = inputs.AddRef(req.tensor_ref());
+    } else if (req.has_chunk()) {
+      api_received_.Increment(static_cast<double>(req.chunk().data().size()));
+      s = inputs.Add(*req.mutable_chunk());
+    } else {
+      return absl::InvalidArgumentError("only tensors follow the header");
     }
+    if (!s.ok()) return absl::IsUnavailable(s) ? RanksFailed() : s;
   }
   return InputsEnded(inputs);
 }
@@ -141,6 +151,10 @@ absl::Status RingCallRunner::Finish(grpc::ServerReaderWriterInterface<Response, 
                                     absl::string_view client_left) {
   for (const ExpectedTensor& tensor : answer_) {
     if (!sent.ok()) break;
+    if (auto it = region_outputs_.tensors.find(tensor.name); it != region_outputs_.tensors.end()) {
+      sent = ScatterAnswer(readers_, tensor, layout_, it->second, region_outputs_.direct);
+      continue;
+    }
     sent = GatherAnswer(readers_, tensor, layout_, [&](attention::v1::TensorChunk& chunk) {
       api_sent_.Increment(static_cast<double>(chunk.data().size()));
       Response resp;

@@ -4,19 +4,26 @@
 #include <span>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 #include "proto/wire/dtype.h"
 
 namespace ringattn::coordinator {
 
 using attention::v1::TensorChunk;
+using attention::v1::TensorRef;
 
 ShardedInput::ShardedInput(const std::string& name, kernels::DType dtype,
                            const std::vector<int64_t>& shape, const batch::ShardLayout& layout,
                            RankCalls& calls)
-    : router_(shape[0] * shape[1], layout,
-              shape[3] * static_cast<int64_t>(kernels::DTypeSize(dtype))),
-      scan_(name, dtype, shape) {
+    : name_(name),
+      layout_(layout),
+      outer_(shape[0] * shape[1]),
+      position_bytes_(shape[3] * static_cast<int64_t>(kernels::DTypeSize(dtype))),
+      calls_(calls),
+      router_(outer_, layout, position_bytes_),
+      scan_(name, dtype, shape),
+      direct_(calls.ranks.size(), false) {
   const std::vector<int64_t> shard = {shape[0], shape[1], layout.shard_len(), shape[3]};
   for (auto& rank : calls.ranks) {
     writers_.push_back(std::make_unique<wire::PieceWriter>(
@@ -29,6 +36,7 @@ absl::Status ShardedInput::Add(std::string&& piece) {
   const auto bytes = std::as_bytes(std::span(piece.data(), piece.size()));
   RINGATTN_RETURN_IF_ERROR(scan_.Add(bytes));
   const bool sent = router_.Add(bytes, [&](int rank, std::span<const std::byte> run) {
+    if (direct_[rank]) return true;
     // The router is done with `piece` once it hands it out whole.
     if (run.data() == bytes.data() && run.size() == bytes.size()) {
       return writers_[rank]->Append(std::move(piece));
@@ -38,11 +46,69 @@ absl::Status ShardedInput::Add(std::string&& piece) {
   return sent ? absl::OkStatus() : absl::UnavailableError("a rank stopped taking inputs");
 }
 
-absl::Status ShardedInput::Finish() {
-  for (auto& w : writers_) {
-    if (!w->Finish()) return absl::UnavailableError("a rank stopped taking inputs");
+absl::Status ShardedInput::AddRegion(const RegionTensor& tensor, const std::vector<bool>& direct) {
+  bool streamed = false;
+  for (size_t r = 0; r < calls_.ranks.size(); ++r) {
+    if (!direct[r]) {
+      streamed = true;
+      continue;
+    }
+    direct_[r] = true;
+    if (!calls_.ranks[r]->SendRegion(
+            SliceOf(name_, tensor, outer_, position_bytes_, layout_, static_cast<int>(r)))) {
+      return absl::UnavailableError("a rank stopped taking inputs");
+    }
+  }
+  // Read in pieces, as a stream would bring them: a piece goes on to the
+  // ranks that have their slices streamed; with none, one buffer is reused
+  // for the check alone.
+  constexpr uint64_t kPiece = wire::kChunkBytes;
+  std::vector<std::byte> buffer(streamed ? 0 : std::min(kPiece, tensor.bytes));
+  for (uint64_t at = 0; at < tensor.bytes;) {
+    const uint64_t n = std::min(kPiece, tensor.bytes - at);
+    if (streamed) {
+      std::string piece(n, '\0');
+      RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(
+          tensor.offset + at, std::as_writable_bytes(std::span(piece.data(), piece.size()))));
+      RINGATTN_RETURN_IF_ERROR(Add(std::move(piece)));
+    } else {
+      const std::span<std::byte> piece = std::span(buffer).first(n);
+      RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(tensor.offset + at, piece));
+      RINGATTN_RETURN_IF_ERROR(scan_.Add(piece));
+    }
+    at += n;
   }
   return absl::OkStatus();
+}
+
+absl::Status ShardedInput::Finish() {
+  for (size_t r = 0; r < writers_.size(); ++r) {
+    if (!direct_[r] && !writers_[r]->Finish()) {
+      return absl::UnavailableError("a rank stopped taking inputs");
+    }
+  }
+  return absl::OkStatus();
+}
+
+worker::v1::RegionSlice SliceOf(const std::string& name, const RegionTensor& tensor, int64_t outer,
+                                int64_t position_bytes, const batch::ShardLayout& layout,
+                                int rank) {
+  worker::v1::RegionSlice slice;
+  slice.set_name(name);
+  slice.set_shm_name(tensor.region->file.name());
+  slice.set_device(tensor.region->file.device());
+  slice.set_inode(tensor.region->file.inode());
+  slice.set_base(tensor.offset);
+  slice.set_rows(static_cast<uint64_t>(outer));
+  slice.set_row_bytes(static_cast<uint64_t>(layout.seq_len() * position_bytes));
+  slice.set_shard_row_bytes(static_cast<uint64_t>(layout.shard_len() * position_bytes));
+  if (const int64_t real = layout.RealLen(rank); real > 0) {
+    auto* run = slice.add_runs();
+    run->set_tensor_offset(static_cast<uint64_t>(layout.Begin(rank) * position_bytes));
+    run->set_shard_offset(0);
+    run->set_bytes(static_cast<uint64_t>(real * position_bytes));
+  }
+  return slice;
 }
 
 void ClientInputs::Shard(const std::string& name, kernels::DType dtype,
@@ -73,6 +139,25 @@ absl::Status ClientInputs::Finish() {
   RINGATTN_RETURN_IF_ERROR(assembler_.Finish());
   for (auto& [name, input] : sharded_) RINGATTN_RETURN_IF_ERROR(input.Finish());
   return absl::OkStatus();
+}
+
+absl::Status ClientInputs::AddRef(const TensorRef& ref) {
+  if (regions_.table == nullptr) {
+    return absl::FailedPreconditionError("this coordinator takes no shared-memory regions");
+  }
+  const std::optional<uint64_t> bytes = assembler_.ExpectedBytes(ref.name());
+  if (!bytes)
+    return absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", ref.name(), "'"));
+  RINGATTN_ASSIGN_OR_RETURN(const RegionTensor tensor,
+                            regions_.table->Resolve(regions_.owner, ref, *bytes));
+  auto it = sharded_.find(ref.name());
+  if (it == sharded_.end()) {  // Kept whole (per-token metadata, small).
+    std::vector<std::byte> data(tensor.bytes);
+    RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(tensor.offset, data));
+    return assembler_.AddWhole(ref.name(), std::move(data));
+  }
+  RINGATTN_RETURN_IF_ERROR(assembler_.AddWhole(ref.name()));
+  return it->second.AddRegion(tensor, regions_.direct);
 }
 
 std::optional<std::vector<std::byte>> ClientInputs::Take(const std::string& name) {
@@ -136,6 +221,41 @@ absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTenso
     }
   }
   return writer.Finish() ? absl::OkStatus() : went_away;
+}
+
+}  // namespace ringattn::coordinator
+
+namespace ringattn::coordinator {
+
+absl::Status ScatterAnswer(std::vector<ShardReader>& readers, const ExpectedTensor& shard,
+                           const batch::ShardLayout& layout, const RegionTensor& tensor,
+                           const std::vector<bool>& direct) {
+  const int64_t outer = shard.shape[0] * shard.shape[1];
+  int64_t inner = 1;
+  for (size_t i = 3; i < shard.shape.size(); ++i) inner *= shard.shape[i];
+  const auto row = static_cast<uint64_t>(inner) * wire::WireDTypeSize(shard.dtype);
+  const auto seq = static_cast<uint64_t>(layout.seq_len());
+  for (int64_t o = 0; o < outer; ++o) {
+    for (size_t r = 0; r < readers.size(); ++r) {
+      if (direct[r]) continue;
+      const int64_t rows = layout.RealLen(static_cast<int>(r));
+      uint64_t at = tensor.offset +
+                    (static_cast<uint64_t>(o) * seq + static_cast<uint64_t>(layout.Begin(r))) * row;
+      absl::Status wrote;
+      absl::Status s = readers[r].Read(static_cast<uint64_t>(rows) * row,
+                                       [&](std::span<const std::byte> run, std::string*) {
+                                         wrote = tensor.region->file.Write(at, run);
+                                         at += run.size();
+                                         return wrote.ok();
+                                       });
+      if (!wrote.ok()) return wrote;
+      if (s.ok() && rows < layout.shard_len()) {
+        s = readers[r].Skip(static_cast<uint64_t>(layout.shard_len() - rows) * row);
+      }
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ringattn::coordinator

@@ -17,6 +17,7 @@
 #include "server/batch/shard_layout.h"
 #include "server/coordinator/finite_scan.h"
 #include "server/coordinator/rank_call.h"
+#include "server/coordinator/region_table.h"
 #include "server/coordinator/sequence_router.h"
 #include "server/coordinator/shard_reader.h"
 
@@ -40,21 +41,46 @@ class ShardedInput {
   // NaN or Inf; UNAVAILABLE when a rank's stream failed (its status tells
   // why).
   absl::Status Add(std::string&& piece);
+  // The whole tensor in a client's region: ranks marked `direct` are told
+  // to read their slices from it themselves; the others get theirs streamed
+  // from it. Every byte is checked as a streamed piece would be.
+  absl::Status AddRegion(const RegionTensor& tensor, const std::vector<bool>& direct);
   // After the last piece: sends what the writers still hold.
   absl::Status Finish();
 
  private:
+  const std::string name_;
+  const batch::ShardLayout layout_;
+  const int64_t outer_, position_bytes_;
+  RankCalls& calls_;
   SequenceRouter router_;
   FiniteScan scan_;
   std::vector<std::unique_ptr<wire::PieceWriter>> writers_;
+  std::vector<bool> direct_;  // By rank: it reads the tensor from a region.
 };
+
+// Which ranks of a call read and write clients' regions themselves (they
+// see the coordinator's shared memory); the others' slices are streamed.
+// `table` null: the coordinator takes no region references.
+struct CallRegions {
+  RegionTable* table = nullptr;
+  std::string owner;         // The caller (ClientKey).
+  std::vector<bool> direct;  // By rank.
+};
+
+// Rank `rank`'s slice of the sequence tensor [outer, S, inner] that lies at
+// `tensor`, as the rank reads or writes it: [outer, L, inner], its real
+// positions (Begin(r) on, RealLen(r) of them) from each row.
+worker::v1::RegionSlice SliceOf(const std::string& name, const RegionTensor& tensor, int64_t outer,
+                                int64_t position_bytes, const batch::ShardLayout& layout, int rank);
 
 // The tensors of a client's stream after its header, every piece checked
 // against what was declared: those along the sequence sharded to the ranks
 // as they arrive, the rest (per-token metadata) kept whole.
 class ClientInputs {
  public:
-  explicit ClientInputs(uint64_t max_call_bytes) : assembler_(max_call_bytes) {}
+  explicit ClientInputs(uint64_t max_call_bytes, CallRegions regions = {})
+      : assembler_(max_call_bytes), regions_(std::move(regions)) {}
 
   // A required tensor [B, heads, S, D], sharded into `calls` (see
   // ShardedInput).
@@ -69,6 +95,10 @@ class ClientInputs {
   // One piece: INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) for a piece that is
   // not what was declared; UNAVAILABLE when a rank stopped taking inputs.
   absl::Status Add(attention::v1::TensorChunk& chunk);
+  // A whole tensor in a region of the caller's (RegionTable::Resolve's
+  // errors; FAILED_PRECONDITION when this coordinator takes no references);
+  // UNAVAILABLE as for Add.
+  absl::Status AddRef(const attention::v1::TensorRef& ref);
   // After the stream: every required tensor complete, no partial one, and
   // everything sent on (UNAVAILABLE as for Add).
   absl::Status Finish();
@@ -79,6 +109,7 @@ class ClientInputs {
 
  private:
   wire::TensorAssembler assembler_;
+  const CallRegions regions_;
   std::map<std::string, ShardedInput> sharded_;
 };
 
@@ -95,6 +126,27 @@ bool SendSlices(const std::string& name, const std::string& dtype, const batch::
 absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTensor& shard,
                           const batch::ShardLayout& layout,
                           std::function<bool(attention::v1::TensorChunk&)> emit);
+
+// The outputs of a call that go into the caller's regions, by name, and the
+// ranks that write their slices there themselves.
+struct RegionOutputs {
+  std::map<std::string, RegionTensor> tensors;
+  std::vector<bool> direct;  // By rank.
+
+  // Whether rank `rank` writes `name` itself (and so does not answer it).
+  bool Direct(int rank, const std::string& name) const {
+    return rank >= 0 && static_cast<size_t>(rank) < direct.size() && direct[rank] &&
+           tensors.contains(name);
+  }
+};
+
+// Like GatherAnswer, into `tensor` in a region: the answers `shard` of the
+// ranks not marked direct (readers by rank; the direct ones are not read),
+// each written where its rows lie. FAILED_PRECONDITION when the region was
+// shrunk; a rank's error otherwise.
+absl::Status ScatterAnswer(std::vector<ShardReader>& readers, const ExpectedTensor& shard,
+                           const batch::ShardLayout& layout, const RegionTensor& tensor,
+                           const std::vector<bool>& direct);
 
 }  // namespace ringattn::coordinator
 

@@ -58,6 +58,7 @@ absl::Status Registration::RegisterOnce() {
   req.set_address(options_.address);
   if (options_.rank) req.set_rank(*options_.rank);
   req.set_incarnation(incarnation_);
+  req.set_shm_host_id(options_.shm_host_id);
   worker::v1::RegisterResponse resp;
   const absl::Status s = wire::FromGrpc(stub_->Register(&ctx, req, &resp));
   if (!s.ok()) {

@@ -28,6 +28,7 @@
 #include "server/common/request_metrics.h"
 #include "server/common/security_flags.h"
 #include "server/common/serve.h"
+#include "server/shm/shm_file.h"
 #include "server/worker/backend_selection.h"
 #include "server/worker/registration.h"
 #include "server/worker/worker_metrics.h"
@@ -63,6 +64,9 @@ ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to t
 ABSL_FLAG(double, ring_stall_timeout_seconds, 15,
           "Fail a ring call whose wait on a peer makes no progress this long; 0: only the "
           "coordinator's --ring_timeout_seconds bounds it.");
+ABSL_FLAG(bool, shm_regions, true,
+          "Read and write clients' shared-memory regions when this worker shares /dev/shm with "
+          "the coordinator (same host); false: their tensors are streamed to it.");
 
 namespace {
 
@@ -79,7 +83,7 @@ const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
       {"Ring",
        {"coordinator", "rank", "register_timeout_seconds", "heartbeat_seconds",
         "ring_stall_timeout_seconds"}},
-      {"Serving", {"host", "port", "advertise_host", "max_call_bytes"}},
+      {"Serving", {"host", "port", "advertise_host", "max_call_bytes", "shm_regions"}},
       {"Compute", {"device", "transport", "threads"}},
       {"Metrics", {"metrics_port", "metrics_port_file"}},
       {"Security",
@@ -198,10 +202,10 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(m);
     server::WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_server->port());
   }
-  worker::WorkerServiceImpl service(*backend,
-                                    static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)),
-                                    metrics, security->peer, std::move(connect),
-                                    absl::Seconds(absl::GetFlag(FLAGS_ring_stall_timeout_seconds)));
+  worker::WorkerServiceImpl service(
+      *backend, static_cast<uint64_t>(absl::GetFlag(FLAGS_max_call_bytes)), metrics, security->peer,
+      std::move(connect), absl::Seconds(absl::GetFlag(FLAGS_ring_stall_timeout_seconds)),
+      absl::GetFlag(FLAGS_shm_regions));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(server::RequestCounter(metrics.service));
   auto started = server::StartServer(host, absl::GetFlag(FLAGS_port), {&service},
@@ -226,6 +230,7 @@ int main(int argc, char** argv) {
   reg.first_timeout = absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds));
   reg.heartbeat = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_seconds));
   reg.credentials = security->peer_credentials;
+  if (absl::GetFlag(FLAGS_shm_regions)) reg.shm_host_id = shm::ShmHostId();
   auto registration = worker::Registration::Start(reg);
   if (!registration.ok()) {
     std::fprintf(stderr, "error: %s\n", registration.status().ToString().c_str());

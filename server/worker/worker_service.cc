@@ -40,8 +40,14 @@ bool Send(Stream& stream, const std::string& name, const std::string& dtype,
 
 // What a forward's shard stream carries: q [B, H, L, D], k and v
 // [B, Hkv, L, D], the per-token metadata [B, L]; a backward's, dout.
-void ExpectForwardShard(const ShardSpec& c, wire::TensorAssembler& a) {
+// Outputs a region may take: out [B, H, L, D] in the input dtype and lse
+// [B, H, L] FP32; dq, dk, dv FP32.
+void ExpectForwardShard(const ShardSpec& c, wire::TensorAssembler& a,
+                        std::map<std::string, uint64_t>& outputs) {
   const std::string dtype = wire::DTypeName(c.shape.dtype);
+  const auto tokens = static_cast<uint64_t>(c.shape.batch * c.shape.heads * c.shape.q_len);
+  outputs["out"] = tokens * c.shape.head_dim * kernels::DTypeSize(c.shape.dtype);
+  outputs["lse"] = tokens * 4;
   a.Expect("q", dtype, QueryDims(c.shape), true);
   a.Expect("k", dtype, KvDims(c.shape), true);
   a.Expect("v", dtype, KvDims(c.shape), true);
@@ -49,7 +55,12 @@ void ExpectForwardShard(const ShardSpec& c, wire::TensorAssembler& a) {
   a.Expect("vision_groups", "INT32", TokenDims(c.shape), true);
   a.Expect("padding_mask", "BOOL", TokenDims(c.shape), true);
 }
-void ExpectBackwardShard(const ShardSpec& c, wire::TensorAssembler& a) {
+void ExpectBackwardShard(const ShardSpec& c, wire::TensorAssembler& a,
+                         std::map<std::string, uint64_t>& outputs) {
+  const auto& s = c.shape;
+  outputs["dq"] = static_cast<uint64_t>(s.batch * s.heads * s.q_len * s.head_dim) * 4;
+  outputs["dk"] = static_cast<uint64_t>(s.batch * s.kv_heads * s.kv_len * s.head_dim) * 4;
+  outputs["dv"] = outputs["dk"];
   a.Expect("dout", wire::DTypeName(c.shape.dtype), QueryDims(c.shape), true);
 }
 
@@ -136,13 +147,15 @@ WorkerServiceImpl::Session::Session(ShardSpec shard, wire::TensorAssembler& inpu
 
 WorkerServiceImpl::WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes,
                                      WorkerMetrics& metrics, wire::ChannelSecurity store_security,
-                                     TransportFactory connect, absl::Duration ring_stall_timeout)
+                                     TransportFactory connect, absl::Duration ring_stall_timeout,
+                                     bool shm_regions)
     : backend_(backend),
       max_call_bytes_(max_call_bytes),
       store_security_(std::move(store_security)),
       connect_(std::move(connect)),
       ring_stall_timeout_(ring_stall_timeout > absl::ZeroDuration() ? ring_stall_timeout
                                                                     : absl::InfiniteDuration()),
+      shm_regions_(shm_regions),
       metrics_(metrics) {}
 
 void WorkerServiceImpl::PublishLocked() {
@@ -180,15 +193,39 @@ int WorkerServiceImpl::rank() {
 }
 
 absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
-    Stream& stream, wire::TensorAssembler& assembler,
-    const std::function<void(const ShardSpec&, wire::TensorAssembler&)>& expect) {
+    Stream& stream, wire::TensorAssembler& assembler, const Expect& expect,
+    std::map<std::string, RegionSliceIo>& region_outputs) {
   ShardRequest req;
   if (!stream.Read(&req) || !req.has_call()) {
     return absl::InvalidArgumentError("a shard stream must start with its call");
   }
   CommittedCall call;
   RINGATTN_ASSIGN_OR_RETURN(call.spec, ShardSpecFromCall(req.call()));
-  expect(call.spec, assembler);
+  std::map<std::string, uint64_t> outputs;
+  expect(call.spec, assembler, outputs);
+  // An input's slice is copied out of the region now, as a streamed one
+  // would be received: what the client does to the region once the call
+  // was committed cannot change the ring's inputs.
+  auto add_region = [&](const worker::v1::RegionSlice& slice) -> absl::Status {
+    if (!shm_regions_) {
+      return absl::FailedPreconditionError("this worker does not read shared-memory regions");
+    }
+    if (auto out = outputs.find(slice.name()); out != outputs.end()) {
+      if (region_outputs.contains(slice.name())) {
+        return absl::InvalidArgumentError(absl::StrCat(slice.name(), " has two regions"));
+      }
+      RINGATTN_ASSIGN_OR_RETURN(RegionSliceIo io, RegionSliceIo::Open(slice, out->second));
+      region_outputs.emplace(slice.name(), std::move(io));
+      return absl::OkStatus();
+    }
+    const std::optional<uint64_t> bytes = assembler.ExpectedBytes(slice.name());
+    if (!bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", slice.name(), "'"));
+    }
+    RINGATTN_ASSIGN_OR_RETURN(const RegionSliceIo io, RegionSliceIo::Open(slice, *bytes));
+    RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> data, io.Read());
+    return assembler.AddWhole(slice.name(), std::move(data));
+  };
   prometheus::Counter& received = metrics_.service.received_bytes(server::Channel::kShard);
   bool committed = false;
   while (!committed && stream.Read(&req)) {
@@ -199,6 +236,8 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
     } else if (req.has_chunk()) {
       received.Increment(static_cast<double>(req.chunk().data().size()));
       RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));
+    } else if (req.has_region()) {
+      RINGATTN_RETURN_IF_ERROR(add_region(req.region()));
     } else {
       return absl::InvalidArgumentError("only tensor chunks and the commit follow the call");
     }
@@ -217,6 +256,18 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
     return s;
   }
   return call;
+}
+
+absl::Status WorkerServiceImpl::Answer(Stream& stream,
+                                       const std::map<std::string, RegionSliceIo>& region_outputs,
+                                       const std::string& name, const std::string& dtype,
+                                       const std::vector<int64_t>& shape,
+                                       std::span<const std::byte> data) {
+  if (auto it = region_outputs.find(name); it != region_outputs.end()) {
+    return it->second.Write(data);
+  }
+  Send(stream, name, dtype, shape, data, metrics_.service.sent_bytes(server::Channel::kShard));
+  return absl::OkStatus();
 }
 
 template <typename T>
@@ -275,8 +326,9 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* context, Stream* st
 
 absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
+  std::map<std::string, RegionSliceIo> region_outputs;
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
-                            ReadCall(stream, assembler, ExpectForwardShard));
+                            ReadCall(stream, assembler, ExpectForwardShard, region_outputs));
   const ShardSpec& spec = call.spec;
   RINGATTN_ASSIGN_OR_RETURN(const uint64_t epoch, CheckGeneration(spec.generation));
   auto session = std::make_shared<Session>(spec, assembler);
@@ -292,10 +344,11 @@ absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream&
           }));
   metrics_.RecordRingCall(server::Op::kForward, r.stats);
   metrics_.RecordBackendMemory(backend_.memory());
-  prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
-  Send(stream, "out", wire::DTypeName(spec.shape.dtype), QueryDims(spec.shape), r.out, sent);
-  Send(stream, "lse", "FP32", {spec.shape.batch, spec.shape.heads, spec.shape.q_len},
-       std::as_bytes(std::span(r.lse)), sent);
+  RINGATTN_RETURN_IF_ERROR(Answer(stream, region_outputs, "out", wire::DTypeName(spec.shape.dtype),
+                                  QueryDims(spec.shape), r.out));
+  RINGATTN_RETURN_IF_ERROR(Answer(stream, region_outputs, "lse", "FP32",
+                                  {spec.shape.batch, spec.shape.heads, spec.shape.q_len},
+                                  std::as_bytes(std::span(r.lse))));
   int rank;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -316,8 +369,9 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* context, Stream* s
 
 absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream& stream) {
   wire::TensorAssembler assembler(max_call_bytes_);
+  std::map<std::string, RegionSliceIo> region_outputs;
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
-                            ReadCall(stream, assembler, ExpectBackwardShard));
+                            ReadCall(stream, assembler, ExpectBackwardShard, region_outputs));
   RINGATTN_ASSIGN_OR_RETURN(const uint64_t epoch, CheckGeneration(call.spec.generation));
   std::shared_ptr<Session> session;
   {
@@ -343,10 +397,12 @@ absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream
   metrics_.RecordRingCall(server::Op::kBackward, r.stats);
   metrics_.RecordBackendMemory(backend_.memory());
   const kernels::AttentionShape& fs = session->spec.shape;  // As the forward ran.
-  prometheus::Counter& sent = metrics_.service.sent_bytes(server::Channel::kShard);
-  Send(stream, "dq", "FP32", QueryDims(fs), std::as_bytes(std::span(r.dq)), sent);
-  Send(stream, "dk", "FP32", KvDims(fs), std::as_bytes(std::span(r.dk)), sent);
-  Send(stream, "dv", "FP32", KvDims(fs), std::as_bytes(std::span(r.dv)), sent);
+  RINGATTN_RETURN_IF_ERROR(
+      Answer(stream, region_outputs, "dq", "FP32", QueryDims(fs), std::as_bytes(std::span(r.dq))));
+  RINGATTN_RETURN_IF_ERROR(
+      Answer(stream, region_outputs, "dk", "FP32", KvDims(fs), std::as_bytes(std::span(r.dk))));
+  RINGATTN_RETURN_IF_ERROR(
+      Answer(stream, region_outputs, "dv", "FP32", KvDims(fs), std::as_bytes(std::span(r.dv))));
   SendMetrics(stream, rank(), r.stats);
   return absl::OkStatus();
 }

@@ -18,6 +18,7 @@
 #include "server/ring/store.h"
 #include "server/ring/transport.h"
 #include "server/worker/call_sequencer.h"
+#include "server/worker/region_slice_io.h"
 #include "server/worker/request_convert.h"
 #include "server/worker/worker_metrics.h"
 #include "worker/v1/worker_service.grpc.pb.h"
@@ -54,11 +55,13 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   // (TLS, cluster token). `connect`: the ring transport.
   // `ring_stall_timeout`: how long a ring wait may make no progress before
   // the call fails (a peer hung); zero or less: only the call's ring timeout
-  // bounds it.
+  // bounds it. `shm_regions`: whether this worker reads and writes clients'
+  // shared-memory regions (region slices are refused otherwise).
   WorkerServiceImpl(kernels::ChunkBackend& backend, uint64_t max_call_bytes, WorkerMetrics& metrics,
                     wire::ChannelSecurity store_security = {},
                     TransportFactory connect = GlooTransportFactory(),
-                    absl::Duration ring_stall_timeout = kDefaultRingStallTimeout);
+                    absl::Duration ring_stall_timeout = kDefaultRingStallTimeout,
+                    bool shm_regions = true);
 
   using Stream = grpc::ServerReaderWriter<worker::v1::ShardResponse, worker::v1::ShardRequest>;
 
@@ -102,11 +105,20 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   absl::Status RunForward(grpc::ServerContext& context, Stream& stream);
   absl::Status RunBackward(grpc::ServerContext& context, Stream& stream);
   // Reads a shard stream: its call (checked, then `expect` declares the
-  // call's tensors), every tensor chunk, then the commit. A call whose
-  // stream fails once it was committed gives up its turn.
-  absl::StatusOr<CommittedCall> ReadCall(
-      Stream& stream, wire::TensorAssembler& assembler,
-      const std::function<void(const ShardSpec&, wire::TensorAssembler&)>& expect);
+  // call's tensors and the outputs it may write into regions, with their
+  // sizes), every tensor chunk or region slice, then the commit. An input's
+  // slice is read from its region at once; an output's is opened and kept
+  // in `region_outputs`. A call whose stream fails once it was committed
+  // gives up its turn.
+  using Expect = std::function<void(const ShardSpec&, wire::TensorAssembler&,
+                                    std::map<std::string, uint64_t>& outputs)>;
+  absl::StatusOr<CommittedCall> ReadCall(Stream& stream, wire::TensorAssembler& assembler,
+                                         const Expect& expect,
+                                         std::map<std::string, RegionSliceIo>& region_outputs);
+  // Sends an output tensor back, or writes it into its region.
+  absl::Status Answer(Stream& stream, const std::map<std::string, RegionSliceIo>& region_outputs,
+                      const std::string& name, const std::string& dtype,
+                      const std::vector<int64_t>& shape, std::span<const std::byte> data);
   // Runs `run` in the call's turn of the ring's order, then gives the turn
   // up, whatever happened. If the coordinator cancels the call meanwhile,
   // `transport` (the one `run` uses) is aborted.
@@ -132,6 +144,7 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
   const wire::ChannelSecurity store_security_;
   const TransportFactory connect_;
   const absl::Duration ring_stall_timeout_;
+  const bool shm_regions_;
   WorkerMetrics& metrics_;
   CallSequencer sequencer_;
   std::mutex mu_;
