@@ -9,20 +9,24 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BackwardHeader(_message.Message):
-    __slots__ = ["handle", "kv_heads"]
+    __slots__ = ["handle", "kv_heads", "outputs"]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     kv_heads: int
-    def __init__(self, handle: _Optional[str] = ..., kv_heads: _Optional[int] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
+    def __init__(self, handle: _Optional[str] = ..., kv_heads: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ...) -> None: ...
 
 class BackwardRequest(_message.Message):
-    __slots__ = ["chunk", "header"]
+    __slots__ = ["chunk", "header", "tensor_ref"]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_REF_FIELD_NUMBER: _ClassVar[int]
     chunk: _tensor_pb2.TensorChunk
     header: BackwardHeader
-    def __init__(self, header: _Optional[_Union[BackwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    tensor_ref: _tensor_pb2.TensorRef
+    def __init__(self, header: _Optional[_Union[BackwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., tensor_ref: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class BackwardResponse(_message.Message):
     __slots__ = ["chunk", "metrics"]
@@ -63,13 +67,14 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, cp: _Optional[int] = ..., ring_ready: bool = ..., ring_generation: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., open_sessions: _Optional[int] = ...) -> None: ...
 
 class ForwardHeader(_message.Message):
-    __slots__ = ["batch", "dtype", "head_dim", "heads", "kv_heads", "layer", "seq_len"]
+    __slots__ = ["batch", "dtype", "head_dim", "heads", "kv_heads", "layer", "outputs", "seq_len"]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     batch: int
     dtype: str
@@ -77,16 +82,19 @@ class ForwardHeader(_message.Message):
     heads: int
     kv_heads: int
     layer: LayerConfig
+    outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
     seq_len: int
-    def __init__(self, layer: _Optional[_Union[LayerConfig, _Mapping]] = ..., dtype: _Optional[str] = ..., batch: _Optional[int] = ..., heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., seq_len: _Optional[int] = ..., head_dim: _Optional[int] = ...) -> None: ...
+    def __init__(self, layer: _Optional[_Union[LayerConfig, _Mapping]] = ..., dtype: _Optional[str] = ..., batch: _Optional[int] = ..., heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., seq_len: _Optional[int] = ..., head_dim: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ["chunk", "header"]
+    __slots__ = ["chunk", "header", "tensor_ref"]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_REF_FIELD_NUMBER: _ClassVar[int]
     chunk: _tensor_pb2.TensorChunk
     header: ForwardHeader
-    def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    tensor_ref: _tensor_pb2.TensorRef
+    def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., tensor_ref: _Optional[_Union[_tensor_pb2.TensorRef, _Mapping]] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ["chunk", "metrics", "session"]
@@ -117,6 +125,16 @@ class LayerConfig(_message.Message):
     vision_bidirectional: bool
     window: int
     def __init__(self, kind: _Optional[_Union[LayerConfig.Kind, str]] = ..., window: _Optional[int] = ..., scale: _Optional[float] = ..., causal: bool = ..., vision_bidirectional: bool = ..., dropout: _Optional[float] = ...) -> None: ...
+
+class ListRegionsRequest(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class ListRegionsResponse(_message.Message):
+    __slots__ = ["regions"]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[RegionStatus]
+    def __init__(self, regions: _Optional[_Iterable[_Union[RegionStatus, _Mapping]]] = ...) -> None: ...
 
 class PrepareBatchHeader(_message.Message):
     __slots__ = ["cp", "include_shards", "pad_token_id"]
@@ -176,6 +194,30 @@ class RankMetrics(_message.Message):
     total_seconds: float
     def __init__(self, rank: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., comm_wait_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ...) -> None: ...
 
+class RegionStatus(_message.Message):
+    __slots__ = ["byte_size", "name", "shm_name"]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    byte_size: int
+    name: str
+    shm_name: str
+    def __init__(self, name: _Optional[str] = ..., shm_name: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
+
+class RegisterRegionRequest(_message.Message):
+    __slots__ = ["byte_size", "name", "shm_name"]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    byte_size: int
+    name: str
+    shm_name: str
+    def __init__(self, name: _Optional[str] = ..., shm_name: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
+
+class RegisterRegionResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
 class ReleaseRequest(_message.Message):
     __slots__ = ["handle"]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +257,16 @@ class StepMetrics(_message.Message):
     computed: bool
     step: int
     def __init__(self, step: _Optional[int] = ..., chunk_owner: _Optional[int] = ..., computed: bool = ..., compute_seconds: _Optional[float] = ..., comm_wait_seconds: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class UnregisterRegionRequest(_message.Message):
+    __slots__ = ["name"]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnregisterRegionResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
     __slots__ = ["address", "rank", "up"]

@@ -47,6 +47,21 @@ class AttentionServiceStub(object):
                 request_serializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.SerializeToString,
                 response_deserializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.FromString,
                 )
+        self.RegisterRegion = channel.unary_unary(
+                '/ringattn.attention.v1.AttentionService/RegisterRegion',
+                request_serializer=attention_dot_v1_dot_attention__service__pb2.RegisterRegionRequest.SerializeToString,
+                response_deserializer=attention_dot_v1_dot_attention__service__pb2.RegisterRegionResponse.FromString,
+                )
+        self.UnregisterRegion = channel.unary_unary(
+                '/ringattn.attention.v1.AttentionService/UnregisterRegion',
+                request_serializer=attention_dot_v1_dot_attention__service__pb2.UnregisterRegionRequest.SerializeToString,
+                response_deserializer=attention_dot_v1_dot_attention__service__pb2.UnregisterRegionResponse.FromString,
+                )
+        self.ListRegions = channel.unary_unary(
+                '/ringattn.attention.v1.AttentionService/ListRegions',
+                request_serializer=attention_dot_v1_dot_attention__service__pb2.ListRegionsRequest.SerializeToString,
+                response_deserializer=attention_dot_v1_dot_attention__service__pb2.ListRegionsResponse.FromString,
+                )
 
 
 class AttentionServiceServicer(object):
@@ -92,6 +107,31 @@ class AttentionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRegion(self, request, context):
+        """Shared-memory regions (POSIX shm objects on the service's host), owned
+        by the caller's identity: a Forward or Backward may then name any of its
+        tensors by (region, offset, byte_size) instead of streaming it, so a
+        client on the workers' host sends and receives no tensor bytes over
+        gRPC. Registering opens the object: NOT_FOUND if it does not exist,
+        INVALID_ARGUMENT if it is smaller than byte_size, ALREADY_EXISTS if the
+        name is taken; a region of another identity is PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +159,21 @@ def add_AttentionServiceServicer_to_server(servicer, server):
                     servicer.PrepareBatch,
                     request_deserializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.FromString,
                     response_serializer=attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.SerializeToString,
+            ),
+            'RegisterRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRegion,
+                    request_deserializer=attention_dot_v1_dot_attention__service__pb2.RegisterRegionRequest.FromString,
+                    response_serializer=attention_dot_v1_dot_attention__service__pb2.RegisterRegionResponse.SerializeToString,
+            ),
+            'UnregisterRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterRegion,
+                    request_deserializer=attention_dot_v1_dot_attention__service__pb2.UnregisterRegionRequest.FromString,
+                    response_serializer=attention_dot_v1_dot_attention__service__pb2.UnregisterRegionResponse.SerializeToString,
+            ),
+            'ListRegions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegions,
+                    request_deserializer=attention_dot_v1_dot_attention__service__pb2.ListRegionsRequest.FromString,
+                    response_serializer=attention_dot_v1_dot_attention__service__pb2.ListRegionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,5 +274,56 @@ class AttentionService(object):
         return grpc.experimental.stream_stream(request_iterator, target, '/ringattn.attention.v1.AttentionService/PrepareBatch',
             attention_dot_v1_dot_attention__service__pb2.PrepareBatchRequest.SerializeToString,
             attention_dot_v1_dot_attention__service__pb2.PrepareBatchResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RegisterRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ringattn.attention.v1.AttentionService/RegisterRegion',
+            attention_dot_v1_dot_attention__service__pb2.RegisterRegionRequest.SerializeToString,
+            attention_dot_v1_dot_attention__service__pb2.RegisterRegionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UnregisterRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ringattn.attention.v1.AttentionService/UnregisterRegion',
+            attention_dot_v1_dot_attention__service__pb2.UnregisterRegionRequest.SerializeToString,
+            attention_dot_v1_dot_attention__service__pb2.UnregisterRegionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListRegions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/ringattn.attention.v1.AttentionService/ListRegions',
+            attention_dot_v1_dot_attention__service__pb2.ListRegionsRequest.SerializeToString,
+            attention_dot_v1_dot_attention__service__pb2.ListRegionsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
