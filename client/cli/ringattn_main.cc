@@ -26,6 +26,7 @@
 #include "client/cli/usage.h"
 #include "client/local_cluster.h"
 #include "client/npy.h"
+#include "client/region_staging.h"
 #include "client/synthetic_inputs.h"
 #include "kernels/convert.h"
 #include "kernels/reference/compare.h"
@@ -92,6 +93,9 @@ ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else fu
 ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
 ABSL_FLAG(int, iterations, 5, "bench: forward+backward calls to time.");
 ABSL_FLAG(int64_t, head_dim, 128, "bench: head dim.");
+ABSL_FLAG(bool, shm, false,
+          "Pass tensors through a shared-memory region of this process instead of streaming "
+          "them (the coordinator and workers must be on this host).");
 ABSL_FLAG(bool, tls, false,
           "Reach the coordinator over TLS (implied by --tls_ca_file, --tls_cert_file).");
 ABSL_FLAG(std::string, tls_ca_file, "",
@@ -145,6 +149,45 @@ struct Layer {
   kernels::LayerConfig config;
 };
 
+// Forward and backward calls, through a shared-memory region with --shm:
+// every tensor is staged in a region of this process and named by
+// reference, and the outputs are copied back as a streamed call fills them.
+class Calls {
+ public:
+  explicit Calls(AttentionClient& c) : c_(c), shm_(absl::GetFlag(FLAGS_shm)) {}
+
+  // `dout` (may be empty) is staged with the inputs for a later Backward.
+  absl::StatusOr<ForwardOutputs> Forward(const ForwardInputs& in,
+                                         std::span<const std::byte> dout = {}) {
+    if (!shm_) return c_.Forward(in);
+    staging_.reset();  // Unregisters the last call's region first.
+    absl::StatusOr<std::unique_ptr<RegionStaging>> staging =
+        RegionStaging::Create(c_, in, absl::StrCat("cli-", getpid(), "-", next_++));
+    if (!staging.ok()) return staging.status();
+    staging_ = *std::move(staging);
+    staging_->Stage(in, dout);
+    absl::StatusOr<ForwardOutputs> f = staging_->Forward();
+    if (f.ok()) staging_->CopyOut(*f);
+    return f;
+  }
+  absl::StatusOr<BackwardOutputs> Backward(const ForwardInputs& in, const std::string& handle,
+                                           std::span<const std::byte> dout) {
+    if (!staging_) return c_.Backward(in, handle, dout);
+    absl::StatusOr<BackwardOutputs> g = staging_->Backward(handle);
+    if (g.ok()) {
+      staging_->CopyOut(*g);
+      g->kv_heads = in.kv_heads;
+    }
+    return g;
+  }
+
+ private:
+  AttentionClient& c_;
+  const bool shm_;
+  int next_ = 0;
+  std::unique_ptr<RegionStaging> staging_;
+};
+
 bool Report(const char* what, const kernels::reference::ErrorStats& e, double tol) {
   const bool ok = e.Within(tol);
   std::printf("  %-4s max|err| %.3e  rel %.3e  tol %.1e  nan %lld  %s\n", what, e.max_abs_err,
@@ -189,7 +232,9 @@ int Synthetic(const std::string& address) {
               static_cast<long long>(shape.batch), static_cast<long long>(shape.heads),
               static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
               name.c_str(), status->cp(), address.c_str());
-  std::printf("batch: two packed documents, one image block, right padding\n");
+  std::printf("batch: two packed documents, one image block, right padding%s\n",
+              absl::GetFlag(FLAGS_shm) ? "; tensors in shared memory" : "");
+  Calls calls(*c);
   bool all_ok = true;
   uint64_t seed = absl::GetFlag(FLAGS_seed);
   for (const Layer& layer : layers) {
@@ -201,13 +246,13 @@ int Synthetic(const std::string& address) {
         kernels::reference::AmplitudeForLogitStd(2.0, layer.head_dim, config.scale));
     const std::unique_ptr<EncodedBatch> encoded = EncodeBatch(batch, config);
     const ForwardInputs& in = encoded->in;
-    absl::StatusOr<ForwardOutputs> f = c->Forward(in);
+    const auto dout = std::as_bytes(std::span(encoded->dout));
+    absl::StatusOr<ForwardOutputs> f = calls.Forward(in, dout);
     if (!f.ok()) {
       std::fprintf(stderr, "error: forward: %s\n", f.status().ToString().c_str());
       return 1;
     }
-    absl::StatusOr<BackwardOutputs> g =
-        c->Backward(in, f->session.handle(), std::as_bytes(std::span(encoded->dout)));
+    absl::StatusOr<BackwardOutputs> g = calls.Backward(in, f->session.handle(), dout);
     if (!g.ok()) {
       std::fprintf(stderr, "error: backward: %s\n", g.status().ToString().c_str());
       return 1;
@@ -467,7 +512,8 @@ int ForwardFromFiles(const std::string& address) {
   std::printf("forward: sending %.1f MiB to %s ...\n", mib, address.c_str());
   std::fflush(stdout);
   auto c = ConnectFromFlags(address);
-  absl::StatusOr<ForwardOutputs> f = c->Forward(in);
+  Calls calls(*c);
+  absl::StatusOr<ForwardOutputs> f = calls.Forward(in);
   if (!f.ok()) return Fail(f.status());
   // The handle first: whatever fails below, the user knows the session.
   const std::string& handle = f->session.handle();
@@ -624,11 +670,12 @@ int Bench(const std::string& address) {
               static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.seq_len),
               static_cast<long long>(shape.head_dim),
               layer.kind == kernels::LayerKind::kSliding ? "sliding" : "causal full", iterations);
+  Calls calls(*c);
+  const auto dout = std::as_bytes(std::span(encoded->dout));
   for (int i = 0; i < iterations; ++i) {
-    absl::StatusOr<ForwardOutputs> f = c->Forward(in);
+    absl::StatusOr<ForwardOutputs> f = calls.Forward(in, dout);
     if (!f.ok()) return Fail(f.status());
-    absl::StatusOr<BackwardOutputs> g =
-        c->Backward(in, f->session.handle(), std::as_bytes(std::span(encoded->dout)));
+    absl::StatusOr<BackwardOutputs> g = calls.Backward(in, f->session.handle(), dout);
     if (!g.ok()) return Fail(g.status());
     (void)c->Release(f->session.handle());
     best_fwd = std::min(best_fwd, f->metrics.seconds());

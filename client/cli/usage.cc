@@ -22,7 +22,7 @@ struct FlagGroup {
 // Every flag of the CLI, in the groups help shows them in.
 const std::vector<FlagGroup>& Groups() {
   static const auto* groups = new std::vector<FlagGroup>{
-      {"Cluster", {"coordinator"}},
+      {"Cluster", {"coordinator", "shm"}},
       {"Local cluster", {"cp", "worker_threads"}},
       {"Files",
        {"q", "k", "v", "doc_ids", "vision_groups", "padding_mask", "dout", "handle", "out_dir",
@@ -109,7 +109,7 @@ const std::vector<Command>& Commands() {
        "forward and backward, checks every result against the fp64 oracle, prints errors, "
        "throughput and per-rank step times, and stops the cluster. The default command.",
        WithLocalSecurity({"cp", "worker_threads", "dtype", "batch", "heads", "kv_heads", "seq_len",
-                          "window", "seed", "tls", "tls_server_name"})},
+                          "window", "seed", "shm", "tls", "tls_server_name"})},
       {"serve", "start a local cluster and keep it running until Ctrl-C", "ringattn serve [--cp=N]",
        "Starts a coordinator and --cp CPU workers on 127.0.0.1, prints their metrics addresses "
        "and the coordinator's address, and stops them on Ctrl-C or SIGTERM.",
@@ -123,8 +123,8 @@ const std::vector<Command>& Commands() {
        "ringattn synthetic --coordinator=HOST:PORT [--seq_len=S] [--dtype=FP32|BF16|FP16]",
        "Sends the demo's batch through a running cluster and checks it against the fp64 oracle; "
        "exits 1 when a result is out of tolerance.",
-       WithClientSecurity(
-           {"coordinator", "dtype", "batch", "heads", "kv_heads", "seq_len", "window", "seed"})},
+       WithClientSecurity({"coordinator", "dtype", "batch", "heads", "kv_heads", "seq_len",
+                           "window", "seed", "shm"})},
       {"forward", "Q, K, V from .npy files -> out.npy, lse.npy and a session handle",
        "ringattn forward --coordinator=HOST:PORT --q=q.npy --k=k.npy --v=v.npy\n"
        "    [--doc_ids=d.npy] [--vision_groups=g.npy] [--padding_mask=p.npy]\n"
@@ -139,7 +139,7 @@ const std::vector<Command>& Commands() {
        "the layer's mask, and one given with its explicit counterpart must agree with it.",
        WithClientSecurity({"coordinator", "q", "k", "v", "doc_ids", "vision_groups", "padding_mask",
                            "attention_mask", "mm_token_type_ids", "packed_seq_ids", "out_dir",
-                           "keep_session", "dtype", "sliding", "window", "scale"})},
+                           "keep_session", "dtype", "sliding", "window", "scale", "shm"})},
       {"prepare", "a training batch from .npy files -> padded tensors and per-rank shards",
        "ringattn prepare --coordinator=HOST:PORT --input_ids=ids.npy | --inputs_embeds=e.npy\n"
        "    --labels=l.npy | --loss_mask=m.npy [--position_ids=p.npy]\n"
@@ -169,7 +169,7 @@ const std::vector<Command>& Commands() {
        "Sends one synthetic FP32 layer (one document) forward and backward --iterations times, "
        "printing each call's time and the best GFLOP/s.",
        WithClientSecurity({"coordinator", "batch", "heads", "kv_heads", "seq_len", "head_dim",
-                           "sliding", "window", "iterations"})},
+                           "sliding", "window", "iterations", "shm"})},
       {"help",
        "a command's usage and flags",
        "ringattn help [COMMAND]",

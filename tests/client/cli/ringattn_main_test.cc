@@ -142,6 +142,7 @@ TEST(HelpTest, HelpOfACommandShowsItsUsageAndOnlyItsFlags) {
                                                           "sliding",
                                                           "window",
                                                           "scale",
+                                                          "shm",
                                                           "tls",
                                                           "tls_ca_file",
                                                           "tls_cert_file",
@@ -357,6 +358,23 @@ TEST_F(CliClusterTest, WrongKvHeadsFailsBeforeTheBackwardAndTheSessionIsTheDefau
   }
   EXPECT_EQ(RunCommand(backward + " --kv_heads=1").exit_code, 0);
   EXPECT_TRUE(AttentionClient::Connect(cluster_->address())->Release(handle).ok());
+}
+
+// --shm: the demo's batch with every tensor in a shared-memory region of
+// the CLI's process, checked against the oracle like the streamed one; the
+// regions are unregistered when it ends.
+TEST_F(CliClusterTest, SyntheticThroughSharedMemoryPassesAndLeavesNoRegion) {
+  const CommandRun r =
+      RunCommand(Bin("ringattn") + " synthetic --coordinator=" + cluster_->address() +
+                 " --seq_len=96 --shm 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(absl::StrContains(r.output, "tensors in shared memory")) << r.output;
+  EXPECT_TRUE(absl::StrContains(r.output, "PASS")) << r.output;
+  absl::StatusOr<attention::v1::ListRegionsResponse> regions =
+      AttentionClient::Connect(cluster_->address())->ListRegions();
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  EXPECT_EQ(regions->regions_size(), 0);
+  EXPECT_EQ(OpenSessions(), 0);
 }
 
 TEST_F(CliClusterTest, ReleaseFreesTheSessionAndASecondReleaseIsNotFound) {

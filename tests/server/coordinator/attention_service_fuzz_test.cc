@@ -23,7 +23,9 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +34,7 @@
 #include "absl/strings/str_join.h"
 #include "attention/v1/attention_service.grpc.pb.h"
 #include "client/local_cluster.h"
+#include "client/shared_region.h"
 #include "client/synthetic_inputs.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -398,17 +401,21 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// `in_region`: outputs the call writes into a region (not streamed back).
 Reply CallForward(attention::v1::AttentionService::Stub& stub, const Problem& p,
                   const std::vector<ForwardRequest>& msgs, Ending ending,
-                  int64_t cancel_after_us = 0) {
+                  int64_t cancel_after_us = 0, const std::set<std::string>& in_region = {}) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::ClientContext ctx;
   SetDeadline(ctx, ending);
   auto stream = stub.Forward(&ctx);
   const auto& s = p.batch.shape;
   wire::TensorAssembler assembler(uint64_t{1} << 32);
-  assembler.Expect("out", DTypeName(p), {s.batch, s.heads, s.seq_len, s.head_dim}, true);
-  assembler.Expect("lse", "FP32", {s.batch, s.heads, s.seq_len}, true);
+  if (!in_region.contains("out")) {
+    assembler.Expect("out", DTypeName(p), {s.batch, s.heads, s.seq_len, s.head_dim}, true);
+  }
+  if (!in_region.contains("lse"))
+    assembler.Expect("lse", "FP32", {s.batch, s.heads, s.seq_len}, true);
   Reply r;
   int index = 0;
   bool metrics = false;
@@ -435,8 +442,8 @@ Reply CallForward(attention::v1::AttentionService::Stub& stub, const Problem& p,
   if (r.handle.empty()) r.malformed += "no session handle; ";
   if (!metrics) r.malformed += "no metrics; ";
   if (r.malformed.empty()) {
-    r.out = assembler.Take("out");
-    r.lse = wire::BytesAs<float>(assembler.Take("lse"));
+    if (!in_region.contains("out")) r.out = assembler.Take("out");
+    if (!in_region.contains("lse")) r.lse = wire::BytesAs<float>(assembler.Take("lse"));
   }
   return r;
 }
@@ -860,6 +867,8 @@ class Fuzzer {
       OversizedMessage();
     } else if (r < 0.82) {
       OverMemoryBudget();
+    } else if (r < 0.90) {
+      RegionForward(Pick(rng_, RegionMutations()));
     } else {
       BackwardMutations();
     }
@@ -1152,8 +1161,155 @@ class Fuzzer {
     }
   }
 
+  // Shared-memory references, valid and mutated: the tensors of a forward
+  // placed at random offsets of one registered region, a random subset of
+  // inputs and outputs named by reference and the rest streamed.
+  static const std::vector<std::string>& RegionMutations() {
+    static const auto* kinds = new std::vector<std::string>{
+        "valid",          "past_region_end", "wrong_byte_size", "offset_overflows",
+        "no_such_region", "unexpected_name", "ref_and_chunks",  "ref_twice",
+        "not_an_output",  "output_twice"};
+    return *kinds;
+  }
+
+  void RegionForward(const std::string& kind) {
+    constexpr uint64_t kRegionBytes = 8 << 20;
+    if (region_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<client::SharedRegion>> r =
+          client::SharedRegion::CreateUnique("fuzz", kRegionBytes);
+      if (!r.ok()) return Fail("region", std::string(r.status().message()));
+      region_ = *std::move(r);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+      attention::v1::RegisterRegionRequest req;
+      req.set_name("fuzz");
+      req.set_shm_name(region_->shm_name());
+      req.set_byte_size(kRegionBytes);
+      attention::v1::RegisterRegionResponse resp;
+      Expect("region_register", stub_->RegisterRegion(&ctx, req, &resp), StatusCode::OK, 0);
+    }
+    Problem p = RandomProblem(rng_, false, false);
+    const auto& sh = p.batch.shape;
+    std::vector<WireTensor> streamed;
+    std::vector<attention::v1::TensorRef> refs;
+    uint64_t at = static_cast<uint64_t>(Uniform(rng_, 0, 100));
+    auto place = [&](const std::string& name, uint64_t bytes) -> std::optional<uint64_t> {
+      if (at + bytes > kRegionBytes) return std::nullopt;
+      const uint64_t offset = at;
+      at += bytes + static_cast<uint64_t>(Uniform(rng_, 0, 100));
+      attention::v1::TensorRef ref;
+      ref.set_name(name);
+      ref.set_region("fuzz");
+      ref.set_offset(offset);
+      ref.set_byte_size(bytes);
+      refs.push_back(ref);
+      return offset;
+    };
+    for (WireTensor& t : ForwardTensors(p)) {
+      if (Chance(rng_, 0.6)) {
+        if (std::optional<uint64_t> o = place(t.name, t.bytes.size())) {
+          std::memcpy(region_->bytes().data() + *o, t.bytes.data(), t.bytes.size());
+          continue;
+        }
+      }
+      streamed.push_back(std::move(t));
+    }
+    const size_t inputs = refs.size();
+    std::map<std::string, uint64_t> outputs;  // Name -> offset in the region.
+    const uint64_t tokens = static_cast<uint64_t>(sh.batch * sh.heads * sh.seq_len);
+    for (auto [name, bytes] :
+         {std::pair<std::string, uint64_t>{"out", p.q.size()}, {"lse", tokens * 4}}) {
+      if (!Chance(rng_, 0.5)) continue;
+      if (std::optional<uint64_t> o = place(name, bytes)) outputs[name] = *o;
+    }
+    std::vector<attention::v1::TensorRef> out_refs(refs.begin() + inputs, refs.end());
+    refs.resize(inputs);
+    StatusCode want = StatusCode::OK;
+    auto pick = [&](std::vector<attention::v1::TensorRef>& v) -> attention::v1::TensorRef* {
+      return v.empty() ? nullptr : &v[Uniform(rng_, 0, static_cast<int64_t>(v.size()) - 1)];
+    };
+    attention::v1::TensorRef* target =
+        pick(kind == "not_an_output" || kind == "output_twice" ? out_refs : refs);
+    if (kind != "valid" && kind != "not_an_output" && target == nullptr) return;
+    if (kind == "past_region_end") {
+      target->set_offset(kRegionBytes - target->byte_size() + Uniform(rng_, 1, 64));
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "wrong_byte_size") {
+      target->set_byte_size(target->byte_size() + (Chance(rng_, 0.5) ? 1 : -1));
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "offset_overflows") {
+      target->set_offset(~uint64_t{0} - static_cast<uint64_t>(Uniform(rng_, 0, 1000)));
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "no_such_region") {
+      target->set_region(Chance(rng_, 0.5) ? "" : "fuzz-other");
+      want = StatusCode::NOT_FOUND;
+    } else if (kind == "unexpected_name") {
+      target->set_name(Pick(rng_, std::vector<std::string>{"dout", "out", "qq", ""}));
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "ref_and_chunks") {
+      // A tensor both by reference and streamed.
+      for (const WireTensor& t : ForwardTensors(p)) {
+        if (t.name == target->name()) streamed.push_back(t);
+      }
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "ref_twice") {
+      refs.push_back(*target);
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "not_an_output") {
+      attention::v1::TensorRef r;
+      r.set_name(Pick(rng_, std::vector<std::string>{"q", "dq", "dk", "x"}));
+      r.set_region("fuzz");
+      r.set_byte_size(16);
+      out_refs.push_back(r);
+      want = StatusCode::INVALID_ARGUMENT;
+    } else if (kind == "output_twice") {
+      out_refs.push_back(*target);
+      want = StatusCode::INVALID_ARGUMENT;
+    }
+    Stream st;
+    AppendHeader(st);
+    if (!streamed.empty()) AppendPieces(rng_, streamed, false, st);
+    attention::v1::ForwardHeader h = HeaderOf(p);
+    for (const auto& r : out_refs) *h.add_outputs() = r;
+    std::vector<ForwardRequest> msgs = Messages<ForwardRequest>(st, [&] {
+      ForwardRequest req;
+      *req.mutable_header() = h;
+      return req;
+    });
+    for (const auto& r : refs) {
+      ForwardRequest req;
+      *req.mutable_tensor_ref() = r;
+      msgs.insert(msgs.begin() + Uniform(rng_, 1, static_cast<int64_t>(msgs.size())), req);
+    }
+    std::set<std::string> in_region;
+    for (const auto& [name, offset] : outputs) in_region.insert(name);
+    const std::string category = "region_" + kind;
+    const Reply r = CallForward(*stub_, p, msgs, Ending::kWritesDone, 0, in_region);
+    if (!r.handle.empty()) CallRelease(*stub_, r.handle);
+    if (!Expect(category, r.status, want, r.seconds) || want != StatusCode::OK) return;
+    if (!r.malformed.empty()) return Fail(category, "response stream: " + r.malformed);
+    std::vector<std::byte> out = r.out;
+    std::vector<float> lse = r.lse;
+    if (outputs.contains("out")) {
+      const auto* o = region_->bytes().data() + outputs["out"];
+      out.assign(o, o + p.q.size());
+    }
+    if (outputs.contains("lse")) {
+      lse = wire::BytesAs<float>(region_->bytes().subspan(outputs["lse"], tokens * 4));
+    }
+    const server::testing::OracleResult want_result =
+        server::testing::ComputeOracle(p.batch, p.layer, false);
+    if (const std::string bad = server::testing::ForwardMismatch(p.batch, want_result, out, lse);
+        !bad.empty()) {
+      Fail(category, absl::StrCat("forward result: ", bad, Describe(p)));
+    } else {
+      ++tally_.verified;
+    }
+  }
+
   Rng rng_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
+  std::unique_ptr<client::SharedRegion> region_;
   Tally tally_;
   int64_t iteration_ = 0;
   const bool verbose_ = std::getenv("RINGATTN_FUZZ_VERBOSE") != nullptr;
