@@ -381,6 +381,28 @@ def build():
         "Uptime by daemon", "Time since each daemon started; a drop is a restart.", "s",
         [(f"time() - max by (job, pod) (process_start_time_seconds{{{BOTH}}})", "{{pod}}")]),
         24, 6)
+
+    g.row("GPU workers")
+    g.add(timeseries(
+        "Device memory",
+        "GPU memory each worker's backend holds, and what its device had free at the last "
+        "admission check (a call that does not fit fails with RESOURCE_EXHAUSTED). Zero on "
+        "CPU workers.",
+        "bytes",
+        [(f"sum by (pod) (ringattn_device_memory_bytes{{state=\"held\", {WORKER}}})",
+          "held {{pod}}"),
+         (f"sum by (pod) (ringattn_device_memory_bytes{{state=\"free\", {WORKER}}})",
+          "free {{pod}}")],
+        overrides=[by_name("free .*", {"custom.lineStyle": {"fill": "dash", "dash": [10, 10]},
+                                       "custom.fillOpacity": 0})]), 12, 8)
+    g.add(timeseries(
+        "Host <-> device copies",
+        "Bytes per second each worker's backend copies between host and device memory. The "
+        "ring stages chunks through the host today, so this grows with ring traffic; a "
+        "device-resident ring keeps it near zero after the upload.",
+        "Bps",
+        [(f"sum by (pod, direction) (rate(ringattn_host_device_copy_bytes_total{{{WORKER}}}"
+          f"[{RATE}]))", "{{direction}} {{pod}}")]), 12, 8)
     return g.panels
 
 
