@@ -5,35 +5,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <string>
 
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/server/testing/shm_object.h"
 
 namespace ringattn::coordinator {
 namespace {
 
-class Object {
- public:
-  explicit Object(uint64_t bytes) {
-    static std::atomic<int> next{0};
-    name_ = absl::StrCat("/ringattn_region_table_test_", getpid(), "_", next++);
-    fd_ = shm_open(name_.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-    EXPECT_GE(fd_, 0);
-    EXPECT_EQ(ftruncate(fd_, static_cast<off_t>(bytes)), 0);
-  }
-  ~Object() {
-    close(fd_);
-    shm_unlink(name_.c_str());
-  }
-  const std::string& name() const { return name_; }
-  int fd() const { return fd_; }
-
- private:
-  std::string name_;
-  int fd_ = -1;
-};
+using Object = ::ringattn::testing::ShmObject;
 
 attention::v1::TensorRef Ref(const std::string& region, uint64_t offset, uint64_t bytes) {
   attention::v1::TensorRef ref;
