@@ -82,6 +82,7 @@ absl::StatusOr<ForwardOutputs> AttentionClient::Forward(const ForwardInputs& in,
   h->set_seq_len(in.seq_len);
   h->set_head_dim(in.head_dim);
   for (const auto& [name, r] : in.output_regions) *h->add_outputs() = ToProto(name, r);
+  h->set_layout(in.layout);
   bool ok = stream->Write(req);
   auto send = [&](const std::string& name, const std::string& dtype,
                   const std::vector<int64_t>& shape, std::span<const std::byte> data) {

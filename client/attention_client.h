@@ -68,6 +68,8 @@ struct ForwardInputs {
   // Outputs written into regions instead of streamed back: out, lse (left
   // empty in ForwardOutputs).
   std::map<std::string, RegionRef> output_regions;
+  // AUTO: the coordinator picks the shard layout per layer; else forced.
+  attention::v1::ShardLayout layout = attention::v1::SHARD_LAYOUT_AUTO;
 };
 
 // A backward's tensors in regions: dout, and any of dq, dk, dv (left empty

@@ -1,11 +1,14 @@
 // Ring benchmark: forward + backward of one causal full layer (B=1, H=8,
 // Hkv=4, S=4096, D=128, fp32) as a Gloo ring of cp = 2 and cp = 4 separate
-// processes on 127.0.0.1 (one kernel thread each), against one process doing
-// the same total work on all cores, in one run. Prints per-rank compute and
-// step times, ring efficiency (compute / step time), the work imbalance of
-// contiguous causal sharding, bytes per step against the theoretical chunk
-// size, and the fraction of communication hidden behind compute. Ends with
-// `figure: <name> <value>` lines.
+// processes on 127.0.0.1 (one kernel thread each), under the contiguous and
+// the zigzag shard layouts, against one process doing the same total work
+// on all cores, in one run. Prints per-rank compute and step times, ring
+// efficiency (compute / step time), the work imbalance of each layout
+// (last / first and max / mean rank compute), each layout's speedup over
+// contiguous, bytes per step against the theoretical chunk size, and the
+// fraction of communication hidden behind compute. Ends with
+// `figure: <name> <value>` lines (contiguous: ring_cp<N>_*, zigzag:
+// ring_cp<N>_zigzag_*).
 //
 //   build/release/bench/ringattn_ring_bench [--seq_len=4096] [--repeat=2]
 //
@@ -32,6 +35,7 @@
 #include "kernels/backends.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
+#include "server/batch/shard_layout.h"
 #include "server/ring/ring_attention.h"
 #include "server/ring/transports/gloo_transport.h"
 
@@ -40,6 +44,7 @@ ABSL_FLAG(int, repeat, 2, "Timed forward+backward calls per configuration (best 
 ABSL_FLAG(int, rank, -1, "Internal: run as this rank of a ring.");
 ABSL_FLAG(int, cp, 0, "Internal: ring size of the rank run.");
 ABSL_FLAG(std::string, dir, "", "Internal: store and report directory of the rank run.");
+ABSL_FLAG(std::string, layout, "contiguous", "Internal: shard layout of the rank run.");
 
 extern char** environ;
 
@@ -68,24 +73,43 @@ kernels::LayerConfig Layer() {
 
 // One rank: connect, time a bare K/V exchange (the communication a step
 // would cost with nothing to hide it), then time forward + backward calls.
-int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repeat) {
+// t [outer, S, inner] at the positions of `segments`, in their order.
+template <typename T>
+std::vector<T> Gather(const std::vector<T>& t, int64_t outer, int64_t seq_len, int64_t inner,
+                      const std::vector<batch::Segment>& segments) {
+  std::vector<T> out;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (const batch::Segment& s : segments) {
+      out.insert(out.end(), t.begin() + (o * seq_len + s.start) * inner,
+                 t.begin() + (o * seq_len + s.start + s.len) * inner);
+    }
+  }
+  return out;
+}
+
+int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repeat,
+            batch::LayoutKind kind) {
   using kernels::reference::Encode;
-  using kernels::reference::SliceSequence;
   const int64_t L = seq_len / cp;
-  const int64_t b = rank * L, e = b + L;
+  absl::StatusOr<batch::ShardLayout> layout = batch::ShardLayout::Make(kind, seq_len, L, cp);
+  if (!layout.ok()) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, layout.status().ToString().c_str());
+    return 3;
+  }
+  const std::vector<batch::Segment>& segs = layout->Segments(rank);
   std::vector<uint8_t> q, k, v, dout, padding;
   std::vector<int32_t> doc, vision;
   const kernels::DType dtype = kernels::DType::kF32;
   {
     // The whole batch only lives long enough to cut this rank's shard.
     const auto batch = MakeBatch(seq_len);
-    q = Encode(SliceSequence(batch.q, kB * kH, seq_len, kD, b, e), dtype);
-    k = Encode(SliceSequence(batch.k, kB * kHkv, seq_len, kD, b, e), dtype);
-    v = Encode(SliceSequence(batch.v, kB * kHkv, seq_len, kD, b, e), dtype);
-    dout = Encode(SliceSequence(batch.dout, kB * kH, seq_len, kD, b, e), dtype);
-    doc = SliceSequence(batch.doc, kB, seq_len, 1, b, e);
-    vision = SliceSequence(batch.vision, kB, seq_len, 1, b, e);
-    padding = SliceSequence(batch.padding, kB, seq_len, 1, b, e);
+    q = Encode(Gather(batch.q, kB * kH, seq_len, kD, segs), dtype);
+    k = Encode(Gather(batch.k, kB * kHkv, seq_len, kD, segs), dtype);
+    v = Encode(Gather(batch.v, kB * kHkv, seq_len, kD, segs), dtype);
+    dout = Encode(Gather(batch.dout, kB * kH, seq_len, kD, segs), dtype);
+    doc = Gather(batch.doc, kB, seq_len, 1, segs);
+    vision = Gather(batch.vision, kB, seq_len, 1, segs);
+    padding = Gather(batch.padding, kB, seq_len, 1, segs);
   }
   ring::ShardRef shard{{dtype, kB, kH, kHkv, L, L, kD},
                        std::as_bytes(std::span(q)),
@@ -128,6 +152,7 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
   ring::RingCall call;
   call.layer = Layer();
   call.generation = 1;
+  call.layout = kind;
   double best_total = 1e30;
   ring::RingStats best_fwd, best_bwd;
   for (int i = 0; i < repeat; ++i) {
@@ -209,6 +234,9 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
 
   std::vector<std::string> figures;
   for (int cp : {2, 4}) {
+    double contiguous_step = 0.0;
+    for (batch::LayoutKind kind : {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
+    const std::string layout_name(batch::LayoutName(kind));
     char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
     const std::string dir = mkdtemp(tmpl);
     std::vector<pid_t> pids;
@@ -219,7 +247,8 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
                                        "--cp=" + std::to_string(cp),
                                        "--dir=" + dir,
                                        "--seq_len=" + std::to_string(seq_len),
-                                       "--repeat=" + std::to_string(repeat)};
+                                       "--repeat=" + std::to_string(repeat),
+                                       "--layout=" + layout_name};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -237,7 +266,8 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
       std::fprintf(stderr, "error: a rank of the cp=%d ring failed\n", cp);
       return 1;
     }
-    std::printf("cp=%d ring (%d processes, wall %.1f s incl. start-up):\n", cp, cp, Since(t0));
+    std::printf("cp=%d ring, %s layout (%d processes, wall %.1f s incl. start-up):\n", cp,
+                layout_name.c_str(), cp, Since(t0));
     std::vector<RankReport> reports(cp);
     for (int r = 0; r < cp; ++r) {
       std::ifstream in(dir + "/report" + std::to_string(r));
@@ -274,13 +304,16 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
         2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) + (kB * L + 7) / 8 * 8;
     const double per_step = static_cast<double>(reports[0].fwd_bytes) / (reports[0].steps - 1);
     const double hidden = hidden_sum / cp;
+    if (kind == batch::LayoutKind::kContiguous) contiguous_step = step_time;
+    const double over_contiguous = contiguous_step / step_time;
     std::printf(
         "  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
-        "rank %.2f, max/mean %.2f; bytes per forward step %.0f (theory %lld); "
-        "communication hidden >= %.2f\n",
-        step_time, efficiency, imbalance, max_compute / mean_compute, per_step,
+        "rank %.2f, max/mean %.2f; speedup over contiguous %.2f; bytes per forward step %.0f "
+        "(theory %lld); communication hidden >= %.2f\n",
+        step_time, efficiency, imbalance, max_compute / mean_compute, over_contiguous, per_step,
         static_cast<long long>(theory), hidden);
-    const std::string p = "ring_cp" + std::to_string(cp) + "_";
+    const std::string p = "ring_cp" + std::to_string(cp) + "_" +
+                          (kind == batch::LayoutKind::kContiguous ? "" : layout_name + "_");
     auto fig = [&](const std::string& name, double value) {
       std::ostringstream s;
       s << "figure: " << p << name << " " << value;
@@ -296,6 +329,8 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
     double rss_ratio = 0.0;
     for (const RankReport& x : reports) rss_ratio = std::max(rss_ratio, x.peak_rss / x.shard_bytes);
     fig("peak_rss_vs_shard_tensors_max_rank", rss_ratio);
+    if (kind != batch::LayoutKind::kContiguous) fig("speedup_over_contiguous", over_contiguous);
+    }
   }
   std::printf("\n");
   for (const std::string& f : figures) std::printf("%s\n", f.c_str());
@@ -317,8 +352,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (absl::GetFlag(FLAGS_rank) >= 0) {
-    return ringattn::bench::RunRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp),
-                                    absl::GetFlag(FLAGS_dir), seq_len, repeat);
+    const std::string layout = absl::GetFlag(FLAGS_layout);
+    if (layout != "contiguous" && layout != "zigzag") {
+      std::fprintf(stderr, "error: --layout must be contiguous or zigzag\n");
+      return 2;
+    }
+    return ringattn::bench::RunRank(
+        absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp), absl::GetFlag(FLAGS_dir), seq_len,
+        repeat,
+        layout == "zigzag" ? ringattn::batch::LayoutKind::kZigzag
+                           : ringattn::batch::LayoutKind::kContiguous);
   }
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);

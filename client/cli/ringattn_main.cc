@@ -91,6 +91,9 @@ ABSL_FLAG(bool, keep_session, false,
           "released, so it holds no worker memory until it expires).");
 ABSL_FLAG(bool, sliding, false, "forward: a sliding layer with --window (else full).");
 ABSL_FLAG(double, scale, 0.0, "forward: softmax scale; 0 = 1/sqrt(D).");
+ABSL_FLAG(std::string, layout, "auto",
+          "forward, bench: shard layout, auto (the coordinator picks per layer), contiguous or "
+          "zigzag.");
 ABSL_FLAG(int, iterations, 5, "bench: forward+backward calls to time.");
 ABSL_FLAG(int64_t, head_dim, 128, "bench: head dim.");
 ABSL_FLAG(bool, shm, false,
@@ -304,6 +307,16 @@ int BadInvocation(const absl::Status& s) {
 // The wire dtype of the tensor files `arrays` (paths `paths`): one dtype for
 // all of them, float32, float16, or uint16 holding bf16 bits when
 // --dtype=BF16, and --dtype's when it is given.
+// --layout as the wire's enum.
+absl::StatusOr<attention::v1::ShardLayout> LayoutFromFlag() {
+  const std::string name = absl::GetFlag(FLAGS_layout);
+  if (name == "auto") return attention::v1::SHARD_LAYOUT_AUTO;
+  if (name == "contiguous") return attention::v1::SHARD_LAYOUT_CONTIGUOUS;
+  if (name == "zigzag") return attention::v1::SHARD_LAYOUT_ZIGZAG;
+  return absl::InvalidArgumentError("--layout must be auto, contiguous or zigzag, got '" + name +
+                                    "'");
+}
+
 absl::StatusOr<std::string> WireDType(const std::vector<const NpyArray*>& arrays,
                                       const std::vector<std::string>& paths) {
   auto numpy_name = [](const std::string& descr) -> std::string {
@@ -507,6 +520,9 @@ int ForwardFromFiles(const std::string& address) {
   } else {
     in.layer.clear_scale();
   }
+  absl::StatusOr<attention::v1::ShardLayout> shard_layout = LayoutFromFlag();
+  if (!shard_layout.ok()) return BadInvocation(shard_layout.status());
+  in.layout = *shard_layout;
   if (absl::Status s = CheckOutDir(); !s.ok()) return BadInvocation(s);
   const double mib = static_cast<double>(in.q.size() + in.k.size() + in.v.size()) / 1048576.0;
   std::printf("forward: sending %.1f MiB to %s ...\n", mib, address.c_str());
@@ -662,6 +678,9 @@ int Bench(const std::string& address) {
   const std::unique_ptr<EncodedBatch> encoded = EncodeBatch(batch, layer, false);
   ForwardInputs in = encoded->in;
   in.layer.clear_scale();  // The service's default, 1/sqrt(D).
+  absl::StatusOr<attention::v1::ShardLayout> shard_layout = LayoutFromFlag();
+  if (!shard_layout.ok()) return BadInvocation(shard_layout.status());
+  in.layout = *shard_layout;
   auto c = ConnectFromFlags(address);
   const int iterations = std::max(1, absl::GetFlag(FLAGS_iterations));
   double best_fwd = 1e30, best_bwd = 1e30, flops_fwd = 0, flops_bwd = 0;

@@ -31,7 +31,7 @@ const std::vector<FlagGroup>& Groups() {
        {"attention_mask", "mm_token_type_ids", "packed_seq_ids", "input_ids", "inputs_embeds",
         "labels", "loss_mask", "position_ids", "pad_token_id", "prepare_cp", "shards"}},
       {"Shape and dtype", {"dtype", "batch", "heads", "kv_heads", "seq_len", "head_dim", "seed"}},
-      {"Layer", {"sliding", "window", "scale"}},
+      {"Layer", {"sliding", "window", "scale", "layout"}},
       {"Timing", {"iterations"}},
       {"Security",
        {"tls", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name", "auth_token_file",
@@ -129,7 +129,7 @@ const std::vector<Command>& Commands() {
        "ringattn forward --coordinator=HOST:PORT --q=q.npy --k=k.npy --v=v.npy\n"
        "    [--doc_ids=d.npy] [--vision_groups=g.npy] [--padding_mask=p.npy]\n"
        "    [--attention_mask=m.npy] [--mm_token_type_ids=t.npy] [--packed_seq_ids=s.npy]\n"
-       "    [--sliding --window=W] [--scale=X] [--out_dir=DIR]",
+       "    [--sliding --window=W] [--scale=X] [--layout=auto|contiguous|zigzag] [--out_dir=DIR]",
        "Checks the files' dtypes (against --dtype when given) and that --out_dir is writable "
        "before sending, prints the session handle as soon as the forward returns, then writes "
        "out.npy [B,H,S,D] in the input dtype and lse.npy [B,H,S] float32. When writing fails "
@@ -139,7 +139,7 @@ const std::vector<Command>& Commands() {
        "the layer's mask, and one given with its explicit counterpart must agree with it.",
        WithClientSecurity({"coordinator", "q", "k", "v", "doc_ids", "vision_groups", "padding_mask",
                            "attention_mask", "mm_token_type_ids", "packed_seq_ids", "out_dir",
-                           "keep_session", "dtype", "sliding", "window", "scale", "shm"})},
+                           "keep_session", "dtype", "sliding", "window", "scale", "shm", "layout"})},
       {"prepare", "a training batch from .npy files -> padded tensors and per-rank shards",
        "ringattn prepare --coordinator=HOST:PORT --input_ids=ids.npy | --inputs_embeds=e.npy\n"
        "    --labels=l.npy | --loss_mask=m.npy [--position_ids=p.npy]\n"
@@ -169,7 +169,7 @@ const std::vector<Command>& Commands() {
        "Sends one synthetic FP32 layer (one document) forward and backward --iterations times, "
        "printing each call's time and the best GFLOP/s.",
        WithClientSecurity({"coordinator", "batch", "heads", "kv_heads", "seq_len", "head_dim",
-                           "sliding", "window", "iterations", "shm"})},
+                           "sliding", "window", "iterations", "shm", "layout"})},
       {"help",
        "a command's usage and flags",
        "ringattn help [COMMAND]",

@@ -12,6 +12,7 @@
 #include "server/batch/batch_prep.h"
 #include "server/coordinator/forward_metadata.h"
 #include "server/coordinator/prepare_batch.h"
+#include "server/coordinator/layout_choice.h"
 #include "server/coordinator/request_convert.h"
 #include "server/coordinator/shard_io.h"
 #include "server/shm/shm_file.h"
@@ -113,6 +114,7 @@ absl::Status WriteSession(AttentionServiceImpl::ForwardStream& stream, const std
   info->set_padded_len(layout.padded_len());
   info->set_cp(layout.cp());
   info->set_ring_generation(generation);
+  info->set_layout(LayoutToProto(layout.kind()));
   return stream.Write(resp) ? absl::OkStatus() : absl::CancelledError("the client went away");
 }
 
@@ -231,7 +233,9 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
           owner, req.header().outputs(),
           {{"out", tokens * spec.head_dim * kernels::DTypeSize(spec.dtype)}, {"lse", tokens * 4}}));
   RINGATTN_RETURN_IF_ERROR(cluster_.WaitReady(absl::Seconds(5)));
-  const batch::ShardLayout layout(spec.seq_len, cluster_.cp());
+  RINGATTN_ASSIGN_OR_RETURN(
+      const batch::ShardLayout layout,
+      LayoutForCall(req.header().layout(), spec.layer, spec.seq_len, cluster_.cp()));
   // The session's place in the budget is taken before any tensor byte is
   // read: the inputs go on to the workers while they arrive.
   RINGATTN_ASSIGN_OR_RETURN(SessionTable::Reservation reservation,
@@ -263,6 +267,7 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
                                        WriteSession(stream, handle, layout, ticket.generation),
                                        flops, "the client went away; session released"));
   scope.Completed(flops);
+  metrics_.LayoutCalls(layout.kind()).Increment();
   return absl::OkStatus();
 }
 

@@ -45,6 +45,12 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                      .Name("ringattn_workers_up")
                      .Help("Registered workers answering their health check.")
                      .Register(registry)
-                     .Add({})) {}
+                     .Add({})),
+      layout_calls_total(prometheus::BuildCounter()
+                             .Name("ringattn_layout_calls_total")
+                             .Help("Completed forward calls by the shard layout they ran with.")
+                             .Register(registry)),
+      layout_contiguous_calls(layout_calls_total.Add({{"layout", "contiguous"}})),
+      layout_zigzag_calls(layout_calls_total.Add({{"layout", "zigzag"}})) {}
 
 }  // namespace ringattn::coordinator

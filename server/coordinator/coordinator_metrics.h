@@ -1,7 +1,9 @@
 #ifndef RINGATTN_SERVER_COORDINATOR_COORDINATOR_METRICS_H_
 #define RINGATTN_SERVER_COORDINATOR_COORDINATOR_METRICS_H_
 
+#include "prometheus/counter.h"
 #include "prometheus/registry.h"
+#include "server/batch/shard_layout.h"
 #include "server/common/service_metrics.h"
 
 namespace ringattn::coordinator {
@@ -21,6 +23,15 @@ struct CoordinatorMetrics {
   prometheus::Gauge& ring_size;
   prometheus::Gauge& workers_registered;
   prometheus::Gauge& workers_up;
+  // Completed forward calls by the shard layout they ran with (a session's
+  // backward runs with its forward's).
+  prometheus::Family<prometheus::Counter>& layout_calls_total;
+  prometheus::Counter& layout_contiguous_calls;
+  prometheus::Counter& layout_zigzag_calls;
+
+  prometheus::Counter& LayoutCalls(batch::LayoutKind kind) {
+    return kind == batch::LayoutKind::kZigzag ? layout_zigzag_calls : layout_contiguous_calls;
+  }
 };
 
 }  // namespace ringattn::coordinator

@@ -77,6 +77,9 @@ worker::v1::ShardCall ShardCallFor(const ForwardSpec& spec, const std::string& s
   call.set_head_dim(spec.head_dim);
   call.set_timeout_seconds(absl::ToDoubleSeconds(ring_timeout));
   call.set_generation(generation);
+  call.set_layout(layout.kind() == batch::LayoutKind::kZigzag
+                      ? attention::v1::SHARD_LAYOUT_ZIGZAG
+                      : attention::v1::SHARD_LAYOUT_CONTIGUOUS);
   return call;
 }
 

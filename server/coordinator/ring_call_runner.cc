@@ -176,6 +176,9 @@ attention::v1::CallMetrics RingCallRunner::Metrics(double flops) const {
   m.set_flops(flops);
   m.set_flops_per_second(seconds > 0 ? flops / seconds : 0.0);
   for (const auto& r : calls_.ranks) *m.add_ranks() = r->metrics();
+  m.set_layout(layout_.kind() == batch::LayoutKind::kZigzag
+                   ? attention::v1::SHARD_LAYOUT_ZIGZAG
+                   : attention::v1::SHARD_LAYOUT_CONTIGUOUS);
   return m;
 }
 

@@ -18,8 +18,9 @@ SequenceRouter::SequenceRouter(int64_t outer, const batch::ShardLayout& layout,
 
 bool SequenceRouter::EmitPadding(absl::FunctionRef<bool(int, std::span<const std::byte>)> emit) {
   for (int64_t pos = layout_.seq_len(); pos < layout_.padded_len();) {
-    const int rank = layout_.RankOf(pos);
-    const int64_t end = layout_.End(rank);
+    const batch::Run& run = layout_.RunOf(pos);
+    const int rank = run.rank;
+    const int64_t end = run.start + run.len;
     for (int64_t left = (end - pos) * position_bytes_; left > 0;) {
       const int64_t n = std::min<int64_t>(left, static_cast<int64_t>(zeros_.size()));
       if (!emit(rank, std::span<const std::byte>(zeros_).first(static_cast<size_t>(n)))) {
@@ -38,8 +39,10 @@ bool SequenceRouter::Add(std::span<const std::byte> piece,
   while (!piece.empty()) {
     if (done()) return false;
     // The rank whose real positions the row has reached, and where they end.
-    const int rank = layout_.RankOf(offset_ / position_bytes_);
-    const int64_t segment_end = (layout_.Begin(rank) + layout_.RealLen(rank)) * position_bytes_;
+    const batch::Run& run = layout_.RunOf(offset_ / position_bytes_);
+    const int rank = run.rank;
+    const int64_t segment_end =
+        std::min(run.start + run.len, layout_.seq_len()) * position_bytes_;
     const auto n = static_cast<size_t>(
         std::min<int64_t>(segment_end - offset_, static_cast<int64_t>(piece.size())));
     if (!emit(rank, piece.first(n))) return false;

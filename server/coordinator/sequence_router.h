@@ -10,10 +10,13 @@
 #include "server/batch/shard_layout.h"
 
 // Shards a tensor while its bytes stream in (SPEC §1.7-1.8): the tensor
-// [outer, S, inner] arrives row-major in pieces of any size; rank r gets its
-// slice [outer, r*L:(r+1)*L, inner] of the sequence padded to P = cp * L,
-// in its own row-major order, with zeros for positions S..P-1. Nothing is
-// gathered first, so the coordinator forwards a piece as soon as it has it.
+// [outer, S, inner] arrives row-major in pieces of any size; rank r gets
+// [outer, L, inner], its positions of the layout (for the contiguous one
+// r*L:(r+1)*L) of the sequence padded to P = cp * L, in its own row-major
+// local order, with zeros for positions S..P-1. A layout's segments are
+// sorted, so walking a row in global order meets each rank's positions in
+// its local order. Nothing is gathered first, so the coordinator forwards a
+// piece as soon as it has it.
 
 namespace ringattn::coordinator {
 

@@ -183,8 +183,10 @@ bool SendSlices(const std::string& name, const std::string& dtype, const batch::
     wire::PieceWriter writer(name, dtype, {rows, layout.shard_len()},
                              [&](TensorChunk& chunk) { return rank.Send(std::move(chunk)); });
     for (int64_t o = 0; o < rows; ++o) {
-      const std::byte* p = whole.data.data() + (o * len + layout.Begin(r)) * elem;
-      if (!writer.Append({p, static_cast<size_t>(layout.shard_len() * elem)})) return false;
+      for (const batch::Segment& s : layout.Segments(r)) {
+        const std::byte* p = whole.data.data() + (o * len + s.start) * elem;
+        if (!writer.Append({p, static_cast<size_t>(s.len * elem)})) return false;
+      }
     }
     if (!writer.Finish()) return false;
   }
@@ -206,16 +208,21 @@ absl::Status GatherAnswer(std::vector<ShardReader>& readers, const ExpectedTenso
     return client_ok;
   });
   const auto went_away = absl::CancelledError("the client went away");
+  // Each row in global order: a layout's runs meet every rank's positions
+  // in its local order, so every reader is read straight through.
   for (int64_t o = 0; o < outer; ++o) {
-    for (size_t r = 0; r < readers.size(); ++r) {
-      const int64_t rows = layout.RealLen(static_cast<int>(r));
-      absl::Status s =
-          readers[r].Read(static_cast<uint64_t>(rows) * row,
-                          [&](std::span<const std::byte> run, std::string* whole) {
-                            return whole ? writer.Append(std::move(*whole)) : writer.Append(run);
-                          });
-      if (s.ok() && rows < layout.shard_len()) {
-        s = readers[r].Skip(static_cast<uint64_t>(layout.shard_len() - rows) * row);
+    for (const batch::Run& run : layout.Runs()) {
+      ShardReader& reader = readers[run.rank];
+      const int64_t rows = std::clamp<int64_t>(layout.seq_len() - run.start, 0, run.len);
+      absl::Status s = absl::OkStatus();
+      if (rows > 0) {
+        s = reader.Read(static_cast<uint64_t>(rows) * row,
+                        [&](std::span<const std::byte> piece, std::string* whole) {
+                          return whole ? writer.Append(std::move(*whole)) : writer.Append(piece);
+                        });
+      }
+      if (s.ok() && rows < run.len) {
+        s = reader.Skip(static_cast<uint64_t>(run.len - rows) * row);
       }
       if (!s.ok()) return client_ok ? s : went_away;
     }

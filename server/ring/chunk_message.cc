@@ -50,4 +50,27 @@ kernels::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t 
   return {std::span(doc, tokens_), std::span(vision, tokens_), std::span(padding, tokens_), start};
 }
 
+kernels::TensorRef ChunkLayout::K(std::span<const std::byte> msg, int64_t local,
+                                  int64_t len) const {
+  const size_t row = static_cast<size_t>(kv_shape_[3]) * kernels::DTypeSize(dtype_);
+  const size_t outer = static_cast<size_t>(kv_shape_[0] * kv_shape_[1]);
+  return {dtype_,
+          {kv_shape_[0], kv_shape_[1], len, kv_shape_[3]},
+          msg.data() + outer * static_cast<size_t>(local) * row,
+          outer * static_cast<size_t>(len) * row};
+}
+
+kernels::TensorRef ChunkLayout::V(std::span<const std::byte> msg, int64_t local,
+                                  int64_t len) const {
+  return K(msg.subspan(v_at_), local, len);
+}
+
+kernels::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t local, int64_t len,
+                                        int64_t start) const {
+  const kernels::TokenMetaRef all = Meta(msg, start);
+  const auto at = static_cast<size_t>(kv_shape_[0] * local);
+  const auto n = static_cast<size_t>(kv_shape_[0] * len);
+  return {all.doc.subspan(at, n), all.vision.subspan(at, n), all.padding.subspan(at, n), start};
+}
+
 }  // namespace ringattn::ring

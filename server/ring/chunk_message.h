@@ -14,7 +14,8 @@ namespace ringattn::ring {
 // One K/V chunk with its metadata as a single message buffer:
 //   [ K | V | doc | vision | padding ], each part 8-byte aligned.
 // Every rank derives the same layout from the shapes, so nothing but the
-// bytes travel.
+// bytes travel. Each part holds the shard in the order it was packed in; the
+// ring packs segment-major shards, so each segment is a dense block.
 class ChunkLayout {
  public:
   explicit ChunkLayout(const ShardRef& shard);
@@ -29,6 +30,14 @@ class ChunkLayout {
   kernels::TensorRef K(std::span<const std::byte> msg) const;
   kernels::TensorRef V(std::span<const std::byte> msg) const;
   kernels::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t start) const;
+
+  // Views of one segment of a message packed from a shard in segment-major
+  // order (segment_order.h): the owner's local positions [local, local +
+  // len), whose first is at global position `start`.
+  kernels::TensorRef K(std::span<const std::byte> msg, int64_t local, int64_t len) const;
+  kernels::TensorRef V(std::span<const std::byte> msg, int64_t local, int64_t len) const;
+  kernels::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t local, int64_t len,
+                             int64_t start) const;
 
  private:
   kernels::DType dtype_;

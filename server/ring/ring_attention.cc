@@ -13,6 +13,7 @@
 #include "kernels/status_macros.h"
 #include "server/ring/chunk_message.h"
 #include "server/ring/schedule.h"
+#include "server/ring/segment_order.h"
 
 namespace ringattn::ring {
 namespace {
@@ -139,14 +140,90 @@ absl::StatusOr<RingSchedule> ScheduleFor(const Transport& t, const ShardRef& sha
   config.shard_len = shard.shape.q_len;
   config.layer = call.layer;
   config.batch_has_vision = call.batch_has_vision;
+  config.layout = call.layout;
   return MakeSchedule(config);
 }
 
-kernels::TensorRef QueryRef(const ShardRef& s, std::span<const std::byte> bytes) {
-  return {s.shape.dtype,
-          {s.shape.batch, s.shape.heads, s.shape.q_len, s.shape.head_dim},
-          bytes.data(),
-          bytes.size()};
+// The call's layout; valid once ScheduleFor accepted it.
+absl::StatusOr<batch::ShardLayout> LayoutFor(const Transport& t, const ShardRef& shard,
+                                             const RingCall& call) {
+  const int64_t L = shard.shape.q_len;
+  return batch::ShardLayout::Make(call.layout, t.size() * L, L, t.size());
+}
+
+// Where one segment of a segment-major shard tensor lies.
+struct SegmentPlace {
+  batch::Segment global;  // Its global positions.
+  int64_t local = 0;      // Its first local position.
+};
+
+std::vector<SegmentPlace> Places(const batch::ShardLayout& layout, int rank) {
+  const std::vector<batch::Segment>& segments = layout.Segments(rank);
+  const std::vector<int64_t> offsets = SegmentOffsets(segments);
+  std::vector<SegmentPlace> places;
+  for (size_t i = 0; i < segments.size(); ++i) places.push_back({segments[i], offsets[i]});
+  return places;
+}
+
+// This rank's shard in segment-major order: what its own chunk message is
+// packed from and what its query segments are cut from. Spans of `shard`
+// itself when it has one segment.
+class MajorShard {
+ public:
+  MajorShard(const ShardRef& shard, const std::vector<batch::Segment>& segments)
+      : B_(shard.shape.batch),
+        H_(shard.shape.heads),
+        D_(shard.shape.head_dim),
+        esize_(static_cast<int64_t>(kernels::DTypeSize(shard.shape.dtype))),
+        q_(shard.q, B_ * H_, D_ * esize_, segments),
+        k_(shard.k, B_ * shard.shape.kv_heads, D_ * esize_, segments),
+        v_(shard.v, B_ * shard.shape.kv_heads, D_ * esize_, segments),
+        doc_(shard.doc, B_, 1, segments),
+        vision_(shard.vision, B_, 1, segments),
+        padding_(shard.padding, B_, 1, segments) {
+    ref_ = shard;
+    ref_.q = q_.span();
+    ref_.k = k_.span();
+    ref_.v = v_.span();
+    ref_.doc = doc_.span();
+    ref_.vision = vision_.span();
+    ref_.padding = padding_.span();
+  }
+
+  const ShardRef& ref() const { return ref_; }
+
+  // One query segment of a segment-major [B, H, L, D] tensor (q, out, dout).
+  kernels::TensorRef Query(std::span<const std::byte> major, const SegmentPlace& p) const {
+    const auto at = static_cast<size_t>(B_ * H_ * p.local * D_ * esize_);
+    const auto n = static_cast<size_t>(B_ * H_ * p.global.len * D_ * esize_);
+    return {ref_.shape.dtype, {B_, H_, p.global.len, D_}, major.data() + at, n};
+  }
+  kernels::TokenMetaRef QueryMeta(const SegmentPlace& p) const {
+    const auto at = static_cast<size_t>(B_ * p.local);
+    const auto n = static_cast<size_t>(B_ * p.global.len);
+    return {ref_.doc.subspan(at, n), ref_.vision.subspan(at, n), ref_.padding.subspan(at, n),
+            p.global.start};
+  }
+  // Rows ([B, H, len]) and elements ([B, H, len, D]) of one query segment
+  // of a segment-major fp32 tensor, and where they start.
+  size_t RowsAt(const SegmentPlace& p) const { return static_cast<size_t>(B_ * H_ * p.local); }
+  size_t Rows(const SegmentPlace& p) const { return static_cast<size_t>(B_ * H_ * p.global.len); }
+
+ private:
+  const int64_t B_, H_, D_, esize_;
+  SegmentMajor<std::byte> q_, k_, v_;
+  SegmentMajor<int32_t> doc_, vision_;
+  SegmentMajor<uint8_t> padding_;
+  ShardRef ref_;
+};
+
+// A local-order copy of the segment-major fp32 tensor `major` [outer, L, row].
+std::vector<float> ToLocal(std::vector<float> major, int64_t outer, int64_t row,
+                           const std::vector<batch::Segment>& segments) {
+  if (segments.size() == 1) return major;
+  std::vector<float> local(major.size());
+  FromSegmentMajor<float>(major, local, outer, row, segments);
+  return local;
 }
 
 absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& backend,
@@ -154,18 +231,22 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   const Clock::time_point t0 = Clock::now();
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
   RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
+  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout, LayoutFor(t, shard, call));
+  const std::vector<batch::Segment>& mine = shard_layout.Segments(t.rank());
+  const std::vector<SegmentPlace> q_places = Places(shard_layout, t.rank());
+  const MajorShard major(shard, mine);
   const ChunkLayout layout(shard);
+  const int64_t D = shard.shape.head_dim;
   const int64_t rows = shard.shape.batch * shard.shape.heads * shard.shape.q_len;
-  const int64_t elems = rows * shard.shape.head_dim;
+  const int64_t elems = rows * D;
 
   // Double buffering: compute on `current` while `next` arrives.
-  std::vector<std::byte> current = layout.Pack(shard);
+  std::vector<std::byte> current = layout.Pack(major.ref());
   std::vector<std::byte> next(layout.size());
+  // The running result, segment-major like the query.
   std::vector<float> acc(elems, 0.0f);
   std::vector<float> lse(rows, -std::numeric_limits<float>::infinity());
   std::vector<float> part(elems), part_lse(rows);
-  const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                     t.rank() * shard.shape.q_len};
   RingForwardResult result;
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
@@ -177,28 +258,37 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
     }
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      kernels::ForwardChunkArgs args;
-      args.q = QueryRef(shard, shard.q);
-      args.k = layout.K(current);
-      args.v = layout.V(current);
-      args.q_meta = q_meta;
-      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shape.q_len);
-      args.layer = call.layer;
-      args.out = part;
-      args.lse = part_lse;
-      RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
-      // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
-      RINGATTN_RETURN_IF_ERROR(
-          kernels::MergePartial(acc, lse, part, part_lse, shard.shape.head_dim));
+      const std::vector<SegmentPlace> k_places = Places(shard_layout, step.chunk_owner);
+      for (const SubBlock& block : step.blocks) {
+        const SegmentPlace& qp = q_places[block.q_segment];
+        const SegmentPlace& kp = k_places[block.k_segment];
+        const size_t at = major.RowsAt(qp), n = major.Rows(qp);
+        kernels::ForwardChunkArgs args;
+        args.q = major.Query(major.ref().q, qp);
+        args.k = layout.K(current, kp.local, kp.global.len);
+        args.v = layout.V(current, kp.local, kp.global.len);
+        args.q_meta = major.QueryMeta(qp);
+        args.kv_meta = layout.Meta(current, kp.local, kp.global.len, kp.global.start);
+        args.layer = call.layer;
+        args.out = std::span(part).first(n * D);
+        args.lse = std::span(part_lse).first(n);
+        RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
+        // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
+        RINGATTN_RETURN_IF_ERROR(kernels::MergePartial(std::span(acc).subspan(at * D, n * D),
+                                                       std::span(lse).subspan(at, n), args.out,
+                                                       args.lse, D));
+      }
       stats.compute_seconds = Since(c0);
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
     std::swap(current, next);
     result.stats.steps.push_back(stats);
   }
+  const int64_t bh = shard.shape.batch * shard.shape.heads;
+  acc = ToLocal(std::move(acc), bh, D, mine);
   result.out.resize(elems * kernels::DTypeSize(shard.shape.dtype));
   kernels::FromF32(shard.shape.dtype, acc.data(), elems, result.out.data());
-  result.lse = std::move(lse);
+  result.lse = ToLocal(std::move(lse), bh, 1, mine);
   Summarize(result.stats, t0);
   return result;
 }
@@ -215,26 +305,35 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     return absl::InvalidArgumentError("out, dout and lse must match the query shard");
   }
   RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
+  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout, LayoutFor(t, shard, call));
+  const std::vector<batch::Segment>& mine = shard_layout.Segments(t.rank());
+  const std::vector<SegmentPlace> q_places = Places(shard_layout, t.rank());
+  const MajorShard major(shard, mine);
   const ChunkLayout layout(shard);
-  const int64_t kv_elems =
-      shard.shape.batch * shard.shape.kv_heads * shard.shape.q_len * shard.shape.head_dim;
+  const int64_t D = shard.shape.head_dim;
+  const int64_t bh = shard.shape.batch * shard.shape.heads;
+  const int64_t bkv = shard.shape.batch * shard.shape.kv_heads;
+  const size_t esize = kernels::DTypeSize(shard.shape.dtype);
+  const SegmentMajor<std::byte> out_major(out, bh, D * static_cast<int64_t>(esize), mine);
+  const SegmentMajor<std::byte> dout_major(dout, bh, D * static_cast<int64_t>(esize), mine);
+  const SegmentMajor<float> lse_major(lse, bh, 1, mine);
+  const int64_t kv_elems = bkv * shard.shape.q_len * D;
   const int size = t.size();
   const int prev = (t.rank() + size - 1) % size;
   const int next_rank = (t.rank() + 1) % size;
 
-  std::vector<std::byte> current = layout.Pack(shard);
+  std::vector<std::byte> current = layout.Pack(major.ref());
   std::vector<std::byte> next(layout.size());
   RingBackwardResult result;
-  result.dq.assign(shard.shape.batch * shard.shape.heads * shard.shape.q_len * shard.shape.head_dim,
-                   0.0f);
-  // This rank's dK/dV of the held chunk ([dK | dV], fp32), and the two
-  // accumulators that travel with the chunks, alternating so one can be
-  // received into while the other is still being sent.
+  // Segment-major like the query until the end.
+  result.dq.assign(bh * shard.shape.q_len * D, 0.0f);
+  // This rank's dK/dV of the held chunk ([dK | dV], fp32, each in the chunk
+  // owner's segment-major order), and the two accumulators that travel with
+  // the chunks, alternating so one can be received into while the other is
+  // still being sent.
   std::vector<float> contrib(2 * kv_elems);
   std::vector<float> acc[2] = {std::vector<float>(2 * kv_elems), std::vector<float>(2 * kv_elems)};
   std::unique_ptr<PendingOp> acc_send[2];
-  const kernels::TokenMetaRef q_meta{shard.doc, shard.vision, shard.padding,
-                                     t.rank() * shard.shape.q_len};
   KvExchange exchange(t, call, MessageKind::kBackwardKv);
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
@@ -252,7 +351,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   for (const RingStep& step : schedule.steps) {
     const int i = step.step;
     StepStats stats{i, step.chunk_owner, step.compute};
-    stats.pairs = step.pairs * shard.shape.batch * shard.shape.heads;
+    stats.pairs = step.pairs * bh;
     std::vector<float>& cur_acc = acc[i % 2];
     // The accumulator of the held chunk arrives from the previous rank once
     // it has added its share; receive it into the buffer sent two steps ago.
@@ -270,20 +369,28 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     std::fill(contrib.begin(), contrib.end(), 0.0f);
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      kernels::BackwardChunkArgs args;
-      args.q = QueryRef(shard, shard.q);
-      args.k = layout.K(current);
-      args.v = layout.V(current);
-      args.out = QueryRef(shard, out);
-      args.dout = QueryRef(shard, dout);
-      args.lse = lse;
-      args.q_meta = q_meta;
-      args.kv_meta = layout.Meta(current, step.chunk_owner * shard.shape.q_len);
-      args.layer = call.layer;
-      args.dq = result.dq;  // dQ accumulates locally.
-      args.dk = std::span(contrib).first(kv_elems);
-      args.dv = std::span(contrib).subspan(kv_elems);
-      RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
+      const std::vector<SegmentPlace> k_places = Places(shard_layout, step.chunk_owner);
+      for (const SubBlock& block : step.blocks) {
+        const SegmentPlace& qp = q_places[block.q_segment];
+        const SegmentPlace& kp = k_places[block.k_segment];
+        const size_t at = major.RowsAt(qp), n = major.Rows(qp);
+        const auto k_at = static_cast<size_t>(bkv * kp.local * D);
+        const auto k_n = static_cast<size_t>(bkv * kp.global.len * D);
+        kernels::BackwardChunkArgs args;
+        args.q = major.Query(major.ref().q, qp);
+        args.k = layout.K(current, kp.local, kp.global.len);
+        args.v = layout.V(current, kp.local, kp.global.len);
+        args.out = major.Query(out_major.span(), qp);
+        args.dout = major.Query(dout_major.span(), qp);
+        args.lse = lse_major.span().subspan(at, n);
+        args.q_meta = major.QueryMeta(qp);
+        args.kv_meta = layout.Meta(current, kp.local, kp.global.len, kp.global.start);
+        args.layer = call.layer;
+        args.dq = std::span(result.dq).subspan(at * D, n * D);  // dQ accumulates locally.
+        args.dk = std::span(contrib).subspan(k_at, k_n);
+        args.dv = std::span(contrib).subspan(kv_elems + k_at, k_n);
+        RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
+      }
       stats.compute_seconds = Since(c0);
     }
     // Add this rank's share to the chunk's accumulator (fp32) and pass it on.
@@ -328,8 +435,9 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     home.bytes_sent = home.bytes_received = static_cast<int64_t>(own.size() * sizeof(float));
   }
   result.stats.steps.push_back(home);
-  result.dk.assign(own.begin(), own.begin() + kv_elems);
-  result.dv.assign(own.begin() + kv_elems, own.end());
+  result.dq = ToLocal(std::move(result.dq), bh, D, mine);
+  result.dk = ToLocal(std::vector<float>(own.begin(), own.begin() + kv_elems), bkv, D, mine);
+  result.dv = ToLocal(std::vector<float>(own.begin() + kv_elems, own.end()), bkv, D, mine);
   Summarize(result.stats, t0);
   return result;
 }

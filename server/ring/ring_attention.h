@@ -12,6 +12,7 @@
 #include "kernels/chunk_backend.h"
 #include "kernels/dtype.h"
 #include "kernels/layer_config.h"
+#include "server/batch/shard_layout.h"
 #include "server/ring/transport.h"
 
 // Ring attention forward and backward of one rank (SPEC §3-4): K/V chunks
@@ -25,9 +26,10 @@
 
 namespace ringattn::ring {
 
-// This rank's contiguous shard [rank * L, (rank + 1) * L) of one call. Its
-// shape is the kernels' (a shard meets chunks of its own length, so
-// q_len == kv_len == L).
+// This rank's shard of one call: its L positions of the call's layout, in
+// local order (the concatenation of its segments; for the contiguous layout
+// [rank * L, (rank + 1) * L)). Its shape is the kernels' (a shard meets
+// chunks of its own length, so q_len == kv_len == L).
 struct ShardRef {
   kernels::AttentionShape shape;     // B, H, Hkv, L (q_len and kv_len), D, dtype
   std::span<const std::byte> q;      // [B, H, L, D] dtype
@@ -49,6 +51,10 @@ struct RingCall {
   // stopped, or stuck in its own step): the call fails with UNAVAILABLE
   // well before `timeout`. Infinite: only `timeout` bounds a wait.
   absl::Duration stall_timeout = absl::InfiniteDuration();
+  // Where the positions lie (batch/shard_layout.h); the shard's own and
+  // every chunk's positions follow from it, so every rank computes the
+  // (query segment, key segment) sub-blocks some pair may attend.
+  batch::LayoutKind layout = batch::LayoutKind::kContiguous;
 };
 
 struct StepStats {

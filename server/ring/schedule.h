@@ -6,11 +6,14 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/layer_config.h"
+#include "server/batch/shard_layout.h"
 
 // Which K/V chunk a rank holds at each ring step, whether it computes on it,
-// and where gradients go (SPEC §3-4). A pure function of shapes and config:
-// every rank derives the same number of exchanges, so no rank waits for a
-// message that nobody sends.
+// and where gradients go (SPEC §3-4). A pure function of shapes, config and
+// the shard layout: every rank derives the same number of exchanges, so no
+// rank waits for a message that nobody sends. Everything is decided in
+// global positions, per (query segment, key segment) sub-block of the
+// layout (batch/shard_layout.h), so it holds for any layout.
 
 namespace ringattn::ring {
 
@@ -23,6 +26,16 @@ struct ScheduleConfig {
   // bidirectional vision on a sliding layer, any chunk may hold part of an
   // image block, so nothing is skipped by position alone.
   bool batch_has_vision = false;
+  // How positions lie on the ranks; every rank holds L of them.
+  batch::LayoutKind layout = batch::LayoutKind::kContiguous;
+};
+
+// One (query segment, key segment) pair of a step that is computed:
+// indices into the rank's and the chunk owner's ShardLayout::Segments.
+struct SubBlock {
+  int q_segment = 0;
+  int k_segment = 0;
+  int64_t pairs = 0;  // As RingStep::pairs, for this sub-block.
 };
 
 struct RingStep {
@@ -33,6 +46,9 @@ struct RingStep {
   // rules allow, per batch row and head (documents and images not counted):
   // the work the step's compute time is weighed against.
   int64_t pairs = 0;
+  // The sub-blocks computed, in (q_segment, k_segment) order; empty when
+  // `compute` is false. Sub-blocks no pair can attend are left out.
+  std::vector<SubBlock> blocks;
 };
 
 struct RingSchedule {
@@ -50,15 +66,27 @@ struct RingSchedule {
 // sliding layer needs only min(cp - 1, ceil(W / L)) exchanges.
 bool WindowLimitsExchanges(const kernels::LayerConfig& layer, bool batch_has_vision);
 
+// Whether some query in global positions `q` may attend some key in `k` by
+// position alone (all metadata permitting).
+bool SegmentsMayAttend(const kernels::LayerConfig& layer, bool batch_has_vision,
+                       const batch::Segment& q, const batch::Segment& k);
+
+// The (query, key) position pairs between `q` and `k` that the causal and
+// window rules allow.
+int64_t SegmentPairs(const kernels::LayerConfig& layer, const batch::Segment& q,
+                     const batch::Segment& k);
+
 // Whether some query of shard `q_rank` may attend some key of chunk
-// `k_rank` by position alone (all metadata permitting).
+// `k_rank` by position alone (all metadata permitting), under the
+// config's layout.
 bool ChunkMayAttend(const ScheduleConfig& config, int q_rank, int k_rank);
 
 // The (query, key) position pairs between shard `q_rank` and chunk `k_rank`
-// that the causal and window rules allow.
+// that the causal and window rules allow, under the config's layout.
 int64_t PositionPairs(const ScheduleConfig& config, int q_rank, int k_rank);
 
-// INVALID_ARGUMENT for cp < 1, rank out of range, L < 1 or a bad layer.
+// INVALID_ARGUMENT for cp < 1, rank out of range, L < 1, a bad layer, or a
+// layout that cannot hold L (zigzag with an odd L).
 absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config);
 
 }  // namespace ringattn::ring

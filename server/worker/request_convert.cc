@@ -1,6 +1,7 @@
 #include "server/worker/request_convert.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 #include "proto/wire/dtype.h"
 #include "server/common/layer_from_proto.h"
@@ -24,6 +25,21 @@ absl::StatusOr<ShardSpec> ShardSpecFromCall(const worker::v1::ShardCall& c) {
                 .q_len = c.shard_len(),
                 .kv_len = c.shard_len(),
                 .head_dim = c.head_dim()};
+  switch (c.layout()) {
+    case attention::v1::SHARD_LAYOUT_AUTO:  // From a coordinator that knows one layout.
+    case attention::v1::SHARD_LAYOUT_CONTIGUOUS:
+      spec.layout = batch::LayoutKind::kContiguous;
+      break;
+    case attention::v1::SHARD_LAYOUT_ZIGZAG:
+      if (c.shard_len() % 2 != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a zigzag layout needs an even shard length, got ", c.shard_len()));
+      }
+      spec.layout = batch::LayoutKind::kZigzag;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown shard layout ", c.layout()));
+  }
   spec.generation = c.generation();
   spec.timeout = absl::Seconds(c.timeout_seconds() > 0 ? c.timeout_seconds() : 60);
   return spec;
@@ -46,6 +62,7 @@ ring::RingCall RingCallOf(const CommittedCall& call, const kernels::LayerConfig&
   rc.sequence = call.sequence;
   rc.generation = call.spec.generation;
   rc.timeout = call.spec.timeout;
+  rc.layout = call.spec.layout;
   return rc;
 }
 

@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "kernels/attention_shape.h"
 #include "kernels/layer_config.h"
+#include "server/batch/shard_layout.h"
 #include "server/ring/ring_attention.h"
 #include "worker/v1/worker_service.pb.h"
 
@@ -27,9 +28,13 @@ struct ShardSpec {
   kernels::LayerConfig layer;  // Defaults filled in.
   uint64_t generation = 0;     // The ring the call was numbered in.
   absl::Duration timeout;      // Bound on every wait of the call.
+  // How the sequence lies on the ranks: the shard holds this rank's
+  // positions of it, in local order.
+  batch::LayoutKind layout = batch::LayoutKind::kContiguous;
 };
 
-// INVALID_ARGUMENT for sizes out of range, an unknown dtype or a bad layer.
+// INVALID_ARGUMENT for sizes out of range, an unknown dtype, a bad layer, or
+// a layout that cannot hold the shard length.
 absl::StatusOr<ShardSpec> ShardSpecFromCall(const worker::v1::ShardCall& call);
 
 // The tensors of a shard: [B, H, L, D] (q, out, dout, dq), [B, Hkv, L, D]

@@ -143,6 +143,7 @@ TEST(HelpTest, HelpOfACommandShowsItsUsageAndOnlyItsFlags) {
                                                           "window",
                                                           "scale",
                                                           "shm",
+                                                          "layout",
                                                           "tls",
                                                           "tls_ca_file",
                                                           "tls_cert_file",

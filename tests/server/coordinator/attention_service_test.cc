@@ -39,10 +39,17 @@ using client::EncodeBatch;
 // Forward and backward through the service, as a whole-sequence result.
 absl::StatusOr<kernels::reference::ChunkedResult> RunThroughService(
     client::AttentionClient& c, const SyntheticBatch& b, const kernels::LayerConfig& layer,
-    bool backward = true) {
+    bool backward = true,
+    attention::v1::ShardLayout layout = attention::v1::SHARD_LAYOUT_AUTO,
+    attention::v1::ShardLayout* ran_with = nullptr) {
   auto e = EncodeBatch(b, layer);
+  e->in.layout = layout;
   absl::StatusOr<client::ForwardOutputs> f = c.Forward(e->in);
   if (!f.ok()) return f.status();
+  if (f->session.layout() != f->metrics.layout()) {
+    return absl::InternalError("the session and the metrics name different layouts");
+  }
+  if (ran_with != nullptr) *ran_with = f->session.layout();
   kernels::reference::ChunkedResult r;
   r.out.resize(f->out.size() / kernels::DTypeSize(b.dtype));
   kernels::ToF32(b.dtype, f->out.data(), static_cast<int64_t>(r.out.size()), r.out.data());
@@ -82,22 +89,40 @@ TEST_P(ServiceParityTest, ForwardAndBackwardMatchTheOracle) {
   auto cluster = StartCluster(cp);
   ASSERT_NE(cluster, nullptr);
   auto c = client::AttentionClient::Connect(cluster->address());
+  // Every layout gives the oracle's result; auto picks contiguous for the
+  // sliding layer (W = 32 fits in a shard) and zigzag for the full causal
+  // one on a ring.
   for (const kernels::LayerConfig& layer : {Sliding(32), Full()}) {
     const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
         {2, 4, 2, 200, 64},
         {kernels::reference::GemmaLikeLayout(200), kernels::reference::GemmaLikeLayout(160)},
         kernels::DType::kF32, 40 + cp);
-    absl::StatusOr<kernels::reference::ChunkedResult> got = RunThroughService(*c, b, layer);
-    ASSERT_TRUE(got.ok()) << got.status();
-    kernels::testing::ExpectResultMatchesOracle(b, layer, *got, /*backward=*/true);
+    for (attention::v1::ShardLayout layout :
+         {attention::v1::SHARD_LAYOUT_AUTO, attention::v1::SHARD_LAYOUT_CONTIGUOUS,
+          attention::v1::SHARD_LAYOUT_ZIGZAG}) {
+      SCOPED_TRACE(attention::v1::ShardLayout_Name(layout));
+      attention::v1::ShardLayout ran_with = attention::v1::SHARD_LAYOUT_AUTO;
+      absl::StatusOr<kernels::reference::ChunkedResult> got =
+          RunThroughService(*c, b, layer, true, layout, &ran_with);
+      ASSERT_TRUE(got.ok()) << got.status();
+      kernels::testing::ExpectResultMatchesOracle(b, layer, *got, /*backward=*/true);
+      attention::v1::ShardLayout want = layout;
+      if (layout == attention::v1::SHARD_LAYOUT_AUTO) {
+        const bool zigzag = cp > 1 && layer.kind == kernels::LayerKind::kFull;
+        want = zigzag ? attention::v1::SHARD_LAYOUT_ZIGZAG : attention::v1::SHARD_LAYOUT_CONTIGUOUS;
+      }
+      EXPECT_EQ(ran_with, want);
+    }
   }
   // Metrics: one entry per rank, each with its ring steps (cp for a full
   // causal layer; the backward's last entry is the gradients' trip home).
   const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
       {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 2);
   auto e = EncodeBatch(b, Full());
+  e->in.layout = attention::v1::SHARD_LAYOUT_CONTIGUOUS;
   absl::StatusOr<client::ForwardOutputs> f = c->Forward(e->in);
   ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->metrics.layout(), attention::v1::SHARD_LAYOUT_CONTIGUOUS);
   ASSERT_EQ(f->metrics.ranks_size(), cp);
   for (const auto& rank : f->metrics.ranks()) {
     ASSERT_EQ(rank.steps_size(), cp) << "rank " << rank.rank();
@@ -107,6 +132,18 @@ TEST_P(ServiceParityTest, ForwardAndBackwardMatchTheOracle) {
     EXPECT_EQ(rank.steps(0).chunk_owner(), rank.rank());
   }
   EXPECT_GT(f->metrics.flops_per_second(), 0.0);
+  ASSERT_TRUE(c->Release(f->session.handle()).ok());
+  // Zigzag: every rank computes on every chunk (its second half sees them
+  // all), and the step stats count the same pairs on every rank.
+  e->in.layout = attention::v1::SHARD_LAYOUT_ZIGZAG;
+  f = c->Forward(e->in);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->metrics.layout(), attention::v1::SHARD_LAYOUT_ZIGZAG);
+  for (const auto& rank : f->metrics.ranks()) {
+    int computed = 0;
+    for (const auto& step : rank.steps()) computed += step.computed() ? 1 : 0;
+    EXPECT_EQ(computed, cp) << "rank " << rank.rank();
+  }
   ASSERT_TRUE(c->Release(f->session.handle()).ok());
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());

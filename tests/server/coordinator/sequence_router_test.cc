@@ -23,6 +23,60 @@ std::vector<std::byte> ExpectedShard(const std::vector<std::byte>& whole, int64_
   return out;
 }
 
+// Rank r's expected bytes under zigzag: chunks r and 2cp-1-r of L/2, in
+// that order, padded with zeros.
+std::vector<std::byte> ExpectedZigzagShard(const std::vector<std::byte>& whole, int64_t outer,
+                                           int64_t seq_len, int64_t shard_len, int cp, int rank,
+                                           int64_t pb) {
+  const int64_t half = shard_len / 2;
+  std::vector<std::byte> out;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t chunk : {int64_t{rank}, 2 * int64_t{cp} - 1 - rank}) {
+      for (int64_t p = chunk * half; p < (chunk + 1) * half; ++p) {
+        for (int64_t b = 0; b < pb; ++b) {
+          out.push_back(p < seq_len ? whole[(o * seq_len + p) * pb + b] : std::byte{0});
+        }
+      }
+    }
+  }
+  return out;
+}
+
+TEST(SequenceRouterTest, ZigzagRanksGetTheirTwoChunksWhateverThePieceSizes) {
+  std::mt19937 rng(4);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int cp = 1 + static_cast<int>(rng() % 5);
+    const int64_t outer = 1 + static_cast<int64_t>(rng() % 4);
+    const int64_t seq_len = 1 + static_cast<int64_t>(rng() % 40);
+    const int64_t padded = (seq_len + 2 * cp - 1) / (2 * cp) * (2 * cp);
+    const int64_t shard_len = padded / cp;
+    const int64_t pb = 1 + static_cast<int64_t>(rng() % 9);
+    std::vector<std::byte> whole(static_cast<size_t>(outer * seq_len * pb));
+    for (auto& b : whole) b = static_cast<std::byte>(1 + rng() % 255);
+
+    absl::StatusOr<batch::ShardLayout> layout =
+        batch::ShardLayout::Make(batch::LayoutKind::kZigzag, seq_len, shard_len, cp);
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    SequenceRouter router(outer, *layout, pb);
+    std::vector<std::vector<std::byte>> got(cp);
+    size_t at = 0;
+    while (at < whole.size()) {
+      const size_t n = std::min<size_t>(whole.size() - at, 1 + rng() % 50);
+      ASSERT_TRUE(router.Add(std::span(whole).subspan(at, n),
+                             [&](int rank, std::span<const std::byte> run) {
+                               got[rank].insert(got[rank].end(), run.begin(), run.end());
+                               return true;
+                             }));
+      at += n;
+    }
+    EXPECT_TRUE(router.done());
+    for (int r = 0; r < cp; ++r) {
+      EXPECT_EQ(got[r], ExpectedZigzagShard(whole, outer, seq_len, shard_len, cp, r, pb))
+          << "trial " << trial << " rank " << r << " of " << cp << ", S=" << seq_len;
+    }
+  }
+}
+
 TEST(SequenceRouterTest, EveryRankGetsItsPaddedSliceWhateverThePieceSizes) {
   std::mt19937 rng(3);
   for (int trial = 0; trial < 200; ++trial) {

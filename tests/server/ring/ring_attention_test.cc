@@ -1,6 +1,7 @@
 #include "server/ring/ring_attention.h"
 
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 
@@ -25,6 +26,7 @@ struct ParityCase {
   int cp;
   int64_t batch;
   LayerConfig layer;
+  batch::LayoutKind layout = batch::LayoutKind::kContiguous;
 };
 
 void PrintTo(const ParityCase& c, std::ostream* os) { *os << c.name; }
@@ -42,8 +44,12 @@ std::vector<ParityCase> ParityCases() {
         layer.scale = 0.125f;
         const std::string kind =
             window > 0 ? "Sliding_W" + std::to_string(window) : std::string("Full");
-        cases.push_back(
-            {kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp), cp, b, layer});
+        for (batch::LayoutKind layout : {batch::LayoutKind::kContiguous,
+                                         batch::LayoutKind::kZigzag}) {
+          cases.push_back({kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp) + "_" +
+                               std::string(batch::LayoutName(layout)),
+                           cp, b, layer, layout});
+        }
       }
     }
   }
@@ -53,8 +59,10 @@ std::vector<ParityCase> ParityCases() {
 class RingParityTest : public ::testing::TestWithParam<ParityCase> {};
 
 // Forward O/LSE and backward dQ/dK/dV through the in-process ring equal the
-// oracle of the unsharded problem. S = 192: L = 24 at cp 8, so W = 10 is
-// smaller than a shard and W = 60 spans several.
+// oracle of the unsharded problem, under every layout. S = 192: L = 24 at
+// cp 8, so W = 10 is smaller than a shard (and than a zigzag half) and
+// W = 60 spans several; H = 4 over Hkv = 2 (GQA); packed documents, images
+// across shard and half-shard boundaries, padding at the end.
 TEST_P(RingParityTest, MatchesOracle) {
   const ParityCase& c = GetParam();
   BatchShape shape{c.batch, 4, 2, 192, 64};
@@ -62,7 +70,8 @@ TEST_P(RingParityTest, MatchesOracle) {
   for (int64_t b = 0; b < c.batch; ++b) layouts.push_back(ParityLayout(b));
   const auto batch =
       kernels::reference::MakeSyntheticBatch(shape, layouts, kernels::DType::kF32, 5 + c.cp);
-  absl::StatusOr<testing::RingRunResult> got = testing::RunInProcessRing(batch, c.layer, c.cp);
+  absl::StatusOr<testing::RingRunResult> got =
+      testing::RunInProcessRing(batch, c.layer, c.cp, 1, c.layout);
   ASSERT_TRUE(got.ok()) << got.status();
   kernels::testing::ExpectResultMatchesOracle(batch, c.layer, got->whole, /*backward=*/true);
   // Window-limited sliding layers exchange only ceil(W / L) chunks.
@@ -130,6 +139,122 @@ TEST(RingTest, AllPaddingRankReturnsExactZeros) {
         }
       }
     }
+  }
+}
+
+// Under zigzag a short sequence leaves whole ranks (both their chunks)
+// padding: they exchange like every other, return exact zeros, and the
+// rest still matches the oracle.
+TEST(RingTest, AllPaddingRanksUnderZigzagReturnExactZeros) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  kernels::reference::RowLayout row;
+  row.doc_lengths = {20};  // Chunk 0 of 8 (24 positions each) holds them all.
+  const auto batch = kernels::reference::MakeSyntheticBatch({1, 2, 1, 192, 32}, {row},
+                                                            kernels::DType::kF32, 12);
+  absl::StatusOr<testing::RingRunResult> got =
+      testing::RunInProcessRing(batch, layer, 4, 1, batch::LayoutKind::kZigzag);
+  ASSERT_TRUE(got.ok()) << got.status();
+  kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, true);
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(got->forward_stats[r].steps.size(), 4u);
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 20; i < 192; ++i) {
+      EXPECT_EQ(got->whole.lse[h * 192 + i], -INFINITY);
+      for (int64_t d = 0; d < 32; ++d) {
+        ASSERT_EQ(got->whole.out[(h * 192 + i) * 32 + d], 0.0f);
+        ASSERT_EQ(got->whole.dq[(h * 192 + i) * 32 + d], 0.0f);
+        if (h == 0) {
+          ASSERT_EQ(got->whole.dk[i * 32 + d], 0.0f);
+          ASSERT_EQ(got->whole.dv[i * 32 + d], 0.0f);
+        }
+      }
+    }
+  }
+}
+
+// Zigzag spreads a full causal layer's pairs evenly over the ranks; the
+// step stats count what each rank computed.
+TEST(RingTest, ZigzagGivesEveryRankTheSamePairs) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 128, 32}, {kernels::testing::SingleDocument(128)}, kernels::DType::kF32, 2);
+  absl::StatusOr<testing::RingRunResult> got =
+      testing::RunInProcessRing(batch, layer, 4, 1, batch::LayoutKind::kZigzag);
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::vector<int64_t> pairs;
+  for (const RingStats& s : got->forward_stats) {
+    int64_t n = 0;
+    for (const StepStats& step : s.steps) n += step.pairs;
+    pairs.push_back(n);
+  }
+  // 128 * 129 / 2 causal pairs over 2 heads, a quarter each.
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(pairs[r], 2 * 128 * 129 / 2 / 4) << "rank " << r;
+}
+
+bool BitEqual(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
+
+// The leak audit through the ring, per layout: perturbing every value of
+// document 1 (Q, K, V, dO) leaves document 2's outputs and gradients
+// bit-identical, even through sub-blocks and chunks that hold both.
+void ExpectNoLeakThroughRing(const LayerConfig& layer, batch::LayoutKind kind) {
+  const int64_t S = 192, D = 32, H = 4, Hkv = 2;
+  kernels::reference::RowLayout row;
+  row.doc_lengths = {100, 92};  // The boundary inside a shard and a zigzag half.
+  row.images = {{80, 100}, {100, 120}};
+  const auto base =
+      kernels::reference::MakeSyntheticBatch({1, H, Hkv, S, D}, {row}, kernels::DType::kF32, 21);
+  auto perturbed = base;
+  auto perturb = [&](std::vector<float>& t, int64_t heads) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < 100; ++i) {
+        for (int64_t d = 0; d < D; ++d) t[(h * S + i) * D + d] *= -0.5f;
+      }
+    }
+  };
+  perturb(perturbed.q, H);
+  perturb(perturbed.k, Hkv);
+  perturb(perturbed.v, Hkv);
+  perturb(perturbed.dout, H);
+  absl::StatusOr<testing::RingRunResult> a = testing::RunInProcessRing(base, layer, 4, 1, kind);
+  absl::StatusOr<testing::RingRunResult> b =
+      testing::RunInProcessRing(perturbed, layer, 4, 1, kind);
+  ASSERT_TRUE(a.ok() && b.ok());
+  int64_t changed_in_doc1 = 0;
+  auto check = [&](const std::vector<float>& x, const std::vector<float>& y, int64_t heads,
+                   int64_t inner, const char* what) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < S; ++i) {
+        for (int64_t d = 0; d < inner; ++d) {
+          const int64_t at = (h * S + i) * inner + d;
+          if (i < 100) {
+            changed_in_doc1 += !BitEqual(x[at], y[at]);
+          } else {
+            ASSERT_TRUE(BitEqual(x[at], y[at]))
+                << what << " of document 2 changed at head " << h << " position " << i;
+          }
+        }
+      }
+    }
+  };
+  check(a->whole.out, b->whole.out, H, D, "out");
+  check(a->whole.lse, b->whole.lse, H, 1, "lse");
+  check(a->whole.dq, b->whole.dq, H, D, "dq");
+  check(a->whole.dk, b->whole.dk, Hkv, D, "dk");
+  check(a->whole.dv, b->whole.dv, Hkv, D, "dv");
+  EXPECT_GT(changed_in_doc1, 1000) << "the perturbation must reach document 1";
+}
+
+TEST(RingTest, NoLeakAcrossDocumentsUnderEveryLayout) {
+  for (batch::LayoutKind kind : {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
+    SCOPED_TRACE(std::string(batch::LayoutName(kind)));
+    LayerConfig full;
+    full.scale = 0.125f;
+    ExpectNoLeakThroughRing(full, kind);
+    LayerConfig sliding = full;
+    sliding.kind = LayerKind::kSliding;
+    sliding.window = 24;
+    ExpectNoLeakThroughRing(sliding, kind);
   }
 }
 

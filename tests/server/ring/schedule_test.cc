@@ -13,13 +13,34 @@ namespace {
 // Brute force: can any (query of shard q_rank, key of chunk k_rank) pair
 // attend, with metadata as permissive as it gets (one document, no padding,
 // every token in one image block when the batch holds vision tokens)?
-bool NeededByBruteForce(const ScheduleConfig& c, int q_rank, int k_rank) {
+// Rank r's segments under the config's layout.
+std::vector<batch::Segment> SegmentsOf(const ScheduleConfig& c, int rank) {
+  absl::StatusOr<batch::ShardLayout> layout =
+      batch::ShardLayout::Make(c.layout, c.cp * c.shard_len, c.shard_len, c.cp);
+  EXPECT_TRUE(layout.ok()) << layout.status();
+  return layout.ok() ? layout->Segments(rank) : std::vector<batch::Segment>{};
+}
+
+// Allowed pairs between two position ranges, by brute force; with `any`,
+// stops at the first.
+int64_t AllowedPairs(const ScheduleConfig& c, const batch::Segment& qs, const batch::Segment& ks,
+                     int32_t vision, bool any) {
   const kernels::MaskRule rule = kernels::MaskRuleFor(c.layer);
+  int64_t pairs = 0;
+  for (int64_t q = qs.start; q < qs.start + qs.len; ++q) {
+    for (int64_t k = ks.start; k < ks.start + ks.len; ++k) {
+      pairs += kernels::Allowed(rule, {q, 1, vision, false}, {k, 1, vision, false});
+      if (any && pairs > 0) return pairs;
+    }
+  }
+  return pairs;
+}
+
+bool NeededByBruteForce(const ScheduleConfig& c, int q_rank, int k_rank) {
   const int32_t vision = c.batch_has_vision ? 0 : -1;
-  const int64_t L = c.shard_len;
-  for (int64_t q = q_rank * L; q < (q_rank + 1) * L; ++q) {
-    for (int64_t k = k_rank * L; k < (k_rank + 1) * L; ++k) {
-      if (kernels::Allowed(rule, {q, 1, vision, false}, {k, 1, vision, false})) return true;
+  for (const batch::Segment& qs : SegmentsOf(c, q_rank)) {
+    for (const batch::Segment& ks : SegmentsOf(c, k_rank)) {
+      if (AllowedPairs(c, qs, ks, vision, true) > 0) return true;
     }
   }
   return false;
@@ -34,6 +55,10 @@ ScheduleConfig RandomConfig(std::mt19937& rng) {
   c.layer.causal = rng() % 4 != 0;
   c.layer.vision_bidirectional = rng() % 2;
   c.batch_has_vision = rng() % 3 == 0;
+  if (rng() % 2) {
+    c.layout = batch::LayoutKind::kZigzag;
+    c.shard_len += c.shard_len % 2;
+  }
   return c;
 }
 
@@ -78,12 +103,10 @@ TEST(ScheduleTest, ComputesExactlyTheNeededChunksOnEveryRank) {
 // Brute force: the pairs of shard q_rank and chunk k_rank that position
 // alone allows (one document, no padding, no image).
 int64_t PositionPairsByBruteForce(const ScheduleConfig& c, int q_rank, int k_rank) {
-  const kernels::MaskRule rule = kernels::MaskRuleFor(c.layer);
-  const int64_t L = c.shard_len;
   int64_t pairs = 0;
-  for (int64_t q = q_rank * L; q < (q_rank + 1) * L; ++q) {
-    for (int64_t k = k_rank * L; k < (k_rank + 1) * L; ++k) {
-      pairs += kernels::Allowed(rule, {q, 1, -1, false}, {k, 1, -1, false});
+  for (const batch::Segment& qs : SegmentsOf(c, q_rank)) {
+    for (const batch::Segment& ks : SegmentsOf(c, k_rank)) {
+      pairs += AllowedPairs(c, qs, ks, -1, false);
     }
   }
   return pairs;
@@ -99,11 +122,28 @@ TEST(ScheduleTest, StepsCountThePairsThePositionRulesAllow) {
       c.rank = r;
       absl::StatusOr<RingSchedule> s = MakeSchedule(c);
       ASSERT_TRUE(s.ok()) << s.status();
+      const std::vector<batch::Segment> mine = SegmentsOf(c, r);
       for (const RingStep& step : s->steps) {
         const int64_t want = step.compute ? PositionPairsByBruteForce(c, r, step.chunk_owner) : 0;
         ASSERT_EQ(step.pairs, want)
             << "trial " << trial << " rank " << r << " chunk " << step.chunk_owner << " L "
             << c.shard_len << " W " << c.layer.window << " causal " << c.layer.causal;
+        // Exactly the sub-blocks some pair may attend are computed, each
+        // with its own pairs.
+        const std::vector<batch::Segment> theirs = SegmentsOf(c, step.chunk_owner);
+        const int32_t vision = c.batch_has_vision ? 0 : -1;
+        size_t b = 0;
+        for (size_t qs = 0; qs < mine.size(); ++qs) {
+          for (size_t ks = 0; ks < theirs.size(); ++ks) {
+            if (AllowedPairs(c, mine[qs], theirs[ks], vision, true) == 0) continue;
+            ASSERT_LT(b, step.blocks.size()) << "trial " << trial;
+            EXPECT_EQ(step.blocks[b].q_segment, static_cast<int>(qs));
+            EXPECT_EQ(step.blocks[b].k_segment, static_cast<int>(ks));
+            EXPECT_EQ(step.blocks[b].pairs, AllowedPairs(c, mine[qs], theirs[ks], -1, false));
+            ++b;
+          }
+        }
+        EXPECT_EQ(b, step.blocks.size()) << "trial " << trial << " a block no pair needs";
       }
     }
   }
@@ -154,6 +194,45 @@ TEST(ScheduleTest, CausalFutureChunksAreSkippedButStillHeld) {
   EXPECT_FALSE(s->steps[3].compute);  // chunk 2: future
 }
 
+// Zigzag on a full causal layer: every rank holds as many allowed pairs as
+// every other (chunks r and 2cp-1-r), where contiguous leaves the last rank
+// about cp times the first's.
+TEST(ScheduleTest, ZigzagBalancesCausalPairs) {
+  for (int cp : {2, 3, 4, 8}) {
+    int64_t first = -1;
+    for (int r = 0; r < cp; ++r) {
+      ScheduleConfig c;
+      c.cp = cp;
+      c.rank = r;
+      c.shard_len = 64;
+      c.layout = batch::LayoutKind::kZigzag;
+      absl::StatusOr<RingSchedule> s = MakeSchedule(c);
+      ASSERT_TRUE(s.ok());
+      EXPECT_EQ(s->exchanges, cp - 1);
+      int64_t pairs = 0;
+      for (const RingStep& step : s->steps) pairs += step.pairs;
+      if (first < 0) first = pairs;
+      EXPECT_EQ(pairs, first) << "cp " << cp << " rank " << r;
+    }
+  }
+}
+
+// A zigzag rank's second chunk needs the chunk before it, held by the next
+// rank: a sliding layer under zigzag exchanges all the way round, and the
+// count still agrees on every rank.
+TEST(ScheduleTest, ZigzagSlidingLayerExchangesAllTheWayRound) {
+  ScheduleConfig c;
+  c.cp = 4;
+  c.shard_len = 512;
+  c.layout = batch::LayoutKind::kZigzag;
+  c.layer.kind = kernels::LayerKind::kSliding;
+  c.layer.window = 64;
+  for (int r = 0; r < 4; ++r) {
+    c.rank = r;
+    EXPECT_EQ(MakeSchedule(c)->exchanges, 3);
+  }
+}
+
 TEST(ScheduleTest, BadConfigsAreErrors) {
   ScheduleConfig c;
   c.cp = 2;
@@ -162,6 +241,10 @@ TEST(ScheduleTest, BadConfigsAreErrors) {
   c.rank = 0;
   c.shard_len = 0;
   EXPECT_EQ(MakeSchedule(c).status().code(), absl::StatusCode::kInvalidArgument);
+  c.shard_len = 3;
+  c.layout = batch::LayoutKind::kZigzag;  // Needs an even L.
+  EXPECT_EQ(MakeSchedule(c).status().code(), absl::StatusCode::kInvalidArgument);
+  c.layout = batch::LayoutKind::kContiguous;
   c.shard_len = 4;
   c.layer.dropout = 0.1f;
   EXPECT_EQ(MakeSchedule(c).status().code(), absl::StatusCode::kInvalidArgument);

@@ -11,8 +11,6 @@
 namespace ringattn::ring::testing {
 
 using kernels::reference::Encode;
-using kernels::reference::ScatterSequence;
-using kernels::reference::SliceSequence;
 using kernels::reference::SyntheticBatch;
 
 ShardRef ShardData::Ref(const SyntheticBatch& batch, int64_t shard_len) const {
@@ -28,23 +26,58 @@ ShardRef ShardData::Ref(const SyntheticBatch& batch, int64_t shard_len) const {
   return ref;
 }
 
-ShardData SliceShard(const SyntheticBatch& batch, int cp, int rank) {
+namespace {
+
+// t [outer, S, inner] at rank r's positions, in its local order.
+template <typename T>
+std::vector<T> Gather(const std::vector<T>& t, int64_t outer, int64_t seq_len, int64_t inner,
+                      const std::vector<batch::Segment>& segments) {
+  std::vector<T> out;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (const batch::Segment& s : segments) {
+      out.insert(out.end(), t.begin() + (o * seq_len + s.start) * inner,
+                 t.begin() + (o * seq_len + s.start + s.len) * inner);
+    }
+  }
+  return out;
+}
+
+// Writes `part` [outer, L, inner] in rank r's local order into t.
+template <typename T>
+void Scatter(const std::vector<T>& part, int64_t outer, int64_t seq_len, int64_t inner,
+             const std::vector<batch::Segment>& segments, std::vector<T>& t) {
+  size_t at = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (const batch::Segment& s : segments) {
+      for (int64_t i = 0; i < s.len * inner; ++i) {
+        t[(o * seq_len + s.start) * inner + i] = part[at++];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+ShardData SliceShard(const SyntheticBatch& batch, const batch::ShardLayout& layout, int rank) {
   const auto& sh = batch.shape;
-  const int64_t L = sh.seq_len / cp;
-  const int64_t b = rank * L, e = b + L;
+  const std::vector<batch::Segment>& segs = layout.Segments(rank);
   ShardData d;
-  d.q = Encode(SliceSequence(batch.q, sh.batch * sh.heads, sh.seq_len, sh.head_dim, b, e),
+  d.q = Encode(Gather(batch.q, sh.batch * sh.heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
+  d.k = Encode(Gather(batch.k, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs),
                batch.dtype);
-  d.k = Encode(SliceSequence(batch.k, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, b, e),
+  d.v = Encode(Gather(batch.v, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs),
                batch.dtype);
-  d.v = Encode(SliceSequence(batch.v, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, b, e),
-               batch.dtype);
-  d.dout = Encode(SliceSequence(batch.dout, sh.batch * sh.heads, sh.seq_len, sh.head_dim, b, e),
-                  batch.dtype);
-  d.doc = SliceSequence(batch.doc, sh.batch, sh.seq_len, 1, b, e);
-  d.vision = SliceSequence(batch.vision, sh.batch, sh.seq_len, 1, b, e);
-  d.padding = SliceSequence(batch.padding, sh.batch, sh.seq_len, 1, b, e);
+  d.dout =
+      Encode(Gather(batch.dout, sh.batch * sh.heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
+  d.doc = Gather(batch.doc, sh.batch, sh.seq_len, 1, segs);
+  d.vision = Gather(batch.vision, sh.batch, sh.seq_len, 1, segs);
+  d.padding = Gather(batch.padding, sh.batch, sh.seq_len, 1, segs);
   return d;
+}
+
+ShardData SliceShard(const SyntheticBatch& batch, int cp, int rank) {
+  return SliceShard(batch, batch::ShardLayout(batch.shape.seq_len, batch.shape.seq_len / cp, cp),
+                    rank);
 }
 
 kernels::reference::RowLayout RingTestLayout(int64_t row) {
@@ -60,26 +93,30 @@ bool BatchHasVision(const SyntheticBatch& batch) {
 
 absl::StatusOr<RingRunResult> RunInProcessRing(const SyntheticBatch& batch,
                                                const kernels::LayerConfig& layer, int cp,
-                                               int threads_per_rank) {
+                                               int threads_per_rank, batch::LayoutKind kind) {
   if (cp < 1) return absl::InvalidArgumentError("cp < 1");
   InProcessHub hub(cp);
   return RunRing(
       batch, layer, cp,
       [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
-      threads_per_rank);
+      threads_per_rank, kind);
 }
 
 absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
                                       const kernels::LayerConfig& layer, int cp,
-                                      const ConnectFn& connect, int threads_per_rank) {
+                                      const ConnectFn& connect, int threads_per_rank,
+                                      batch::LayoutKind kind) {
   const auto& sh = batch.shape;
   if (cp < 1 || sh.seq_len % cp != 0) return absl::InvalidArgumentError("S % cp != 0");
   const int64_t L = sh.seq_len / cp;
+  absl::StatusOr<batch::ShardLayout> layout = batch::ShardLayout::Make(kind, sh.seq_len, L, cp);
+  if (!layout.ok()) return layout.status();
   std::vector<absl::StatusOr<RingForwardResult>> fwd(cp, absl::UnknownError("not run"));
   std::vector<absl::StatusOr<RingBackwardResult>> bwd(cp, absl::UnknownError("not run"));
   std::vector<ShardData> shards;
-  for (int r = 0; r < cp; ++r) shards.push_back(SliceShard(batch, cp, r));
+  for (int r = 0; r < cp; ++r) shards.push_back(SliceShard(batch, *layout, r));
   RingCall call;
+  call.layout = kind;
   call.layer = layer;
   call.batch_has_vision = BatchHasVision(batch);
   call.generation = 3;
@@ -118,15 +155,15 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
   for (int r = 0; r < cp; ++r) {
     if (!fwd[r].ok()) return fwd[r].status();
     if (!bwd[r].ok()) return bwd[r].status();
-    const int64_t b = r * L, e = b + L;
+    const std::vector<batch::Segment>& segs = layout->Segments(r);
     std::vector<float> out(fwd[r]->out.size() / kernels::DTypeSize(batch.dtype));
     kernels::ToF32(batch.dtype, fwd[r]->out.data(), static_cast<int64_t>(out.size()), out.data());
     const int64_t bh = sh.batch * sh.heads, bk = sh.batch * sh.kv_heads;
-    ScatterSequence(out, bh, sh.seq_len, sh.head_dim, b, e, whole.out);
-    ScatterSequence(fwd[r]->lse, bh, sh.seq_len, 1, b, e, whole.lse);
-    ScatterSequence(bwd[r]->dq, bh, sh.seq_len, sh.head_dim, b, e, whole.dq);
-    ScatterSequence(bwd[r]->dk, bk, sh.seq_len, sh.head_dim, b, e, whole.dk);
-    ScatterSequence(bwd[r]->dv, bk, sh.seq_len, sh.head_dim, b, e, whole.dv);
+    Scatter(out, bh, sh.seq_len, sh.head_dim, segs, whole.out);
+    Scatter(fwd[r]->lse, bh, sh.seq_len, 1, segs, whole.lse);
+    Scatter(bwd[r]->dq, bh, sh.seq_len, sh.head_dim, segs, whole.dq);
+    Scatter(bwd[r]->dk, bk, sh.seq_len, sh.head_dim, segs, whole.dk);
+    Scatter(bwd[r]->dv, bk, sh.seq_len, sh.head_dim, segs, whole.dv);
     result.forward_stats.push_back(fwd[r]->stats);
     result.backward_stats.push_back(bwd[r]->stats);
   }

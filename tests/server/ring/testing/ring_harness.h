@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/reference/chunked_attention.h"
 #include "kernels/reference/synthetic_batch.h"
+#include "server/batch/shard_layout.h"
 #include "server/ring/ring_attention.h"
 
 namespace ringattn::ring::testing {
@@ -21,6 +22,10 @@ struct ShardData {
   ShardRef Ref(const kernels::reference::SyntheticBatch& batch, int64_t shard_len) const;
 };
 
+// Rank r's positions of `layout` (cp * L == S), in its local order.
+ShardData SliceShard(const kernels::reference::SyntheticBatch& batch,
+                     const batch::ShardLayout& layout, int rank);
+// The contiguous layout.
 ShardData SliceShard(const kernels::reference::SyntheticBatch& batch, int cp, int rank);
 
 // Packed documents, image blocks across the shard boundaries of every cp
@@ -43,14 +48,16 @@ using ConnectFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>(int r
 // A whole ring in one process: one thread per rank over the transports of
 // `connect`, each rank on its own CPU backend, forward then backward, results
 // reassembled over the whole sequence.
-absl::StatusOr<RingRunResult> RunRing(const kernels::reference::SyntheticBatch& batch,
-                                      const kernels::LayerConfig& layer, int cp,
-                                      const ConnectFn& connect, int threads_per_rank = 1);
+// `kind`: how the sequence is sharded.
+absl::StatusOr<RingRunResult> RunRing(
+    const kernels::reference::SyntheticBatch& batch, const kernels::LayerConfig& layer, int cp,
+    const ConnectFn& connect, int threads_per_rank = 1,
+    batch::LayoutKind kind = batch::LayoutKind::kContiguous);
 
 // RunRing over an InProcessHub.
-absl::StatusOr<RingRunResult> RunInProcessRing(const kernels::reference::SyntheticBatch& batch,
-                                               const kernels::LayerConfig& layer, int cp,
-                                               int threads_per_rank = 1);
+absl::StatusOr<RingRunResult> RunInProcessRing(
+    const kernels::reference::SyntheticBatch& batch, const kernels::LayerConfig& layer, int cp,
+    int threads_per_rank = 1, batch::LayoutKind kind = batch::LayoutKind::kContiguous);
 
 }  // namespace ringattn::ring::testing
 
