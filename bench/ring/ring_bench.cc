@@ -236,100 +236,101 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
   for (int cp : {2, 4}) {
     double contiguous_step = 0.0;
     for (batch::LayoutKind kind : {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
-    const std::string layout_name(batch::LayoutName(kind));
-    char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
-    const std::string dir = mkdtemp(tmpl);
-    std::vector<pid_t> pids;
-    const Clock::time_point t0 = Clock::now();
-    for (int r = 0; r < cp; ++r) {
-      std::vector<std::string> args = {self,
-                                       "--rank=" + std::to_string(r),
-                                       "--cp=" + std::to_string(cp),
-                                       "--dir=" + dir,
-                                       "--seq_len=" + std::to_string(seq_len),
-                                       "--repeat=" + std::to_string(repeat),
-                                       "--layout=" + layout_name};
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      pid_t pid;
-      if (posix_spawn(&pid, self, nullptr, nullptr, argv.data(), environ) != 0) return 1;
-      pids.push_back(pid);
-    }
-    bool ok = true;
-    for (pid_t pid : pids) {
-      int status = 0;
-      waitpid(pid, &status, 0);
-      ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    }
-    if (!ok) {
-      std::fprintf(stderr, "error: a rank of the cp=%d ring failed\n", cp);
-      return 1;
-    }
-    std::printf("cp=%d ring, %s layout (%d processes, wall %.1f s incl. start-up):\n", cp,
-                layout_name.c_str(), cp, Since(t0));
-    std::vector<RankReport> reports(cp);
-    for (int r = 0; r < cp; ++r) {
-      std::ifstream in(dir + "/report" + std::to_string(r));
-      RankReport& x = reports[r];
-      in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >>
-          x.chunk_bytes >> x.fwd_total >> x.bwd_total >> x.peak_rss >> x.shard_bytes;
+      const std::string layout_name(batch::LayoutName(kind));
+      char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
+      const std::string dir = mkdtemp(tmpl);
+      std::vector<pid_t> pids;
+      const Clock::time_point t0 = Clock::now();
+      for (int r = 0; r < cp; ++r) {
+        std::vector<std::string> args = {self,
+                                         "--rank=" + std::to_string(r),
+                                         "--cp=" + std::to_string(cp),
+                                         "--dir=" + dir,
+                                         "--seq_len=" + std::to_string(seq_len),
+                                         "--repeat=" + std::to_string(repeat),
+                                         "--layout=" + layout_name};
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        pid_t pid;
+        if (posix_spawn(&pid, self, nullptr, nullptr, argv.data(), environ) != 0) return 1;
+        pids.push_back(pid);
+      }
+      bool ok = true;
+      for (pid_t pid : pids) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      }
+      if (!ok) {
+        std::fprintf(stderr, "error: a rank of the cp=%d ring failed\n", cp);
+        return 1;
+      }
+      std::printf("cp=%d ring, %s layout (%d processes, wall %.1f s incl. start-up):\n", cp,
+                  layout_name.c_str(), cp, Since(t0));
+      std::vector<RankReport> reports(cp);
+      for (int r = 0; r < cp; ++r) {
+        std::ifstream in(dir + "/report" + std::to_string(r));
+        RankReport& x = reports[r];
+        in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >>
+            x.chunk_bytes >> x.fwd_total >> x.bwd_total >> x.peak_rss >> x.shard_bytes;
+        std::printf(
+            "  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
+            "exchange %.4f s, peak RSS in the ring %.0f MiB (%.2fx its shard's tensors, "
+            "process and libraries included)\n",
+            r, x.total, x.compute, x.fwd_wait, x.bare, x.peak_rss / 1048576.0,
+            x.peak_rss / x.shard_bytes);
+      }
+      std::filesystem::remove_all(dir);
+      // Hidden communication, per rank: the share of a bare exchange that did
+      // not show up as waiting after compute. The wait also holds time spent
+      // on slower peers (causal imbalance), so this is a lower bound.
+      double step_time = 0.0, compute_sum = 0.0, hidden_sum = 0.0;
+      for (const RankReport& x : reports) {
+        step_time = std::max(step_time, x.total);
+        compute_sum += x.compute;
+        const double wait_per_step = x.fwd_wait / std::max(1, x.steps - 1);
+        hidden_sum += std::clamp(1.0 - std::min(wait_per_step, x.bare) / x.bare, 0.0, 1.0);
+      }
+      const double efficiency = compute_sum / (cp * step_time);
+      const double imbalance = reports.back().compute / reports.front().compute;
+      const double mean_compute = compute_sum / cp;
+      double max_compute = 0.0;
+      for (const RankReport& x : reports) max_compute = std::max(max_compute, x.compute);
+      // Theory: one K/V chunk (fp32 K and V of Hkv heads, L tokens) plus 9
+      // bytes of metadata per token, aligned to 8 bytes.
+      const int64_t L = seq_len / cp;
+      const int64_t theory =
+          2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) + (kB * L + 7) / 8 * 8;
+      const double per_step = static_cast<double>(reports[0].fwd_bytes) / (reports[0].steps - 1);
+      const double hidden = hidden_sum / cp;
+      if (kind == batch::LayoutKind::kContiguous) contiguous_step = step_time;
+      const double over_contiguous = contiguous_step / step_time;
       std::printf(
-          "  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
-          "exchange %.4f s, peak RSS in the ring %.0f MiB (%.2fx its shard's tensors, "
-          "process and libraries included)\n",
-          r, x.total, x.compute, x.fwd_wait, x.bare, x.peak_rss / 1048576.0,
-          x.peak_rss / x.shard_bytes);
-    }
-    std::filesystem::remove_all(dir);
-    // Hidden communication, per rank: the share of a bare exchange that did
-    // not show up as waiting after compute. The wait also holds time spent
-    // on slower peers (causal imbalance), so this is a lower bound.
-    double step_time = 0.0, compute_sum = 0.0, hidden_sum = 0.0;
-    for (const RankReport& x : reports) {
-      step_time = std::max(step_time, x.total);
-      compute_sum += x.compute;
-      const double wait_per_step = x.fwd_wait / std::max(1, x.steps - 1);
-      hidden_sum += std::clamp(1.0 - std::min(wait_per_step, x.bare) / x.bare, 0.0, 1.0);
-    }
-    const double efficiency = compute_sum / (cp * step_time);
-    const double imbalance = reports.back().compute / reports.front().compute;
-    const double mean_compute = compute_sum / cp;
-    double max_compute = 0.0;
-    for (const RankReport& x : reports) max_compute = std::max(max_compute, x.compute);
-    // Theory: one K/V chunk (fp32 K and V of Hkv heads, L tokens) plus 9
-    // bytes of metadata per token, aligned to 8 bytes.
-    const int64_t L = seq_len / cp;
-    const int64_t theory =
-        2 * kB * kHkv * L * kD * 4 + (2 * ((kB * L * 4 + 7) / 8 * 8)) + (kB * L + 7) / 8 * 8;
-    const double per_step = static_cast<double>(reports[0].fwd_bytes) / (reports[0].steps - 1);
-    const double hidden = hidden_sum / cp;
-    if (kind == batch::LayoutKind::kContiguous) contiguous_step = step_time;
-    const double over_contiguous = contiguous_step / step_time;
-    std::printf(
-        "  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
-        "rank %.2f, max/mean %.2f; speedup over contiguous %.2f; bytes per forward step %.0f "
-        "(theory %lld); communication hidden >= %.2f\n",
-        step_time, efficiency, imbalance, max_compute / mean_compute, over_contiguous, per_step,
-        static_cast<long long>(theory), hidden);
-    const std::string p = "ring_cp" + std::to_string(cp) + "_" +
-                          (kind == batch::LayoutKind::kContiguous ? "" : layout_name + "_");
-    auto fig = [&](const std::string& name, double value) {
-      std::ostringstream s;
-      s << "figure: " << p << name << " " << value;
-      figures.push_back(s.str());
-    };
-    fig("fwd_bwd_seconds", step_time);
-    fig("speedup_vs_one_process", single / step_time);
-    fig("efficiency", efficiency);
-    fig("imbalance_last_over_first_rank", imbalance);
-    fig("imbalance_max_over_mean", max_compute / mean_compute);
-    fig("bytes_per_step_vs_theory", per_step / static_cast<double>(theory));
-    fig("comm_hidden_fraction", hidden);
-    double rss_ratio = 0.0;
-    for (const RankReport& x : reports) rss_ratio = std::max(rss_ratio, x.peak_rss / x.shard_bytes);
-    fig("peak_rss_vs_shard_tensors_max_rank", rss_ratio);
-    if (kind != batch::LayoutKind::kContiguous) fig("speedup_over_contiguous", over_contiguous);
+          "  step time (slowest rank) %.3f s; ring efficiency %.2f; compute last/first "
+          "rank %.2f, max/mean %.2f; speedup over contiguous %.2f; bytes per forward step %.0f "
+          "(theory %lld); communication hidden >= %.2f\n",
+          step_time, efficiency, imbalance, max_compute / mean_compute, over_contiguous, per_step,
+          static_cast<long long>(theory), hidden);
+      const std::string p = "ring_cp" + std::to_string(cp) + "_" +
+                            (kind == batch::LayoutKind::kContiguous ? "" : layout_name + "_");
+      auto fig = [&](const std::string& name, double value) {
+        std::ostringstream s;
+        s << "figure: " << p << name << " " << value;
+        figures.push_back(s.str());
+      };
+      fig("fwd_bwd_seconds", step_time);
+      fig("speedup_vs_one_process", single / step_time);
+      fig("efficiency", efficiency);
+      fig("imbalance_last_over_first_rank", imbalance);
+      fig("imbalance_max_over_mean", max_compute / mean_compute);
+      fig("bytes_per_step_vs_theory", per_step / static_cast<double>(theory));
+      fig("comm_hidden_fraction", hidden);
+      double rss_ratio = 0.0;
+      for (const RankReport& x : reports)
+        rss_ratio = std::max(rss_ratio, x.peak_rss / x.shard_bytes);
+      fig("peak_rss_vs_shard_tensors_max_rank", rss_ratio);
+      if (kind != batch::LayoutKind::kContiguous) fig("speedup_over_contiguous", over_contiguous);
     }
   }
   std::printf("\n");
@@ -357,11 +358,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: --layout must be contiguous or zigzag\n");
       return 2;
     }
-    return ringattn::bench::RunRank(
-        absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp), absl::GetFlag(FLAGS_dir), seq_len,
-        repeat,
-        layout == "zigzag" ? ringattn::batch::LayoutKind::kZigzag
-                           : ringattn::batch::LayoutKind::kContiguous);
+    return ringattn::bench::RunRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp),
+                                    absl::GetFlag(FLAGS_dir), seq_len, repeat,
+                                    layout == "zigzag" ? ringattn::batch::LayoutKind::kZigzag
+                                                       : ringattn::batch::LayoutKind::kContiguous);
   }
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);

@@ -45,14 +45,15 @@ ShardLayout::ShardLayout(LayoutKind kind, int64_t seq_len, int64_t shard_len, in
       local += s.len;
     }
   }
-  std::sort(runs_.begin(), runs_.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
+  std::sort(runs_.begin(), runs_.end(),
+            [](const Run& a, const Run& b) { return a.start < b.start; });
 }
 
 absl::StatusOr<ShardLayout> ShardLayout::Make(LayoutKind kind, int64_t seq_len, int64_t shard_len,
                                               int cp) {
   if (cp < 1 || shard_len < 1 || seq_len < 0 || shard_len * cp < seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat("no layout puts ", seq_len, " positions on ",
-                                                   cp, " ranks of ", shard_len));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no layout puts ", seq_len, " positions on ", cp, " ranks of ", shard_len));
   }
   if (kind == LayoutKind::kZigzag && shard_len % 2 != 0) {
     return absl::InvalidArgumentError(

@@ -20,8 +20,8 @@ batch::LayoutKind ChooseLayoutKind(attention::v1::ShardLayout requested,
 }
 
 absl::StatusOr<batch::ShardLayout> LayoutForCall(attention::v1::ShardLayout requested,
-                                                 const kernels::LayerConfig& layer,
-                                                 int64_t seq_len, int cp) {
+                                                 const kernels::LayerConfig& layer, int64_t seq_len,
+                                                 int cp) {
   if (!attention::v1::ShardLayout_IsValid(requested)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown layout ", requested));
   }

@@ -28,8 +28,8 @@ batch::LayoutKind ChooseLayoutKind(attention::v1::ShardLayout requested,
 // The call's layout (L = P / cp). INVALID_ARGUMENT for an unknown requested
 // layout.
 absl::StatusOr<batch::ShardLayout> LayoutForCall(attention::v1::ShardLayout requested,
-                                                 const kernels::LayerConfig& layer,
-                                                 int64_t seq_len, int cp);
+                                                 const kernels::LayerConfig& layer, int64_t seq_len,
+                                                 int cp);
 
 // The wire name of a layout kind.
 attention::v1::ShardLayout LayoutToProto(batch::LayoutKind kind);

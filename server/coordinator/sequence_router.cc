@@ -41,8 +41,7 @@ bool SequenceRouter::Add(std::span<const std::byte> piece,
     // The rank whose real positions the row has reached, and where they end.
     const batch::Run& run = layout_.RunOf(offset_ / position_bytes_);
     const int rank = run.rank;
-    const int64_t segment_end =
-        std::min(run.start + run.len, layout_.seq_len()) * position_bytes_;
+    const int64_t segment_end = std::min(run.start + run.len, layout_.seq_len()) * position_bytes_;
     const auto n = static_cast<size_t>(
         std::min<int64_t>(segment_end - offset_, static_cast<int64_t>(piece.size())));
     if (!emit(rank, piece.first(n))) return false;

@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -141,6 +143,7 @@ absl::StatusOr<RingSchedule> ScheduleFor(const Transport& t, const ShardRef& sha
   config.layer = call.layer;
   config.batch_has_vision = call.batch_has_vision;
   config.layout = call.layout;
+  config.halo_exchange = call.halo_exchange;
   return MakeSchedule(config);
 }
 
@@ -226,6 +229,59 @@ std::vector<float> ToLocal(std::vector<float> major, int64_t outer, int64_t row,
   return local;
 }
 
+// t [outer, L, row] at local positions [L - rows, L): the shard's tail.
+template <typename T>
+std::vector<T> Tail(std::span<const T> t, int64_t outer, int64_t L, int64_t row, int64_t rows) {
+  std::vector<T> tail(static_cast<size_t>(outer * rows * row));
+  for (int64_t o = 0; o < outer; ++o) {
+    std::memcpy(tail.data() + o * rows * row, t.data() + (o * L + L - rows) * row,
+                static_cast<size_t>(rows * row) * sizeof(T));
+  }
+  return tail;
+}
+
+ShardRef WithLength(ShardRef shard, int64_t len) {
+  shard.shape.q_len = shard.shape.kv_len = len;
+  return shard;
+}
+
+// The halo a contiguous shard sends its next rank: the K, V and metadata of
+// its last `rows` positions as one chunk message.
+class HaloChunk {
+ public:
+  HaloChunk(const ShardRef& shard, int64_t rows) : rows_(rows), layout_(WithLength(shard, rows)) {
+    const int64_t L = shard.shape.q_len, B = shard.shape.batch;
+    const int64_t kv_row =
+        shard.shape.head_dim * static_cast<int64_t>(kernels::DTypeSize(shard.shape.dtype));
+    const int64_t bkv = B * shard.shape.kv_heads;
+    const std::vector<std::byte> k = Tail(shard.k, bkv, L, kv_row, rows);
+    const std::vector<std::byte> v = Tail(shard.v, bkv, L, kv_row, rows);
+    const std::vector<int32_t> doc = Tail(shard.doc, B, L, 1, rows);
+    const std::vector<int32_t> vision = Tail(shard.vision, B, L, 1, rows);
+    const std::vector<uint8_t> padding = Tail(shard.padding, B, L, 1, rows);
+    ShardRef tail = WithLength(shard, rows);
+    tail.k = k;
+    tail.v = v;
+    tail.doc = doc;
+    tail.vision = vision;
+    tail.padding = padding;
+    msg_ = layout_.Pack(tail);
+  }
+
+  int64_t rows() const { return rows_; }
+  const ChunkLayout& layout() const { return layout_; }
+  std::span<const std::byte> msg() const { return msg_; }
+  // Where the halo of `owner`'s shard lies: its one segment.
+  std::vector<SegmentPlace> Places(int owner, int64_t L) const {
+    return {{{owner * L + L - rows_, rows_}, 0}};
+  }
+
+ private:
+  const int64_t rows_;
+  const ChunkLayout layout_;
+  std::vector<std::byte> msg_;
+};
+
 absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& backend,
                                           const ShardRef& shard, const RingCall& call) {
   const Clock::time_point t0 = Clock::now();
@@ -248,27 +304,37 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
   std::vector<float> lse(rows, -std::numeric_limits<float>::infinity());
   std::vector<float> part(elems), part_lse(rows);
   RingForwardResult result;
+  // Halo exchange: the one exchange carries the shard's tail only.
+  std::optional<HaloChunk> halo;
+  if (schedule.halo_rows > 0) halo.emplace(shard, schedule.halo_rows);
+  std::vector<std::byte> halo_recv(halo ? halo->layout().size() : 0);
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
     StepStats stats{step.step, step.chunk_owner, step.compute};
     stats.pairs = step.pairs * shard.shape.batch * shard.shape.heads;
     // Pass the held chunk on while computing on it (the last step keeps it).
     if (step.step < schedule.exchanges) {
-      RINGATTN_RETURN_IF_ERROR(exchange.Post(step.step + 1, current, next));
+      RINGATTN_RETURN_IF_ERROR(halo ? exchange.Post(step.step + 1, halo->msg(), halo_recv)
+                                    : exchange.Post(step.step + 1, current, next));
     }
+    const bool in_halo = halo && step.step > 0;
+    const std::span<const std::byte> held = in_halo ? halo_recv : current;
+    const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      const std::vector<SegmentPlace> k_places = Places(shard_layout, step.chunk_owner);
+      const std::vector<SegmentPlace> k_places =
+          in_halo ? halo->Places(step.chunk_owner, shard.shape.q_len)
+                  : Places(shard_layout, step.chunk_owner);
       for (const SubBlock& block : step.blocks) {
         const SegmentPlace& qp = q_places[block.q_segment];
         const SegmentPlace& kp = k_places[block.k_segment];
         const size_t at = major.RowsAt(qp), n = major.Rows(qp);
         kernels::ForwardChunkArgs args;
         args.q = major.Query(major.ref().q, qp);
-        args.k = layout.K(current, kp.local, kp.global.len);
-        args.v = layout.V(current, kp.local, kp.global.len);
+        args.k = held_layout.K(held, kp.local, kp.global.len);
+        args.v = held_layout.V(held, kp.local, kp.global.len);
         args.q_meta = major.QueryMeta(qp);
-        args.kv_meta = layout.Meta(current, kp.local, kp.global.len, kp.global.start);
+        args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
         args.out = std::span(part).first(n * D);
         args.lse = std::span(part_lse).first(n);
@@ -281,7 +347,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
       stats.compute_seconds = Since(c0);
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
-    std::swap(current, next);
+    if (!halo) std::swap(current, next);
     result.stats.steps.push_back(stats);
   }
   const int64_t bh = shard.shape.batch * shard.shape.heads;
@@ -334,6 +400,15 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   std::vector<float> contrib(2 * kv_elems);
   std::vector<float> acc[2] = {std::vector<float>(2 * kv_elems), std::vector<float>(2 * kv_elems)};
   std::unique_ptr<PendingOp> acc_send[2];
+  // Halo exchange: the one exchange carries the shard's tail only, and the
+  // tail's dK/dV ([dK | dV] of the halo rows) go straight home after it;
+  // this rank's own dK/dV stay here.
+  std::optional<HaloChunk> halo;
+  if (schedule.halo_rows > 0) halo.emplace(shard, schedule.halo_rows);
+  std::vector<std::byte> halo_recv(halo ? halo->layout().size() : 0);
+  const int64_t halo_kv = halo ? bkv * halo->rows() * D : 0;
+  std::vector<float> halo_contrib(2 * halo_kv);
+  std::vector<float> own_contrib;
   KvExchange exchange(t, call, MessageKind::kBackwardKv);
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
@@ -356,7 +431,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     // The accumulator of the held chunk arrives from the previous rank once
     // it has added its share; receive it into the buffer sent two steps ago.
     std::unique_ptr<PendingOp> acc_recv;
-    if (i > 0) {
+    if (i > 0 && !halo) {
       RINGATTN_RETURN_IF_ERROR(wait(acc_send[i % 2], stats));
       RINGATTN_ASSIGN_OR_RETURN(
           acc_recv,
@@ -364,12 +439,21 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
                  Bytes(cur_acc)));
     }
     if (i < schedule.exchanges) {
-      RINGATTN_RETURN_IF_ERROR(exchange.Post(i + 1, current, next));
+      RINGATTN_RETURN_IF_ERROR(halo ? exchange.Post(i + 1, halo->msg(), halo_recv)
+                                    : exchange.Post(i + 1, current, next));
     }
-    std::fill(contrib.begin(), contrib.end(), 0.0f);
+    const bool in_halo = halo && i > 0;
+    const std::span<const std::byte> held = in_halo ? halo_recv : current;
+    const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
+    // Where this step's dK/dV go: [dK | dV] of the held chunk (or halo).
+    std::vector<float>& sink = in_halo ? halo_contrib : contrib;
+    const int64_t sink_kv = in_halo ? halo_kv : kv_elems;
+    std::fill(sink.begin(), sink.end(), 0.0f);
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
-      const std::vector<SegmentPlace> k_places = Places(shard_layout, step.chunk_owner);
+      const std::vector<SegmentPlace> k_places =
+          in_halo ? halo->Places(step.chunk_owner, shard.shape.q_len)
+                  : Places(shard_layout, step.chunk_owner);
       for (const SubBlock& block : step.blocks) {
         const SegmentPlace& qp = q_places[block.q_segment];
         const SegmentPlace& kp = k_places[block.k_segment];
@@ -378,61 +462,80 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
         const auto k_n = static_cast<size_t>(bkv * kp.global.len * D);
         kernels::BackwardChunkArgs args;
         args.q = major.Query(major.ref().q, qp);
-        args.k = layout.K(current, kp.local, kp.global.len);
-        args.v = layout.V(current, kp.local, kp.global.len);
+        args.k = held_layout.K(held, kp.local, kp.global.len);
+        args.v = held_layout.V(held, kp.local, kp.global.len);
         args.out = major.Query(out_major.span(), qp);
         args.dout = major.Query(dout_major.span(), qp);
         args.lse = lse_major.span().subspan(at, n);
         args.q_meta = major.QueryMeta(qp);
-        args.kv_meta = layout.Meta(current, kp.local, kp.global.len, kp.global.start);
+        args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
         args.dq = std::span(result.dq).subspan(at * D, n * D);  // dQ accumulates locally.
-        args.dk = std::span(contrib).subspan(k_at, k_n);
-        args.dv = std::span(contrib).subspan(kv_elems + k_at, k_n);
+        args.dk = std::span(sink).subspan(k_at, k_n);
+        args.dv = std::span(sink).subspan(static_cast<size_t>(sink_kv) + k_at, k_n);
         RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
       }
       stats.compute_seconds = Since(c0);
     }
-    // Add this rank's share to the chunk's accumulator (fp32) and pass it on.
-    if (i > 0) {
-      RINGATTN_RETURN_IF_ERROR(wait(acc_recv, stats));
-      for (size_t j = 0; j < contrib.size(); ++j) cur_acc[j] += contrib[j];
-      stats.bytes_received += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+    if (halo) {
+      if (i == 0) own_contrib = contrib;
     } else {
-      cur_acc = contrib;
-    }
-    if (i < schedule.exchanges) {
-      RINGATTN_ASSIGN_OR_RETURN(
-          acc_send[i % 2],
-          t.Send(next_rank,
-                 MakeTag(call.generation, call.sequence, i + 1, MessageKind::kGradAccumulator),
-                 Bytes(cur_acc)));
-      stats.bytes_sent += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+      // Add this rank's share to the chunk's accumulator (fp32) and pass it on.
+      if (i > 0) {
+        RINGATTN_RETURN_IF_ERROR(wait(acc_recv, stats));
+        for (size_t j = 0; j < contrib.size(); ++j) cur_acc[j] += contrib[j];
+        stats.bytes_received += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+      } else {
+        cur_acc = contrib;
+      }
+      if (i < schedule.exchanges) {
+        RINGATTN_ASSIGN_OR_RETURN(
+            acc_send[i % 2],
+            t.Send(next_rank,
+                   MakeTag(call.generation, call.sequence, i + 1, MessageKind::kGradAccumulator),
+                   Bytes(cur_acc)));
+        stats.bytes_sent += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+      }
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
-    std::swap(current, next);
+    if (!halo) std::swap(current, next);
     result.stats.steps.push_back(stats);
   }
 
   // The last accumulator held is complete: send it home to the chunk's owner
-  // and receive this rank's own from whoever holds it.
-  std::vector<float>& last = acc[schedule.exchanges % 2];
+  // and receive this rank's own from whoever holds it. With a halo, what goes
+  // home is the halo's dK/dV, added to this rank's own tail.
+  std::vector<float>& last = halo ? halo_contrib : acc[schedule.exchanges % 2];
   std::vector<float> own;
   StepStats home{schedule.exchanges + 1, t.rank(), false};
   if (schedule.exchanges == 0) {
     own = std::move(last);
   } else {
-    own.resize(2 * kv_elems);
+    std::vector<float> back(last.size());
     const uint64_t tag = MakeTag(call.generation, call.sequence, 0, MessageKind::kGradHome);
     RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<PendingOp> recv,
-                              t.Recv(schedule.grad_from, tag, Bytes(own)));
+                              t.Recv(schedule.grad_from, tag, Bytes(back)));
     RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<PendingOp> send,
                               t.Send(schedule.grad_home, tag, Bytes(last)));
     RINGATTN_RETURN_IF_ERROR(t.Flush());
     RINGATTN_RETURN_IF_ERROR(wait(send, home));
     RINGATTN_RETURN_IF_ERROR(wait(recv, home));
     for (auto& op : acc_send) RINGATTN_RETURN_IF_ERROR(wait(op, home));
-    home.bytes_sent = home.bytes_received = static_cast<int64_t>(own.size() * sizeof(float));
+    home.bytes_sent = home.bytes_received = static_cast<int64_t>(back.size() * sizeof(float));
+    if (halo) {
+      // back: [dK | dV] of this shard's last rows, [bkv, rows, D] each.
+      own = std::move(own_contrib);
+      const int64_t L = shard.shape.q_len, rows = halo->rows();
+      for (int part = 0; part < 2; ++part) {
+        for (int64_t o = 0; o < bkv; ++o) {
+          float* dst = own.data() + part * kv_elems + (o * L + L - rows) * D;
+          const float* src = back.data() + part * halo_kv + o * rows * D;
+          for (int64_t j = 0; j < rows * D; ++j) dst[j] += src[j];
+        }
+      }
+    } else {
+      own = std::move(back);
+    }
   }
   result.stats.steps.push_back(home);
   result.dq = ToLocal(std::move(result.dq), bh, D, mine);

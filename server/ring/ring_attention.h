@@ -55,6 +55,10 @@ struct RingCall {
   // every chunk's positions follow from it, so every rank computes the
   // (query segment, key segment) sub-blocks some pair may attend.
   batch::LayoutKind layout = batch::LayoutKind::kContiguous;
+  // Where a causal sliding window fits in a contiguous shard, send only the
+  // rows of the previous shard it reaches (RingSchedule::halo_rows). Off:
+  // whole chunks travel (the results are the same).
+  bool halo_exchange = true;
 };
 
 struct StepStats {

@@ -26,6 +26,16 @@ bool WindowLimitsExchanges(const kernels::LayerConfig& layer, bool batch_has_vis
   return layer.kind == kernels::LayerKind::kSliding && layer.causal && !vision_active;
 }
 
+int64_t HaloRows(const ScheduleConfig& config) {
+  if (!config.halo_exchange || config.cp < 2 || config.layout != batch::LayoutKind::kContiguous ||
+      !WindowLimitsExchanges(config.layer, config.batch_has_vision) ||
+      config.layer.window > config.shard_len) {
+    return 0;
+  }
+  // Keys q - k < W of a query at the shard's start reach W - 1 rows back.
+  return std::max<int64_t>(1, config.layer.window - 1);
+}
+
 bool SegmentsMayAttend(const kernels::LayerConfig& layer, bool batch_has_vision,
                        const batch::Segment& q, const batch::Segment& k) {
   const bool sliding = layer.kind == kernels::LayerKind::kSliding;
@@ -146,6 +156,7 @@ absl::StatusOr<RingSchedule> MakeSchedule(const ScheduleConfig& config) {
     step.compute = !step.blocks.empty();
     schedule.steps.push_back(step);
   }
+  schedule.halo_rows = HaloRows(config);
   schedule.grad_home = schedule.steps.back().chunk_owner;
   schedule.grad_from = (config.rank + schedule.exchanges) % config.cp;
   return schedule;

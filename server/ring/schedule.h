@@ -28,6 +28,9 @@ struct ScheduleConfig {
   bool batch_has_vision = false;
   // How positions lie on the ranks; every rank holds L of them.
   batch::LayoutKind layout = batch::LayoutKind::kContiguous;
+  // Whether a window that fits in a shard may send only its halo (see
+  // RingSchedule::halo_rows).
+  bool halo_exchange = true;
 };
 
 // One (query segment, key segment) pair of a step that is computed:
@@ -60,11 +63,20 @@ struct RingSchedule {
   // `grad_from` (both the rank itself when exchanges == 0).
   int grad_home = 0;
   int grad_from = 0;
+  // Halo exchange: > 0 when a causal sliding window fits in a contiguous
+  // shard (W <= L, no bidirectional images in the batch), so the one
+  // exchange needs only the last W - 1 rows of the previous shard: the
+  // chunk travels as those rows alone (the halo), and the backward returns
+  // only their dK/dV. 0: whole chunks travel.
+  int64_t halo_rows = 0;
 };
 
 // Whether the sliding window alone limits how far back keys matter, so a
 // sliding layer needs only min(cp - 1, ceil(W / L)) exchanges.
 bool WindowLimitsExchanges(const kernels::LayerConfig& layer, bool batch_has_vision);
+
+// The rows of the previous shard a halo exchange sends (0: no halo).
+int64_t HaloRows(const ScheduleConfig& config);
 
 // Whether some query in global positions `q` may attend some key in `k` by
 // position alone (all metadata permitting).

@@ -38,13 +38,13 @@ TEST(ShardLayoutTest, EveryLayoutIsABijection) {
             EXPECT_EQ(layout->RealLen(r), real);
           }
           int64_t next = 0;
-          for (const Run& run : layout->Runs()) {
+          for (const batch::Run& run : layout->Runs()) {
             EXPECT_EQ(run.start, next) << "runs leave a gap";
             next = run.start + run.len;
             for (int64_t p = run.start; p < run.start + run.len; ++p) {
               ASSERT_EQ(owner[p].first, run.rank);
               ASSERT_EQ(owner[p].second, run.local + (p - run.start));
-              const Run& of = layout->RunOf(p);
+              const batch::Run& of = layout->RunOf(p);
               ASSERT_EQ(of.start, run.start);
             }
           }

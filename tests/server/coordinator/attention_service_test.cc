@@ -39,8 +39,7 @@ using client::EncodeBatch;
 // Forward and backward through the service, as a whole-sequence result.
 absl::StatusOr<kernels::reference::ChunkedResult> RunThroughService(
     client::AttentionClient& c, const SyntheticBatch& b, const kernels::LayerConfig& layer,
-    bool backward = true,
-    attention::v1::ShardLayout layout = attention::v1::SHARD_LAYOUT_AUTO,
+    bool backward = true, attention::v1::ShardLayout layout = attention::v1::SHARD_LAYOUT_AUTO,
     attention::v1::ShardLayout* ran_with = nullptr) {
   auto e = EncodeBatch(b, layer);
   e->in.layout = layout;

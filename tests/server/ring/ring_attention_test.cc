@@ -44,8 +44,8 @@ std::vector<ParityCase> ParityCases() {
         layer.scale = 0.125f;
         const std::string kind =
             window > 0 ? "Sliding_W" + std::to_string(window) : std::string("Full");
-        for (batch::LayoutKind layout : {batch::LayoutKind::kContiguous,
-                                         batch::LayoutKind::kZigzag}) {
+        for (batch::LayoutKind layout :
+             {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
           cases.push_back({kind + "_B" + std::to_string(b) + "_Cp" + std::to_string(cp) + "_" +
                                std::string(batch::LayoutName(layout)),
                            cp, b, layer, layout});
@@ -150,8 +150,8 @@ TEST(RingTest, AllPaddingRanksUnderZigzagReturnExactZeros) {
   layer.scale = 0.125f;
   kernels::reference::RowLayout row;
   row.doc_lengths = {20};  // Chunk 0 of 8 (24 positions each) holds them all.
-  const auto batch = kernels::reference::MakeSyntheticBatch({1, 2, 1, 192, 32}, {row},
-                                                            kernels::DType::kF32, 12);
+  const auto batch =
+      kernels::reference::MakeSyntheticBatch({1, 2, 1, 192, 32}, {row}, kernels::DType::kF32, 12);
   absl::StatusOr<testing::RingRunResult> got =
       testing::RunInProcessRing(batch, layer, 4, 1, batch::LayoutKind::kZigzag);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -190,6 +190,46 @@ TEST(RingTest, ZigzagGivesEveryRankTheSamePairs) {
   }
   // 128 * 129 / 2 causal pairs over 2 heads, a quarter each.
   for (int r = 0; r < 4; ++r) EXPECT_EQ(pairs[r], 2 * 128 * 129 / 2 / 4) << "rank " << r;
+}
+
+// A sliding window that fits in a shard (no bidirectional images): the one
+// exchange carries only the last W - 1 rows of the previous shard, forward
+// and backward, and the results still match the oracle (packed documents,
+// images, padding, GQA, B = 2).
+TEST(RingTest, HaloExchangeMovesOnlyTheWindowsRowsAndMatchesTheOracle) {
+  LayerConfig layer;
+  layer.kind = LayerKind::kSliding;
+  layer.window = 10;
+  layer.scale = 0.125f;
+  layer.vision_bidirectional = false;
+  const auto batch = kernels::reference::MakeSyntheticBatch(
+      {2, 4, 2, 192, 64}, {ParityLayout(0), ParityLayout(1)}, kernels::DType::kF32, 31);
+  for (int cp : {2, 3, 4, 8}) {
+    SCOPED_TRACE("cp " + std::to_string(cp));
+    absl::StatusOr<testing::RingRunResult> halo = testing::RunInProcessRing(batch, layer, cp);
+    absl::StatusOr<testing::RingRunResult> whole =
+        testing::RunInProcessRing(batch, layer, cp, 1, batch::LayoutKind::kContiguous, false);
+    ASSERT_TRUE(halo.ok()) << halo.status();
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    kernels::testing::ExpectResultMatchesOracle(batch, layer, halo->whole, true);
+    for (int r = 0; r < cp; ++r) {
+      const StepStats& h = halo->forward_stats[r].steps[0];
+      const StepStats& w = whole->forward_stats[r].steps[0];
+      ASSERT_EQ(halo->forward_stats[r].steps.size(), 2u);
+      // K and V of 9 rows (B = 2, Hkv = 2, D = 64, fp32) and their metadata,
+      // each part 8-byte aligned, against the whole shard's.
+      const int64_t kv = 2 * 2 * 9 * 64 * 4;
+      const int64_t meta = 2 * ((2 * 9 * 4 + 7) / 8 * 8) + (2 * 9 + 7) / 8 * 8;
+      EXPECT_EQ(h.bytes_sent, 2 * kv + meta) << "rank " << r;
+      EXPECT_LT(h.bytes_sent * 2, w.bytes_sent) << "rank " << r;
+      // Backward: the halo's K/V and only its dK/dV home, no accumulator.
+      int64_t halo_bwd = 0, whole_bwd = 0;
+      for (const StepStats& s : halo->backward_stats[r].steps) halo_bwd += s.bytes_sent;
+      for (const StepStats& s : whole->backward_stats[r].steps) whole_bwd += s.bytes_sent;
+      EXPECT_EQ(halo_bwd, 2 * kv + meta + 2 * (kv / 4) * 4) << "rank " << r;
+      EXPECT_LT(halo_bwd * 3, whole_bwd) << "rank " << r;
+    }
+  }
 }
 
 bool BitEqual(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }

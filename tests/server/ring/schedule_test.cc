@@ -233,6 +233,34 @@ TEST(ScheduleTest, ZigzagSlidingLayerExchangesAllTheWayRound) {
   }
 }
 
+TEST(ScheduleTest, HaloOnlyWhereTheWindowFitsAContiguousShard) {
+  ScheduleConfig c;
+  c.cp = 4;
+  c.shard_len = 4096;
+  c.layer.kind = kernels::LayerKind::kSliding;
+  c.layer.window = 512;
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 511);
+  c.halo_exchange = false;
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+  c.halo_exchange = true;
+  c.layer.window = 4096;  // W - 1 rows: still less than a shard.
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 4095);
+  c.layer.window = 4097;  // Reaches two shards back.
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+  c.layer.window = 512;
+  c.batch_has_vision = true;  // Bidirectional images may reach anywhere.
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+  c.batch_has_vision = false;
+  c.layout = batch::LayoutKind::kZigzag;
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+  c.layout = batch::LayoutKind::kContiguous;
+  c.cp = 1;
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+  c.cp = 2;
+  c.layer.kind = kernels::LayerKind::kFull;
+  EXPECT_EQ(MakeSchedule(c)->halo_rows, 0);
+}
+
 TEST(ScheduleTest, BadConfigsAreErrors) {
   ScheduleConfig c;
   c.cp = 2;

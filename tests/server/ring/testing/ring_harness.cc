@@ -63,10 +63,8 @@ ShardData SliceShard(const SyntheticBatch& batch, const batch::ShardLayout& layo
   const std::vector<batch::Segment>& segs = layout.Segments(rank);
   ShardData d;
   d.q = Encode(Gather(batch.q, sh.batch * sh.heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
-  d.k = Encode(Gather(batch.k, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs),
-               batch.dtype);
-  d.v = Encode(Gather(batch.v, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs),
-               batch.dtype);
+  d.k = Encode(Gather(batch.k, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
+  d.v = Encode(Gather(batch.v, sh.batch * sh.kv_heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
   d.dout =
       Encode(Gather(batch.dout, sh.batch * sh.heads, sh.seq_len, sh.head_dim, segs), batch.dtype);
   d.doc = Gather(batch.doc, sh.batch, sh.seq_len, 1, segs);
@@ -93,19 +91,20 @@ bool BatchHasVision(const SyntheticBatch& batch) {
 
 absl::StatusOr<RingRunResult> RunInProcessRing(const SyntheticBatch& batch,
                                                const kernels::LayerConfig& layer, int cp,
-                                               int threads_per_rank, batch::LayoutKind kind) {
+                                               int threads_per_rank, batch::LayoutKind kind,
+                                               bool halo_exchange) {
   if (cp < 1) return absl::InvalidArgumentError("cp < 1");
   InProcessHub hub(cp);
   return RunRing(
       batch, layer, cp,
       [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
-      threads_per_rank, kind);
+      threads_per_rank, kind, halo_exchange);
 }
 
 absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
                                       const kernels::LayerConfig& layer, int cp,
                                       const ConnectFn& connect, int threads_per_rank,
-                                      batch::LayoutKind kind) {
+                                      batch::LayoutKind kind, bool halo_exchange) {
   const auto& sh = batch.shape;
   if (cp < 1 || sh.seq_len % cp != 0) return absl::InvalidArgumentError("S % cp != 0");
   const int64_t L = sh.seq_len / cp;
@@ -117,6 +116,7 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
   for (int r = 0; r < cp; ++r) shards.push_back(SliceShard(batch, *layout, r));
   RingCall call;
   call.layout = kind;
+  call.halo_exchange = halo_exchange;
   call.layer = layer;
   call.batch_has_vision = BatchHasVision(batch);
   call.generation = 3;

@@ -48,16 +48,18 @@ using ConnectFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>(int r
 // A whole ring in one process: one thread per rank over the transports of
 // `connect`, each rank on its own CPU backend, forward then backward, results
 // reassembled over the whole sequence.
-// `kind`: how the sequence is sharded.
-absl::StatusOr<RingRunResult> RunRing(
-    const kernels::reference::SyntheticBatch& batch, const kernels::LayerConfig& layer, int cp,
-    const ConnectFn& connect, int threads_per_rank = 1,
-    batch::LayoutKind kind = batch::LayoutKind::kContiguous);
+// `kind`: how the sequence is sharded; `halo_exchange`: RingCall's.
+absl::StatusOr<RingRunResult> RunRing(const kernels::reference::SyntheticBatch& batch,
+                                      const kernels::LayerConfig& layer, int cp,
+                                      const ConnectFn& connect, int threads_per_rank = 1,
+                                      batch::LayoutKind kind = batch::LayoutKind::kContiguous,
+                                      bool halo_exchange = true);
 
 // RunRing over an InProcessHub.
 absl::StatusOr<RingRunResult> RunInProcessRing(
     const kernels::reference::SyntheticBatch& batch, const kernels::LayerConfig& layer, int cp,
-    int threads_per_rank = 1, batch::LayoutKind kind = batch::LayoutKind::kContiguous);
+    int threads_per_rank = 1, batch::LayoutKind kind = batch::LayoutKind::kContiguous,
+    bool halo_exchange = true);
 
 }  // namespace ringattn::ring::testing
 
