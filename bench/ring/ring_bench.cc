@@ -6,11 +6,14 @@
 // efficiency (compute / step time), the work imbalance of each layout
 // (last / first and max / mean rank compute), each layout's speedup over
 // contiguous, bytes per step against the theoretical chunk size, and the
-// fraction of communication hidden behind compute. Ends with
-// `figure: <name> <value>` lines (contiguous: ring_cp<N>_*, zigzag:
-// ring_cp<N>_zigzag_*).
+// fraction of communication hidden behind compute. Then a causal sliding
+// layer (W = 512, L = 4096) on contiguous shards, whole chunks against the
+// halo exchange: bytes sent and time. Ends with `figure: <name> <value>`
+// lines (contiguous: ring_cp<N>_*, zigzag: ring_cp<N>_zigzag_*, sliding:
+// ring_sliding_cp<N>_*).
 //
 //   build/release/bench/ringattn_ring_bench [--seq_len=4096] [--repeat=2]
+//       [--sliding_shard_len=4096] [--sliding_window=512]
 //
 // The binary re-runs itself with --rank=N for each rank.
 
@@ -45,6 +48,11 @@ ABSL_FLAG(int, rank, -1, "Internal: run as this rank of a ring.");
 ABSL_FLAG(int, cp, 0, "Internal: ring size of the rank run.");
 ABSL_FLAG(std::string, dir, "", "Internal: store and report directory of the rank run.");
 ABSL_FLAG(std::string, layout, "contiguous", "Internal: shard layout of the rank run.");
+ABSL_FLAG(int64_t, window, 0, "Internal: sliding window of the rank run (0: full layer).");
+ABSL_FLAG(bool, halo, true, "Internal: halo exchange in the rank run.");
+ABSL_FLAG(int64_t, sliding_shard_len, 4096,
+          "Shard length L of the sliding-layer runs (S = cp * L; a multiple of 8).");
+ABSL_FLAG(int64_t, sliding_window, 512, "Window W of the sliding-layer runs.");
 
 extern char** environ;
 
@@ -65,9 +73,14 @@ kernels::reference::SyntheticBatch MakeBatch(int64_t seq_len) {
                                                 kernels::DType::kF32, 17);
 }
 
-kernels::LayerConfig Layer() {
+// Full causal when `window` is 0, else causal sliding.
+kernels::LayerConfig Layer(int64_t window) {
   kernels::LayerConfig layer;
   layer.scale = 0.088388f;  // 1 / sqrt(128)
+  if (window > 0) {
+    layer.kind = kernels::LayerKind::kSliding;
+    layer.window = window;
+  }
   return layer;
 }
 
@@ -88,7 +101,7 @@ std::vector<T> Gather(const std::vector<T>& t, int64_t outer, int64_t seq_len, i
 }
 
 int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repeat,
-            batch::LayoutKind kind) {
+            batch::LayoutKind kind, int64_t window, bool halo) {
   using kernels::reference::Encode;
   const int64_t L = seq_len / cp;
   absl::StatusOr<batch::ShardLayout> layout = batch::ShardLayout::Make(kind, seq_len, L, cp);
@@ -150,9 +163,10 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
   // Peak RSS from here on (Linux: writing 5 to clear_refs resets VmHWM).
   std::ofstream("/proc/self/clear_refs") << "5";
   ring::RingCall call;
-  call.layer = Layer();
+  call.layer = Layer(window);
   call.generation = 1;
   call.layout = kind;
+  call.halo_exchange = halo;
   double best_total = 1e30;
   ring::RingStats best_fwd, best_bwd;
   for (int i = 0; i < repeat; ++i) {
@@ -196,7 +210,7 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
   out << best_total << " " << best_fwd.compute_seconds + best_bwd.compute_seconds << " "
       << best_fwd.wait_seconds << " " << steps << " " << best_fwd.bytes_sent << " " << bare << " "
       << chunk_bytes << " " << best_fwd.total_seconds << " " << best_bwd.total_seconds << " "
-      << peak_rss << " " << shard_bytes << "\n";
+      << peak_rss << " " << shard_bytes << " " << best_bwd.bytes_sent << "\n";
   return out ? 0 : 4;
 }
 
@@ -208,7 +222,84 @@ struct RankReport {
   int64_t chunk_bytes;
   double fwd_total, bwd_total;
   double peak_rss, shard_bytes;
+  int64_t bwd_bytes;
 };
+
+// One ring of `cp` processes of this binary; its ranks' reports, or an
+// empty vector when a rank failed.
+std::vector<RankReport> RunRing(const char* self, int cp, int64_t seq_len, int repeat,
+                                const std::string& layout_name, int64_t window, bool halo) {
+  char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < cp; ++r) {
+    std::vector<std::string> args = {self,
+                                     "--rank=" + std::to_string(r),
+                                     "--cp=" + std::to_string(cp),
+                                     "--dir=" + dir,
+                                     "--seq_len=" + std::to_string(seq_len),
+                                     "--repeat=" + std::to_string(repeat),
+                                     "--layout=" + layout_name,
+                                     "--window=" + std::to_string(window),
+                                     std::string("--halo=") + (halo ? "true" : "false")};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid;
+    if (posix_spawn(&pid, self, nullptr, nullptr, argv.data(), environ) != 0) break;
+    pids.push_back(pid);
+  }
+  bool ok = static_cast<int>(pids.size()) == cp;
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  std::vector<RankReport> reports(ok ? cp : 0);
+  for (int r = 0; r < static_cast<int>(reports.size()); ++r) {
+    std::ifstream in(dir + "/report" + std::to_string(r));
+    RankReport& x = reports[r];
+    in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >> x.chunk_bytes >>
+        x.fwd_total >> x.bwd_total >> x.peak_rss >> x.shard_bytes >> x.bwd_bytes;
+    if (!in) reports.clear();
+  }
+  std::filesystem::remove_all(dir);
+  return reports;
+}
+
+// Sliding layers: the same contiguous ring with whole chunks travelling and
+// with the halo exchange, bytes and time side by side.
+void RunSliding(const char* self, int repeat, std::vector<std::string>& figures) {
+  const int64_t L = absl::GetFlag(FLAGS_sliding_shard_len);
+  const int64_t W = absl::GetFlag(FLAGS_sliding_window);
+  for (int cp : {2, 4}) {
+    const int64_t S = cp * L;
+    double seconds[2] = {0, 0};
+    int64_t bytes[2] = {0, 0};
+    for (bool halo : {false, true}) {
+      const std::vector<RankReport> reports = RunRing(self, cp, S, repeat, "contiguous", W, halo);
+      if (reports.empty()) {
+        std::fprintf(stderr, "error: a rank of the sliding cp=%d ring failed\n", cp);
+        return;
+      }
+      for (const RankReport& x : reports) {
+        seconds[halo] = std::max(seconds[halo], x.total);
+        bytes[halo] += x.fwd_bytes + x.bwd_bytes;
+      }
+    }
+    std::printf(
+        "sliding layer W=%lld, L=%lld, cp=%d: whole chunks %.3f s and %lld bytes sent "
+        "(fwd+bwd, all ranks); halo exchange %.3f s and %lld bytes: %.3f of the bytes, "
+        "speedup %.2f\n",
+        static_cast<long long>(W), static_cast<long long>(L), cp, seconds[0],
+        static_cast<long long>(bytes[0]), seconds[1], static_cast<long long>(bytes[1]),
+        static_cast<double>(bytes[1]) / static_cast<double>(bytes[0]), seconds[0] / seconds[1]);
+    const std::string p = "ring_sliding_cp" + std::to_string(cp) + "_";
+    figures.push_back("figure: " + p + "halo_bytes_vs_whole_chunks " +
+                      std::to_string(static_cast<double>(bytes[1]) / bytes[0]));
+    figures.push_back("figure: " + p + "halo_speedup " + std::to_string(seconds[0] / seconds[1]));
+  }
+}
 
 int RunDriver(const char* self, int64_t seq_len, int repeat) {
   std::printf(
@@ -222,7 +313,7 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
   const auto batch = MakeBatch(seq_len);
   double single = 1e30;
   for (int i = 0; i < repeat; ++i) {
-    auto r = kernels::reference::RunChunked(batch, Layer(), 1, **cpu);
+    auto r = kernels::reference::RunChunked(batch, Layer(0), 1, **cpu);
     if (!r.ok()) {
       std::fprintf(stderr, "error: %s\n", r.status().ToString().c_str());
       return 1;
@@ -237,43 +328,17 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
     double contiguous_step = 0.0;
     for (batch::LayoutKind kind : {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
       const std::string layout_name(batch::LayoutName(kind));
-      char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
-      const std::string dir = mkdtemp(tmpl);
-      std::vector<pid_t> pids;
       const Clock::time_point t0 = Clock::now();
-      for (int r = 0; r < cp; ++r) {
-        std::vector<std::string> args = {self,
-                                         "--rank=" + std::to_string(r),
-                                         "--cp=" + std::to_string(cp),
-                                         "--dir=" + dir,
-                                         "--seq_len=" + std::to_string(seq_len),
-                                         "--repeat=" + std::to_string(repeat),
-                                         "--layout=" + layout_name};
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        pid_t pid;
-        if (posix_spawn(&pid, self, nullptr, nullptr, argv.data(), environ) != 0) return 1;
-        pids.push_back(pid);
-      }
-      bool ok = true;
-      for (pid_t pid : pids) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      }
-      if (!ok) {
+      const std::vector<RankReport> reports =
+          RunRing(self, cp, seq_len, repeat, layout_name, /*window=*/0, /*halo=*/true);
+      if (reports.empty()) {
         std::fprintf(stderr, "error: a rank of the cp=%d ring failed\n", cp);
         return 1;
       }
       std::printf("cp=%d ring, %s layout (%d processes, wall %.1f s incl. start-up):\n", cp,
                   layout_name.c_str(), cp, Since(t0));
-      std::vector<RankReport> reports(cp);
       for (int r = 0; r < cp; ++r) {
-        std::ifstream in(dir + "/report" + std::to_string(r));
-        RankReport& x = reports[r];
-        in >> x.total >> x.compute >> x.fwd_wait >> x.steps >> x.fwd_bytes >> x.bare >>
-            x.chunk_bytes >> x.fwd_total >> x.bwd_total >> x.peak_rss >> x.shard_bytes;
+        const RankReport& x = reports[r];
         std::printf(
             "  rank %d: fwd+bwd %.3f s, compute %.3f s, fwd comm wait %.4f s, bare "
             "exchange %.4f s, peak RSS in the ring %.0f MiB (%.2fx its shard's tensors, "
@@ -281,7 +346,6 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
             r, x.total, x.compute, x.fwd_wait, x.bare, x.peak_rss / 1048576.0,
             x.peak_rss / x.shard_bytes);
       }
-      std::filesystem::remove_all(dir);
       // Hidden communication, per rank: the share of a bare exchange that did
       // not show up as waiting after compute. The wait also holds time spent
       // on slower peers (causal imbalance), so this is a lower bound.
@@ -333,6 +397,7 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
       if (kind != batch::LayoutKind::kContiguous) fig("speedup_over_contiguous", over_contiguous);
     }
   }
+  RunSliding(self, repeat, figures);
   std::printf("\n");
   for (const std::string& f : figures) std::printf("%s\n", f.c_str());
   std::printf("figure: ring_one_process_fwd_bwd_seconds %.3f\n", single);
@@ -352,6 +417,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: --seq_len must be a positive multiple of 8\n");
     return 2;
   }
+  const int64_t sliding_len = absl::GetFlag(FLAGS_sliding_shard_len);
+  if (sliding_len < 8 || sliding_len % 8 != 0 || absl::GetFlag(FLAGS_sliding_window) < 1) {
+    std::fprintf(stderr,
+                 "error: --sliding_shard_len must be a positive multiple of 8 and "
+                 "--sliding_window positive\n");
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_rank) >= 0) {
     const std::string layout = absl::GetFlag(FLAGS_layout);
     if (layout != "contiguous" && layout != "zigzag") {
@@ -361,7 +433,8 @@ int main(int argc, char** argv) {
     return ringattn::bench::RunRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_cp),
                                     absl::GetFlag(FLAGS_dir), seq_len, repeat,
                                     layout == "zigzag" ? ringattn::batch::LayoutKind::kZigzag
-                                                       : ringattn::batch::LayoutKind::kContiguous);
+                                                       : ringattn::batch::LayoutKind::kContiguous,
+                                    absl::GetFlag(FLAGS_window), absl::GetFlag(FLAGS_halo));
   }
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);

@@ -283,6 +283,15 @@ def build():
         [(f"sum by (pod, op) (rate(ringattn_ring_step_compute_seconds_sum{{{WORKER}}}[{RATE}])) / "
           f"sum by (pod, op) (rate(ringattn_ring_pairs_computed_total{{{WORKER}}}[{RATE}]))",
           "{{pod}} {{op}}")]), 12, 8)
+    g.add(timeseries(
+        "Forwards by shard layout",
+        "Completed forwards per second by the layout their sequence was sharded in: "
+        "contiguous (sliding layers, non-causal ones) or zigzag (full causal layers, "
+        "balanced across ranks). A full causal layer on contiguous shards leaves the last "
+        "rank doing about cp times the first's work.",
+        "reqps",
+        [(f"sum by (layout) (rate(ringattn_layout_calls_total{{{COORD}}}[{RATE}]))",
+          "{{layout}}")], stack=True), 24, 6)
 
     g.row("Throughput")
     g.add(timeseries(

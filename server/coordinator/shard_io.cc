@@ -102,11 +102,17 @@ worker::v1::RegionSlice SliceOf(const std::string& name, const RegionTensor& ten
   slice.set_rows(static_cast<uint64_t>(outer));
   slice.set_row_bytes(static_cast<uint64_t>(layout.seq_len() * position_bytes));
   slice.set_shard_row_bytes(static_cast<uint64_t>(layout.shard_len() * position_bytes));
-  if (const int64_t real = layout.RealLen(rank); real > 0) {
-    auto* run = slice.add_runs();
-    run->set_tensor_offset(static_cast<uint64_t>(layout.Begin(rank) * position_bytes));
-    run->set_shard_offset(0);
-    run->set_bytes(static_cast<uint64_t>(real * position_bytes));
+  // One run per segment, cut at S: the rest of the shard is padding.
+  int64_t local = 0;
+  for (const batch::Segment& seg : layout.Segments(rank)) {
+    const int64_t real = std::clamp<int64_t>(layout.seq_len() - seg.start, 0, seg.len);
+    if (real > 0) {
+      auto* run = slice.add_runs();
+      run->set_tensor_offset(static_cast<uint64_t>(seg.start * position_bytes));
+      run->set_shard_offset(static_cast<uint64_t>(local * position_bytes));
+      run->set_bytes(static_cast<uint64_t>(real * position_bytes));
+    }
+    local += seg.len;
   }
   return slice;
 }
@@ -242,24 +248,30 @@ absl::Status ScatterAnswer(std::vector<ShardReader>& readers, const ExpectedTens
   for (size_t i = 3; i < shard.shape.size(); ++i) inner *= shard.shape[i];
   const auto row = static_cast<uint64_t>(inner) * wire::WireDTypeSize(shard.dtype);
   const auto seq = static_cast<uint64_t>(layout.seq_len());
+  // Row by row as the ranks send them, each reader in its local order.
   for (int64_t o = 0; o < outer; ++o) {
     for (size_t r = 0; r < readers.size(); ++r) {
       if (direct[r]) continue;
-      const int64_t rows = layout.RealLen(static_cast<int>(r));
-      uint64_t at = tensor.offset +
-                    (static_cast<uint64_t>(o) * seq + static_cast<uint64_t>(layout.Begin(r))) * row;
-      absl::Status wrote;
-      absl::Status s = readers[r].Read(static_cast<uint64_t>(rows) * row,
-                                       [&](std::span<const std::byte> run, std::string*) {
-                                         wrote = tensor.region->file.Write(at, run);
-                                         at += run.size();
-                                         return wrote.ok();
-                                       });
-      if (!wrote.ok()) return wrote;
-      if (s.ok() && rows < layout.shard_len()) {
-        s = readers[r].Skip(static_cast<uint64_t>(layout.shard_len() - rows) * row);
+      for (const batch::Segment& seg : layout.Segments(static_cast<int>(r))) {
+        const int64_t rows = std::clamp<int64_t>(layout.seq_len() - seg.start, 0, seg.len);
+        uint64_t at = tensor.offset +
+                      (static_cast<uint64_t>(o) * seq + static_cast<uint64_t>(seg.start)) * row;
+        absl::Status wrote;
+        absl::Status s = absl::OkStatus();
+        if (rows > 0) {
+          s = readers[r].Read(static_cast<uint64_t>(rows) * row,
+                              [&](std::span<const std::byte> run, std::string*) {
+                                wrote = tensor.region->file.Write(at, run);
+                                at += run.size();
+                                return wrote.ok();
+                              });
+        }
+        if (!wrote.ok()) return wrote;
+        if (s.ok() && rows < seg.len) {
+          s = readers[r].Skip(static_cast<uint64_t>(seg.len - rows) * row);
+        }
+        if (!s.ok()) return s;
       }
-      if (!s.ok()) return s;
     }
   }
   return absl::OkStatus();

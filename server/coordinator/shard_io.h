@@ -69,8 +69,8 @@ struct CallRegions {
 };
 
 // Rank `rank`'s slice of the sequence tensor [outer, S, inner] that lies at
-// `tensor`, as the rank reads or writes it: [outer, L, inner], its real
-// positions (Begin(r) on, RealLen(r) of them) from each row.
+// `tensor`, as the rank reads or writes it: [outer, L, inner], one run per
+// segment of the layout, cut at S (the padding has no bytes in the region).
 worker::v1::RegionSlice SliceOf(const std::string& name, const RegionTensor& tensor, int64_t outer,
                                 int64_t position_bytes, const batch::ShardLayout& layout, int rank);
 

@@ -159,24 +159,29 @@ def test_prometheus_scrapes_the_job(cluster, prometheus):
          lambda r: sum(r.values()) > out_bytes, "api bytes out")
     poll(prometheus, 'ringattn_sent_bytes_total{job="ringattn-worker",channel="ring"}',
          lambda r: len(r) == 2 and all(v > 0 for v in r.values()), "ring bytes")
+    # A full causal layer runs on zigzag shards (the coordinator's choice).
+    poll(prometheus, 'ringattn_layout_calls_total{job="ringattn-coordinator"}',
+         lambda r: {dict(k)["layout"]: v for k, v in r.items()} == {"contiguous": 0,
+                                                                   "zigzag": 1},
+         "forwards by layout")
     # Latency histograms: one whole call each; per ring step, cp steps per
-    # rank for a causal forward wait on the ring, and the computed ones
-    # compute: rank 0 skips rank 1's (future) chunk.
+    # rank wait on the ring, and on zigzag shards every rank computes every
+    # step (each holds an early and a late chunk).
     poll(prometheus, 'ringattn_call_duration_seconds_count{op="forward"}',
          lambda r: sum(r.values()) == 1, "forward latency histogram")
     poll(prometheus, 'ringattn_call_duration_seconds_count{op="backward"}',
          lambda r: sum(r.values()) == 1, "backward latency histogram")
     compute = poll(prometheus, 'ringattn_ring_step_compute_seconds_count{op="forward"}',
                    lambda r: len(r) == 2, "ring step compute")
-    assert sorted(compute.values()) == [1, 2], compute
+    assert sorted(compute.values()) == [2, 2], compute
     poll(prometheus, 'ringattn_ring_step_comm_wait_seconds_count{op="forward"}',
          lambda r: len(r) == 2 and all(v == 2 for v in r.values()), "ring step wait")
-    # Work of the computed steps: causal pairs B H (L(L+1)/2) on rank 0 and
-    # B H (L^2 + L(L+1)/2) on rank 1, L = S / 2; together every causal pair.
-    L = S // 2
+    # Work of the computed steps: zigzag gives both ranks half of the
+    # causal pairs, B H S(S+1)/4 each (rank 0 holds chunks 0 and 3 of S/4,
+    # rank 1 chunks 1 and 2).
     pairs = poll(prometheus, 'ringattn_ring_pairs_computed_total{op="forward"}',
                  lambda r: len(r) == 2 and all(v > 0 for v in r.values()), "pairs computed")
-    assert sorted(pairs.values()) == [H * L * (L + 1) // 2, H * (L * L + L * (L + 1) // 2)]
+    assert sorted(pairs.values()) == [H * S * (S + 1) // 4] * 2
     backward_pairs = poll(prometheus, 'ringattn_ring_pairs_computed_total{op="backward"}',
                           lambda r: len(r) == 2 and all(v > 0 for v in r.values()),
                           "backward pairs computed")

@@ -158,15 +158,19 @@ const Mix kMixedOther{{"k", "padding_mask", "vision_groups"}, {"lse"}, false, {"
 
 // Runs forward + backward with `mix`, checks both against the oracle.
 void ExpectParity(client::AttentionClient& c, const SyntheticBatch& b,
-                  const client::EncodedBatch& e, const kernels::LayerConfig& layer,
-                  const Mix& mix) {
+                  const client::EncodedBatch& e, const kernels::LayerConfig& layer, const Mix& mix,
+                  attention::v1::ShardLayout layout = attention::v1::SHARD_LAYOUT_AUTO) {
   RegionBatch rb(b, e);
   ASSERT_TRUE(c.RegisterRegion(kRegion, rb.region().shm_name(), rb.size()).ok());
   const OracleResult want = server::testing::ComputeOracle(b, layer, /*backward=*/true);
   client::ForwardInputs in = rb.Forward(mix.forward_in, mix.forward_out);
   in.layer = client::ToWire(layer);
+  in.layout = layout;
   absl::StatusOr<client::ForwardOutputs> f = c.Forward(in);
   ASSERT_TRUE(f.ok()) << f.status();
+  if (layout != attention::v1::SHARD_LAYOUT_AUTO) {
+    EXPECT_EQ(f->session.layout(), layout);
+  }
   const std::vector<std::byte> out =
       mix.forward_out.contains("out")
           ? std::vector<std::byte>(rb.Bytes("out").begin(), rb.Bytes("out").end())
@@ -251,6 +255,29 @@ TEST(RegionServiceTest, MixedPlacementStreamsToTheWorkerThatCannotReadRegions) {
   EXPECT_EQ(TensorBytes(workers[0], "shard"), rank0 + 50 * 9) << "rank 0 reads the region itself";
   EXPECT_GT(TensorBytes(workers[1], "shard"), rank1) << "rank 1 has its slices streamed";
   ExpectParity(*c, b, *e, Sliding(40), kMixed);
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// Zigzag shards through regions: rank 0 holds chunks 0 and 3, the last cut
+// by the padding (S = 98, P = 100), and cannot read regions, so the
+// coordinator scatters its two segments into the region and writes its
+// answers back segment by segment; rank 1 reads its one run itself.
+TEST(RegionServiceTest, ZigzagSegmentsGoToTheirPlacesInTheRegion) {
+  client::LocalClusterOptions options;
+  options.cp = 2;
+  options.rank_worker_flags[0] = {"--shm_regions=false"};
+  auto cluster = StartCluster(options);
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {2, 4, 2, 98, 32}, {kernels::reference::GemmaLikeLayout(98)}, kernels::DType::kF32, 12);
+  const auto e = client::EncodeBatch(b, Sliding(40));
+  kernels::LayerConfig full;
+  full.scale = 0.125f;
+  for (const Mix& mix : {kAll, kMixed, kMixedOther}) {
+    ExpectParity(*c, b, *e, full, mix, attention::v1::SHARD_LAYOUT_ZIGZAG);
+  }
   c.reset();
   EXPECT_TRUE(cluster->Stop().ok());
 }

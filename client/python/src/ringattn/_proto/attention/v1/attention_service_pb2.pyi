@@ -7,6 +7,9 @@ from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+SHARD_LAYOUT_AUTO: ShardLayout
+SHARD_LAYOUT_CONTIGUOUS: ShardLayout
+SHARD_LAYOUT_ZIGZAG: ShardLayout
 
 class BackwardHeader(_message.Message):
     __slots__ = ["handle", "kv_heads", "outputs"]
@@ -37,16 +40,18 @@ class BackwardResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., metrics: _Optional[_Union[CallMetrics, _Mapping]] = ...) -> None: ...
 
 class CallMetrics(_message.Message):
-    __slots__ = ["flops", "flops_per_second", "ranks", "seconds"]
+    __slots__ = ["flops", "flops_per_second", "layout", "ranks", "seconds"]
     FLOPS_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     flops: float
     flops_per_second: float
+    layout: ShardLayout
     ranks: _containers.RepeatedCompositeFieldContainer[RankMetrics]
     seconds: float
-    def __init__(self, seconds: _Optional[float] = ..., flops: _Optional[float] = ..., flops_per_second: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[RankMetrics, _Mapping]]] = ...) -> None: ...
+    def __init__(self, seconds: _Optional[float] = ..., flops: _Optional[float] = ..., flops_per_second: _Optional[float] = ..., ranks: _Optional[_Iterable[_Union[RankMetrics, _Mapping]]] = ..., layout: _Optional[_Union[ShardLayout, str]] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = []
@@ -67,13 +72,14 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, cp: _Optional[int] = ..., ring_ready: bool = ..., ring_generation: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., open_sessions: _Optional[int] = ...) -> None: ...
 
 class ForwardHeader(_message.Message):
-    __slots__ = ["batch", "dtype", "head_dim", "heads", "kv_heads", "layer", "outputs", "seq_len"]
+    __slots__ = ["batch", "dtype", "head_dim", "heads", "kv_heads", "layer", "layout", "outputs", "seq_len"]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     batch: int
@@ -82,9 +88,10 @@ class ForwardHeader(_message.Message):
     heads: int
     kv_heads: int
     layer: LayerConfig
+    layout: ShardLayout
     outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorRef]
     seq_len: int
-    def __init__(self, layer: _Optional[_Union[LayerConfig, _Mapping]] = ..., dtype: _Optional[str] = ..., batch: _Optional[int] = ..., heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., seq_len: _Optional[int] = ..., head_dim: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ...) -> None: ...
+    def __init__(self, layer: _Optional[_Union[LayerConfig, _Mapping]] = ..., dtype: _Optional[str] = ..., batch: _Optional[int] = ..., heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., seq_len: _Optional[int] = ..., head_dim: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorRef, _Mapping]]] = ..., layout: _Optional[_Union[ShardLayout, str]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ["chunk", "header", "tensor_ref"]
@@ -229,16 +236,18 @@ class ReleaseResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ["cp", "handle", "padded_len", "ring_generation"]
+    __slots__ = ["cp", "handle", "layout", "padded_len", "ring_generation"]
     CP_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     PADDED_LEN_FIELD_NUMBER: _ClassVar[int]
     RING_GENERATION_FIELD_NUMBER: _ClassVar[int]
     cp: int
     handle: str
+    layout: ShardLayout
     padded_len: int
     ring_generation: int
-    def __init__(self, handle: _Optional[str] = ..., padded_len: _Optional[int] = ..., cp: _Optional[int] = ..., ring_generation: _Optional[int] = ...) -> None: ...
+    def __init__(self, handle: _Optional[str] = ..., padded_len: _Optional[int] = ..., cp: _Optional[int] = ..., ring_generation: _Optional[int] = ..., layout: _Optional[_Union[ShardLayout, str]] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
     __slots__ = ["bytes_received", "bytes_sent", "chunk_owner", "comm_wait_seconds", "compute_seconds", "computed", "step"]
@@ -277,3 +286,6 @@ class WorkerStatus(_message.Message):
     rank: int
     up: bool
     def __init__(self, rank: _Optional[int] = ..., address: _Optional[str] = ..., up: bool = ...) -> None: ...
+
+class ShardLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
