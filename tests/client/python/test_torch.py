@@ -22,7 +22,8 @@ F = torch.nn.functional
 
 from conftest import wait_for_sessions  # noqa: E402
 from ringattn import Client, Layer, RingattnError  # noqa: E402
-from ringattn.torch import RingAttention, ring_attention, ring_attention_async  # noqa: E402
+from ringattn.torch import (RingAttention, prepare_batch, ring_attention,  # noqa: E402
+                            ring_attention_async)
 
 HAVE_SDPA = hasattr(F, "scaled_dot_product_attention")
 
@@ -270,6 +271,73 @@ def test_bad_inputs_are_invalid_argument(client):
         ring_attention(q, k, v, client, layout="bsd")
     with pytest.raises(RingattnError, match="dtypes differ"):
         ring_attention(q, k.half(), v, client)
+
+
+@pytest.mark.parametrize("shard_layout", ["contiguous", "zigzag"])
+def test_forced_shard_layouts_match_the_oracle(client, shard_layout):
+    q, k, v, dout, doc, pad = batch(31)
+    layer = Layer(scale=0.3)
+    ins = [t.float().requires_grad_() for t in (q, k, v)]
+    ref_in = [t.detach().double().requires_grad_() for t in ins]
+    want = oracle(*ref_in, allowed(doc, pad, 0), 0.3, pad)
+    want_grads = grads_of(want, dout, *ref_in)
+    attn = RingAttention(client, layer, shard_layout=shard_layout)
+    out = attn(*ins, doc_ids=doc, padding_mask=pad)
+    assert rel_err(out, want) < 1e-5
+    for got, ref in zip(grads_of(out, dout.float(), *ins), want_grads):
+        assert rel_err(got, ref) < 1e-5
+    with pytest.raises(TypeError, match="doc_id"):
+        attn(*ins, doc_id=doc)
+    # The setting reaches the client, which checks it before sending.
+    with pytest.raises(RingattnError, match="shard_layout 'ring'"):
+        RingAttention(client, layer, shard_layout="ring")(*ins)
+
+
+def test_hf_attention_mask_and_packed_ids(client):
+    """A Hugging Face batch's own tensors: attention_mask [B, S] (1 = token)
+    and packed_seq_ids; the same as the explicit metadata, bit for bit."""
+    q, k, v, dout, doc, pad = batch(33)
+    ins = [t.float() for t in (q, k, v)]
+    want = oracle(*(t.double() for t in ins), allowed(doc, pad, 16), 0.5, pad)
+    layer = Layer(sliding=True, window=16, scale=0.5)
+    explicit = ring_attention(*ins, client, layer=layer, doc_ids=doc, padding_mask=pad)
+    hf = ring_attention(*ins, client, layer=layer, attention_mask=(~pad).long(),
+                        packed_seq_ids=doc.long())
+    torch.testing.assert_close(hf, explicit, rtol=0, atol=0)
+    assert rel_err(hf, want) < 1e-5
+    # The [B, 1, S, S] additive mask HF builds for a bf16 model: 0 attends, the
+    # dtype's lowest does not (padding rows attend to nothing).
+    attend = allowed(doc, pad, 16) & ~pad[:, None, :, None]
+    lowest = torch.finfo(torch.bfloat16).min
+    additive = torch.zeros(attend.shape, dtype=torch.bfloat16).masked_fill(~attend, lowest)
+    hf4 = ring_attention(*ins, client, layer=layer, attention_mask=additive,
+                         packed_seq_ids=doc.long())
+    torch.testing.assert_close(hf4, explicit, rtol=0, atol=0)
+
+
+def test_prepare_batch_gives_torch_tensors(client):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 1000, (2, 29), generator=g)
+    labels = ids.roll(-1, 1)
+    embeds = torch.rand(2, 29, 8, generator=g).to(torch.bfloat16)
+    prepared = prepare_batch(client, input_ids=ids, labels=labels, pad_token_id=7,
+                             include_shards=True)
+    P = prepared.padded_len
+    assert P >= 29 and P % prepared.cp == 0
+    assert prepared["input_ids"].dtype == ids.dtype
+    torch.testing.assert_close(prepared["input_ids"][:, :29], ids, rtol=0, atol=0)
+    assert (prepared["input_ids"][:, 29:] == 7).all()
+    assert (prepared["labels"][:, 29:] == -100).all()
+    assert prepared["padding_mask"].dtype == torch.bool
+    assert prepared["padding_mask"][:, 29:].all() and not prepared["padding_mask"][:, :29].any()
+    L = prepared.shard_len
+    for r, shard in enumerate(prepared.shards):
+        torch.testing.assert_close(shard["input_ids"], prepared["input_ids"][:, r * L:(r + 1) * L],
+                                   rtol=0, atol=0)
+    e = prepare_batch(client, inputs_embeds=embeds, loss_mask=torch.ones(2, 29, dtype=torch.bool))
+    assert e["inputs_embeds"].dtype == torch.bfloat16
+    torch.testing.assert_close(e["inputs_embeds"][:, :29], embeds, rtol=0, atol=0)
+    assert (e["inputs_embeds"][:, 29:] == 0).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -7,7 +7,8 @@ autograd integration: ringattn.torch (the `ringattn[torch]` extra).
 from ringattn.client import Client
 from ringattn.errors import RingattnError
 from ringattn.layer import Layer
-from ringattn.results import BackwardResult, ForwardResult
+from ringattn.results import BackwardResult, ForwardResult, PreparedBatch
 
 __version__ = "0.1.0"
-__all__ = ["BackwardResult", "Client", "ForwardResult", "Layer", "RingattnError", "__version__"]
+__all__ = ["BackwardResult", "Client", "ForwardResult", "Layer", "PreparedBatch",
+           "RingattnError", "__version__"]

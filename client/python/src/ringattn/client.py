@@ -38,7 +38,7 @@ from ringattn._proto.attention.v1 import attention_service_pb2 as pb
 from ringattn._proto.attention.v1 import attention_service_pb2_grpc as pb_grpc
 from ringattn.errors import RingattnError, invalid
 from ringattn.layer import Layer
-from ringattn.results import BackwardResult, ForwardResult
+from ringattn.results import SHARD_LAYOUTS, BackwardResult, ForwardResult, PreparedBatch
 from ringattn.wire import FLOAT_WIRE, NUMPY_DTYPES, Assembler, chunks, flag_last
 
 T = TypeVar("T")
@@ -98,6 +98,57 @@ def _metadata(name: str, array: Any, wire: str, batch: int, seq: int) -> np.ndar
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         raise invalid(f"{name}.dtype {array.dtype}: integers or bools")
     return array.astype(NUMPY_DTYPES[wire], copy=False)
+
+
+def _integer_wire(name: str, array: np.ndarray) -> str:
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint64:
+        raise invalid(f"{name}.dtype {array.dtype}: integers")
+    return "INT64" if array.dtype.itemsize == 8 or array.dtype == np.uint32 else "INT32"
+
+
+def _mask_wire(name: str, array: np.ndarray) -> str:
+    """A mask's wire dtype: BOOL, INT32/INT64, FP32 or FP16; float64 travels as
+    FP32 (an additive mask's 0 and -inf or lowest survive the cast), uint16 as
+    integers (numpy has no bfloat16)."""
+    if array.dtype == np.bool_:
+        return "BOOL"
+    if array.dtype == np.float16:
+        return "FP16"
+    if np.issubdtype(array.dtype, np.floating):
+        return "FP32"
+    if np.issubdtype(array.dtype, np.integer):
+        return _integer_wire(name, array)
+    raise invalid(f"{name}.dtype {array.dtype}: bools, integers or floats")
+
+
+def _hf_metadata(attention_mask: Any, mm_token_type_ids: Any, packed_seq_ids: Any, batch: int,
+                 seq: int) -> List[Tuple[str, np.ndarray, str]]:
+    """The Hugging Face forms of a batch's metadata (SPEC §1), checked and in
+    their wire dtypes: attention_mask [B, S] or [B, 1, S, S], the others [B, S]."""
+    out: List[Tuple[str, np.ndarray, str]] = []
+    if attention_mask is not None:
+        mask = np.asarray(attention_mask)
+        if mask.shape not in ((batch, seq), (batch, 1, seq, seq)):
+            raise invalid(f"attention_mask must be [B, S] = [{batch}, {seq}] or [B, 1, S, S] = "
+                          f"[{batch}, 1, {seq}, {seq}], got {list(mask.shape)}")
+        wire = _mask_wire("attention_mask", mask)
+        out.append(("attention_mask", mask.astype(NUMPY_DTYPES[wire], copy=False), wire))
+    for name, value in (("mm_token_type_ids", mm_token_type_ids),
+                        ("packed_seq_ids", packed_seq_ids)):
+        if value is None:
+            continue
+        array = np.asarray(value)
+        if array.shape != (batch, seq):
+            raise invalid(f"{name} must be [B, S] = [{batch}, {seq}], got {list(array.shape)}")
+        wire = _integer_wire(name, array)
+        out.append((name, array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+    return out
+
+
+def _layout_proto(shard_layout: str) -> int:
+    if shard_layout not in SHARD_LAYOUTS:
+        raise invalid(f"shard_layout {shard_layout!r}: one of {sorted(SHARD_LAYOUTS)}")
+    return SHARD_LAYOUTS[shard_layout]
 
 
 def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Tuple[int, int, int, int, int]:
@@ -217,11 +268,22 @@ class Client:
                 layer: Optional[Layer] = None, dtype: Optional[str] = None,
                 doc_ids: Optional[np.ndarray] = None, vision_groups: Optional[np.ndarray] = None,
                 padding_mask: Optional[np.ndarray] = None, *,
+                attention_mask: Optional[np.ndarray] = None,
+                mm_token_type_ids: Optional[np.ndarray] = None,
+                packed_seq_ids: Optional[np.ndarray] = None, shard_layout: str = "auto",
                 timeout: Optional[float] = None) -> ForwardResult:
         """Opens a session. q: [B, H, S, D]; k, v: [B, Hkv, S, D], all in one dtype
         (float32, float16, or uint16 bfloat16 bits with dtype='BF16'). doc_ids
         [B, S] (1-based documents, 0 = padding), vision_groups [B, S] (-1 =
-        none), padding_mask [B, S] (1 = padding)."""
+        none), padding_mask [B, S] (1 = padding).
+
+        Or the metadata as a Hugging Face batch has it, derived by the
+        coordinator: attention_mask [B, S] (nonzero = real token) or
+        [B, 1, S, S] (must equal the layer's mask), mm_token_type_ids [B, S]
+        (1 image, 2 video: each run is a vision group), packed_seq_ids [B, S]
+        (documents). shard_layout: "auto", "contiguous" or "zigzag" (the
+        results are the same; only balance and traffic differ)."""
+        layout = _layout_proto(shard_layout)
         q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
         B, H, Hkv, S, D = _check_qkv(q, k, v)
         wire = _float_wire("q", q, dtype)
@@ -234,8 +296,9 @@ class Client:
                                        ("padding_mask", padding_mask, "BOOL")):
             if array is not None:
                 tensors.append((name, _metadata(name, array, meta_wire, B, S), meta_wire))
+        tensors += _hf_metadata(attention_mask, mm_token_type_ids, packed_seq_ids, B, S)
         header = pb.ForwardHeader(layer=(layer or Layer()).to_proto(), dtype=wire, batch=B,
-                                  heads=H, kv_heads=Hkv, seq_len=S, head_dim=D)
+                                  heads=H, kv_heads=Hkv, seq_len=S, head_dim=D, layout=layout)
         sent_all = [False]
 
         def requests() -> Iterator[pb.ForwardRequest]:
@@ -337,6 +400,88 @@ class Client:
             lambda remaining: self._stub.ClusterStatus(pb.ClusterStatusRequest(),
                                                        timeout=remaining),
             lambda: True, 10.0 if timeout is None else timeout)
+
+    def prepare_batch(self, *, input_ids: Optional[np.ndarray] = None,
+                      inputs_embeds: Optional[np.ndarray] = None,
+                      labels: Optional[np.ndarray] = None, loss_mask: Optional[np.ndarray] = None,
+                      position_ids: Optional[np.ndarray] = None,
+                      attention_mask: Optional[np.ndarray] = None,
+                      mm_token_type_ids: Optional[np.ndarray] = None,
+                      packed_seq_ids: Optional[np.ndarray] = None, pad_token_id: int = 0,
+                      cp: int = 0, include_shards: bool = False, embeds_dtype: Optional[str] = None,
+                      timeout: Optional[float] = None) -> PreparedBatch:
+        """A training batch padded and sharded as the ring computes it (SPEC §1),
+        so the caller's loss and RoPE agree with the attention.
+
+        Exactly one of input_ids [B, S] (integers) and inputs_embeds [B, S, E]
+        (float32, float16, or uint16 bfloat16 bits with embeds_dtype='BF16');
+        labels [B, S] and/or loss_mask [B, S]; optional position_ids [B, S] or
+        [3, B, S]; attention_mask, mm_token_type_ids, packed_seq_ids as for
+        forward(). cp: 0 for the ring's, else a ring of that many ranks.
+        include_shards: also every rank's contiguous slice. Nothing is kept on
+        the service, so the call is retried on UNAVAILABLE like a status."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise invalid("give exactly one of input_ids [B, S] and inputs_embeds [B, S, E]")
+        if labels is None and loss_mask is None:
+            raise invalid("give labels or loss_mask (or both), [B, S]")
+        if cp < 0:
+            raise invalid(f"cp must be 0 (the ring's) or positive, got {cp}")
+        tensors: List[Tuple[str, np.ndarray, str]] = []
+        if input_ids is not None:
+            ids = np.asarray(input_ids)
+            if ids.ndim != 2 or min(ids.shape) <= 0:
+                raise invalid(f"input_ids must be [B, S], got {list(ids.shape)}")
+            B, S = ids.shape
+            wire = _integer_wire("input_ids", ids)
+            tensors.append(("input_ids", ids.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        else:
+            embeds = np.asarray(inputs_embeds)
+            if embeds.ndim != 3 or min(embeds.shape) <= 0:
+                raise invalid(f"inputs_embeds must be [B, S, E], got {list(embeds.shape)}")
+            B, S = embeds.shape[:2]
+            wire = _float_wire("inputs_embeds", embeds, embeds_dtype)
+            tensors.append(("inputs_embeds", _as_wire("inputs_embeds", embeds, wire), wire))
+        if labels is not None:
+            array = np.asarray(labels)
+            if array.shape != (B, S):
+                raise invalid(f"labels must be [B, S] = [{B}, {S}], got {list(array.shape)}")
+            wire = _integer_wire("labels", array)
+            tensors.append(("labels", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        if loss_mask is not None:
+            array = np.asarray(loss_mask)
+            if array.shape != (B, S):
+                raise invalid(f"loss_mask must be [B, S] = [{B}, {S}], got {list(array.shape)}")
+            wire = _mask_wire("loss_mask", array)
+            tensors.append(("loss_mask", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        if position_ids is not None:
+            array = np.asarray(position_ids)
+            if array.shape not in ((B, S), (3, B, S)):
+                raise invalid(f"position_ids must be [B, S] = [{B}, {S}] or [3, B, S], got "
+                              f"{list(array.shape)}")
+            wire = _integer_wire("position_ids", array)
+            tensors.append(("position_ids", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        tensors += _hf_metadata(attention_mask, mm_token_type_ids, packed_seq_ids, B, S)
+        header = pb.PrepareBatchHeader(pad_token_id=pad_token_id, cp=cp,
+                                       include_shards=include_shards)
+
+        def requests() -> Iterator[pb.PrepareBatchRequest]:
+            yield pb.PrepareBatchRequest(header=header)
+            for name, array, tensor_wire in tensors:
+                for chunk in chunks(name, tensor_wire, array):
+                    yield pb.PrepareBatchRequest(chunk=chunk)
+
+        def attempt(remaining: float) -> PreparedBatch:
+            assembler, info = Assembler(), None
+            for resp in self._stub.PrepareBatch(requests(), timeout=remaining):
+                if resp.WhichOneof("part") == "info":
+                    info = resp.info
+                else:
+                    assembler.add(resp.chunk)
+            if info is None:
+                raise RingattnError(grpc.StatusCode.INTERNAL, "the answer lacks its info")
+            return PreparedBatch.from_answer(info, assembler)
+
+        return self._call(attempt, lambda: True, timeout)
 
     # -- non-blocking forms -------------------------------------------------
 

@@ -32,9 +32,10 @@ from ringattn._proto.attention.v1 import attention_service_pb2 as pb
 from ringattn.client import Client
 from ringattn.errors import invalid
 from ringattn.layer import Layer
-from ringattn.results import ForwardResult
+from ringattn.results import ForwardResult, PreparedBatch
 
-__all__ = ["PendingAttention", "RingAttention", "ring_attention", "ring_attention_async"]
+__all__ = ["PendingAttention", "RingAttention", "prepare_batch", "ring_attention",
+           "ring_attention_async"]
 
 _WIRE = {torch.float32: "FP32", torch.float16: "FP16", torch.bfloat16: "BF16"}
 _LAYOUTS = ("bhsd", "bshd")
@@ -61,8 +62,17 @@ def _from_numpy(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> 
 
 def _metadata(x: Metadata) -> Optional[np.ndarray]:
     if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu").numpy()
+        x = x.detach().to("cpu")
+        if x.dtype == torch.bfloat16:  # An additive mask; numpy has no bfloat16.
+            x = x.float()
+        return x.numpy()
     return x
+
+
+# The per-call metadata keywords (Client.forward's): explicit, or as a Hugging
+# Face batch has it.
+_METADATA = ("doc_ids", "vision_groups", "padding_mask", "attention_mask", "mm_token_type_ids",
+             "packed_seq_ids")
 
 
 class _Session:
@@ -84,6 +94,7 @@ class _Call:
     client: Client
     layer: Layer
     metadata: Dict[str, Optional[np.ndarray]]
+    shard_layout: str
     timeout: Optional[float]
     release_after_backward: bool
     future: Optional["concurrent.futures.Future[ForwardResult]"] = None
@@ -93,7 +104,7 @@ class _Call:
             return self.future.result()
         return self.client.forward(_to_numpy("q", q), _to_numpy("k", k), _to_numpy("v", v),
                                    self.layer, dtype=_WIRE[q.dtype], timeout=self.timeout,
-                                   **self.metadata)
+                                   shard_layout=self.shard_layout, **self.metadata)
 
 
 class _RingAttentionFunction(torch.autograd.Function):
@@ -151,30 +162,36 @@ def _to_bhsd(layout: str, q: torch.Tensor, k: torch.Tensor,
     return q, k, v
 
 
-def _call(client: Client, layer: Optional[Layer], doc_ids: Metadata, vision_groups: Metadata,
-          padding_mask: Metadata, timeout: Optional[float], release_after_backward: bool) -> _Call:
+def _call(client: Client, layer: Optional[Layer], metadata: Dict[str, Metadata],
+          shard_layout: str, timeout: Optional[float], release_after_backward: bool) -> _Call:
     if not isinstance(client, Client):
         raise TypeError(f"client must be a ringattn.Client, got {type(client).__name__}")
-    metadata = {"doc_ids": _metadata(doc_ids), "vision_groups": _metadata(vision_groups),
-                "padding_mask": _metadata(padding_mask)}
-    return _Call(client, layer or Layer(), metadata, timeout, release_after_backward)
+    arrays = {name: _metadata(metadata.get(name)) for name in _METADATA}
+    return _Call(client, layer or Layer(), arrays, shard_layout, timeout, release_after_backward)
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, client: Client, *,
                    layer: Optional[Layer] = None, layout: str = "bhsd",
                    doc_ids: Metadata = None, vision_groups: Metadata = None,
-                   padding_mask: Metadata = None, timeout: Optional[float] = None,
+                   padding_mask: Metadata = None, attention_mask: Metadata = None,
+                   mm_token_type_ids: Metadata = None, packed_seq_ids: Metadata = None,
+                   shard_layout: str = "auto", timeout: Optional[float] = None,
                    release_after_backward: bool = True) -> torch.Tensor:
     """Ring attention through the service, differentiable in q, k and v.
 
     q: [B, H, S, D] (layout="bhsd") or [B, S, H, D] ("bshd"); k, v the same with
     Hkv heads (H a multiple of Hkv). doc_ids, vision_groups, padding_mask:
-    [B, S] (see Client.forward). Returns the attention output in q's layout,
-    dtype and device.
+    [B, S]; or as a Hugging Face batch has them, attention_mask [B, S] or
+    [B, 1, S, S], mm_token_type_ids and packed_seq_ids [B, S] (see
+    Client.forward). shard_layout: "auto", "contiguous" or "zigzag". Returns
+    the attention output in q's layout, dtype and device.
     """
     qb, kb, vb = _to_bhsd(layout, q, k, v)
-    call = _call(client, layer, doc_ids, vision_groups, padding_mask, timeout,
-                 release_after_backward)
+    call = _call(client, layer, dict(doc_ids=doc_ids, vision_groups=vision_groups,
+                                     padding_mask=padding_mask, attention_mask=attention_mask,
+                                     mm_token_type_ids=mm_token_type_ids,
+                                     packed_seq_ids=packed_seq_ids),
+                 shard_layout, timeout, release_after_backward)
     out = _RingAttentionFunction.apply(qb, kb, vb, call)
     return out.transpose(1, 2) if layout == "bshd" else out
 
@@ -210,17 +227,23 @@ class PendingAttention:
 def ring_attention_async(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, client: Client, *,
                          layer: Optional[Layer] = None, layout: str = "bhsd",
                          doc_ids: Metadata = None, vision_groups: Metadata = None,
-                         padding_mask: Metadata = None, timeout: Optional[float] = None,
+                         padding_mask: Metadata = None, attention_mask: Metadata = None,
+                         mm_token_type_ids: Metadata = None, packed_seq_ids: Metadata = None,
+                         shard_layout: str = "auto", timeout: Optional[float] = None,
                          release_after_backward: bool = True) -> PendingAttention:
     """ring_attention that returns at once: Q/K/V are copied to host memory
     here, sent on the client's worker threads, and wait() returns the output.
     Later in-place changes to q, k, v do not reach the service."""
     qb, kb, vb = _to_bhsd(layout, q, k, v)
-    call = _call(client, layer, doc_ids, vision_groups, padding_mask, timeout,
-                 release_after_backward)
+    call = _call(client, layer, dict(doc_ids=doc_ids, vision_groups=vision_groups,
+                                     padding_mask=padding_mask, attention_mask=attention_mask,
+                                     mm_token_type_ids=mm_token_type_ids,
+                                     packed_seq_ids=packed_seq_ids),
+                 shard_layout, timeout, release_after_backward)
     arrays = [_to_numpy(name, t) for name, t in (("q", qb), ("k", kb), ("v", vb))]
     call.future = client.forward_async(*arrays, call.layer, dtype=_WIRE[qb.dtype],
-                                       timeout=timeout, **call.metadata)
+                                       timeout=timeout, shard_layout=shard_layout,
+                                       **call.metadata)
     return PendingAttention(qb, kb, vb, layout, call)
 
 
@@ -232,32 +255,71 @@ class RingAttention(nn.Module):
     """
 
     def __init__(self, address: Union[str, Client], layer: Optional[Layer] = None, *,
-                 layout: str = "bhsd", timeout: Optional[float] = None,
-                 release_after_backward: bool = True, **client_kwargs: Any) -> None:
+                 layout: str = "bhsd", shard_layout: str = "auto",
+                 timeout: Optional[float] = None, release_after_backward: bool = True,
+                 **client_kwargs: Any) -> None:
         super().__init__()
         if layout not in _LAYOUTS:
             raise invalid(f"layout {layout!r}: one of {_LAYOUTS}")
         self.client = address if isinstance(address, Client) else Client(address, **client_kwargs)
         self.layer = layer or Layer()
         self.layout = layout
+        self.shard_layout = shard_layout
         self.timeout = timeout
         self.release_after_backward = release_after_backward
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,  # type: ignore[override]
-                doc_ids: Metadata = None, vision_groups: Metadata = None,
-                padding_mask: Metadata = None) -> torch.Tensor:
-        return ring_attention(q, k, v, self.client, layer=self.layer, layout=self.layout,
-                              doc_ids=doc_ids, vision_groups=vision_groups,
-                              padding_mask=padding_mask, timeout=self.timeout,
-                              release_after_backward=self.release_after_backward)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
+                **metadata: Metadata) -> torch.Tensor:
+        """metadata: ring_attention's doc_ids, ..., packed_seq_ids keywords."""
+        return ring_attention(q, k, v, self.client, **self._settings(metadata))
 
-    def forward_async(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                      doc_ids: Metadata = None, vision_groups: Metadata = None,
-                      padding_mask: Metadata = None) -> PendingAttention:
-        return ring_attention_async(q, k, v, self.client, layer=self.layer, layout=self.layout,
-                                    doc_ids=doc_ids, vision_groups=vision_groups,
-                                    padding_mask=padding_mask, timeout=self.timeout,
-                                    release_after_backward=self.release_after_backward)
+    def forward_async(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      **metadata: Metadata) -> PendingAttention:
+        return ring_attention_async(q, k, v, self.client, **self._settings(metadata))
+
+    def _settings(self, metadata: Dict[str, Metadata]) -> Dict[str, Any]:
+        unknown = sorted(set(metadata) - set(_METADATA))
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}; metadata is one of "
+                            f"{list(_METADATA)}")
+        return dict(layer=self.layer, layout=self.layout, shard_layout=self.shard_layout,
+                    timeout=self.timeout, release_after_backward=self.release_after_backward,
+                    **metadata)
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer}, layout={self.layout!r}"
+        return f"layer={self.layer}, layout={self.layout!r}, shard_layout={self.shard_layout!r}"
+
+
+def prepare_batch(client: Client, *, device: Optional[torch.device] = None,
+                  **inputs: Any) -> PreparedBatch:
+    """Client.prepare_batch on torch tensors: the same keywords (input_ids or
+    inputs_embeds, labels, ...), tensors or arrays, and the answer's tensors
+    (and shards) as torch tensors on `device` (default: that of input_ids or
+    inputs_embeds). bfloat16 inputs_embeds come back as bfloat16."""
+    if not isinstance(client, Client):
+        raise TypeError(f"client must be a ringattn.Client, got {type(client).__name__}")
+    primary = inputs.get("input_ids", inputs.get("inputs_embeds"))
+    if device is None:
+        device = primary.device if isinstance(primary, torch.Tensor) else torch.device("cpu")
+    embeds = inputs.get("inputs_embeds")
+    if isinstance(embeds, torch.Tensor):
+        inputs["inputs_embeds"] = _to_numpy("inputs_embeds", embeds)
+        if embeds.dtype == torch.bfloat16:
+            inputs.setdefault("embeds_dtype", "BF16")
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            inputs[name] = _metadata(value)
+    prepared = client.prepare_batch(**inputs)
+    bf16 = inputs.get("embeds_dtype") == "BF16"
+
+    def convert(tensors: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for name, array in tensors.items():
+            if name == "inputs_embeds" and bf16:
+                out[name] = _from_numpy(array, torch.bfloat16, device)
+            else:
+                out[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return out
+
+    return dataclasses.replace(prepared, tensors=convert(prepared.tensors),
+                               shards=[convert(shard) for shard in prepared.shards])

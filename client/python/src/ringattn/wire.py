@@ -64,6 +64,10 @@ class Assembler:
         self._parts.setdefault(chunk.name, []).append(chunk.data)
         self._meta[chunk.name] = (chunk.dtype, tuple(chunk.shape))
 
+    def names(self) -> Tuple[str, ...]:
+        """The tensors seen, in the order their first pieces came."""
+        return tuple(self._meta)
+
     def take(self, name: str) -> np.ndarray:
         if name not in self._meta:
             raise RingattnError(grpc.StatusCode.INTERNAL, f"the answer lacks {name}")
@@ -75,4 +79,5 @@ class Assembler:
         if len(data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise RingattnError(grpc.StatusCode.INTERNAL,
                                 f"{name}: {len(data)} bytes for shape {list(shape)} {wire}")
-        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        return array.view(np.bool_) if wire == "BOOL" else array
