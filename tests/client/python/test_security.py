@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ringattn import Client, Layer, RingattnError
+from ringattn import Client, Layer, RingattnError, SharedRegion
 from test_client import reference, rel_err
 
 BIN_DIR = os.environ.get("RINGATTN_BIN_DIR", "build/release/bin")
 TOKEN = "trainer-token-0123456789abcdef"
 CLUSTER_TOKEN = "cluster-token-0123456789abcdef"
+OTHER_TOKEN = "other-token-0123456789abcdefgh"
 
 
 def _issue(cn, issuer=None, ca=False):
@@ -66,7 +67,7 @@ def secured(tmp_path_factory):
     _write(str(d / "ca"), *ca)
     _write(str(d / "node"), *_issue("ringattn node", ca))
     _write(str(d / "trainer"), *_issue("trainer", ca))
-    (d / "tokens").write_text(f"trainer:{TOKEN}\n")
+    (d / "tokens").write_text(f"trainer:{TOKEN}\nother:{OTHER_TOKEN}\n")
     (d / "cluster").write_text(CLUSTER_TOKEN + "\n")
     flags = [f"--tls_cert_file={d / 'node.pem'}", f"--tls_key_file={d / 'node.key'}",
              f"--tls_ca_file={d / 'ca.pem'}", f"--auth_token_file={d / 'tokens'}",
@@ -136,3 +137,29 @@ def test_no_client_certificate_no_connection(secured):
 def test_a_token_needs_tls(secured):
     with pytest.raises(ValueError, match="needs TLS"):
         Client(secured[0], token=TOKEN)
+
+
+def test_another_clients_region_is_permission_denied(secured):
+    """Regions belong to the caller's identity (here its token's name)."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.uniform(-1, 1, (1, 2, 16, 8)).astype(np.float32) for _ in range(3))
+    with _client(secured, token=TOKEN) as owner, _client(secured, token=OTHER_TOKEN) as other, \
+            SharedRegion(1 << 16) as region:
+        name = owner.register_region(region)
+        with pytest.raises(RingattnError) as err:
+            other.register_region(region)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        with pytest.raises(RingattnError) as err:
+            other.unregister_region(name)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert list(other.list_regions()) == []
+        other._regions[name] = region  # A client that learnt the name names it anyway.
+        shared_q = region.ndarray(q.shape, q.dtype)
+        shared_q[...] = q
+        with pytest.raises(RingattnError) as err:
+            other.forward(shared_q, k, v)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "another client's" in err.value.details()
+        with owner.forward(shared_q, k, v) as mine:
+            with other.forward(q, k, v) as streamed:
+                assert np.array_equal(mine.out, streamed.out)

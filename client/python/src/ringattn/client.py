@@ -15,6 +15,11 @@ left no session and ran nothing; after the last chunk a session may exist,
 and the error is raised instead (a session nobody holds expires on the
 coordinator).
 
+Shared-memory regions (ringattn.region.SharedRegion): after
+register_region(region), any input that lies in the region, in its wire dtype
+and C-contiguous, is sent as a reference instead of its bytes, and outputs
+given as region arrays (out=, lse=; dq=, dk=, dv=) are written there in place.
+
 TLS and tokens mirror the C++ client's flags: tls_ca_file verifies the
 coordinator, tls_cert_file / tls_key_file are the client certificate for
 coordinators that require one, and a token (or the first token of
@@ -29,7 +34,8 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 import grpc
 import numpy as np
@@ -37,7 +43,9 @@ import numpy as np
 from ringattn._proto.attention.v1 import attention_service_pb2 as pb
 from ringattn._proto.attention.v1 import attention_service_pb2_grpc as pb_grpc
 from ringattn.errors import RingattnError, invalid
+from ringattn._proto.attention.v1 import tensor_pb2
 from ringattn.layer import Layer
+from ringattn.region import SharedRegion
 from ringattn.results import SHARD_LAYOUTS, BackwardResult, ForwardResult, PreparedBatch
 from ringattn.wire import FLOAT_WIRE, NUMPY_DTYPES, Assembler, chunks, flag_last
 
@@ -236,6 +244,7 @@ class Client:
         self._lock = threading.Lock()
         self._known: "collections.OrderedDict[str, ForwardResult]" = collections.OrderedDict()
         self._closed = False
+        self._regions: Dict[str, SharedRegion] = {}  # Registered by this client; under _lock.
         # SimpleQueue.put is reentrant: finalizers and __del__ may call it at any time.
         self._to_release: "queue.SimpleQueue[Optional[Releasable]]" = queue.SimpleQueue()
         self._releaser = threading.Thread(target=_release_loop, name="ringattn-release",
@@ -249,6 +258,11 @@ class Client:
         """Finishes queued releases and async calls, then closes the channel."""
         if self._closed:
             return
+        for name in list(self._regions):
+            try:  # The service would expire them; unregistering frees them now.
+                self.unregister_region(name, timeout=5.0)
+            except RingattnError:
+                pass
         self._closed = True
         self._to_release.put(None)
         self._releaser.join(timeout=30)
@@ -271,6 +285,7 @@ class Client:
                 attention_mask: Optional[np.ndarray] = None,
                 mm_token_type_ids: Optional[np.ndarray] = None,
                 packed_seq_ids: Optional[np.ndarray] = None, shard_layout: str = "auto",
+                out: Optional[np.ndarray] = None, lse: Optional[np.ndarray] = None,
                 timeout: Optional[float] = None) -> ForwardResult:
         """Opens a session. q: [B, H, S, D]; k, v: [B, Hkv, S, D], all in one dtype
         (float32, float16, or uint16 bfloat16 bits with dtype='BF16'). doc_ids
@@ -282,7 +297,11 @@ class Client:
         [B, 1, S, S] (must equal the layer's mask), mm_token_type_ids [B, S]
         (1 image, 2 video: each run is a vision group), packed_seq_ids [B, S]
         (documents). shard_layout: "auto", "contiguous" or "zigzag" (the
-        results are the same; only balance and traffic differ)."""
+        results are the same; only balance and traffic differ).
+
+        out [B, H, S, D] (q's dtype) and lse [B, H, S] float32: arrays of a
+        registered region the workers write the outputs into, instead of
+        streaming them back; the result then holds these arrays."""
         layout = _layout_proto(shard_layout)
         q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
         B, H, Hkv, S, D = _check_qkv(q, k, v)
@@ -297,13 +316,23 @@ class Client:
             if array is not None:
                 tensors.append((name, _metadata(name, array, meta_wire, B, S), meta_wire))
         tensors += _hf_metadata(attention_mask, mm_token_type_ids, packed_seq_ids, B, S)
+        outputs = {name: self._output_ref(name, array, shape, NUMPY_DTYPES[out_wire])
+                   for name, array, shape, out_wire in (("out", out, (B, H, S, D), wire),
+                                                        ("lse", lse, (B, H, S), "FP32"))
+                   if array is not None}
         header = pb.ForwardHeader(layer=(layer or Layer()).to_proto(), dtype=wire, batch=B,
-                                  heads=H, kv_heads=Hkv, seq_len=S, head_dim=D, layout=layout)
+                                  heads=H, kv_heads=Hkv, seq_len=S, head_dim=D, layout=layout,
+                                  outputs=list(outputs.values()))
+        refs = [(name, array, tensor_wire, self._input_ref(name, array))
+                for name, array, tensor_wire in tensors]
         sent_all = [False]
 
         def requests() -> Iterator[pb.ForwardRequest]:
             yield pb.ForwardRequest(header=header)
-            for name, array, tensor_wire in tensors:
+            for name, array, tensor_wire, ref in refs:
+                if ref is not None:
+                    yield pb.ForwardRequest(tensor_ref=ref)
+                    continue
                 for chunk in chunks(name, tensor_wire, array):
                     yield pb.ForwardRequest(chunk=chunk)
 
@@ -321,7 +350,9 @@ class Client:
                     metrics = resp.metrics
             if session is None:
                 raise RingattnError(grpc.StatusCode.INTERNAL, "the answer lacks a session")
-            return ForwardResult(session.handle, assembler.take("out"), assembler.take("lse"),
+            return ForwardResult(session.handle,
+                                 out if out is not None else assembler.take("out"),
+                                 lse if lse is not None else assembler.take("lse"),
                                  session.padded_len, metrics, dtype=wire, q_shape=(B, H, S, D),
                                  kv_heads=Hkv, client=self)
 
@@ -330,9 +361,13 @@ class Client:
         return result
 
     def backward(self, session: Session, dout: np.ndarray, dtype: Optional[str] = None, *,
+                 dq: Optional[np.ndarray] = None, dk: Optional[np.ndarray] = None,
+                 dv: Optional[np.ndarray] = None,
                  timeout: Optional[float] = None) -> BackwardResult:
         """dout: [B, H, S, D] in the forward's dtype. session: the ForwardResult,
-        or its handle (then the dtype is the one this client's forward() saw)."""
+        or its handle (then the dtype is the one this client's forward() saw).
+        dq [B, H, S, D], dk and dv [B, Hkv, S, D], float32: arrays of a
+        registered region to write the gradients into, as forward's out=."""
         known = session if isinstance(session, ForwardResult) else self._known.get(session)
         handle = session.handle if isinstance(session, ForwardResult) else session
         dout = np.asarray(dout)
@@ -348,11 +383,22 @@ class Client:
             if dout.ndim != 4:
                 raise invalid(f"dout must be 4-D [B, H, S, D], got shape {list(dout.shape)}")
         dout = _as_wire("dout", dout, wire)
+        B, H, S, D = dout.shape
+        kv_shape = None if known is None else (B, known.kv_heads, S, D)
+        given = {"dq": dq, "dk": dk, "dv": dv}
+        outputs = [self._output_ref(name, array, dout.shape if name == "dq" else kv_shape,
+                                    np.dtype(np.float32))
+                   for name, array in given.items() if array is not None]
+        dout_ref = self._input_ref("dout", dout)
         sent_all = [False]
 
         def requests() -> Iterator[pb.BackwardRequest]:
             yield pb.BackwardRequest(header=pb.BackwardHeader(
-                handle=handle, kv_heads=known.kv_heads if known is not None else 0))
+                handle=handle, kv_heads=known.kv_heads if known is not None else 0,
+                outputs=outputs))
+            if dout_ref is not None:
+                yield pb.BackwardRequest(tensor_ref=dout_ref)
+                return
             for chunk in chunks("dout", wire, dout):
                 yield pb.BackwardRequest(chunk=chunk)
 
@@ -365,8 +411,9 @@ class Client:
                     assembler.add(resp.chunk)
                 else:
                     metrics = resp.metrics
-            return BackwardResult(assembler.take("dq"), assembler.take("dk"),
-                                  assembler.take("dv"), metrics)
+            got = [array if array is not None else assembler.take(name)
+                   for name, array in given.items()]
+            return BackwardResult(*got, metrics)
 
         return self._call(attempt, lambda: not sent_all[0], timeout)
 
@@ -400,6 +447,72 @@ class Client:
             lambda remaining: self._stub.ClusterStatus(pb.ClusterStatusRequest(),
                                                        timeout=remaining),
             lambda: True, 10.0 if timeout is None else timeout)
+
+    # -- shared-memory regions --------------------------------------------
+
+    def register_region(self, region: SharedRegion, name: Optional[str] = None, *,
+                        timeout: Optional[float] = None) -> str:
+        """Registers the region with the service under `name` (default: its
+        object's name without the slash), owned by this client's identity;
+        returns the name. The service must run on this host."""
+        if not isinstance(region, SharedRegion):
+            raise TypeError(f"region must be a ringattn.SharedRegion, got {type(region).__name__}")
+        name = region.shm_name[1:] if name is None else name
+        request = pb.RegisterRegionRequest(name=name, shm_name=region.shm_name,
+                                           byte_size=region.byte_size)
+        retried = [False]
+
+        def attempt(remaining: float) -> None:
+            try:
+                self._stub.RegisterRegion(request, timeout=remaining)
+            except grpc.RpcError as err:
+                # A retry that finds it taken: the first try got through if it is ours.
+                if not (retried[0] and err.code() == grpc.StatusCode.ALREADY_EXISTS and any(
+                        r.name == name and r.shm_name == region.shm_name
+                        for r in self.list_regions(timeout=remaining))):
+                    raise
+            finally:
+                retried[0] = True
+
+        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
+        with self._lock:
+            self._regions[name] = region
+        return name
+
+    def unregister_region(self, name: Union[str, SharedRegion], *,
+                          timeout: Optional[float] = None) -> None:
+        """Unregisters a region (by name, or the region registered by this
+        client); NOT_FOUND when the service has none of this client's so
+        named. The region itself stays open."""
+        if isinstance(name, SharedRegion):
+            with self._lock:
+                names = [n for n, r in self._regions.items() if r is name]
+            if not names:
+                raise invalid(f"{name} is not registered by this client")
+            name = names[0]
+        retried = [False]
+
+        def attempt(remaining: float) -> None:
+            try:
+                self._stub.UnregisterRegion(pb.UnregisterRegionRequest(name=name),
+                                            timeout=remaining)
+            except grpc.RpcError as err:
+                if not (retried[0] and err.code() == grpc.StatusCode.NOT_FOUND):
+                    raise
+            finally:
+                retried[0] = True
+
+        with self._lock:
+            self._regions.pop(name, None)
+        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
+
+    def list_regions(self, *, timeout: Optional[float] = None) -> List[pb.RegionStatus]:
+        """This client's regions, as the service holds them (name, shm_name,
+        byte_size); an idle region expires there."""
+        return list(self._call(
+            lambda remaining: self._stub.ListRegions(pb.ListRegionsRequest(),
+                                                     timeout=remaining).regions,
+            lambda: True, 30.0 if timeout is None else timeout))
 
     def prepare_batch(self, *, input_ids: Optional[np.ndarray] = None,
                       inputs_embeds: Optional[np.ndarray] = None,
@@ -504,6 +617,37 @@ class Client:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self._max_workers, thread_name_prefix="ringattn-call")
             return self._pool
+
+    def _input_ref(self, name: str, array: np.ndarray) -> Optional[tensor_pb2.TensorRef]:
+        """A reference to the array when it lies in a region this client
+        registered, else None (it is streamed)."""
+        with self._lock:
+            regions = list(self._regions.items())
+        for region_name, region in regions:
+            where = region.locate(array)
+            if where is not None:
+                return tensor_pb2.TensorRef(name=name, region=region_name, offset=where[0],
+                                            byte_size=where[1])
+        return None
+
+    def _output_ref(self, name: str, array: Any, shape: Optional[Tuple[int, ...]],
+                    dtype: np.dtype) -> tensor_pb2.TensorRef:
+        """An output array's reference: it must be a registered region's array
+        of the output's shape (when known) and dtype."""
+        if not isinstance(array, np.ndarray):
+            raise invalid(f"{name} must be a numpy array of a registered region, "
+                          f"got {type(array).__name__}")
+        if shape is not None and array.shape != tuple(shape):
+            raise invalid(f"{name} must be {list(shape)}, got {list(array.shape)}")
+        if array.dtype != dtype:
+            raise invalid(f"{name}.dtype must be {dtype}, got {array.dtype}")
+        if not array.flags.writeable:
+            raise invalid(f"{name} is read-only")
+        ref = self._input_ref(name, array)
+        if ref is None:
+            raise invalid(f"{name} does not lie in a region this client registered "
+                          "(SharedRegion.ndarray, then register_region)")
+        return ref
 
     def _remember(self, result: ForwardResult) -> None:
         # Only what backward() needs, not the outputs.

@@ -49,9 +49,12 @@ class ForwardResult:
         names = {value: name for name, value in SHARD_LAYOUTS.items()}
         return names.get(self.metrics.layout, "auto")
 
-    def backward(self, dout: np.ndarray, *, timeout: Optional[float] = None) -> "BackwardResult":
-        """dout: [B, H, S, D] in this session's dtype."""
-        return self._client().backward(self, dout, timeout=timeout)
+    def backward(self, dout: np.ndarray, *, dq: Optional[np.ndarray] = None,
+                 dk: Optional[np.ndarray] = None, dv: Optional[np.ndarray] = None,
+                 timeout: Optional[float] = None) -> "BackwardResult":
+        """dout: [B, H, S, D] in this session's dtype; dq, dk, dv: region arrays
+        for the gradients (Client.backward)."""
+        return self._client().backward(self, dout, dq=dq, dk=dk, dv=dv, timeout=timeout)
 
     def release(self, *, timeout: Optional[float] = None) -> None:
         """Releases the session; a session already gone counts as released."""
