@@ -24,6 +24,7 @@
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/auth_metadata_processor.h"
+#include "proto/wire/cluster_secret.h"
 #include "proto/wire/grpc_status.h"
 
 namespace ringattn::wire {
@@ -31,6 +32,9 @@ namespace {
 
 // The auth context property that carries the name of a call's token.
 constexpr char kClientProperty[] = "ringattn_client";
+// Set only by TokenCheck, when a call presented the cluster token: callers
+// cannot add auth context properties, so it cannot be forged.
+constexpr char kClusterProperty[] = "ringattn_cluster_token";
 constexpr char kClusterName[] = "cluster";
 constexpr size_t kMinTokenLength = 16;
 
@@ -218,6 +222,7 @@ class TokenCheck final : public grpc::AuthMetadataProcessor {
       }
     }
     if (name) context->AddProperty(kClientProperty, *name);
+    if (cluster) context->AddProperty(kClusterProperty, "1");
 
     const bool needs_client = api == Api::kPublic && !clients_.empty();
     const bool needs_cluster = api == Api::kCluster && cluster_.has_value();
@@ -345,7 +350,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const std::string& 
       MakeChannelCredentials(security);
   if (!creds.ok()) return creds.status();
   if (!security.server_name.empty()) args.SetSslTargetNameOverride(security.server_name);
-  return grpc::CreateCustomChannel(target, *creds, args);
+  return CreateChannelWithSecret(target, *creds, args, security.cluster_secret);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
@@ -378,10 +383,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     if (!options.tls_key_file.empty() || !options.tls_ca_file.empty()) {
       return absl::InvalidArgumentError("tls_key_file and tls_ca_file need tls_cert_file");
     }
-    if (!clients.empty() || cluster) {
+    // The cluster token needs no TLS: in clear text it is the cluster secret
+    // (cluster_secret.h), which keeps out callers that cannot read the
+    // network, as the generated one does.
+    if (!clients.empty()) {
       return absl::FailedPreconditionError(
-          "auth_token_file and cluster_token_file need TLS (tls_cert_file, tls_key_file): a "
-          "bearer token sent in clear text is anyone's");
+          "auth_token_file needs TLS (tls_cert_file, tls_key_file): a bearer token sent in clear "
+          "text is anyone's");
     }
     return grpc::InsecureServerCredentials();
   }
@@ -419,7 +427,9 @@ absl::StatusOr<ChannelSecurity> PeerChannelSecurity(const SecurityOptions& optio
       return absl::Status(t.status().code(),
                           absl::StrCat("cluster_token_file: ", t.status().message()));
     }
-    s.token = *std::move(t);
+    s.cluster_secret = *t;
+    // As a bearer token only over TLS; in clear text the secret alone.
+    if (s.tls) s.token = *std::move(t);
   }
   // Checks files and the TLS-for-tokens rule now, not at the first call.
   if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c = MakeChannelCredentials(s);
@@ -432,6 +442,11 @@ absl::StatusOr<ChannelSecurity> PeerChannelSecurity(const SecurityOptions& optio
 std::string ClientIdentity(const grpc::ServerContextBase& context) {
   std::optional<std::string> proven = ProvenClientIdentity(context);
   return proven ? *std::move(proven) : context.peer();
+}
+
+bool CarriesClusterToken(const grpc::ServerContextBase& context) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  return auth && !auth->FindPropertyValues(kClusterProperty).empty();
 }
 
 std::optional<std::string> ProvenClientIdentity(const grpc::ServerContextBase& context) {

@@ -12,8 +12,9 @@
 //   anything else (reflection)  either kind of token
 // A client token never opens the worker API and the cluster token never
 // opens the public API (PERMISSION_DENIED); a missing or unknown token is
-// UNAUTHENTICATED. An API whose kind of token is not configured is open.
-// Tokens travel as `authorization: Bearer <token>` and only over TLS.
+// UNAUTHENTICATED. Tokens travel as `authorization: Bearer <token>` and only
+// over TLS. Whatever the mode, the internal APIs also need the cluster secret
+// (cluster_secret.h), which is the cluster token where one is configured.
 
 #include <memory>
 #include <optional>
@@ -37,6 +38,8 @@ struct ChannelSecurity {
   std::string key_file;     // Its private key.
   std::string server_name;  // Name expected in the server's certificate; empty: the target's host.
   std::string token;        // Sent as `authorization: Bearer <token>` on every call; needs TLS.
+  // Sent as the cluster secret on every call (cluster_secret.h); daemons only.
+  std::string cluster_secret;
 
   bool UsesTls() const { return tls || !ca_file.empty() || !cert_file.empty(); }
 };
@@ -100,6 +103,9 @@ absl::StatusOr<std::string> ReadFirstToken(const std::string& path);
 // token the call carried ("cluster" for the cluster token), else the common
 // name of its client certificate as "cert:<CN>", else its peer address.
 std::string ClientIdentity(const grpc::ServerContextBase& context);
+
+// Whether the server's token check found the cluster token on the call.
+bool CarriesClusterToken(const grpc::ServerContextBase& context);
 
 // The same when the caller proved it (a token or a client certificate);
 // nullopt when only its address is known.

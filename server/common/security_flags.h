@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "proto/wire/security.h"
@@ -23,6 +24,15 @@ struct DaemonSecurity {
   std::shared_ptr<grpc::ChannelCredentials> peer_credentials;  // ...as credentials.
 };
 absl::StatusOr<DaemonSecurity> LoadDaemonSecurity(const wire::SecurityOptions& options);
+
+// Fills in the cluster secret (peer.cluster_secret) when no cluster token
+// was configured. A coordinator serving on `port` takes the secret its host
+// keeps for that port (a restarted coordinator keeps its workers) or
+// generates one and leaves it there. A worker whose coordinator serves on
+// `port` waits up to `wait` for that file; finding none (its coordinator is
+// on another host) it goes on without, and its registration is refused.
+absl::Status ResolveClusterSecret(DaemonSecurity& security, bool coordinator, int port,
+                                  absl::Duration wait);
 
 }  // namespace ringattn::server
 

@@ -10,6 +10,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "proto/wire/cluster_secret.h"
 
 namespace ringattn::coordinator {
 namespace {
@@ -97,7 +98,7 @@ absl::StatusOr<int> Cluster::Register(const std::string& address, std::optional<
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(8 << 20);
     args.SetMaxSendMessageSize(8 << 20);
-    slot.channel = grpc::CreateCustomChannel(address, creds, args);
+    slot.channel = wire::CreateChannelWithSecret(address, creds, args, options_.cluster_secret);
     slot.stub = worker::v1::WorkerService::NewStub(slot.channel);
     // A new process at a rank of the ring: the ring's transport on it is gone.
     if (ready_) {

@@ -33,6 +33,7 @@ struct ClusterOptions {
   // check is down until it passes one (or registers again).
   absl::Duration health_interval = absl::Seconds(1);
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials;  // Null: insecure.
+  std::string cluster_secret;  // Sent on every call to a worker (wire/cluster_secret.h).
 };
 
 // The ring's workers as the coordinator sees them: cp rank slots filled by

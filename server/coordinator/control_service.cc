@@ -4,13 +4,17 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "proto/wire/cluster_secret.h"
 #include "proto/wire/grpc_status.h"
 
 namespace ringattn::coordinator {
 
-grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
+grpc::Status ControlServiceImpl::Register(grpc::ServerContext* context,
                                           const worker::v1::RegisterRequest* request,
                                           worker::v1::RegisterResponse* response) {
+  if (absl::Status s = wire::CheckClusterSecret(*context, cluster_secret_); !s.ok()) {
+    return wire::ToGrpc(s);
+  }
   if (request->address().empty()) {
     return wire::ToGrpc(absl::InvalidArgumentError("address is required"));
   }
@@ -24,9 +28,12 @@ grpc::Status ControlServiceImpl::Register(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status ControlServiceImpl::StoreSet(grpc::ServerContext* /*context*/,
+grpc::Status ControlServiceImpl::StoreSet(grpc::ServerContext* context,
                                           const worker::v1::StoreSetRequest* request,
                                           worker::v1::StoreSetResponse* /*response*/) {
+  if (absl::Status s = wire::CheckClusterSecret(*context, cluster_secret_); !s.ok()) {
+    return wire::ToGrpc(s);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     store_[request->key()] = request->value();
@@ -35,9 +42,12 @@ grpc::Status ControlServiceImpl::StoreSet(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* /*context*/,
+grpc::Status ControlServiceImpl::StoreGet(grpc::ServerContext* context,
                                           const worker::v1::StoreGetRequest* request,
                                           worker::v1::StoreGetResponse* response) {
+  if (absl::Status s = wire::CheckClusterSecret(*context, cluster_secret_); !s.ok()) {
+    return wire::ToGrpc(s);
+  }
   const double wait = std::min(std::max(request->wait_seconds(), 0.0), 600.0);
   std::unique_lock<std::mutex> lock(mu_);
   const bool found = cv_.wait_for(lock, std::chrono::duration<double>(wait),

@@ -16,8 +16,11 @@ namespace ringattn::coordinator {
 class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service {
  public:
   // `coordinator_id` is random per start: workers see a restart in it.
-  ControlServiceImpl(Cluster& cluster, std::string coordinator_id)
-      : cluster_(cluster), coordinator_id_(std::move(coordinator_id)) {}
+  // `cluster_secret`: what every call must carry (wire/cluster_secret.h).
+  ControlServiceImpl(Cluster& cluster, std::string coordinator_id, std::string cluster_secret)
+      : cluster_(cluster),
+        coordinator_id_(std::move(coordinator_id)),
+        cluster_secret_(std::move(cluster_secret)) {}
 
   grpc::Status Register(grpc::ServerContext* context, const worker::v1::RegisterRequest* request,
                         worker::v1::RegisterResponse* response) override;
@@ -29,6 +32,7 @@ class ControlServiceImpl final : public worker::v1::CoordinatorControl::Service 
  private:
   Cluster& cluster_;
   const std::string coordinator_id_;
+  const std::string cluster_secret_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::string> store_;  // Guarded by mu_.

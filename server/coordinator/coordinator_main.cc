@@ -92,8 +92,7 @@ int main(int argc, char** argv) {
   server::TuneMallocForLargeBuffers();
   ringattn::wire::SecurityOptions security_options = server::SecurityOptionsFromFlags();
   security_options.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
-  const absl::StatusOr<server::DaemonSecurity> security =
-      server::LoadDaemonSecurity(security_options);
+  absl::StatusOr<server::DaemonSecurity> security = server::LoadDaemonSecurity(security_options);
   if (!security.ok()) {
     std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
     return 2;
@@ -137,18 +136,27 @@ int main(int argc, char** argv) {
   std::unique_ptr<Cluster> cluster;
   std::string store_address;
   auto make_cluster = [&](int port) {
+    // Before anything serves: the secret is needed by the first call.
+    if (absl::Status s = server::ResolveClusterSecret(*security, /*coordinator=*/true, port,
+                                                      absl::ZeroDuration());
+        !s.ok()) {
+      return s;
+    }
     store_address = absl::StrCat(absl::GetFlag(FLAGS_advertise_host), ":", port);
     ClusterOptions cluster_options;
     cluster_options.cp = cp;
     cluster_options.store_address = store_address;
     cluster_options.worker_credentials = security->peer_credentials;
+    cluster_options.cluster_secret = security->peer.cluster_secret;
     cluster_options.coordinator_id = coordinator_id;
     cluster_options.join_timeout = options.ring_timeout;
     cluster_options.health_interval = absl::Seconds(absl::GetFlag(FLAGS_health_interval_seconds));
     cluster = std::make_unique<Cluster>(cluster_options, metrics);
+    return absl::OkStatus();
   };
   const int asked = absl::GetFlag(FLAGS_port);
-  if (asked != 0) make_cluster(asked);
+  absl::Status made = absl::OkStatus();
+  if (asked != 0) made = make_cluster(asked);
   // With port 0, bind first to learn the port, then build the services.
   if (asked == 0) {
     auto probe = server::StartServer(absl::GetFlag(FLAGS_host), 0, {});
@@ -158,9 +166,13 @@ int main(int argc, char** argv) {
     }
     const int port = probe->port;
     probe->server->Shutdown();
-    make_cluster(port);
+    made = make_cluster(port);
   }
-  ControlServiceImpl control(*cluster, coordinator_id);
+  if (!made.ok()) {
+    std::fprintf(stderr, "error: cluster secret: %s\n", made.ToString().c_str());
+    return 1;
+  }
+  ControlServiceImpl control(*cluster, coordinator_id, security->peer.cluster_secret);
   AttentionServiceImpl attention(*cluster, options, metrics);
   const int port = std::stoi(store_address.substr(store_address.rfind(':') + 1));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;

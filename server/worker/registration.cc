@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "proto/wire/cluster_secret.h"
 #include "proto/wire/grpc_status.h"
 
 namespace ringattn::worker {
@@ -23,7 +24,8 @@ std::string RandomId() {
 Registration::Registration(RegistrationOptions options)
     : options_(std::move(options)), incarnation_(RandomId()) {
   auto creds = options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials();
-  stub_ = worker::v1::CoordinatorControl::NewStub(grpc::CreateChannel(options_.coordinator, creds));
+  stub_ = worker::v1::CoordinatorControl::NewStub(wire::CreateChannelWithSecret(
+      options_.coordinator, creds, grpc::ChannelArguments(), options_.cluster_secret));
 }
 
 absl::StatusOr<std::unique_ptr<Registration>> Registration::Start(RegistrationOptions options) {

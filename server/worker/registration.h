@@ -23,7 +23,8 @@ struct RegistrationOptions {
   absl::Duration first_timeout = absl::Seconds(60);
   absl::Duration heartbeat = absl::Seconds(1);
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // Null: insecure.
-  std::string shm_host_id;  // Which shared memory it sees; empty: none (shm_file.h).
+  std::string cluster_secret;  // Sent on every call (wire/cluster_secret.h).
+  std::string shm_host_id;     // Which shared memory it sees; empty: none (shm_file.h).
 };
 
 // The worker's registration with its coordinator, kept up for the process's

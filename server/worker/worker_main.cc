@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "grpcpp/client_context.h"
@@ -105,11 +106,28 @@ int main(int argc, char** argv) {
   using namespace ringattn;  // NOLINT(google-build-using-namespace)
   server::BlockShutdownSignals();
   server::TuneMallocForLargeBuffers();
-  const absl::StatusOr<server::DaemonSecurity> security =
+  absl::StatusOr<server::DaemonSecurity> security =
       server::LoadDaemonSecurity(server::SecurityOptionsFromFlags());
   if (!security.ok()) {
     std::fprintf(stderr, "error: %s\n", security.status().ToString().c_str());
     return 2;
+  }
+  {
+    const std::string coordinator = absl::GetFlag(FLAGS_coordinator);
+    int coordinator_port = 0;
+    if (!absl::SimpleAtoi(coordinator.substr(coordinator.rfind(':') + 1), &coordinator_port)) {
+      std::fprintf(stderr, "error: --coordinator must be host:port, got '%s'\n",
+                   coordinator.c_str());
+      return 2;
+    }
+    const absl::Duration wait =
+        std::min(absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds)), absl::Seconds(10));
+    if (absl::Status s =
+            server::ResolveClusterSecret(*security, /*coordinator=*/false, coordinator_port, wait);
+        !s.ok()) {
+      std::fprintf(stderr, "error: cluster secret: %s\n", s.ToString().c_str());
+      return 1;
+    }
   }
   // Backend and transport: the flags against this machine and build.
   const absl::StatusOr<worker::DeviceFlag> device_flag =
@@ -230,6 +248,7 @@ int main(int argc, char** argv) {
   reg.first_timeout = absl::Seconds(absl::GetFlag(FLAGS_register_timeout_seconds));
   reg.heartbeat = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_seconds));
   reg.credentials = security->peer_credentials;
+  reg.cluster_secret = security->peer.cluster_secret;
   if (absl::GetFlag(FLAGS_shm_regions)) reg.shm_host_id = shm::ShmHostId();
   auto registration = worker::Registration::Start(reg);
   if (!registration.ok()) {

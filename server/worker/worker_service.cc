@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/status_macros.h"
+#include "proto/wire/cluster_secret.h"
 #include "proto/wire/dtype.h"
 #include "proto/wire/grpc_status.h"
 #include "proto/wire/tensor_stream.h"
@@ -282,9 +283,13 @@ absl::StatusOr<T> WorkerServiceImpl::InTurn(grpc::ServerContext& context,
   return result;
 }
 
-grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* /*context*/,
+grpc::Status WorkerServiceImpl::JoinRing(grpc::ServerContext* context,
                                          const worker::v1::JoinRingRequest* request,
                                          worker::v1::JoinRingResponse* /*response*/) {
+  if (absl::Status s = wire::CheckClusterSecret(*context, store_security_.cluster_secret);
+      !s.ok()) {
+    return wire::ToGrpc(s);
+  }
   return wire::ToGrpc(Join(*request));
 }
 
@@ -325,6 +330,7 @@ grpc::Status WorkerServiceImpl::Forward(grpc::ServerContext* context, Stream* st
 }
 
 absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream& stream) {
+  RINGATTN_RETURN_IF_ERROR(wire::CheckClusterSecret(context, store_security_.cluster_secret));
   wire::TensorAssembler assembler(max_call_bytes_);
   std::map<std::string, RegionSliceIo> region_outputs;
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
@@ -368,6 +374,7 @@ grpc::Status WorkerServiceImpl::Backward(grpc::ServerContext* context, Stream* s
 }
 
 absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream& stream) {
+  RINGATTN_RETURN_IF_ERROR(wire::CheckClusterSecret(context, store_security_.cluster_secret));
   wire::TensorAssembler assembler(max_call_bytes_);
   std::map<std::string, RegionSliceIo> region_outputs;
   RINGATTN_ASSIGN_OR_RETURN(const CommittedCall call,
@@ -407,9 +414,13 @@ absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream
   return absl::OkStatus();
 }
 
-grpc::Status WorkerServiceImpl::Release(grpc::ServerContext* /*context*/,
+grpc::Status WorkerServiceImpl::Release(grpc::ServerContext* context,
                                         const worker::v1::WorkerReleaseRequest* request,
                                         worker::v1::WorkerReleaseResponse* /*response*/) {
+  if (absl::Status s = wire::CheckClusterSecret(*context, store_security_.cluster_secret);
+      !s.ok()) {
+    return wire::ToGrpc(s);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   sessions_.erase(request->session());
   PublishLocked();

@@ -52,7 +52,9 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
  public:
   // `backend` computes the ring steps (CPU or CUDA) and must outlive the
   // service. `store_security`: how JoinRing reaches the coordinator's store
-  // (TLS, cluster token). `connect`: the ring transport.
+  // (TLS, cluster token); its cluster_secret is also what every call to this
+  // service must carry (none gets in without one). `connect`: the ring
+  // transport.
   // `ring_stall_timeout`: how long a ring wait may make no progress before
   // the call fails (a peer hung); zero or less: only the call's ring timeout
   // bounds it. `shm_regions`: whether this worker reads and writes clients'

@@ -2,6 +2,7 @@
 checked against the Kubernetes API schemas, yamllint, and what the
 daemons expect: flags, ports, probes, ranks, accelerators."""
 
+import base64
 import json
 import re
 import subprocess
@@ -279,9 +280,18 @@ def test_tls_mounts_the_secrets_and_passes_their_files():
         c = container(find(objs, kind))
         assert "grpc" not in c["livenessProbe"] and "tcpSocket" in c["livenessProbe"]
     plain = manifests(render())
-    for role in ("coordinator", "worker"):
-        assert not any(k.startswith(("--tls", "--auth", "--cluster")) for k in
-                       daemon_flags(plain, role))
+    for role, kind in (("coordinator", "Deployment"), ("worker", "StatefulSet")):
+        f = daemon_flags(plain, role)
+        assert not any(k.startswith(("--tls", "--auth")) for k in f)
+        # Without tokens the daemons still share a secret: the chart's own.
+        assert f["--cluster_token_file"] == "/etc/ringattn/cluster/cluster-token"
+        pod = find(plain, kind)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["cluster-secret"]["secret"]["secretName"] == "demo-ringattn-cluster-secret"
+    secret = next(o for o in plain if o["kind"] == "Secret")
+    token = base64.b64decode(secret["data"]["cluster-token"])
+    assert len(token) == 32 and token.isalnum()
+    assert not any(o["kind"] == "Secret" for o in objs)  # With tokens, the operator's secret.
 
 
 def test_pods_run_as_non_root_without_privileges(rendered):

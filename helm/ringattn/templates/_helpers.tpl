@@ -83,10 +83,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --auth_token_file=/etc/ringattn/auth/{{ $v.auth.apiTokenKey }}
 {{- end }}
 - --cluster_token_file=/etc/ringattn/auth/{{ $v.auth.clusterTokenKey }}
+{{- else }}
+- --cluster_token_file=/etc/ringattn/cluster/cluster-token
 {{- end }}
 {{- end }}
 
-{{/* Volumes of both daemons: the flag file, and the TLS and token secrets when on. */}}
+{{/* Volumes of both daemons: the flag file, the TLS and token secrets when on, else the
+generated cluster secret. */}}
 {{- define "ringattn.volumes" -}}
 - name: config
   configMap:
@@ -101,6 +104,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: auth
   secret:
     secretName: {{ required "auth.secretName is required when auth.enabled" .Values.auth.secretName }}
+    defaultMode: 0440
+{{- else }}
+- name: cluster-secret
+  secret:
+    secretName: {{ include "ringattn.fullname" . }}-cluster-secret
     defaultMode: 0440
 {{- end }}
 {{- end }}
@@ -117,6 +125,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.auth.enabled }}
 - name: auth
   mountPath: /etc/ringattn/auth
+  readOnly: true
+{{- else }}
+- name: cluster-secret
+  mountPath: /etc/ringattn/cluster
   readOnly: true
 {{- end }}
 {{- end }}

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "gtest/gtest.h"
+#include "proto/wire/cluster_secret.h"
 #include "tests/proto/wire/testing/test_pki.h"
 #include "worker/v1/worker_service.grpc.pb.h"
 
@@ -162,6 +164,43 @@ grpc::Status StoreGet(const std::shared_ptr<grpc::Channel>& channel) {
   worker::v1::StoreGetResponse resp;
   return stub->StoreGet(&ctx, req, &resp);
 }
+
+// The worker API's streaming calls, opened and closed with nothing sent.
+grpc::Status WorkerStream(const std::shared_ptr<grpc::Channel>& channel, bool forward) {
+  auto stub = worker::v1::WorkerService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = forward ? stub->Forward(&ctx) : stub->Backward(&ctx);
+  stream->WritesDone();
+  worker::v1::ShardResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  return stream->Finish();
+}
+
+grpc::Status JoinRing(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = worker::v1::WorkerService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  worker::v1::JoinRingRequest req;
+  req.set_store_address("127.0.0.1:1");
+  req.set_cp(2);
+  worker::v1::JoinRingResponse resp;
+  return stub->JoinRing(&ctx, req, &resp);
+}
+
+grpc::Status StoreSet(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = worker::v1::CoordinatorControl::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  worker::v1::StoreSetRequest req;
+  req.set_key("planted");
+  req.set_value("by a stranger");
+  worker::v1::StoreSetResponse resp;
+  return stub->StoreSet(&ctx, req, &resp);
+}
+
+int PortOf(const std::string& address) { return std::stoi(address.substr(address.rfind(':') + 1)); }
 
 grpc::Status Register(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = worker::v1::CoordinatorControl::NewStub(channel);
@@ -374,17 +413,84 @@ TEST_F(SecurityTest, DaemonsRefuseTokensWithoutTlsAndBadFiles) {
                        "--auth_token_file=" + tokens_},
                       log, absl::Seconds(30)),
             2);
-  EXPECT_THAT(ReadAll(log), HasSubstr("need TLS"));
-  EXPECT_EQ(RunToExit({bin + "/ringattn-worker", "--port=0", "--metrics_port=-1",
-                       "--cluster_token_file=" + cluster_token_},
-                      log, absl::Seconds(30)),
-            2);
-  EXPECT_THAT(ReadAll(log), HasSubstr("need TLS"));
+  EXPECT_THAT(ReadAll(log), HasSubstr("auth_token_file needs TLS"));
   EXPECT_EQ(RunToExit({bin + "/ringattn-coordinator", "--port=0", "--metrics_port=-1",
                        "--tls_cert_file=" + pki_.node_cert, "--tls_key_file=" + pki_.client_key},
                       log, absl::Seconds(30)),
             2);
   EXPECT_THAT(ReadAll(log), HasSubstr("is not the key of tls_cert_file"));
+}
+
+// Without any flag, the internal APIs still need the secret the coordinator
+// generated: a stranger on the host can neither drive a worker nor join or
+// read the ring's store, while the daemons themselves run as before.
+TEST_F(SecurityTest, OpenModeInternalApisNeedTheGeneratedSecret) {
+  auto cluster = Start(Options());
+  ASSERT_NE(cluster, nullptr);
+  auto trainer = Client(cluster->address(), ChannelSecurity{});
+  absl::StatusOr<attention::v1::ClusterStatusResponse> before = trainer->Status();
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_TRUE(before->ring_ready());
+  const std::string worker = before->workers(0).address();
+
+  const ChannelSecurity none;
+  for (const grpc::Status& s :
+       {WorkerRelease(Channel(worker, none)), JoinRing(Channel(worker, none)),
+        WorkerStream(Channel(worker, none), true), WorkerStream(Channel(worker, none), false),
+        StoreGet(Channel(cluster->address(), none)), StoreSet(Channel(cluster->address(), none)),
+        Register(Channel(cluster->address(), none))}) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("cluster secret"));
+  }
+  ChannelSecurity wrong;
+  wrong.cluster_secret = "0123456789abcdef0123456789abcdef";
+  EXPECT_EQ(WorkerRelease(Channel(worker, wrong)).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(StoreGet(Channel(cluster->address(), wrong)).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  // The secret is in a file of this user's alone, 128 bits as hex.
+  const int port = PortOf(cluster->address());
+  struct stat st {};
+  ASSERT_EQ(stat(wire::LocalClusterSecretPath(port).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  absl::StatusOr<std::string> secret = wire::ReadLocalClusterSecret(port);
+  ASSERT_TRUE(secret.ok()) << secret.status();
+  EXPECT_EQ(secret->size(), 32u);
+  ChannelSecurity member;
+  member.cluster_secret = *secret;
+  EXPECT_TRUE(WorkerRelease(Channel(worker, member)).ok());
+  EXPECT_EQ(StoreGet(Channel(cluster->address(), member)).error_code(),
+            grpc::StatusCode::NOT_FOUND);  // Past the check: the key is not set.
+
+  // Nothing the stranger tried changed the ring, and it still computes.
+  absl::StatusOr<attention::v1::ClusterStatusResponse> after = trainer->Status();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(after->ring_ready());
+  EXPECT_EQ(after->ring_generation(), before->ring_generation());
+  EXPECT_TRUE(SmallForward(*trainer).ok());
+  trainer.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
+// A cluster token without TLS is the cluster secret, not a bearer token.
+TEST_F(SecurityTest, PlaintextClusterTokenIsTheSecret) {
+  client::LocalClusterOptions o = Options();
+  o.cluster_token_file = cluster_token_;
+  auto cluster = Start(o);
+  ASSERT_NE(cluster, nullptr);
+  auto trainer = Client(cluster->address(), ChannelSecurity{});
+  absl::StatusOr<attention::v1::ClusterStatusResponse> status = trainer->Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  ASSERT_TRUE(status->ring_ready());
+  EXPECT_TRUE(SmallForward(*trainer).ok());
+  const std::string worker = status->workers(0).address();
+  EXPECT_EQ(WorkerRelease(Channel(worker, ChannelSecurity{})).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ChannelSecurity member;
+  member.cluster_secret = kClusterToken;
+  EXPECT_TRUE(WorkerRelease(Channel(worker, member)).ok());
+  trainer.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
 }
 
 }  // namespace
