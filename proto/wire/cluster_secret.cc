@@ -27,7 +27,7 @@ namespace {
 // Adds the secret to a call's initial metadata.
 class SecretInterceptor final : public grpc::experimental::Interceptor {
  public:
-  explicit SecretInterceptor(const std::string& secret) : secret_(secret) {}
+  explicit SecretInterceptor(std::string secret) : secret_(std::move(secret)) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
@@ -38,7 +38,7 @@ class SecretInterceptor final : public grpc::experimental::Interceptor {
   }
 
  private:
-  const std::string& secret_;  // The factory's, which the channel keeps.
+  const std::string secret_;
 };
 
 class SecretInterceptorFactory final

@@ -11,8 +11,8 @@
 #include "proto/wire/grpc_status.h"
 #include "server/batch/batch_prep.h"
 #include "server/coordinator/forward_metadata.h"
-#include "server/coordinator/prepare_batch.h"
 #include "server/coordinator/layout_choice.h"
+#include "server/coordinator/prepare_batch.h"
 #include "server/coordinator/request_convert.h"
 #include "server/coordinator/shard_io.h"
 #include "server/shm/shm_file.h"
@@ -125,7 +125,7 @@ AttentionServiceImpl::AttentionServiceImpl(Cluster& cluster, CoordinatorOptions 
     : cluster_(cluster),
       options_(options),
       metrics_(metrics),
-      ring_env_{cluster, metrics, options.ring_timeout},
+      ring_env_{cluster, metrics, options.ring_timeout, options.stream_idle_timeout},
       shm_host_id_(options.shm_regions ? shm::ShmHostId() : ""),
       regions_({options.max_regions_per_client, options.session_ttl}),
       sessions_({options.memory_budget_bytes, options.session_ttl, options.max_sessions_per_client,

@@ -22,6 +22,9 @@ struct CoordinatorOptions {
   uint64_t memory_budget_bytes = uint64_t{8} << 30;  // Session state held, in total.
   absl::Duration session_ttl = absl::Minutes(30);
   absl::Duration ring_timeout = absl::Seconds(60);  // Bound on every ring wait.
+  // A Forward or Backward request stream quiet this long is cancelled and
+  // its reservation returned; zero: never.
+  absl::Duration stream_idle_timeout = absl::Seconds(10);
   // Per client (its token's name, its certificate's name, else its host):
   // sessions open at once, and session state held. 0: no limit of its own.
   int max_sessions_per_client = 0;

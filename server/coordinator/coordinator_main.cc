@@ -34,6 +34,9 @@ ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{16} << 30,
           "Session state the workers may hold in total; over it, calls get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(double, session_ttl_seconds, 1800, "Sessions not released expire after this.");
 ABSL_FLAG(double, ring_timeout_seconds, 60, "Bound on every ring wait.");
+ABSL_FLAG(double, stream_idle_timeout_seconds, 10,
+          "A Forward or Backward whose request stream sends nothing this long is cancelled and "
+          "its place in the memory budget returned; 0: never.");
 ABSL_FLAG(int, max_sessions_per_client, 64,
           "Sessions one client (token or certificate name, else host) may hold open; 0: no "
           "limit. Over it, forward gets RESOURCE_EXHAUSTED.");
@@ -68,7 +71,7 @@ const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
       {"Limits",
        {"max_call_bytes", "memory_budget_bytes", "max_sessions_per_client",
         "max_client_memory_bytes", "max_regions_per_client", "session_ttl_seconds",
-        "ring_timeout_seconds", "health_interval_seconds"}},
+        "ring_timeout_seconds", "stream_idle_timeout_seconds", "health_interval_seconds"}},
       {"Metrics", {"metrics_port", "metrics_port_file"}},
       {"Security",
        {"tls_cert_file", "tls_key_file", "tls_ca_file", "tls_require_client_cert",
@@ -107,6 +110,8 @@ int main(int argc, char** argv) {
   options.memory_budget_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
   options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   options.ring_timeout = absl::Seconds(absl::GetFlag(FLAGS_ring_timeout_seconds));
+  options.stream_idle_timeout =
+      absl::Seconds(std::max(absl::GetFlag(FLAGS_stream_idle_timeout_seconds), 0.0));
   options.max_sessions_per_client = absl::GetFlag(FLAGS_max_sessions_per_client);
   options.max_client_memory_bytes =
       static_cast<uint64_t>(std::max<int64_t>(absl::GetFlag(FLAGS_max_client_memory_bytes), 0));

@@ -20,6 +20,7 @@
 #include "server/coordinator/cluster.h"
 #include "server/coordinator/commit_gate.h"
 #include "server/coordinator/coordinator_metrics.h"
+#include "server/coordinator/idle_watch.h"
 #include "server/coordinator/rank_call.h"
 #include "server/coordinator/shard_io.h"
 #include "server/coordinator/shard_reader.h"
@@ -44,6 +45,8 @@ class RingCallRunner {
     Cluster& cluster;
     CoordinatorMetrics& metrics;
     absl::Duration ring_timeout;  // Bound on every ring wait.
+    // A request stream that sends nothing this long is cancelled (IdleWatch).
+    absl::Duration stream_idle_timeout = absl::ZeroDuration();
   };
 
   // Opens every rank's `method` stream on the ring of `ticket`, each told
@@ -130,7 +133,12 @@ template <typename Response, typename Request>
 absl::Status RingCallRunner::ReadInputs(
     grpc::ServerReaderWriterInterface<Response, Request>& stream, ClientInputs& inputs) {
   Request req;
-  while (stream.Read(&req)) {
+  IdleWatch idle(context_, env_.stream_idle_timeout);
+  while (true) {
+    idle.Waiting(true);
+    const bool more = stream.Read(&req);
+    idle.Waiting(false);
+    if (!more) break;
     absl::Status s;
     if (req.has_tensor_ref()) {
       s = inputs.AddRef(req.tensor_ref());
@@ -141,6 +149,11 @@ absl::Status RingCallRunner::ReadInputs(
       return absl::InvalidArgumentError("only tensors follow the header");
     }
     if (!s.ok()) return absl::IsUnavailable(s) ? RanksFailed() : s;
+  }
+  if (idle.fired()) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the request stream sent nothing for ", absl::FormatDuration(env_.stream_idle_timeout),
+        " (--stream_idle_timeout_seconds): the call was cancelled"));
   }
   return InputsEnded(inputs);
 }

@@ -355,5 +355,48 @@ TEST(ServiceTest, PerClientLimitsOnSessionsAndHeldState) {
   }
 }
 
+// A stream that declares a call and then sends nothing loses its place in
+// the budget after --stream_idle_timeout_seconds, and others get it.
+TEST(ServiceTest, AQuietStreamIsCancelledAndItsReservationReturned) {
+  const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
+      {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 9);
+  auto e = EncodeBatch(b, Full());
+  const int64_t one = 64 * 32 * (2 * 2 + 2 * 1) * 4 + 64 * (2 * 4 + 9);  // As above.
+  auto cluster = StartCluster(1, {absl::StrCat("--memory_budget_bytes=", one + one / 2),
+                                  "--stream_idle_timeout_seconds=2"});
+  ASSERT_NE(cluster, nullptr);
+  auto c = client::AttentionClient::Connect(cluster->address());
+  auto stub = attention::v1::AttentionService::NewStub(
+      grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto quiet = stub->Forward(&ctx);
+  ASSERT_TRUE(quiet->Write(Header(2, 1, 64, 32)));
+  // Its header holds the budget (once read: well within half a second)...
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const absl::Time t0 = absl::Now();
+  const absl::Status held = c->Forward(e->in).status();
+  EXPECT_EQ(held.code(), absl::StatusCode::kResourceExhausted) << held;
+  // ...until the quiet stream is cancelled, two seconds after it went quiet.
+  attention::v1::ForwardResponse resp;
+  while (quiet->Read(&resp)) {
+  }
+  const grpc::Status ended = quiet->Finish();
+  const absl::Duration took = absl::Now() - t0;
+  EXPECT_FALSE(ended.ok());
+  EXPECT_LT(took, absl::Seconds(10)) << ended.error_message();
+  // The client hears of the cancel before the handler has unwound: the
+  // reservation is back a moment later.
+  absl::StatusOr<client::ForwardOutputs> after = c->Forward(e->in);
+  for (int i = 0; i < 100 && !after.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    after = c->Forward(e->in);
+  }
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(c->Release(after->session.handle()).ok());
+  c.reset();
+  EXPECT_TRUE(cluster->Stop().ok());
+}
+
 }  // namespace
 }  // namespace ringattn::coordinator
