@@ -236,10 +236,23 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
   RINGATTN_ASSIGN_OR_RETURN(
       const batch::ShardLayout layout,
       LayoutForCall(req.header().layout(), spec.layer, spec.seq_len, cluster_.cp()));
-  // The session's place in the budget is taken before any tensor byte is
-  // read: the inputs go on to the workers while they arrive.
-  RINGATTN_ASSIGN_OR_RETURN(SessionTable::Reservation reservation,
-                            sessions_.Reserve(owner, SessionBytes(spec, layout)));
+  // The session's place in the budget grows with the bytes that arrived (in
+  // proportion to Q, K and V), before they go on to the workers: a header
+  // alone holds nothing, so streams that declare large calls and send
+  // slowly cannot shut others out.
+  const uint64_t session_bytes = SessionBytes(spec, layout);
+  const double qkv_bytes = static_cast<double>(tokens / spec.heads) * spec.head_dim *
+                           (spec.heads + 2 * spec.kv_heads) * kernels::DTypeSize(spec.dtype);
+  RINGATTN_ASSIGN_OR_RETURN(SessionTable::Reservation reservation, sessions_.Reserve(owner, 0));
+  uint64_t received = 0;
+  const auto grow = [&](uint64_t bytes) {
+    received += bytes;
+    const auto due = static_cast<uint64_t>(
+        std::min(static_cast<double>(session_bytes),
+                 static_cast<double>(session_bytes) * static_cast<double>(received) / qkv_bytes));
+    return due > reservation.bytes() ? reservation.Grow(due - reservation.bytes())
+                                     : absl::OkStatus();
+  };
   const std::string handle = reservation.handle();
   RINGATTN_ASSIGN_OR_RETURN(const Cluster::Ticket ticket, cluster_.NextCall());
   RingCallRunner ring(ring_env_, context, scope.start(), ticket, Method::kForward,
@@ -252,7 +265,8 @@ absl::Status AttentionServiceImpl::RunForward(grpc::ServerContext& context, Forw
   RINGATTN_RETURN_IF_ERROR(ring.SendRegionOutputs(std::move(outputs), ForwardAnswer(spec, layout)));
   ClientInputs inputs(options_.max_call_bytes, std::move(regions));
   ExpectForwardInputs(spec, layout, ring.ranks(), inputs);
-  RINGATTN_RETURN_IF_ERROR(ring.ReadInputs(stream, inputs));
+  RINGATTN_RETURN_IF_ERROR(ring.ReadInputs(stream, inputs, grow));
+  RINGATTN_RETURN_IF_ERROR(reservation.Grow(session_bytes - reservation.bytes()));
   RINGATTN_ASSIGN_OR_RETURN(const batch::AttentionMetadata metadata,
                             ForwardMetadata(spec, layout, inputs));
   RINGATTN_RETURN_IF_ERROR(ring.SendMetadata(metadata));

@@ -65,8 +65,11 @@ class RingCallRunner {
   // forwarded as they come. CANCELLED when the client cancelled before its
   // stream ended: such a stream is not a request, even if every byte came.
   template <typename Response, typename Request>
+  // `on_bytes` (optional) hears of each piece's or reference's bytes as it
+  // arrives, and fails the call by failing.
   absl::Status ReadInputs(grpc::ServerReaderWriterInterface<Response, Request>& stream,
-                          ClientInputs& inputs);
+                          ClientInputs& inputs,
+                          const std::function<absl::Status(uint64_t)>& on_bytes = nullptr);
   // Sends every rank its slice of the metadata.
   absl::Status SendMetadata(const batch::AttentionMetadata& metadata);
   // Before the commit: the outputs of `answer` (as AwaitAnswers takes it)
@@ -131,7 +134,8 @@ class RingCallRunner {
 
 template <typename Response, typename Request>
 absl::Status RingCallRunner::ReadInputs(
-    grpc::ServerReaderWriterInterface<Response, Request>& stream, ClientInputs& inputs) {
+    grpc::ServerReaderWriterInterface<Response, Request>& stream, ClientInputs& inputs,
+    const std::function<absl::Status(uint64_t)>& on_bytes) {
   Request req;
   IdleWatch idle(context_, env_.stream_idle_timeout);
   while (true) {
@@ -141,10 +145,12 @@ absl::Status RingCallRunner::ReadInputs(
     if (!more) break;
     absl::Status s;
     if (req.has_tensor_ref()) {
-      s = inputs.AddRef(req.tensor_ref());
+      if (on_bytes) s = on_bytes(req.tensor_ref().byte_size());
+      if (s.ok()) s = inputs.AddRef(req.tensor_ref());
     } else if (req.has_chunk()) {
       api_received_.Increment(static_cast<double>(req.chunk().data().size()));
-      s = inputs.Add(*req.mutable_chunk());
+      if (on_bytes) s = on_bytes(req.chunk().data().size());
+      if (s.ok()) s = inputs.Add(*req.mutable_chunk());
     } else {
       return absl::InvalidArgumentError("only tensors follow the header");
     }

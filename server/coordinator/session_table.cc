@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/status_macros.h"
 
 namespace ringattn::coordinator {
 namespace {
@@ -41,24 +42,13 @@ absl::StatusOr<SessionTable::Reservation> SessionTable::Reserve(const std::strin
   absl::StatusOr<Reservation> reserved = [&]() -> absl::StatusOr<Reservation> {
     std::lock_guard<std::mutex> lock(mu_);
     expired = DropExpiredLocked();
-    if (bytes_held_ + bytes > limits_.memory_budget_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "memory budget exceeded: this session needs ", bytes, " bytes, ", bytes_held_, " of ",
-          limits_.memory_budget_bytes, " are held; release sessions or lower the batch"));
-    }
     const ClientUsage usage = clients_.contains(client) ? clients_[client] : ClientUsage{};
     if (limits_.max_sessions_per_client > 0 && usage.sessions >= limits_.max_sessions_per_client) {
       return absl::ResourceExhaustedError(absl::StrCat("client '", client, "' has ", usage.sessions,
                                                        " sessions open, its limit; release some "
                                                        "first"));
     }
-    if (limits_.max_client_memory_bytes > 0 &&
-        usage.bytes + bytes > limits_.max_client_memory_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("client '", client, "' holds ", usage.bytes, " bytes of session state; ",
-                       bytes, " more would pass its limit of ", limits_.max_client_memory_bytes,
-                       "; release sessions first"));
-    }
+    RINGATTN_RETURN_IF_ERROR(FitsLocked(client, usage, bytes));
     ClientUsage& mine = clients_[client];
     ++mine.sessions;
     mine.bytes += bytes;
@@ -74,6 +64,35 @@ absl::StatusOr<SessionTable::Reservation> SessionTable::Reserve(const std::strin
   }();
   release_(expired);
   return reserved;
+}
+
+absl::Status SessionTable::FitsLocked(const std::string& client, const ClientUsage& usage,
+                                      uint64_t bytes) const {
+  if (bytes_held_ + bytes > limits_.memory_budget_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "memory budget exceeded: this session needs ", bytes, " more bytes, ", bytes_held_, " of ",
+        limits_.memory_budget_bytes, " are held; release sessions or lower the batch"));
+  }
+  if (limits_.max_client_memory_bytes > 0 &&
+      usage.bytes + bytes > limits_.max_client_memory_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("client '", client, "' holds ", usage.bytes, " bytes of session state; ",
+                     bytes, " more would pass its limit of ", limits_.max_client_memory_bytes,
+                     "; release sessions first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SessionTable::Reservation::Grow(uint64_t bytes) {
+  if (table_ == nullptr || bytes == 0) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(table_->mu_);
+  ClientUsage& mine = table_->clients_[client_];
+  RINGATTN_RETURN_IF_ERROR(table_->FitsLocked(client_, mine, bytes));
+  mine.bytes += bytes;
+  table_->bytes_held_ += bytes;
+  bytes_ += bytes;
+  table_->PublishLocked();
+  return absl::OkStatus();
 }
 
 void SessionTable::Open(Reservation reservation, Session session) {

@@ -35,8 +35,8 @@ struct SessionLimits {
 
 // The coordinator's open sessions and what they hold on the workers, with
 // admission against the memory budget and per-client limits. A session's
-// place is reserved before its forward reads any tensor byte, and becomes
-// the session once the forward's ranks have answered. Sessions past their
+// place is reserved when its forward starts, grows as the forward's bytes
+// arrive, and becomes the session once the forward's ranks have answered. Sessions past their
 // time to live are dropped whenever the table is used.
 class SessionTable {
  public:
@@ -59,6 +59,10 @@ class SessionTable {
     ~Reservation();
 
     const std::string& handle() const { return handle_; }
+    // `bytes` more, as the session's inputs arrive; RESOURCE_EXHAUSTED (and
+    // nothing taken) when they would pass the budget or the client's limit.
+    absl::Status Grow(uint64_t bytes);
+    uint64_t bytes() const { return bytes_; }
 
    private:
     friend class SessionTable;
@@ -109,6 +113,9 @@ class SessionTable {
   // Un-reserves a session's bytes (requires mu_) and updates the gauges.
   void ForgetLocked(uint64_t bytes, const std::string& client);
   void PublishLocked();
+  // OK when `bytes` more fit the budget and the client's limit (requires mu_).
+  absl::Status FitsLocked(const std::string& client, const ClientUsage& usage,
+                          uint64_t bytes) const;
   void Unreserve(const std::string& client, uint64_t bytes);
 
   const SessionLimits limits_;

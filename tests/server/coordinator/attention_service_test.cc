@@ -355,36 +355,54 @@ TEST(ServiceTest, PerClientLimitsOnSessionsAndHeldState) {
   }
 }
 
-// A stream that declares a call and then sends nothing loses its place in
-// the budget after --stream_idle_timeout_seconds, and others get it.
-TEST(ServiceTest, AQuietStreamIsCancelledAndItsReservationReturned) {
+// The budget fills as bytes arrive: a header alone holds nothing, and a
+// stream that sent part of its inputs and went quiet holds its part until
+// --stream_idle_timeout_seconds cancels it; then others get it.
+TEST(ServiceTest, AQuietStreamHoldsWhatItSentUntilItIsCancelled) {
   const SyntheticBatch b = kernels::reference::MakeSyntheticBatch(
       {1, 2, 1, 64, 32}, {kernels::testing::SingleDocument(64)}, kernels::DType::kF32, 9);
   auto e = EncodeBatch(b, Full());
   const int64_t one = 64 * 32 * (2 * 2 + 2 * 1) * 4 + 64 * (2 * 4 + 9);  // As above.
-  auto cluster = StartCluster(1, {absl::StrCat("--memory_budget_bytes=", one + one / 2),
+  auto cluster = StartCluster(1, {absl::StrCat("--memory_budget_bytes=", one + one / 4),
                                   "--stream_idle_timeout_seconds=2"});
   ASSERT_NE(cluster, nullptr);
   auto c = client::AttentionClient::Connect(cluster->address());
   auto stub = attention::v1::AttentionService::NewStub(
       grpc::CreateChannel(cluster->address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto quiet = stub->Forward(&ctx);
-  ASSERT_TRUE(quiet->Write(Header(2, 1, 64, 32)));
-  // Its header holds the budget (once read: well within half a second)...
+  const auto open_quiet = [&](grpc::ClientContext& ctx, bool with_q) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto stream = stub->Forward(&ctx);
+    EXPECT_TRUE(stream->Write(Header(2, 1, 64, 32)));
+    // q is half of Q, K and V here: half the session's bytes.
+    if (with_q) {
+      EXPECT_TRUE(stream->Write(Chunk("q", "FP32", {1, 2, 64, 32}, 64 * 32 * 2 * 4)));
+    }
+    return stream;
+  };
+  grpc::ClientContext header_ctx;
+  auto header_only = open_quiet(header_ctx, false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // Read by now.
+  absl::StatusOr<client::ForwardOutputs> fits = c->Forward(e->in);
+  ASSERT_TRUE(fits.ok()) << "a header alone took budget: " << fits.status();
+  ASSERT_TRUE(c->Release(fits->session.handle()).ok());
+
+  grpc::ClientContext half_ctx;
+  auto half = open_quiet(half_ctx, true);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const absl::Time t0 = absl::Now();
   const absl::Status held = c->Forward(e->in).status();
   EXPECT_EQ(held.code(), absl::StatusCode::kResourceExhausted) << held;
-  // ...until the quiet stream is cancelled, two seconds after it went quiet.
+  EXPECT_NE(held.message().find("memory budget"), absl::string_view::npos) << held;
+  // Cancelled two seconds after it went quiet, as is the header-only one.
   attention::v1::ForwardResponse resp;
-  while (quiet->Read(&resp)) {
+  while (half->Read(&resp)) {
   }
-  const grpc::Status ended = quiet->Finish();
-  const absl::Duration took = absl::Now() - t0;
+  const grpc::Status ended = half->Finish();
   EXPECT_FALSE(ended.ok());
-  EXPECT_LT(took, absl::Seconds(10)) << ended.error_message();
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(10)) << ended.error_message();
+  while (header_only->Read(&resp)) {
+  }
+  EXPECT_FALSE(header_only->Finish().ok());
   // The client hears of the cancel before the handler has unwound: the
   // reservation is back a moment later.
   absl::StatusOr<client::ForwardOutputs> after = c->Forward(e->in);

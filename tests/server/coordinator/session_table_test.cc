@@ -56,6 +56,28 @@ TEST_F(SessionTableTest, HandlesCarry128RandomBits) {
   EXPECT_GT(prefixes.size(), 190u);
 }
 
+TEST_F(SessionTableTest, AReservationGrowsWithinTheBudgetAndTheClientsLimit) {
+  SessionTable table = MakeTable(
+      {.memory_budget_bytes = 100, .ttl = absl::Minutes(5), .max_client_memory_bytes = 70});
+  absl::StatusOr<SessionTable::Reservation> a = table.Reserve("a", 0);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(a->Grow(40).ok());
+  ASSERT_TRUE(a->Grow(20).ok());
+  EXPECT_EQ(a->bytes(), 60u);
+  // Past the client's limit: refused, and nothing taken.
+  const absl::Status over = a->Grow(20);
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted) << over;
+  EXPECT_EQ(a->bytes(), 60u);
+  absl::StatusOr<SessionTable::Reservation> b = table.Reserve("b", 30);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const absl::Status budget = b->Grow(20);  // 60 + 50 > 100.
+  EXPECT_EQ(budget.code(), absl::StatusCode::kResourceExhausted) << budget;
+  EXPECT_NE(budget.message().find("memory budget"), absl::string_view::npos) << budget;
+  // Given back whole, grown part included.
+  { SessionTable::Reservation gone = *std::move(a); }
+  EXPECT_TRUE(b->Grow(40).ok());  // 70 in all: fits only with a's 60 back.
+}
+
 TEST_F(SessionTableTest, BudgetRefusesAndAReservationNotOpenedGivesItsBytesBack) {
   SessionTable table = MakeTable({.memory_budget_bytes = 100, .ttl = absl::Minutes(5)});
   {
