@@ -420,21 +420,10 @@ class Client:
     def release(self, session: Session, *, timeout: Optional[float] = None) -> None:
         """Frees the session's state. NOT_FOUND when it is unknown or already gone."""
         handle = session.handle if isinstance(session, ForwardResult) else session
-        retried = [False]
-
-        def attempt(remaining: float) -> None:
-            try:
-                self._stub.Release(pb.ReleaseRequest(handle=handle), timeout=remaining)
-            except grpc.RpcError as err:
-                # A retry that finds nothing means the first try released it.
-                if not (retried[0] and err.code() == grpc.StatusCode.NOT_FOUND):
-                    raise
-            finally:
-                retried[0] = True
-
         with self._lock:
             self._known.pop(handle, None)
-        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
+        self._delete(lambda remaining: self._stub.Release(pb.ReleaseRequest(handle=handle),
+                                                          timeout=remaining), timeout)
 
     def release_later(self, handle: Releasable) -> None:
         """Queues a release (of a handle, or of a forward_async future's session
@@ -490,21 +479,11 @@ class Client:
             if not names:
                 raise invalid(f"{name} is not registered by this client")
             name = names[0]
-        retried = [False]
-
-        def attempt(remaining: float) -> None:
-            try:
-                self._stub.UnregisterRegion(pb.UnregisterRegionRequest(name=name),
-                                            timeout=remaining)
-            except grpc.RpcError as err:
-                if not (retried[0] and err.code() == grpc.StatusCode.NOT_FOUND):
-                    raise
-            finally:
-                retried[0] = True
-
         with self._lock:
             self._regions.pop(name, None)
-        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
+        request = pb.UnregisterRegionRequest(name=name)
+        self._delete(lambda remaining: self._stub.UnregisterRegion(request, timeout=remaining),
+                     timeout)
 
     def list_regions(self, *, timeout: Optional[float] = None) -> List[pb.RegionStatus]:
         """This client's regions, as the service holds them (name, shm_name,
@@ -658,6 +637,22 @@ class Client:
             self._known[result.handle] = light
             while len(self._known) > _MAX_REMEMBERED:
                 self._known.popitem(last=False)
+
+    def _delete(self, rpc: Callable[[float], Any], timeout: Optional[float]) -> None:
+        """A call that removes something, retried on UNAVAILABLE: NOT_FOUND on a
+        retry means the first try got through, and counts as success."""
+        retried = [False]
+
+        def attempt(remaining: float) -> None:
+            try:
+                rpc(remaining)
+            except grpc.RpcError as err:
+                if not (retried[0] and err.code() == grpc.StatusCode.NOT_FOUND):
+                    raise
+            finally:
+                retried[0] = True
+
+        self._call(attempt, lambda: True, 30.0 if timeout is None else timeout)
 
     def _call(self, attempt: Callable[[float], T], may_retry: Callable[[], bool],
               timeout: Optional[float]) -> T:
