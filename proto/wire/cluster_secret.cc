@@ -62,7 +62,11 @@ bool SameText(const std::string& a, const std::string& b) {
 
 std::string SecretDir() {
   const char* runtime = std::getenv("XDG_RUNTIME_DIR");
-  if (runtime != nullptr && runtime[0] == '/') return absl::StrCat(runtime, "/ringattn");
+  // A runtime folder that is not there or not ours to write (a stale
+  // variable under sudo) is passed over for /tmp.
+  if (runtime != nullptr && runtime[0] == '/' && access(runtime, W_OK | X_OK) == 0) {
+    return absl::StrCat(runtime, "/ringattn");
+  }
   return absl::StrCat("/tmp/ringattn-", getuid());
 }
 

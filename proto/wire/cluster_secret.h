@@ -39,9 +39,9 @@ std::shared_ptr<grpc::Channel> CreateChannelWithSecret(
 absl::StatusOr<std::string> NewClusterSecret();
 
 // Where a coordinator serving on `port` keeps a generated secret for the
-// workers on its host: $XDG_RUNTIME_DIR/ringattn/cluster-<port>.secret, else
-// /tmp/ringattn-<uid>/cluster-<port>.secret. The folder is 0700, the file
-// 0600.
+// workers on its host: $XDG_RUNTIME_DIR/ringattn/cluster-<port>.secret when
+// that folder is writable, else /tmp/ringattn-<uid>/cluster-<port>.secret.
+// The folder is 0700, the file 0600.
 std::string LocalClusterSecretPath(int port);
 
 // The secret at LocalClusterSecretPath(port). NOT_FOUND when there is none;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace ringattn::wire {
@@ -79,6 +80,12 @@ TEST_F(LocalSecretTest, AFileOrFolderOpenToOthersIsNoSecret) {
   EXPECT_EQ(ReadLocalClusterSecret(7).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(WriteLocalClusterSecret(7, "0123456789abcdef0123456789abcdef").code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LocalSecretTest, AMissingRuntimeFolderFallsBackToTmp) {
+  setenv("XDG_RUNTIME_DIR", (root_ + "/gone").c_str(), 1);
+  EXPECT_EQ(LocalClusterSecretPath(5),
+            absl::StrCat("/tmp/ringattn-", getuid(), "/cluster-5.secret"));
 }
 
 TEST_F(LocalSecretTest, ATooShortFileHoldsNoSecret) {
