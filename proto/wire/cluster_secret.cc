@@ -102,7 +102,7 @@ absl::Status CheckClusterSecret(const grpc::ServerContextBase& context, const st
   const auto it = metadata.find(kClusterSecretMetadata);
   if (it == metadata.end()) {
     return absl::UnauthenticatedError(
-        "the worker API needs the cluster secret: internal calls come from the cluster's own "
+        "the internal APIs need the cluster secret: their calls come from the cluster's own "
         "daemons");
   }
   if (secret.empty() || !SameText(std::string(it->second.data(), it->second.size()), secret)) {

@@ -42,8 +42,8 @@ import numpy as np
 
 from ringattn._proto.attention.v1 import attention_service_pb2 as pb
 from ringattn._proto.attention.v1 import attention_service_pb2_grpc as pb_grpc
-from ringattn.errors import RingattnError, invalid
 from ringattn._proto.attention.v1 import tensor_pb2
+from ringattn.errors import RingattnError, invalid
 from ringattn.layer import Layer
 from ringattn.region import SharedRegion
 from ringattn.results import SHARD_LAYOUTS, BackwardResult, ForwardResult, PreparedBatch
@@ -129,27 +129,32 @@ def _mask_wire(name: str, array: np.ndarray) -> str:
     raise invalid(f"{name}.dtype {array.dtype}: bools, integers or floats")
 
 
+def _batch_tensor(name: str, value: Any, shapes: Sequence[Tuple[int, ...]], want: str,
+                  wire_of: Callable[[str, np.ndarray], str]) -> Tuple[str, np.ndarray, str]:
+    """(name, array in its wire dtype, wire) for a per-token tensor whose shape
+    must be one of `shapes` (`want` says which, for the error)."""
+    array = np.asarray(value)
+    if array.shape not in shapes:
+        raise invalid(f"{name} must be {want}, got {list(array.shape)}")
+    wire = wire_of(name, array)
+    return name, array.astype(NUMPY_DTYPES[wire], copy=False), wire
+
+
 def _hf_metadata(attention_mask: Any, mm_token_type_ids: Any, packed_seq_ids: Any, batch: int,
                  seq: int) -> List[Tuple[str, np.ndarray, str]]:
     """The Hugging Face forms of a batch's metadata (SPEC §1), checked and in
     their wire dtypes: attention_mask [B, S] or [B, 1, S, S], the others [B, S]."""
     out: List[Tuple[str, np.ndarray, str]] = []
     if attention_mask is not None:
-        mask = np.asarray(attention_mask)
-        if mask.shape not in ((batch, seq), (batch, 1, seq, seq)):
-            raise invalid(f"attention_mask must be [B, S] = [{batch}, {seq}] or [B, 1, S, S] = "
-                          f"[{batch}, 1, {seq}, {seq}], got {list(mask.shape)}")
-        wire = _mask_wire("attention_mask", mask)
-        out.append(("attention_mask", mask.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        out.append(_batch_tensor(
+            "attention_mask", attention_mask, ((batch, seq), (batch, 1, seq, seq)),
+            f"[B, S] = [{batch}, {seq}] or [B, 1, S, S] = [{batch}, 1, {seq}, {seq}]",
+            _mask_wire))
     for name, value in (("mm_token_type_ids", mm_token_type_ids),
                         ("packed_seq_ids", packed_seq_ids)):
-        if value is None:
-            continue
-        array = np.asarray(value)
-        if array.shape != (batch, seq):
-            raise invalid(f"{name} must be [B, S] = [{batch}, {seq}], got {list(array.shape)}")
-        wire = _integer_wire(name, array)
-        out.append((name, array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+        if value is not None:
+            out.append(_batch_tensor(name, value, ((batch, seq),), f"[B, S] = [{batch}, {seq}]",
+                                     _integer_wire))
     return out
 
 
@@ -533,25 +538,14 @@ class Client:
             B, S = embeds.shape[:2]
             wire = _float_wire("inputs_embeds", embeds, embeds_dtype)
             tensors.append(("inputs_embeds", _as_wire("inputs_embeds", embeds, wire), wire))
+        per_token = f"[B, S] = [{B}, {S}]"
         if labels is not None:
-            array = np.asarray(labels)
-            if array.shape != (B, S):
-                raise invalid(f"labels must be [B, S] = [{B}, {S}], got {list(array.shape)}")
-            wire = _integer_wire("labels", array)
-            tensors.append(("labels", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+            tensors.append(_batch_tensor("labels", labels, ((B, S),), per_token, _integer_wire))
         if loss_mask is not None:
-            array = np.asarray(loss_mask)
-            if array.shape != (B, S):
-                raise invalid(f"loss_mask must be [B, S] = [{B}, {S}], got {list(array.shape)}")
-            wire = _mask_wire("loss_mask", array)
-            tensors.append(("loss_mask", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+            tensors.append(_batch_tensor("loss_mask", loss_mask, ((B, S),), per_token, _mask_wire))
         if position_ids is not None:
-            array = np.asarray(position_ids)
-            if array.shape not in ((B, S), (3, B, S)):
-                raise invalid(f"position_ids must be [B, S] = [{B}, {S}] or [3, B, S], got "
-                              f"{list(array.shape)}")
-            wire = _integer_wire("position_ids", array)
-            tensors.append(("position_ids", array.astype(NUMPY_DTYPES[wire], copy=False), wire))
+            tensors.append(_batch_tensor("position_ids", position_ids, ((B, S), (3, B, S)),
+                                         f"{per_token} or [3, B, S]", _integer_wire))
         tensors += _hf_metadata(attention_mask, mm_token_type_ids, packed_seq_ids, B, S)
         header = pb.PrepareBatchHeader(pad_token_id=pad_token_id, cp=cp,
                                        include_shards=include_shards)

@@ -51,8 +51,8 @@ class SharedRegion:
             name=shm_name[1:], create=True, size=byte_size)
         self.shm_name = shm_name
         self.byte_size = byte_size
-        self._bytes = np.ndarray((byte_size,), np.uint8, buffer=self._shm.buf)
-        self._base = self._bytes.__array_interface__["data"][0]
+        # The mapping's address, to place arrays in it (the view goes at once).
+        self._base = np.frombuffer(self._shm.buf, np.uint8).__array_interface__["data"][0]
         self._next = 0
 
     # -- arrays ---------------------------------------------------------------
@@ -89,7 +89,6 @@ class SharedRegion:
             return
         shm, self._shm = self._shm, None
         shm.unlink()
-        del self._bytes
         try:
             shm.close()
         except BufferError:
