@@ -204,29 +204,37 @@ void Cluster::BuildRing(uint64_t generation, std::vector<Slot> slots) {
   cv_.notify_all();
 }
 
+std::vector<bool> Cluster::ProbeAll(const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+                                    absl::Duration timeout) {
+  // In parallel: one hung rank must not delay the verdict on the others.
+  std::vector<char> healthy(channels.size(), 0);
+  std::vector<std::thread> probes;
+  probes.reserve(channels.size());
+  for (size_t r = 0; r < channels.size(); ++r) {
+    if (channels[r] == nullptr) continue;
+    probes.emplace_back([&, r] { healthy[r] = Healthy(*channels[r], timeout); });
+  }
+  for (std::thread& t : probes) t.join();
+  return std::vector<bool>(healthy.begin(), healthy.end());
+}
+
 void Cluster::Monitor() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.health_interval));
     if (stopping_) break;
-    std::vector<std::pair<int, std::shared_ptr<grpc::Channel>>> check;
-    for (size_t r = 0; r < slots_.size(); ++r) {
-      if (slots_[r].channel) check.emplace_back(static_cast<int>(r), slots_[r].channel);
-    }
+    std::vector<std::shared_ptr<grpc::Channel>> check;
+    for (const Slot& s : slots_) check.push_back(s.channel);
     lock.unlock();
-    std::vector<std::pair<int, bool>> health;
-    for (const auto& [r, channel] : check) {
-      health.emplace_back(r, Healthy(*channel, options_.health_interval));
-    }
+    const std::vector<bool> up = ProbeAll(check, options_.health_timeout);
     lock.lock();
-    for (size_t i = 0; i < health.size(); ++i) {
-      const auto [r, up] = health[i];
+    for (size_t r = 0; r < check.size(); ++r) {
       Slot& s = slots_[r];
-      if (s.channel != check[i].second) continue;  // Replaced while we probed.
-      if (s.up && !up) {
-        MarkDownLocked(r, "its health check failed");
+      if (check[r] == nullptr || s.channel != check[r]) continue;  // Empty, or replaced.
+      if (s.up && !up[r]) {
+        MarkDownLocked(static_cast<int>(r), "its health check failed");
       } else {
-        s.up = up;
+        s.up = up[r];
       }
     }
     PublishLocked();
@@ -283,33 +291,30 @@ void Cluster::RingFailed(uint64_t generation, const std::string& reason) {
 }
 
 std::string Cluster::CheckRanksNow() {
-  std::vector<std::pair<std::string, std::shared_ptr<grpc::Channel>>> check;
+  std::vector<std::string> addresses;
+  std::vector<std::shared_ptr<grpc::Channel>> check;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const Slot& s : slots_) check.emplace_back(s.address, s.channel);
+    for (const Slot& s : slots_) {
+      addresses.push_back(s.address);
+      check.push_back(s.channel);
+    }
   }
-  std::vector<std::string> down;
-  std::vector<std::thread> probes;
-  std::vector<char> healthy(check.size(), 0);
-  for (size_t r = 0; r < check.size(); ++r) {
-    probes.emplace_back([&, r] {
-      healthy[r] = check[r].second && Healthy(*check[r].second, absl::Milliseconds(500));
-    });
-  }
-  for (auto& t : probes) t.join();
+  const std::vector<bool> healthy = ProbeAll(check, options_.health_timeout);
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t r = 0; r < check.size(); ++r) {
-      if (!healthy[r] && check[r].second && slots_[r].channel == check[r].second) {
+      if (!healthy[r] && check[r] && slots_[r].channel == check[r]) {
         MarkDownLocked(static_cast<int>(r), "a ring call failed and it does not answer");
       }
     }
   }
+  std::vector<std::string> down;
   for (size_t r = 0; r < check.size(); ++r) {
     if (!healthy[r]) {
-      down.push_back(check[r].first.empty()
+      down.push_back(addresses[r].empty()
                          ? absl::StrCat("rank ", r, " has no worker")
-                         : absl::StrCat("rank ", r, " at ", check[r].first, " is down"));
+                         : absl::StrCat("rank ", r, " at ", addresses[r], " is down"));
     }
   }
   return absl::StrJoin(down, "; ");

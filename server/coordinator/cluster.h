@@ -29,9 +29,13 @@ struct ClusterOptions {
   std::string store_address;   // This coordinator's CoordinatorControl endpoint.
   std::string coordinator_id;  // Random per start (see JoinRingRequest).
   absl::Duration join_timeout = absl::Seconds(60);
-  // How often every worker's health is checked; a worker that fails a
-  // check is down until it passes one (or registers again).
-  absl::Duration health_interval = absl::Seconds(1);
+  // How often every worker's health is checked, and how long a check may
+  // wait for its answer; a worker that fails a check is down until it
+  // passes one (or registers again). A hung worker (stopped, or wedged)
+  // answers nothing, and its calls in flight fail within one interval plus
+  // one timeout: under a second with these defaults.
+  absl::Duration health_interval = absl::Milliseconds(200);
+  absl::Duration health_timeout = absl::Milliseconds(500);
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials;  // Null: insecure.
   std::string cluster_secret;  // Sent on every call to a worker (wire/cluster_secret.h).
 };
@@ -134,6 +138,10 @@ class Cluster {
   void MaybeBuildLocked();
   void BuildRing(uint64_t generation, std::vector<Slot> slots);
   void Monitor();
+  // Health-checks every rank's channel at once (bounded by `timeout`):
+  // whether each answered SERVING, by rank (a null channel: false).
+  static std::vector<bool> ProbeAll(const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+                                    absl::Duration timeout);
   void PublishLocked();  // Gauges from the slots (requires mu_).
   // Marks rank `r` down (requires mu_): the ring breaks, and a build that
   // waits for the rank is called off rather than left to its timeout.

@@ -49,8 +49,11 @@ ABSL_FLAG(int, max_regions_per_client, 64, "Shared-memory regions one client may
 ABSL_FLAG(int, metrics_port, 9464,
           "Prometheus /metrics port (on --host); 0 picks a free one, -1 turns it off.");
 ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port to this file.");
-ABSL_FLAG(double, health_interval_seconds, 1,
+ABSL_FLAG(double, health_interval_seconds, 0.2,
           "How often the coordinator checks each worker's health.");
+ABSL_FLAG(double, health_timeout_seconds, 0.5,
+          "How long a health check waits for a worker's answer; a worker that does not answer "
+          "in time is down, and its calls in flight fail at once.");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Client tokens of the public API, one a line, 'token' or 'name:token' (the name is the "
           "client's identity); callers without one get UNAUTHENTICATED. Needs TLS.");
@@ -71,7 +74,8 @@ const std::vector<ringattn::server::FlagGroup>& FlagGroups() {
       {"Limits",
        {"max_call_bytes", "memory_budget_bytes", "max_sessions_per_client",
         "max_client_memory_bytes", "max_regions_per_client", "session_ttl_seconds",
-        "ring_timeout_seconds", "stream_idle_timeout_seconds", "health_interval_seconds"}},
+        "ring_timeout_seconds", "stream_idle_timeout_seconds", "health_interval_seconds",
+        "health_timeout_seconds"}},
       {"Metrics", {"metrics_port", "metrics_port_file"}},
       {"Security",
        {"tls_cert_file", "tls_key_file", "tls_ca_file", "tls_require_client_cert",
@@ -103,6 +107,12 @@ int main(int argc, char** argv) {
   const int cp = absl::GetFlag(FLAGS_cp);
   if (cp < 1) {
     std::fprintf(stderr, "error: --cp must be >= 1\n");
+    return 2;
+  }
+  if (!(absl::GetFlag(FLAGS_health_interval_seconds) > 0) ||
+      !(absl::GetFlag(FLAGS_health_timeout_seconds) > 0)) {
+    std::fprintf(stderr,
+                 "error: --health_interval_seconds and --health_timeout_seconds must be > 0\n");
     return 2;
   }
   CoordinatorOptions options;
@@ -156,6 +166,7 @@ int main(int argc, char** argv) {
     cluster_options.coordinator_id = coordinator_id;
     cluster_options.join_timeout = options.ring_timeout;
     cluster_options.health_interval = absl::Seconds(absl::GetFlag(FLAGS_health_interval_seconds));
+    cluster_options.health_timeout = absl::Seconds(absl::GetFlag(FLAGS_health_timeout_seconds));
     cluster = std::make_unique<Cluster>(cluster_options, metrics);
     return absl::OkStatus();
   };

@@ -196,6 +196,15 @@ absl::Status RingCallRunner::Failed(const absl::Status& status) {
   // A call cancelled after its commit had every rank abort its transport,
   // whatever the error that started it.
   if (!BreaksRing(status) && !(committed_ && cancel_.cancelled())) return status;
+  {
+    // A rank marked down cancelled the call: the cluster knows, and probing
+    // the ranks again would wait out the hung one's health timeout.
+    std::lock_guard<std::mutex> lock(fault_mu_);
+    if (!fault_.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat(fault_.message(), "; the ring is rebuilt when it is back"));
+    }
+  }
   const std::string down = env_.cluster.CheckRanksNow();
   env_.cluster.RingFailed(generation_, down.empty() ? std::string(status.message()) : down);
   if (down.empty()) return status;
