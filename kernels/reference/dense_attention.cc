@@ -69,7 +69,8 @@ DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin, int64_t key_e
   return r;
 }
 
-DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout) {
+DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
+                         std::span<const double> out_given) {
   const int64_t S = p.seq_len;
   const int64_t D = p.head_dim;
   const DenseOutput fwd = DenseForward(p);
@@ -99,6 +100,10 @@ DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout) {
           for (int64_t d = 0; d < D; ++d) dot += dO[d] * v[d];
           dp[ki] = dot;
           delta += prob[ki] * dot;
+        }
+        if (!out_given.empty()) {
+          delta = 0.0;
+          for (int64_t d = 0; d < D; ++d) delta += dO[d] * out_given[row * D + d];
         }
         for (int64_t ki = 0; ki < S; ++ki) {
           if (prob[ki] == 0.0) continue;

@@ -48,7 +48,12 @@ struct DenseGrads {
 DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin = 0, int64_t key_end = -1);
 
 // dout: [B, H, S, D].
-DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout);
+// `out_given`, when set, is the forward output [B, H, S, D] the backward is
+// handed (the one returned, rounded to the input dtype): the backward's
+// rowsum(dO * O) is taken from it, as a kernel's is, so that rounding O is
+// an error of the forward's output, not the backward's.
+DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
+                         std::span<const double> out_given = {});
 
 // Whether query position qi may attend key position ki in batch row b.
 bool DenseAllowed(const DenseProblem& p, int64_t b, int64_t qi, int64_t ki);

@@ -267,8 +267,8 @@ inline void SoftmaxShift(const float* lse, float* shift) {
 }
 
 // The bf16 backward: the same two passes as BackwardF32 with every product
-// on the matrix units and P, dS rounded to bf16 for the products that read
-// them. Pass 1 works on the transposed tile (S^T = K Q^T), so P^T and dS^T
+// on the matrix units, P and dS split into two bf16 parts (ToBf16Split) for
+// the products that read them. Pass 1 works on the transposed tile (S^T = K Q^T), so P^T and dS^T
 // come out row-major as the A operands of dV += P^T dO and dK += dS^T Q.
 inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
                          const BackwardWorkspace& ws, ThreadPool& pool) {
@@ -323,13 +323,13 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
   ForEachKeyTile(
       p, plan, pool,
       [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum, int worker) {
-        float* s = ws.scratch + worker * scratch_size;             // [kBk, kBq] S^T, then P^T
-        float* dpm = s + kBq * kBk;                                // [kBk, kBq] dP^T, then dS^T
-        auto* p16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16 P^T
-        uint16_t* ds16 = p16 + kBq * kBk;                          // [kBk, kBq] bf16 dS^T
-        float* dk_acc = dpm + 2 * kBq * kBk;                       // [kBk, Dp]
-        float* dv_acc = dk_acc + kBk * dp;                         // [kBk, Dp]
-        float* shift = dv_acc + kBk * dp;                          // [kBq]
+        float* s = ws.scratch + worker * scratch_size;              // [kBk, kBq] S^T, then P^T
+        float* dpm = s + kBq * kBk;                                 // [kBk, kBq] dP^T, then dS^T
+        auto* hi16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16
+        uint16_t* lo16 = hi16 + kBq * kBk;                          // [kBk, kBq] bf16
+        float* dk_acc = dpm + 2 * kBq * kBk;                        // [kBk, Dp]
+        float* dv_acc = dk_acc + kBk * dp;                          // [kBk, Dp]
+        float* shift = dv_acc + kBk * dp;                           // [kBq]
         for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
         const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
@@ -357,10 +357,14 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
                 Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
               }
             }
-            ToBf16(s, kBq * kBk, p16);
-            ToBf16(dpm, kBq * kBk, ds16);
-            Bf16Gemm<true>(kBk, dp, kBq, p16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-            Bf16Gemm<true>(kBk, dp, kBq, ds16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+            // P^T, then dS^T, as hi + lo in the same two buffers: see
+            // ToBf16Split.
+            ToBf16Split(s, kBq * kBk, hi16, lo16);
+            Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+            Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+            ToBf16Split(dpm, kBq * kBk, hi16, lo16);
+            Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+            Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
           }
         }
         if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
@@ -372,7 +376,8 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
       [&](int64_t b, int64_t bh, int64_t bk, int64_t qt, const TileSummary& q_sum, int worker) {
         float* s = ws.scratch + worker * scratch_size;              // [kBq, kBk]
         float* dpm = s + kBq * kBk;                                 // [kBq, kBk]
-        auto* ds16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBq, kBk] bf16
+        auto* ds16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBq, kBk] bf16 dS hi
+        uint16_t* ds16_lo = ds16 + kBq * kBk;                       // [kBq, kBk] bf16 dS lo
         float* dq_acc = dpm + 2 * kBq * kBk;                        // [kBq, Dp]
         float* shift = dq_acc + 2 * kBk * dp;                       // [kBq]
         for (int64_t i = 0; i < kBq * dp; ++i) dq_acc[i] = 0.0f;
@@ -400,8 +405,9 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
               Store(dpm + at, prob * (Load(dpm + at) - row_delta));
             }
           }
-          ToBf16(dpm, kBq * kBk, ds16);
+          ToBf16Split(dpm, kBq * kBk, ds16, ds16_lo);
           Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
+          Bf16Gemm<true>(kBq, dp, kBk, ds16_lo, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
         }
         if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
       });

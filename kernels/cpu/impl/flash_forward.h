@@ -44,7 +44,7 @@ inline void OnlineSoftmax(float* p_s, float* m, float* l, float* acc, int64_t dp
 }
 
 // kBf16: bf16 inputs on the matrix units (ws.k_dpairs, ws.v_rpairs), P
-// rounded to bf16 for O += P V; otherwise everything in fp32.
+// split into two bf16 parts for O += P V; otherwise everything in fp32.
 template <bool kBf16>
 inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
                          const ForwardWorkspace& ws, ThreadPool& pool) {
@@ -89,7 +89,8 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
     float* acc = s + kBq * kBk;                          // [kBq, Dp]
     float* m = acc + kBq * dp;                           // [kBq]
     float* l = m + kBq;                                  // [kBq]
-    auto* p16 = reinterpret_cast<uint16_t*>(l + kBq);    // [kBq, kBk] bf16
+    auto* p16 = reinterpret_cast<uint16_t*>(l + kBq);    // [kBq, kBk] bf16 P hi
+    uint16_t* p16_lo = p16 + kBq * kBk;                  // [kBq, kBk] bf16 P lo
     auto* q16 = reinterpret_cast<uint16_t*>(q_tile);
     for (int64_t i = 0; i < kBq * dp; ++i) q_tile[i] = acc[i] = 0.0f;
     for (int64_t i = 0; i < kBq; ++i) {
@@ -122,9 +123,12 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
       OnlineSoftmax(s, m, l, acc, dp);
       // O += P V.
       if constexpr (kBf16) {
-        ToBf16(s, kBq * kBk, p16);
-        Bf16Gemm<true>(kBq, dp, kBk, p16, kBk, ws.v_rpairs + (bk * lkp + kt * kBk) * dp, 2 * dp,
-                       acc, dp);
+        // P as hi + lo (ToBf16Split): one rounding of P is over the
+        // tolerance where the terms of P V cancel.
+        ToBf16Split(s, kBq * kBk, p16, p16_lo);
+        const uint16_t* v_tile = ws.v_rpairs + (bk * lkp + kt * kBk) * dp;
+        Bf16Gemm<true>(kBq, dp, kBk, p16, kBk, v_tile, 2 * dp, acc, dp);
+        Bf16Gemm<true>(kBq, dp, kBk, p16_lo, kBk, v_tile, 2 * dp, acc, dp);
       } else {
         TileGemm<true>(kBq, dp, kBk, s, kBk, 1, ws.v + (bk * lkp + kt * kBk) * dp, dp, acc, dp);
       }

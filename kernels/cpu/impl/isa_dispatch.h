@@ -79,7 +79,7 @@ struct BackwardWorkspace {
 };
 
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
-  // The bf16 path needs a bf16 copy of P besides the fp32 one.
+  // The bf16 path needs two bf16 parts of P besides the fp32 one.
   return 2 * kBq * dp + 2 * kBq * kBk + 2 * kBq + dp;
 }
 
