@@ -34,6 +34,9 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v_t, FloatBuffer::Allocate(fp32_kv_size, "backward V^T"));
   RINGATTN_ASSIGN_OR_RETURN(FloatBuffer bf16_buffer,
                             FloatBuffer::Allocate((bf16_elements + 1) / 2, "backward bf16 packs"));
+  const bool one_pass = OnePassBackward(p.shape.batch * p.shape.kv_heads, ctx.pool().num_threads());
+  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dq,
+                            FloatBuffer::Allocate(one_pass ? q_rows * dp : 0, "backward dQ"));
   RINGATTN_ASSIGN_OR_RETURN(
       FloatBuffer scratch,
       FloatBuffer::Allocate(ctx.pool().num_threads() * BackwardScratchPerWorker(dp),
@@ -47,6 +50,7 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   ws.k_t = k_t.data();
   ws.v_t = v_t.data();
   ws.scratch = scratch.data();
+  ws.dq = one_pass ? dq.data() : nullptr;
   if (bf16) {
     uint16_t* next = reinterpret_cast<uint16_t*>(bf16_buffer.data());
     auto take = [&next](int64_t size) {

@@ -137,6 +137,41 @@ inline void AddQueryTileGrad(const BackwardParams& params, int64_t bh, int64_t q
   }
 }
 
+// The one-pass backward (ws.dq set, see OnePassBackward): one task per
+// (batch, kv head) runs key_tile(b, kvh, bk, kt, kv_summary, worker) for
+// its key tiles in order, which accumulates every query tile's dQ in `dq`
+// ([B, H, Lqp, Dp]) as it goes, then adds the dQ of each query tile that
+// met a key tile. It sums every product in the order the two passes do, so
+// the result is bit-identical to theirs.
+template <typename KeyTile>
+inline void OnePass(const BackwardParams& params, const TilePlan& plan, ThreadPool& pool,
+                    const float* dq, KeyTile&& key_tile) {
+  const ChunkProblem& p = params.problem;
+  const int64_t dp = plan.head_dim_padded;
+  const int64_t lqp = plan.q_tiles * kBq;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
+  pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
+    const int64_t b = bk / p.shape.kv_heads;
+    const int64_t kvh = bk % p.shape.kv_heads;
+    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+      const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
+      if (kv_sum.valid_count > 0) key_tile(b, kvh, bk, kt, kv_sum, worker);
+    }
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t bh = b * p.shape.heads + kvh * group + hh;
+      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+        const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
+        bool any = false;
+        for (int64_t kt = 0; !any && kt < plan.kv_tiles; ++kt) {
+          any = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]) !=
+                TileClass::kEmpty;
+        }
+        if (any) AddQueryTileGrad(params, bh, qt, dp, dq + (bh * lqp + qt * kBq) * dp);
+      }
+    }
+  });
+}
+
 inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
                         const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
@@ -179,37 +214,52 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
     }
   });
 
-  // Pass 1: dK, dV per (batch, kv head, key tile), summed over the query
-  // heads of the group (GQA) and every query tile. Early key tiles meet the
-  // most causal queries, so they go first.
-  ForEachKeyTile(
-      p, plan, pool,
-      [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum, int worker) {
-        float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
-        float* prob = s + kBq * kBk;                    // [kBq, kBk]
-        float* ds = prob + kBq * kBk;                   // [kBq, kBk]
-        float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
-        float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
-        for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+  // One key tile's dK, dV, summed over the query heads of the group (GQA)
+  // and every query tile; with `dq` ([B, H, Lqp, Dp]) set, also each query
+  // tile's dS K, added to dq in key tile order.
+  auto key_tile = [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                      int worker, float* dq) {
+    float* s = ws.scratch + worker * scratch_size;  // [kBq, kBk]
+    float* prob = s + kBq * kBk;                    // [kBq, kBk]
+    float* ds = prob + kBq * kBk;                   // [kBq, kBk]
+    float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
+    float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
+    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
-        bool any = false;
-        for (int64_t hh = 0; hh < group; ++hh) {
-          const int64_t bh = b * p.shape.heads + kvh * group + hh;
-          for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-            const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-            if (cls == TileClass::kEmpty) continue;
-            any = true;
-            const int64_t qrow = bh * lqp + qt * kBq;
-            const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
-            ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob,
-                               ds);
-            // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
-            TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
-            TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
-          }
+    bool any = false;
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t bh = b * p.shape.heads + kvh * group + hh;
+      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+        if (cls == TileClass::kEmpty) continue;
+        any = true;
+        const int64_t qrow = bh * lqp + qt * kBq;
+        const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
+        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
+        // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
+        TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
+        TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
+        if (dq != nullptr) {
+          TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
+                         dq + qrow * dp, dp);
         }
-        if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
-      });
+      }
+    }
+    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
+  };
+
+  if (ws.dq != nullptr) {
+    OnePass(params, plan, pool, ws.dq,
+            [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, ws.dq); });
+    return;
+  }
+
+  // Two passes. Pass 1: dK, dV per (batch, kv head, key tile). Early key
+  // tiles meet the most causal queries, so they go first.
+  ForEachKeyTile(p, plan, pool,
+                 [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                     int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, nullptr); });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
   ForEachQueryTile(
@@ -266,10 +316,11 @@ inline void SoftmaxShift(const float* lse, float* shift) {
   for (int64_t i = 0; i < kBq; ++i) shift[i] = lse[i] == -kInf ? kInf : lse[i];
 }
 
-// The bf16 backward: the same two passes as BackwardF32 with every product
-// on the matrix units, P and dS split into two bf16 parts (ToBf16Split) for
-// the products that read them. Pass 1 works on the transposed tile (S^T = K Q^T), so P^T and dS^T
-// come out row-major as the A operands of dV += P^T dO and dK += dS^T Q.
+// The bf16 backward: the passes of BackwardF32 with every product on the
+// matrix units, P and dS split into two bf16 parts (ToBf16Split) for the
+// products that read them. Key tiles work on the transposed tile (S^T =
+// K Q^T), so P^T and dS^T come out row-major as the A operands of
+// dV += P^T dO and dK += dS^T Q.
 inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
                          const BackwardWorkspace& ws, ThreadPool& pool) {
   const ChunkProblem& p = params.problem;
@@ -319,56 +370,77 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
     }
   });
 
-  // Pass 1: dK, dV per (batch, kv head, key tile); early key tiles first.
-  ForEachKeyTile(
-      p, plan, pool,
-      [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum, int worker) {
-        float* s = ws.scratch + worker * scratch_size;              // [kBk, kBq] S^T, then P^T
-        float* dpm = s + kBq * kBk;                                 // [kBk, kBq] dP^T, then dS^T
-        auto* hi16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16
-        uint16_t* lo16 = hi16 + kBq * kBk;                          // [kBk, kBq] bf16
-        float* dk_acc = dpm + 2 * kBq * kBk;                        // [kBk, Dp]
-        float* dv_acc = dk_acc + kBk * dp;                          // [kBk, Dp]
-        float* shift = dv_acc + kBk * dp;                           // [kBq]
-        for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+  // One key tile's dK, dV over the group's query heads and every query
+  // tile; with `dq` set, also each query tile's dS K (see BackwardF32).
+  auto key_tile = [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                      int worker, float* dq) {
+    float* s = ws.scratch + worker * scratch_size;              // [kBk, kBq] S^T, then P^T
+    float* dpm = s + kBq * kBk;                                 // [kBk, kBq] dP^T, then dS^T
+    auto* hi16 = reinterpret_cast<uint16_t*>(dpm + kBq * kBk);  // [kBk, kBq] bf16
+    uint16_t* lo16 = hi16 + kBq * kBk;                          // [kBk, kBq] bf16
+    float* dk_acc = dpm + 2 * kBq * kBk;                        // [kBk, Dp]
+    float* dv_acc = dk_acc + kBk * dp;                          // [kBk, Dp]
+    float* shift = dv_acc + kBk * dp;                           // [kBq]
+    for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
-        const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
-        TileScope tiles(true);
-        bool any = false;
-        for (int64_t hh = 0; hh < group; ++hh) {
-          const int64_t bh = b * p.shape.heads + kvh * group + hh;
-          for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-            const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-            if (cls == TileClass::kEmpty) continue;
-            any = true;
-            const int64_t qrow = bh * lqp + qt * kBq;
-            const int64_t q_at = qrow * dp;
-            Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
-            ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
-            Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm,
-                            kBq);
-            SoftmaxShift(ws.lse + qrow, shift);
-            const float* delta = ws.delta + qrow;
-            for (int64_t j = 0; j < kBk; ++j) {
-              for (int64_t i = 0; i < kBq; i += kLanes) {
-                const int64_t at = j * kBq + i;
-                const VecF prob = Exp(Load(s + at) - Load(shift + i));
-                Store(s + at, prob);
-                Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
-              }
-            }
-            // P^T, then dS^T, as hi + lo in the same two buffers: see
-            // ToBf16Split.
-            ToBf16Split(s, kBq * kBk, hi16, lo16);
-            Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-            Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-            ToBf16Split(dpm, kBq * kBk, hi16, lo16);
-            Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
-            Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+    const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
+    TileScope tiles(true);
+    bool any = false;
+    for (int64_t hh = 0; hh < group; ++hh) {
+      const int64_t bh = b * p.shape.heads + kvh * group + hh;
+      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+        if (cls == TileClass::kEmpty) continue;
+        any = true;
+        const int64_t qrow = bh * lqp + qt * kBq;
+        const int64_t q_at = qrow * dp;
+        Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
+        ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+        Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
+        SoftmaxShift(ws.lse + qrow, shift);
+        const float* delta = ws.delta + qrow;
+        for (int64_t j = 0; j < kBk; ++j) {
+          for (int64_t i = 0; i < kBq; i += kLanes) {
+            const int64_t at = j * kBq + i;
+            const VecF prob = Exp(Load(s + at) - Load(shift + i));
+            Store(s + at, prob);
+            Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
           }
         }
-        if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
-      });
+        // P^T, then dS^T, as hi + lo in the same two buffers: see
+        // ToBf16Split.
+        ToBf16Split(s, kBq * kBk, hi16, lo16);
+        Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+        Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+        ToBf16Split(dpm, kBq * kBk, hi16, lo16);
+        Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+        Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+        if (dq != nullptr) {
+          // dQ += dS K: dS^T transposed into s (P^T is spent), then split.
+          for (int64_t i = 0; i < kBq; ++i) {
+            for (int64_t j = 0; j < kBk; ++j) s[i * kBk + j] = dpm[j * kBq + i];
+          }
+          ToBf16Split(s, kBq * kBk, hi16, lo16);
+          Bf16Gemm<true>(kBq, dp, kBk, hi16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
+          Bf16Gemm<true>(kBq, dp, kBk, lo16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
+        }
+      }
+    }
+    if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
+  };
+
+  if (ws.dq != nullptr) {
+    OnePass(params, plan, pool, ws.dq,
+            [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, ws.dq); });
+    return;
+  }
+
+  // Two passes. Pass 1: dK, dV per (batch, kv head, key tile); early key
+  // tiles first.
+  ForEachKeyTile(p, plan, pool,
+                 [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                     int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, nullptr); });
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
   ForEachQueryTile(

@@ -75,12 +75,24 @@ struct BackwardWorkspace {
   float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
   float* v_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] V^T per key tile
   Bf16BackwardPacks bf16;    // Set instead of q, dout, k, k_t, v_t for bf16.
+  float* dq = nullptr;       // [B, H, Lqp, Dp]: set for the one-pass backward.
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
   // The bf16 path needs two bf16 parts of P besides the fp32 one.
   return 2 * kBq * dp + 2 * kBq * kBk + 2 * kBq + dp;
+}
+
+// The backward runs in one pass over the tile pairs, one task per (batch,
+// kv head), when those tasks keep the threads about as busy as the two
+// passes would (which split the work finer but compute S, P and dS twice,
+// about 1.4x the work); otherwise in two. Both sum every product in the same
+// order, so the choice, and the thread count it depends on, never changes a
+// bit of the result.
+inline constexpr bool OnePassBackward(int64_t batch_kv_heads, int64_t num_threads) {
+  const int64_t rounds = (batch_kv_heads + num_threads - 1) / num_threads;
+  return 10 * rounds * num_threads <= 14 * batch_kv_heads;
 }
 
 inline constexpr int64_t BackwardScratchPerWorker(int64_t dp) {
