@@ -137,16 +137,50 @@ inline void AddQueryTileGrad(const BackwardParams& params, int64_t bh, int64_t q
   }
 }
 
-// The one-pass backward (ws.dq set, see OnePassBackward): one task per
-// (batch, kv head) runs key_tile(b, kvh, bk, kt, kv_summary, worker) for
-// its key tiles in order, which accumulates every query tile's dQ in `dq`
-// ([B, H, Lqp, Dp]) as it goes, then adds the dQ of each query tile that
-// met a key tile. It sums every product in the order the two passes do, so
-// the result is bit-identical to theirs.
+// Runs body(qt, cls, qrow) for every (query head of kv head `kvh`, query
+// tile qt) that meets the key tile summarized by `kv_sum` (cls: how; qrow:
+// the query tile's first packed row, (b * H + head) * Lqp + qt * kBq),
+// heads outer and tiles inner: the order in which dK and dV are summed.
+// Returns whether any did.
+template <typename Body>
+inline bool ForEachQueryTileMeeting(const ChunkProblem& p, const TilePlan& plan, int64_t b,
+                                    int64_t kvh, const TileSummary& kv_sum, Body&& body) {
+  const int64_t lqp = plan.q_tiles * kBq;
+  const int64_t group = p.shape.heads / p.shape.kv_heads;
+  bool any = false;
+  for (int64_t hh = 0; hh < group; ++hh) {
+    const int64_t bh = b * p.shape.heads + kvh * group + hh;
+    for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
+      const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
+      if (cls == TileClass::kEmpty) continue;
+      any = true;
+      body(qt, cls, bh * lqp + qt * kBq);
+    }
+  }
+  return any;
+}
+
+// Runs key_tile(b, kvh, bk, kt, kv_summary, worker, dq) for every key tile
+// that holds a valid token and returns whether dQ is done too.
+//
+// One pass (ws.dq set, see OnePassBackward): one task per (batch, kv head)
+// runs its key tiles in order with dq = ws.dq ([B, H, Lqp, Dp]), where
+// key_tile accumulates every query tile's dS K as it goes, then adds the dQ
+// of each query tile that met a key tile. It sums every product in the
+// order the two passes do, so the result is bit-identical to theirs.
+//
+// Otherwise pass 1 of two: one task per key tile with dq = nullptr, early
+// key tiles (which meet the most causal queries) first.
 template <typename KeyTile>
-inline void OnePass(const BackwardParams& params, const TilePlan& plan, ThreadPool& pool,
-                    const float* dq, KeyTile&& key_tile) {
+inline bool KeyTilePass(const BackwardParams& params, const TilePlan& plan,
+                        const BackwardWorkspace& ws, ThreadPool& pool, KeyTile& key_tile) {
   const ChunkProblem& p = params.problem;
+  if (ws.dq == nullptr) {
+    ForEachKeyTile(p, plan, pool,
+                   [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
+                       int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, nullptr); });
+    return false;
+  }
   const int64_t dp = plan.head_dim_padded;
   const int64_t lqp = plan.q_tiles * kBq;
   const int64_t group = p.shape.heads / p.shape.kv_heads;
@@ -155,7 +189,7 @@ inline void OnePass(const BackwardParams& params, const TilePlan& plan, ThreadPo
     const int64_t kvh = bk % p.shape.kv_heads;
     for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
       const TileSummary& kv_sum = plan.kv_summaries[b * plan.kv_tiles + kt];
-      if (kv_sum.valid_count > 0) key_tile(b, kvh, bk, kt, kv_sum, worker);
+      if (kv_sum.valid_count > 0) key_tile(b, kvh, bk, kt, kv_sum, worker, ws.dq);
     }
     for (int64_t hh = 0; hh < group; ++hh) {
       const int64_t bh = b * p.shape.heads + kvh * group + hh;
@@ -166,10 +200,11 @@ inline void OnePass(const BackwardParams& params, const TilePlan& plan, ThreadPo
           any = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]) !=
                 TileClass::kEmpty;
         }
-        if (any) AddQueryTileGrad(params, bh, qt, dp, dq + (bh * lqp + qt * kBq) * dp);
+        if (any) AddQueryTileGrad(params, bh, qt, dp, ws.dq + (bh * lqp + qt * kBq) * dp);
       }
     }
   });
+  return true;
 }
 
 inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
@@ -179,7 +214,6 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
   const int64_t dp = plan.head_dim_padded;
   const int64_t lkp = plan.kv_tiles * kBk;
   const int64_t lqp = plan.q_tiles * kBq;
-  const int64_t group = p.shape.heads / p.shape.kv_heads;
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
 
   // K, K^T and V^T of every (batch, kv head) in fp32.
@@ -226,40 +260,22 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
     float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
     for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
-    bool any = false;
-    for (int64_t hh = 0; hh < group; ++hh) {
-      const int64_t bh = b * p.shape.heads + kvh * group + hh;
-      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-        if (cls == TileClass::kEmpty) continue;
-        any = true;
-        const int64_t qrow = bh * lqp + qt * kBq;
-        const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
-        ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
-        // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
-        TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
-        TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
-        if (dq != nullptr) {
-          TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
-                         dq + qrow * dp, dp);
-        }
-      }
-    }
+    const bool any = ForEachQueryTileMeeting(
+        p, plan, b, kvh, kv_sum, [&](int64_t qt, TileClass cls, int64_t qrow) {
+          const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
+          ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
+          // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
+          TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
+          TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
+          if (dq != nullptr) {
+            TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
+                           dq + qrow * dp, dp);
+          }
+        });
     if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
   };
 
-  if (ws.dq != nullptr) {
-    OnePass(params, plan, pool, ws.dq,
-            [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
-                int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, ws.dq); });
-    return;
-  }
-
-  // Two passes. Pass 1: dK, dV per (batch, kv head, key tile). Early key
-  // tiles meet the most causal queries, so they go first.
-  ForEachKeyTile(p, plan, pool,
-                 [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
-                     int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, nullptr); });
+  if (KeyTilePass(params, plan, ws, pool, key_tile)) return;  // One pass: dQ is done.
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
   ForEachQueryTile(
@@ -329,7 +345,6 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
   const int64_t dp = plan.head_dim_padded;
   const int64_t lkp = plan.kv_tiles * kBk;
   const int64_t lqp = plan.q_tiles * kBq;
-  const int64_t group = p.shape.heads / p.shape.kv_heads;
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
 
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int) {
@@ -385,62 +400,44 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
 
     const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
     TileScope tiles(true);
-    bool any = false;
-    for (int64_t hh = 0; hh < group; ++hh) {
-      const int64_t bh = b * p.shape.heads + kvh * group + hh;
-      for (int64_t qt = 0; qt < plan.q_tiles; ++qt) {
-        const TileClass cls = Classify(p.mask, plan.q_summaries[b * plan.q_tiles + qt], kv_sum);
-        if (cls == TileClass::kEmpty) continue;
-        any = true;
-        const int64_t qrow = bh * lqp + qt * kBq;
-        const int64_t q_at = qrow * dp;
-        Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
-        ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
-        Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
-        SoftmaxShift(ws.lse + qrow, shift);
-        const float* delta = ws.delta + qrow;
-        for (int64_t j = 0; j < kBk; ++j) {
-          for (int64_t i = 0; i < kBq; i += kLanes) {
-            const int64_t at = j * kBq + i;
-            const VecF prob = Exp(Load(s + at) - Load(shift + i));
-            Store(s + at, prob);
-            Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
+    const bool any = ForEachQueryTileMeeting(
+        p, plan, b, kvh, kv_sum, [&](int64_t qt, TileClass cls, int64_t qrow) {
+          const int64_t q_at = qrow * dp;
+          Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
+          ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
+          SoftmaxShift(ws.lse + qrow, shift);
+          const float* delta = ws.delta + qrow;
+          for (int64_t j = 0; j < kBk; ++j) {
+            for (int64_t i = 0; i < kBq; i += kLanes) {
+              const int64_t at = j * kBq + i;
+              const VecF prob = Exp(Load(s + at) - Load(shift + i));
+              Store(s + at, prob);
+              Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
+            }
           }
-        }
-        // P^T, then dS^T, as hi + lo in the same two buffers: see
-        // ToBf16Split.
-        ToBf16Split(s, kBq * kBk, hi16, lo16);
-        Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-        Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-        ToBf16Split(dpm, kBq * kBk, hi16, lo16);
-        Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
-        Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
-        if (dq != nullptr) {
-          // dQ += dS K: dS^T transposed into s (P^T is spent), then split.
-          for (int64_t i = 0; i < kBq; ++i) {
-            for (int64_t j = 0; j < kBk; ++j) s[i * kBk + j] = dpm[j * kBq + i];
-          }
+          // P^T, then dS^T, as hi + lo in the same two buffers: see
+          // ToBf16Split.
           ToBf16Split(s, kBq * kBk, hi16, lo16);
-          Bf16Gemm<true>(kBq, dp, kBk, hi16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
-          Bf16Gemm<true>(kBq, dp, kBk, lo16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
-        }
-      }
-    }
+          Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+          Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+          ToBf16Split(dpm, kBq * kBk, hi16, lo16);
+          Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+          Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+          if (dq != nullptr) {
+            // dQ += dS K: dS^T transposed into s (P^T is spent), then split.
+            for (int64_t i = 0; i < kBq; ++i) {
+              for (int64_t j = 0; j < kBk; ++j) s[i * kBk + j] = dpm[j * kBq + i];
+            }
+            ToBf16Split(s, kBq * kBk, hi16, lo16);
+            Bf16Gemm<true>(kBq, dp, kBk, hi16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
+            Bf16Gemm<true>(kBq, dp, kBk, lo16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
+          }
+        });
     if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
   };
 
-  if (ws.dq != nullptr) {
-    OnePass(params, plan, pool, ws.dq,
-            [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
-                int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, ws.dq); });
-    return;
-  }
-
-  // Two passes. Pass 1: dK, dV per (batch, kv head, key tile); early key
-  // tiles first.
-  ForEachKeyTile(p, plan, pool,
-                 [&](int64_t b, int64_t kvh, int64_t bk, int64_t kt, const TileSummary& kv_sum,
-                     int worker) { key_tile(b, kvh, bk, kt, kv_sum, worker, nullptr); });
+  if (KeyTilePass(params, plan, ws, pool, key_tile)) return;  // One pass: dQ is done.
 
   // Pass 2: dQ per (batch, head, query tile); late query tiles first.
   ForEachQueryTile(
