@@ -212,7 +212,7 @@ std::vector<bool> Cluster::ProbeAll(const std::vector<std::shared_ptr<grpc::Chan
   probes.reserve(channels.size());
   for (size_t r = 0; r < channels.size(); ++r) {
     if (channels[r] == nullptr) continue;
-    probes.emplace_back([&, r] { healthy[r] = Healthy(*channels[r], timeout); });
+    probes.emplace_back([&, r] { healthy[r] = Healthy(*channels[r], timeout) ? 1 : 0; });
   }
   for (std::thread& t : probes) t.join();
   return std::vector<bool>(healthy.begin(), healthy.end());

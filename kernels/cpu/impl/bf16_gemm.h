@@ -47,12 +47,12 @@ inline void ToBf16(const float* src, int64_t n, uint16_t* dst) {
 inline void ToBf16Split(const float* src, int64_t n, uint16_t* hi, uint16_t* lo) {
   for (int64_t i = 0; i < n; i += 16) {
     const __m512 x = _mm512_loadu_ps(src + i);
-    const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+    const auto h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
     // The maskz forms: the plain ones start from an undefined register,
     // which GCC 12 reports as maybe-uninitialized.
     const __m512i h32 = _mm512_maskz_cvtepu16_epi32(0xFFFF, h);
     const __m512 h_wide = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, h32, 16));
-    const __m256i l = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(x, h_wide)));
+    const auto l = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(x, h_wide)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + i), h);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + i), l);
   }
