@@ -32,7 +32,7 @@ struct BackwardTile {
 inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, TileClass cls,
                                const MaskRule& rule, const TileFrame& frame, float* s, float* p,
                                float* ds) {
-  TileGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, kBk, s, kBk);
+  PanelGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, s, kBk);
   ScaleAndMask(s, scale, cls, rule, frame);
   for (int64_t i = 0; i < kBq; ++i) {
     const float lse = t.lse[i];
@@ -45,7 +45,7 @@ inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, T
       Store(p + i * kBk + j, Exp(Load(s + i * kBk + j) - shift));
     }
   }
-  TileGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, kBk, ds, kBk);  // dP
+  PanelGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, ds, kBk);  // dP
   for (int64_t i = 0; i < kBq; ++i) {
     const VecF delta = Splat(t.delta[i]);
     for (int64_t j = 0; j < kBk; j += kLanes) {
@@ -225,6 +225,17 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
                         row_tmp);
     PackTransposedTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v_t + bk * dp * lkp,
                         row_tmp);
+    // Each key tile's K [kBk, Dp], K^T and V^T [Dp, kBk] in column panels.
+    float* tile_tmp = row_tmp + dp;  // [kBk * Dp]
+    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+      const int64_t at = (bk * lkp + kt * kBk) * dp;
+      __builtin_memcpy(tile_tmp, ws.k + at, kBk * dp * sizeof(float));
+      PackPanels(tile_tmp, kBk, dp, dp, ws.k + at);
+      __builtin_memcpy(tile_tmp, ws.k_t + at, kBk * dp * sizeof(float));
+      PackPanels(tile_tmp, dp, kBk, kBk, ws.k_t + at);
+      __builtin_memcpy(tile_tmp, ws.v_t + at, kBk * dp * sizeof(float));
+      PackPanels(tile_tmp, dp, kBk, kBk, ws.v_t + at);
+    }
   });
 
   // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
@@ -268,8 +279,8 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
           TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
           TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
           if (dq != nullptr) {
-            TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp,
-                           dq + qrow * dp, dp);
+            PanelGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp,
+                            dq + qrow * dp, dp);
           }
         });
     if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
@@ -296,8 +307,7 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
           const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
           ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
           // dQ += dS K (scaled below).
-          TileGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dp, dq_acc,
-                         dp);
+          PanelGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp, dq_acc, dp);
         }
         if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
       });

@@ -67,6 +67,16 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
       PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
                           row_tmp);
       PackRows(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp);
+      // Each key tile's K^T [Dp, kBk] and V [kBk, Dp] in column panels.
+      float* tile_tmp = row_tmp + dp;  // [kBk * Dp]
+      for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
+        float* k_tile = ws.k_t + (bk * lkp + kt * kBk) * dp;
+        float* v_tile = ws.v + (bk * lkp + kt * kBk) * dp;
+        __builtin_memcpy(tile_tmp, k_tile, kBk * dp * sizeof(float));
+        PackPanels(tile_tmp, dp, kBk, kBk, k_tile);
+        __builtin_memcpy(tile_tmp, v_tile, kBk * dp * sizeof(float));
+        PackPanels(tile_tmp, kBk, dp, dp, v_tile);
+      }
     }
   });
 
@@ -115,8 +125,7 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
         Bf16Gemm<false>(kBq, kBk, dp, q16, dp, ws.k_dpairs + (bk * lkp + kt * kBk) * dp, 2 * kBk, s,
                         kBk);
       } else {
-        TileGemm<false>(kBq, kBk, dp, q_tile, dp, 1, ws.k_t + (bk * lkp + kt * kBk) * dp, kBk, s,
-                        kBk);
+        PanelGemm<false>(kBq, kBk, dp, q_tile, dp, 1, ws.k_t + (bk * lkp + kt * kBk) * dp, s, kBk);
       }
       ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
       // P = exp(S - m), with the running output rescaled to the new max.
@@ -130,7 +139,7 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
         Bf16Gemm<true>(kBq, dp, kBk, p16, kBk, v_tile, 2 * dp, acc, dp);
         Bf16Gemm<true>(kBq, dp, kBk, p16_lo, kBk, v_tile, 2 * dp, acc, dp);
       } else {
-        TileGemm<true>(kBq, dp, kBk, s, kBk, 1, ws.v + (bk * lkp + kt * kBk) * dp, dp, acc, dp);
+        PanelGemm<true>(kBq, dp, kBk, s, kBk, 1, ws.v + (bk * lkp + kt * kBk) * dp, acc, dp);
       }
     }
 

@@ -59,6 +59,29 @@ inline void TileGemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
   }
 }
 
+// The same with b in column panels: columns [j, j + kNr) of b are the
+// contiguous [K, kNr] block at b + (j / kNr) * K * kNr (see PackPanels), so
+// the micro-kernel reads B as one dense stream.
+template <bool kAccumulate>
+inline void PanelGemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
+                      const float* b, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < N; j += kNr) {
+    for (int64_t i = 0; i < M; i += kMr) {
+      MicroKernel<kAccumulate>(K, a + i * a_rs, a_rs, a_cs, b + j * K, kNr, c + i * ldc + j, ldc);
+    }
+  }
+}
+
+// Row-major src [K, N] (leading dim lds) -> dst in the column panels of
+// PanelGemm. N % kNr == 0.
+inline void PackPanels(const float* src, int64_t K, int64_t N, int64_t lds, float* dst) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < N; j += kNr) {
+      __builtin_memcpy(dst + j * K + k * kNr, src + k * lds + j, kNr * sizeof(float));
+    }
+  }
+}
+
 }  // namespace ringattn::kernels::cpu::RINGATTN_ISA_NS
 
 #endif  // RINGATTN_KERNELS_CPU_IMPL_TILE_GEMM_H_
