@@ -269,6 +269,8 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
     float* ds = prob + kBq * kBk;                   // [kBq, kBk]
     float* dk_acc = ds + kBq * kBk;                 // [kBk, Dp]
     float* dv_acc = dk_acc + kBk * dp;              // [kBk, Dp]
+    float* q_p = dv_acc + kBk * dp + 2 * dp;        // [kBq, Dp] in column panels
+    float* dout_p = q_p + kBq * dp;                 // [kBq, Dp] in column panels
     for (int64_t i = 0; i < kBk * dp; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
     const bool any = ForEachQueryTileMeeting(
@@ -276,8 +278,10 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
           const BackwardTile tile = TileAt(ws, qrow, bk, kt, dp, lkp);
           ProbsAndScoreGrads(tile, dp, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt), s, prob, ds);
           // dV += P^T dO and dK += dS^T Q (scaled below), A read transposed.
-          TileGemm<true>(kBk, dp, kBq, prob, 1, kBk, tile.dout, dp, dv_acc, dp);
-          TileGemm<true>(kBk, dp, kBq, ds, 1, kBk, tile.q, dp, dk_acc, dp);
+          PackPanels(tile.dout, kBq, dp, dp, dout_p);
+          PackPanels(tile.q, kBq, dp, dp, q_p);
+          PanelGemm<true>(kBk, dp, kBq, prob, 1, kBk, dout_p, dv_acc, dp);
+          PanelGemm<true>(kBk, dp, kBq, ds, 1, kBk, q_p, dk_acc, dp);
           if (dq != nullptr) {
             PanelGemm<true>(kBq, dp, kBk, ds, kBk, 1, ws.k + (bk * lkp + kt * kBk) * dp,
                             dq + qrow * dp, dp);

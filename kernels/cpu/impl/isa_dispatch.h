@@ -96,7 +96,7 @@ inline constexpr bool OnePassBackward(int64_t batch_kv_heads, int64_t num_thread
 }
 
 inline constexpr int64_t BackwardScratchPerWorker(int64_t dp) {
-  return 3 * kBq * kBk + 2 * kBk * dp + 2 * dp;
+  return 3 * kBq * kBk + 2 * kBk * dp + 2 * dp + 2 * kBq * dp;
 }
 
 #define RINGATTN_DECLARE_ISA_KERNELS(ns)                                                         \
