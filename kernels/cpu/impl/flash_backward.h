@@ -220,22 +220,11 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
     const int64_t first = bk * p.shape.kv_len;
-    PackRows(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k + bk * lkp * dp);
+    PackRowTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k + bk * lkp * dp, row_tmp);
     PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
                         row_tmp);
     PackTransposedTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v_t + bk * dp * lkp,
                         row_tmp);
-    // Each key tile's K [kBk, Dp], K^T and V^T [Dp, kBk] in column panels.
-    float* tile_tmp = row_tmp + dp;  // [kBk * Dp]
-    for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
-      const int64_t at = (bk * lkp + kt * kBk) * dp;
-      __builtin_memcpy(tile_tmp, ws.k + at, kBk * dp * sizeof(float));
-      PackPanels(tile_tmp, kBk, dp, dp, ws.k + at);
-      __builtin_memcpy(tile_tmp, ws.k_t + at, kBk * dp * sizeof(float));
-      PackPanels(tile_tmp, dp, kBk, kBk, ws.k_t + at);
-      __builtin_memcpy(tile_tmp, ws.v_t + at, kBk * dp * sizeof(float));
-      PackPanels(tile_tmp, dp, kBk, kBk, ws.v_t + at);
-    }
   });
 
   // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.

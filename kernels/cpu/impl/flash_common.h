@@ -34,16 +34,31 @@ inline void PackRows(DType dtype, const void* src, int64_t first_row, int64_t ro
   for (int64_t j = 0; j < rows; ++j) LoadRow(dtype, src, first_row + j, d, dst + j * dp);
 }
 
-// src rows [0, rows) of [rows, D] -> dst [ceil(rows / kBk), Dp, kBk] fp32:
-// transposed, one contiguous Dp x kBk panel per key tile, so a tile GEMM
-// walks one dense block instead of rows a power-of-two stride apart (which
-// thrash the same L1 sets). row_tmp: [D] scratch.
+// The packs below are the B operands of PanelGemm (tile_gemm.h): each key
+// tile's block in column panels of kNr, so the micro-kernel reads B as one
+// dense stream instead of rows a power-of-two stride apart (which thrash the
+// same L1 sets). The padding of dst is left as the caller zeroed it.
+
+// src rows [0, rows) of [rows, D] -> dst [ceil(rows / kBk), Dp, kBk] fp32,
+// per key tile X^T [Dp, kBk] in column panels. row_tmp: [D] scratch.
 inline void PackTransposedTiles(DType dtype, const void* src, int64_t first_row, int64_t rows,
                                 int64_t d, int64_t dp, float* dst, float* row_tmp) {
   for (int64_t j = 0; j < rows; ++j) {
     LoadRow(dtype, src, first_row + j, d, row_tmp);
-    float* panel = dst + (j / kBk) * dp * kBk + j % kBk;
-    for (int64_t c = 0; c < d; ++c) panel[c * kBk] = row_tmp[c];
+    const int64_t col = j % kBk;
+    float* panel = dst + (j / kBk) * dp * kBk + (col / kNr) * dp * kNr + col % kNr;
+    for (int64_t c = 0; c < d; ++c) panel[c * kNr] = row_tmp[c];
+  }
+}
+
+// The same rows -> dst [ceil(rows / kBk), kBk, Dp] fp32, per key tile X
+// [kBk, Dp] in column panels. row_tmp: [D] scratch.
+inline void PackRowTiles(DType dtype, const void* src, int64_t first_row, int64_t rows, int64_t d,
+                         int64_t dp, float* dst, float* row_tmp) {
+  for (int64_t j = 0; j < rows; ++j) {
+    LoadRow(dtype, src, first_row + j, d, row_tmp);
+    float* tile_row = dst + (j / kBk) * kBk * dp + (j % kBk) * kNr;
+    for (int64_t c = 0; c < d; ++c) tile_row[(c / kNr) * kBk * kNr + c % kNr] = row_tmp[c];
   }
 }
 

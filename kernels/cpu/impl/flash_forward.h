@@ -66,17 +66,7 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
       float* row_tmp = ws.scratch + worker * scratch_size;
       PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
                           row_tmp);
-      PackRows(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp);
-      // Each key tile's K^T [Dp, kBk] and V [kBk, Dp] in column panels.
-      float* tile_tmp = row_tmp + dp;  // [kBk * Dp]
-      for (int64_t kt = 0; kt < plan.kv_tiles; ++kt) {
-        float* k_tile = ws.k_t + (bk * lkp + kt * kBk) * dp;
-        float* v_tile = ws.v + (bk * lkp + kt * kBk) * dp;
-        __builtin_memcpy(tile_tmp, k_tile, kBk * dp * sizeof(float));
-        PackPanels(tile_tmp, dp, kBk, kBk, k_tile);
-        __builtin_memcpy(tile_tmp, v_tile, kBk * dp * sizeof(float));
-        PackPanels(tile_tmp, kBk, dp, dp, v_tile);
-      }
+      PackRowTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp, row_tmp);
     }
   });
 

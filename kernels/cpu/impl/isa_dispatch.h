@@ -40,8 +40,8 @@ struct TilePlan {
 // [k / 2][n][k % 2], so each 32-bit word holds the two products one lane
 // sums. dim pairs pair head dims (B = X^T), row pairs pair rows (B = X).
 struct ForwardWorkspace {
-  float* k_t = nullptr;          // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
-  float* v = nullptr;            // [B, Hkv, Lkp, Dp]
+  float* k_t = nullptr;          // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile, in panels
+  float* v = nullptr;            // [B, Hkv, Lkp, Dp] V per key tile, in panels
   uint16_t* k_dpairs = nullptr;  // [B, Hkv, kv_tiles, Dp / 2, kBk, 2] bf16
   uint16_t* v_rpairs = nullptr;  // [B, Hkv, kv_tiles, kBk / 2, Dp, 2] bf16
   float* scratch = nullptr;      // [num_threads, ForwardScratchPerWorker]
@@ -71,9 +71,9 @@ struct BackwardWorkspace {
   float* dout = nullptr;     // [B, H, Lqp, Dp]
   float* lse = nullptr;      // [B, H, Lqp], -inf past Lq
   float* delta = nullptr;    // [B, H, Lqp] rowsum(dO * O)
-  float* k = nullptr;        // [B, Hkv, Lkp, Dp]
-  float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile
-  float* v_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] V^T per key tile
+  float* k = nullptr;        // [B, Hkv, Lkp, Dp] K per key tile, in panels
+  float* k_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] K^T per key tile, in panels
+  float* v_t = nullptr;      // [B, Hkv, kv_tiles, Dp, kBk] V^T per key tile, in panels
   Bf16BackwardPacks bf16;    // Set instead of q, dout, k, k_t, v_t for bf16.
   float* dq = nullptr;       // [B, H, Lqp, Dp]: set for the one-pass backward.
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
