@@ -69,8 +69,7 @@ DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin, int64_t key_e
   return r;
 }
 
-DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
-                         std::span<const double> out_given) {
+DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout) {
   const int64_t S = p.seq_len;
   const int64_t D = p.head_dim;
   const DenseOutput fwd = DenseForward(p);
@@ -101,10 +100,6 @@ DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
           dp[ki] = dot;
           delta += prob[ki] * dot;
         }
-        if (!out_given.empty()) {
-          delta = 0.0;
-          for (int64_t d = 0; d < D; ++d) delta += dO[d] * out_given[row * D + d];
-        }
         for (int64_t ki = 0; ki < S; ++ki) {
           if (prob[ki] == 0.0) continue;
           const int64_t kv_row = (b * p.kv_heads + kvh) * S + ki;
@@ -120,6 +115,40 @@ DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
     }
   }
   return g;
+}
+
+DenseGrads GradsAtGivenOutput(const DenseProblem& p, const DenseOutput& exact, DenseGrads grads,
+                              std::span<const float> dout, std::span<const float> out) {
+  const int64_t S = p.seq_len;
+  const int64_t D = p.head_dim;
+  const double scale = p.layer.scale;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      const int64_t kvh = h / (p.heads / p.kv_heads);
+      for (int64_t qi = 0; qi < S; ++qi) {
+        const int64_t row = (b * p.heads + h) * S + qi;
+        if (exact.lse[row] == kNegInf) continue;  // Attends nothing: no gradient.
+        double d_delta = 0.0;
+        for (int64_t d = 0; d < D; ++d) {
+          d_delta += dout[row * D + d] * (out[row * D + d] - exact.out[row * D + d]);
+        }
+        if (d_delta == 0.0) continue;
+        const std::vector<double> s = ScoreRow(p, b, h, qi, 0, S);
+        const double* q = &p.q[row * D];
+        for (int64_t ki = 0; ki < S; ++ki) {
+          if (s[ki] == kNegInf) continue;
+          const int64_t kv_row = (b * p.kv_heads + kvh) * S + ki;
+          const double* k = &p.k[kv_row * D];
+          const double c = scale * std::exp(s[ki] - exact.lse[row]) * d_delta;
+          for (int64_t d = 0; d < D; ++d) {
+            grads.dq[row * D + d] -= c * k[d];
+            grads.dk[kv_row * D + d] -= c * q[d];
+          }
+        }
+      }
+    }
+  }
+  return grads;
 }
 
 }  // namespace ringattn::kernels::reference

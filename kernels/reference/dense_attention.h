@@ -48,12 +48,16 @@ struct DenseGrads {
 DenseOutput DenseForward(const DenseProblem& p, int64_t key_begin = 0, int64_t key_end = -1);
 
 // dout: [B, H, S, D].
-// `out_given`, when set, is the forward output [B, H, S, D] the backward is
-// handed (the one returned, rounded to the input dtype): the backward's
-// rowsum(dO * O) is taken from it, as a kernel's is, so that rounding O is
-// an error of the forward's output, not the backward's.
-DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout,
-                         std::span<const double> out_given = {});
+DenseGrads DenseBackward(const DenseProblem& p, std::span<const double> dout);
+
+// The gradients of a backward handed `out` ([B, H, S, D], e.g. the forward
+// output rounded to the input dtype, as kernels are) instead of the exact O:
+// its delta_i = dO_i . O_i moves, so dS_ij = P_ij (dP_ij - delta_i) moves by
+// -P_ij * d_delta_i, which reaches dQ_i (through K_j) and dK_j (through
+// Q_i); dV never reads delta. `exact` and `grads`: DenseForward and
+// DenseBackward of `p`; dout: [B, H, S, D].
+DenseGrads GradsAtGivenOutput(const DenseProblem& p, const DenseOutput& exact, DenseGrads grads,
+                              std::span<const float> dout, std::span<const float> out);
 
 // Whether query position qi may attend key position ki in batch row b.
 bool DenseAllowed(const DenseProblem& p, int64_t b, int64_t qi, int64_t ki);

@@ -2,7 +2,6 @@
 
 #include <sys/wait.h>
 
-#include <cmath>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -67,47 +66,6 @@ std::vector<float> ToF32(kernels::DType dtype, std::span<const std::byte> bytes)
   return out;
 }
 
-// The oracle's gradients with delta_i = dO_i . O_i read from `out` instead
-// of the exact O: dS_ij = P_ij (dP_ij - delta_i) moves by -P_ij * d_delta_i,
-// which reaches dQ_i (through K_j) and dK_j (through Q_i); dV never reads
-// delta.
-kernels::reference::DenseGrads AtReturnedO(const kernels::reference::SyntheticBatch& batch,
-                                           const OracleResult& want, std::span<const float> out) {
-  const kernels::reference::DenseProblem& p = want.problem;
-  const int64_t S = p.seq_len, D = p.head_dim;
-  const double scale = p.layer.scale;
-  kernels::reference::DenseGrads g = want.grads;
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t h = 0; h < p.heads; ++h) {
-      const int64_t kvh = h / (p.heads / p.kv_heads);
-      for (int64_t qi = 0; qi < S; ++qi) {
-        const int64_t row = (b * p.heads + h) * S + qi;
-        const double lse = want.forward.lse[row];
-        if (std::isinf(lse)) continue;  // Attends nothing: no gradient.
-        double d_delta = 0.0;
-        for (int64_t d = 0; d < D; ++d) {
-          d_delta += batch.dout[row * D + d] * (out[row * D + d] - want.forward.out[row * D + d]);
-        }
-        if (d_delta == 0.0) continue;
-        const double* q = &p.q[row * D];
-        for (int64_t ki = 0; ki < S; ++ki) {
-          if (!kernels::reference::DenseAllowed(p, b, qi, ki)) continue;
-          const int64_t kv_row = (b * p.kv_heads + kvh) * S + ki;
-          const double* k = &p.k[kv_row * D];
-          double dot = 0.0;
-          for (int64_t d = 0; d < D; ++d) dot += q[d] * k[d];
-          const double c = scale * std::exp(dot * scale - lse) * d_delta;
-          for (int64_t d = 0; d < D; ++d) {
-            g.dq[row * D + d] -= c * k[d];
-            g.dk[kv_row * D + d] -= c * q[d];
-          }
-        }
-      }
-    }
-  }
-  return g;
-}
-
 }  // namespace
 
 std::string ForwardMismatch(const kernels::reference::SyntheticBatch& batch,
@@ -129,7 +87,8 @@ kernels::reference::DenseGrads GradientsAt(const kernels::reference::SyntheticBa
   if (batch.dtype == kernels::DType::kF32) return want.grads;
   const std::vector<float> o = ToF32(batch.dtype, out);
   if (o.size() != want.forward.out.size()) return want.grads;  // ForwardMismatch says so.
-  return AtReturnedO(batch, want, o);
+  return kernels::reference::GradsAtGivenOutput(want.problem, want.forward, want.grads, batch.dout,
+                                                o);
 }
 
 std::string BackwardMismatch(const kernels::reference::SyntheticBatch& batch,
