@@ -70,13 +70,18 @@ class TileScope {
   // Inactive: does nothing (a task that runs no bf16 product).
   explicit TileScope(bool active) : active_(active) {
     if (!active) return;
-    alignas(64) unsigned char config[64] = {};
-    config[0] = 1;  // Palette 1.
+    struct alignas(64) Config {
+      unsigned char bytes[64];
+    } config = {};
+    config.bytes[0] = 1;  // Palette 1.
     for (int t = 0; t < 8; ++t) {
-      config[16 + 2 * t] = 64;  // Bytes per row.
-      config[48 + t] = 16;      // Rows.
+      config.bytes[16 + 2 * t] = 64;  // Bytes per row.
+      config.bytes[48 + t] = 16;      // Rows.
     }
-    _tile_loadconfig(config);
+    // Not _tile_loadconfig: GCC 12's declares a read of 8 bytes only, so
+    // the stores of the row and column sizes above are dropped as dead and
+    // the first tile instruction faults. This operand is all 64 bytes.
+    __asm__ volatile("ldtilecfg %0" : : "m"(config));
   }
   ~TileScope() {
     if (active_) _tile_release();
