@@ -93,12 +93,14 @@ class TileScope {
   bool active_;
 };
 
-// c[M, N] (+)= a[M, K] B[K, N]; a row-major bf16 (lda elements), B a pairs
-// pack (ldb elements per pair row), c row-major fp32 (ldc). Needs a live
-// TileScope on this thread.
+// c[M, N] (+)= (a + a2)[M, K] B[K, N]; a and a2 row-major bf16 (lda
+// elements; a2 null for a single operand), B a pairs pack (ldb elements per
+// pair row), c row-major fp32 (ldc). Needs a live TileScope on this thread.
+// The two parts of a split operand (ToBf16Split) share each load of B and
+// of C, which K = 64 does not amortize on its own.
 template <bool kAccumulate>
-inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda,
-                     const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+inline void Bf16GemmImpl(int64_t M, int64_t N, int64_t K, const uint16_t* a, const uint16_t* a2,
+                         int64_t lda, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
   const int64_t a_stride = lda * 2, b_stride = ldb * 2, c_stride = ldc * 4;
   for (int64_t i = 0; i < M; i += 32) {
     for (int64_t j = 0; j < N; j += 32) {
@@ -115,16 +117,19 @@ inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t
         _tile_zero(3);
       }
       for (int64_t k = 0; k < K; k += 32) {
-        const uint16_t* a0 = a + i * lda + k;
         const uint16_t* b0 = b + (k / 2) * ldb + 2 * j;
-        _tile_loadd(4, a0, a_stride);
         _tile_loadd(6, b0, b_stride);
         _tile_loadd(7, b0 + 32, b_stride);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(5, a0 + 16 * lda, a_stride);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        for (const uint16_t* part : {a, a2}) {
+          if (part == nullptr) break;
+          const uint16_t* a0 = part + i * lda + k;
+          _tile_loadd(4, a0, a_stride);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_loadd(5, a0 + 16 * lda, a_stride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
       _tile_stored(0, c0, c_stride);
       _tile_stored(1, c0 + 16, c_stride);
@@ -144,12 +149,13 @@ class TileScope {
 };
 
 // The same product on vdpbf16ps: an 8 x 32 register block of C (16
-// accumulators), each step broadcasting one pair of A and reading one pair
-// row of B.
+// accumulators), each step broadcasting one pair of each A part and reading
+// one pair row of B.
 template <bool kAccumulate>
-inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda,
-                     const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+inline void Bf16GemmImpl(int64_t M, int64_t N, int64_t K, const uint16_t* a, const uint16_t* a2,
+                         int64_t lda, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
   constexpr int kRows = 8;
+  const int parts = a2 == nullptr ? 1 : 2;
   for (int64_t j = 0; j < N; j += 32) {
     for (int64_t i = 0; i < M; i += kRows) {
       __m512 acc[kRows][2];
@@ -162,13 +168,16 @@ inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t
         const uint16_t* brow = b + (k / 2) * ldb + 2 * j;
         const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(brow));
         const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(brow + 32));
+        for (int part = 0; part < parts; ++part) {
+          const uint16_t* ap = (part == 0 ? a : a2) + i * lda + k;
 #pragma GCC unroll 8
-        for (int r = 0; r < kRows; ++r) {
-          int32_t pair;
-          __builtin_memcpy(&pair, a + (i + r) * lda + k, sizeof(pair));
-          const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
-          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+          for (int r = 0; r < kRows; ++r) {
+            int32_t pair;
+            __builtin_memcpy(&pair, ap + r * lda, sizeof(pair));
+            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+          }
         }
       }
 #pragma GCC unroll 8
@@ -181,6 +190,19 @@ inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t
 }
 
 #endif  // AMX
+
+// c[M, N] (+)= a[M, K] B[K, N]: see Bf16GemmImpl.
+template <bool kAccumulate>
+inline void Bf16Gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda,
+                     const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  Bf16GemmImpl<kAccumulate>(M, N, K, a, nullptr, lda, b, ldb, c, ldc);
+}
+
+// c[M, N] += (hi + lo)[M, K] B[K, N] for an operand split by ToBf16Split.
+inline void Bf16GemmSplit(int64_t M, int64_t N, int64_t K, const uint16_t* hi, const uint16_t* lo,
+                          int64_t lda, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  Bf16GemmImpl<true>(M, N, K, hi, lo, lda, b, ldb, c, ldc);
+}
 
 #else  // No bf16 dot products: never called (kBf16Matrix is false), declared
        // so the flash code can name them under `if constexpr`.
@@ -200,6 +222,10 @@ inline void ToBf16Split(const float*, int64_t, uint16_t*, uint16_t*) { __builtin
 template <bool kAccumulate>
 inline void Bf16Gemm(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t,
                      float*, int64_t) {
+  __builtin_trap();
+}
+inline void Bf16GemmSplit(int64_t, int64_t, int64_t, const uint16_t*, const uint16_t*, int64_t,
+                          const uint16_t*, int64_t, float*, int64_t) {
   __builtin_trap();
 }
 

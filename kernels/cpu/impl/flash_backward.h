@@ -33,7 +33,7 @@ inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, T
                                const MaskRule& rule, const TileFrame& frame, float* s, float* p,
                                float* ds) {
   PanelGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, s, kBk);
-  ScaleAndMask(s, scale, cls, rule, frame);
+  ScaleAndMask(s, kBk, scale, cls, rule, frame);
   for (int64_t i = 0; i < kBq; ++i) {
     const float lse = t.lse[i];
     if (lse == -kInf) {  // The row attended nothing: it has no gradient.
@@ -422,19 +422,17 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
           // P^T, then dS^T, as hi + lo in the same two buffers: see
           // ToBf16Split.
           ToBf16Split(s, kBq * kBk, hi16, lo16);
-          Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
-          Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
+          Bf16GemmSplit(kBk, dp, kBq, hi16, lo16, kBq, pk.dout_rpairs + q_at, 2 * dp, dv_acc, dp);
           ToBf16Split(dpm, kBq * kBk, hi16, lo16);
-          Bf16Gemm<true>(kBk, dp, kBq, hi16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
-          Bf16Gemm<true>(kBk, dp, kBq, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
+          Bf16GemmSplit(kBk, dp, kBq, hi16, lo16, kBq, pk.q_rpairs + q_at, 2 * dp, dk_acc, dp);
           if (dq != nullptr) {
             // dQ += dS K: dS^T transposed into s (P^T is spent), then split.
             for (int64_t i = 0; i < kBq; ++i) {
               for (int64_t j = 0; j < kBk; ++j) s[i * kBk + j] = dpm[j * kBq + i];
             }
             ToBf16Split(s, kBq * kBk, hi16, lo16);
-            Bf16Gemm<true>(kBq, dp, kBk, hi16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
-            Bf16Gemm<true>(kBq, dp, kBk, lo16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at, dp);
+            Bf16GemmSplit(kBq, dp, kBk, hi16, lo16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq + q_at,
+                          dp);
           }
         });
     if (any) AddKeyTileGrads(params, bk, kt, dp, dk_acc, dv_acc);
@@ -466,7 +464,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
           any = true;
           const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
           Bf16Gemm<false>(kBq, kBk, dp, pk.q + q_at, dp, pk.k_dpairs + kv_at, 2 * kBk, s, kBk);
-          ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          ScaleAndMask(s, kBk, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
           Bf16Gemm<false>(kBq, kBk, dp, pk.dout + q_at, dp, pk.v_dpairs + kv_at, 2 * kBk, dpm, kBk);
           for (int64_t i = 0; i < kBq; ++i) {
             const VecF row_shift = Splat(shift[i]);
@@ -478,8 +476,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
             }
           }
           ToBf16Split(dpm, kBq * kBk, ds16, ds16_lo);
-          Bf16Gemm<true>(kBq, dp, kBk, ds16, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
-          Bf16Gemm<true>(kBq, dp, kBk, ds16_lo, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
+          Bf16GemmSplit(kBq, dp, kBk, ds16, ds16_lo, kBk, pk.k_rpairs + kv_at, 2 * dp, dq_acc, dp);
         }
         if (any) AddQueryTileGrad(params, bh, qt, dp, dq_acc);
       });

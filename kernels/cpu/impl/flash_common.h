@@ -115,17 +115,20 @@ inline TokenInfo TokenAt(const MetaPtrs& m, int64_t index, int64_t pos) {
   return TokenInfo{pos, m.doc[index], m.vision[index], m.padding[index] != 0};
 }
 
-// s: [kBq, kBk] raw q·k -> scale * q·k where the mask allows, -inf elsewhere
-// (padding rows and columns of the tile included). Full tiles skip the
-// per-element mask entirely.
-inline void ScaleAndMask(float* s, float scale, TileClass cls, const MaskRule& rule,
+// s: [kBq, kBk] (leading dim lds) raw q·k -> scale * q·k where the mask
+// allows, -inf elsewhere (padding rows and columns of the tile included).
+// Full tiles skip the per-element mask entirely.
+inline void ScaleAndMask(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
                          const TileFrame& f) {
   if (cls == TileClass::kFull && f.cols == kBk) {
-    for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s + i, Load(s + i) * scale);
+    for (int64_t i = 0; i < kBq; ++i) {
+      float* row = s + i * lds;
+      for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, Load(row + j) * scale);
+    }
     return;
   }
   for (int64_t i = 0; i < kBq; ++i) {
-    float* row = s + i * kBk;
+    float* row = s + i * lds;
     if (i >= f.rows) {
       for (int64_t j = 0; j < kBk; ++j) row[j] = -kInf;
       continue;

@@ -12,24 +12,25 @@
 
 namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
 
-// One row block of online softmax. p_s: [kBq, kBk] masked scaled scores in,
-// unnormalized probabilities out. m, l: [kBq] running max and sum.
-// acc: [kBq, Dp] running output, rescaled when a row's max grows.
-inline void OnlineSoftmax(float* p_s, float* m, float* l, float* acc, int64_t dp) {
+// One row block of online softmax over `width` keys. p_s: [kBq, width]
+// masked scaled scores in, unnormalized probabilities out. m, l: [kBq]
+// running max and sum. acc: [kBq, Dp] running output, rescaled when a
+// row's max grows.
+inline void OnlineSoftmax(float* p_s, int64_t width, float* m, float* l, float* acc, int64_t dp) {
   for (int64_t i = 0; i < kBq; ++i) {
-    float* row = p_s + i * kBk;
+    float* row = p_s + i * width;
     VecF mv = Splat(-kInf);
-    for (int64_t j = 0; j < kBk; j += kLanes) mv = Max(mv, Load(row + j));
+    for (int64_t j = 0; j < width; j += kLanes) mv = Max(mv, Load(row + j));
     const float tile_max = ReduceMax(mv);
     const float m_new = tile_max > m[i] ? tile_max : m[i];
     if (m_new == -kInf) {  // Nothing attended yet: keep the row at zero.
-      for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, VecF{});
+      for (int64_t j = 0; j < width; j += kLanes) Store(row + j, VecF{});
       continue;
     }
     const float alpha = m[i] == -kInf ? 0.0f : __builtin_expf(m[i] - m_new);
     const VecF shift = Splat(m_new);
     VecF sum{};
-    for (int64_t j = 0; j < kBk; j += kLanes) {
+    for (int64_t j = 0; j < width; j += kLanes) {
       const VecF e = Exp(Load(row + j) - shift);
       Store(row + j, e);
       sum += e;
@@ -85,12 +86,12 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
     const TileSummary& q_sum = plan.q_summaries[b * plan.q_tiles + qt];
 
     float* q_tile = ws.scratch + worker * scratch_size;  // [kBq, Dp] fp32 or bf16
-    float* s = q_tile + kBq * dp;                        // [kBq, kBk]
-    float* acc = s + kBq * kBk;                          // [kBq, Dp]
+    float* s = q_tile + kBq * dp;                        // [kBq, <= kKeyRun * kBk]
+    float* acc = s + kBq * kKeyRun * kBk;                // [kBq, Dp]
     float* m = acc + kBq * dp;                           // [kBq]
     float* l = m + kBq;                                  // [kBq]
-    auto* p16 = reinterpret_cast<uint16_t*>(l + kBq);    // [kBq, kBk] bf16 P hi
-    uint16_t* p16_lo = p16 + kBq * kBk;                  // [kBq, kBk] bf16 P lo
+    auto* p16 = reinterpret_cast<uint16_t*>(l + kBq);    // [kBq, <= kKeyRun * kBk] bf16 P hi
+    uint16_t* p16_lo = p16 + kBq * kKeyRun * kBk;        // [kBq, <= kKeyRun * kBk] bf16 P lo
     auto* q16 = reinterpret_cast<uint16_t*>(q_tile);
     for (int64_t i = 0; i < kBq * dp; ++i) q_tile[i] = acc[i] = 0.0f;
     for (int64_t i = 0; i < kBq; ++i) {
@@ -106,30 +107,47 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
     }
 
     const int64_t bk = b * p.shape.kv_heads + kvh;
+    const TileSummary* kv_sums = plan.kv_summaries + b * plan.kv_tiles;
     TileScope tiles(kBf16);
-    for (int64_t kt = 0; q_sum.valid_count > 0 && kt < plan.kv_tiles; ++kt) {
-      const TileClass cls = Classify(p.mask, q_sum, plan.kv_summaries[b * plan.kv_tiles + kt]);
-      if (cls == TileClass::kEmpty) continue;
-      // S = Q K^T over this key tile, masked and scaled.
-      if constexpr (kBf16) {
-        Bf16Gemm<false>(kBq, kBk, dp, q16, dp, ws.k_dpairs + (bk * lkp + kt * kBk) * dp, 2 * kBk, s,
-                        kBk);
-      } else {
-        PanelGemm<false>(kBq, kBk, dp, q_tile, dp, 1, ws.k_t + (bk * lkp + kt * kBk) * dp, s, kBk);
+    int64_t kt = 0;
+    while (q_sum.valid_count > 0) {
+      // The next run of up to kKeyRun consecutive key tiles meeting this
+      // query tile: [kt0, kt0 + n).
+      while (kt < plan.kv_tiles && Classify(p.mask, q_sum, kv_sums[kt]) == TileClass::kEmpty) ++kt;
+      if (kt == plan.kv_tiles) break;
+      const int64_t kt0 = kt;
+      TileClass cls[kKeyRun];
+      int64_t n = 0;
+      while (n < kKeyRun && kt < plan.kv_tiles &&
+             (cls[n] = Classify(p.mask, q_sum, kv_sums[kt])) != TileClass::kEmpty) {
+        ++n;
+        ++kt;
       }
-      ScaleAndMask(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+      const int64_t width = n * kBk;  // s, p16 and p16_lo: [kBq, width]
+      // S = Q K^T over the run, masked and scaled.
+      for (int64_t g = 0; g < n; ++g) {
+        const int64_t k_at = (bk * lkp + (kt0 + g) * kBk) * dp;
+        if constexpr (kBf16) {
+          Bf16Gemm<false>(kBq, kBk, dp, q16, dp, ws.k_dpairs + k_at, 2 * kBk, s + g * kBk, width);
+        } else {
+          PanelGemm<false>(kBq, kBk, dp, q_tile, dp, 1, ws.k_t + k_at, s + g * kBk, width);
+        }
+        ScaleAndMask(s + g * kBk, width, p.scale, cls[g], p.mask, MakeFrame(p, b, qt, kt0 + g));
+      }
       // P = exp(S - m), with the running output rescaled to the new max.
-      OnlineSoftmax(s, m, l, acc, dp);
+      OnlineSoftmax(s, width, m, l, acc, dp);
       // O += P V.
+      const int64_t v_at = (bk * lkp + kt0 * kBk) * dp;
       if constexpr (kBf16) {
         // P as hi + lo (ToBf16Split): one rounding of P is over the
-        // tolerance where the terms of P V cancel.
-        ToBf16Split(s, kBq * kBk, p16, p16_lo);
-        const uint16_t* v_tile = ws.v_rpairs + (bk * lkp + kt * kBk) * dp;
-        Bf16Gemm<true>(kBq, dp, kBk, p16, kBk, v_tile, 2 * dp, acc, dp);
-        Bf16Gemm<true>(kBq, dp, kBk, p16_lo, kBk, v_tile, 2 * dp, acc, dp);
+        // tolerance where the terms of P V cancel. The run's V row pairs
+        // are one pack of `width` rows.
+        ToBf16Split(s, kBq * width, p16, p16_lo);
+        Bf16GemmSplit(kBq, dp, width, p16, p16_lo, width, ws.v_rpairs + v_at, 2 * dp, acc, dp);
       } else {
-        PanelGemm<true>(kBq, dp, kBk, s, kBk, 1, ws.v + (bk * lkp + kt * kBk) * dp, acc, dp);
+        for (int64_t g = 0; g < n; ++g) {
+          PanelGemm<true>(kBq, dp, kBk, s + g * kBk, width, 1, ws.v + v_at + g * kBk * dp, acc, dp);
+        }
       }
     }
 

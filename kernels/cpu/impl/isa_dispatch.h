@@ -79,9 +79,16 @@ struct BackwardWorkspace {
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 
+// The forward takes the key tiles that meet a query tile in runs of up to
+// this many consecutive tiles: one softmax update and one P V product per
+// run, so the row reductions, the rescaling of the output and (on the bf16
+// path) the loads and stores of the output tiles are paid once per run
+// instead of once per tile.
+inline constexpr int64_t kKeyRun = 4;
+
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
   // The bf16 path needs two bf16 parts of P besides the fp32 one.
-  return 2 * kBq * dp + 2 * kBq * kBk + 2 * kBq + dp;
+  return 2 * kBq * dp + 2 * kBq * kKeyRun * kBk + 2 * kBq + dp;
 }
 
 // The backward runs in one pass over the tile pairs, one task per (batch,
