@@ -115,15 +115,18 @@ inline TokenInfo TokenAt(const MetaPtrs& m, int64_t index, int64_t pos) {
   return TokenInfo{pos, m.doc[index], m.vision[index], m.padding[index] != 0};
 }
 
-// s: [kBq, kBk] (leading dim lds) raw q·k -> scale * q·k where the mask
-// allows, -inf elsewhere (padding rows and columns of the tile included).
-// Full tiles skip the per-element mask entirely.
-inline void ScaleAndMask(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
-                         const TileFrame& f) {
+// s: [kBq, kBk] (leading dim lds) raw q·k -> scale * q·k (kScale) or q·k
+// where the mask allows, -inf elsewhere (padding rows and columns of the
+// tile included). Full tiles skip the per-element mask entirely.
+template <bool kScale>
+inline void MaskTile(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
+                     const TileFrame& f) {
   if (cls == TileClass::kFull && f.cols == kBk) {
-    for (int64_t i = 0; i < kBq; ++i) {
-      float* row = s + i * lds;
-      for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, Load(row + j) * scale);
+    if constexpr (kScale) {
+      for (int64_t i = 0; i < kBq; ++i) {
+        float* row = s + i * lds;
+        for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, Load(row + j) * scale);
+      }
     }
     return;
   }
@@ -137,9 +140,21 @@ inline void ScaleAndMask(float* s, int64_t lds, float scale, TileClass cls, cons
     for (int64_t j = 0; j < kBk; ++j) {
       const bool allowed =
           j < f.cols && Allowed(rule, q, TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j));
-      row[j] = allowed ? row[j] * scale : -kInf;
+      row[j] = allowed ? (kScale ? row[j] * scale : row[j]) : -kInf;
     }
   }
+}
+
+inline void ScaleAndMask(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
+                         const TileFrame& f) {
+  MaskTile<true>(s, lds, scale, cls, rule, f);
+}
+
+// The mask alone, for callers that fold the (positive) scale into their
+// next pass: -inf stays -inf under it.
+inline void MaskScores(float* s, int64_t lds, TileClass cls, const MaskRule& rule,
+                       const TileFrame& f) {
+  MaskTile<false>(s, lds, 1.0f, cls, rule, f);
 }
 
 inline TileFrame MakeFrame(const ChunkProblem& p, int64_t b, int64_t qt, int64_t kt) {

@@ -79,16 +79,22 @@ struct BackwardWorkspace {
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 
-// The forward takes the key tiles that meet a query tile in runs of up to
-// this many consecutive tiles: one softmax update and one P V product per
-// run, so the row reductions, the rescaling of the output and (on the bf16
-// path) the loads and stores of the output tiles are paid once per run
-// instead of once per tile.
+// The forward's tasks are groups of up to kQueryGroup consecutive query
+// tiles of one head, which walk the key tiles in aligned blocks of
+// kKeyRun: each block's K and V are read from memory once for the whole
+// group and then stay in cache, and within a block each query tile takes
+// its meeting key tiles in runs, with one softmax update and one P V
+// product per run, so the row reductions, the rescaling of the output and
+// (on the bf16 path) the loads and stores of the output tiles are paid once
+// per run instead of once per tile.
+inline constexpr int64_t kQueryGroup = 4;
 inline constexpr int64_t kKeyRun = 4;
 
+// Scores and the bf16 parts of P for one run, then per query tile of the
+// group its packed rows, running output, max and sum.
+inline constexpr int64_t ForwardQueryStateSize(int64_t dp) { return 2 * kBq * dp + 2 * kBq; }
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
-  // The bf16 path needs two bf16 parts of P besides the fp32 one.
-  return 2 * kBq * dp + 2 * kBq * kKeyRun * kBk + 2 * kBq + dp;
+  return 2 * kBq * kKeyRun * kBk + kQueryGroup * ForwardQueryStateSize(dp) + dp;
 }
 
 // The backward runs in one pass over the tile pairs, one task per (batch,
