@@ -314,13 +314,21 @@ inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const
     for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s_t + i, Load(s_t + i) * scale);
     return;
   }
+  const bool vector = MaskFitsInt32(rule, f);
+  TileTokens queries;
+  if (vector) GatherTokens(*f.q_meta, f.q_base, f.rows, kBq, queries);
   for (int64_t j = 0; j < kBk; ++j) {
     float* row = s_t + j * kBq;
-    if (j >= f.cols) {
+    const TokenInfo k = j < f.cols ? TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j) : TokenInfo{};
+    if (j >= f.cols || !RealInDoc(k)) {
       for (int64_t i = 0; i < kBq; ++i) row[i] = -kInf;
       continue;
     }
-    const TokenInfo k = TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j);
+    if (vector) {
+      MaskRow<true, 1>(row, kBq, scale, rule, k.doc, k.vision,
+                       static_cast<int32_t>(f.q_pos - k.pos), queries);
+      continue;
+    }
     for (int64_t i = 0; i < kBq; ++i) {
       const bool allowed =
           i < f.rows && Allowed(rule, TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i), k);

@@ -115,6 +115,69 @@ inline TokenInfo TokenAt(const MetaPtrs& m, int64_t index, int64_t pos) {
   return TokenInfo{pos, m.doc[index], m.vision[index], m.padding[index] != 0};
 }
 
+// The tokens along one side of a tile, gathered once per tile for the
+// vector mask: document, vision group and whether each is a real token
+// (inside the chunk and not padding), the last as a lane mask (-1 or 0).
+struct TileTokens {
+  int32_t doc[kBk > kBq ? kBk : kBq];
+  int32_t vision[kBk > kBq ? kBk : kBq];
+  int32_t real[kBk > kBq ? kBk : kBq];
+};
+
+// n tokens from `base` of `m`, of which the first `count` are in the chunk.
+inline void GatherTokens(const MetaPtrs& m, int64_t base, int64_t count, int64_t n, TileTokens& t) {
+  for (int64_t c = 0; c < n; ++c) {
+    const bool in = c < count;
+    t.doc[c] = in ? m.doc[base + c] : 0;
+    t.vision[c] = in ? m.vision[base + c] : -1;
+    t.real[c] = in && m.padding[base + c] == 0 ? -1 : 0;
+  }
+}
+
+inline VecI LoadI(const int32_t* p) {
+  VecI v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// Allowed() (mask.h) for one row of a score tile against `n` tokens of the
+// other side, kLanes at a time: row[c] -> scale * row[c] (kScale) or row[c]
+// where allowed, -inf elsewhere. The row's token is real, in document `doc`
+// > 0 and vision group `vision`; q.pos - k.pos at column c is delta0 + kStep
+// * c, which the caller keeps within int32 for the whole row. Causality, the
+// window and the vision rule depend on positions only through that
+// difference, and the document, vision and padding rules are symmetric, so
+// one function serves rows of queries (kStep -1) and of keys (kStep +1).
+template <bool kScale, int kStep>
+inline void MaskRow(float* row, int64_t n, float scale, const MaskRule& rule, int32_t doc,
+                    int32_t vision, int32_t delta0, const TileTokens& cols) {
+  VecI lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = kStep * l;
+  const int32_t window = static_cast<int32_t>(rule.window);
+  const bool vision_rule = rule.windowed && rule.vision_bidirectional && vision >= 0;
+  for (int64_t c = 0; c < n; c += kLanes) {
+    const VecI delta = (delta0 + kStep * static_cast<int32_t>(c)) + lane;
+    VecI pos = rule.causal ? VecI(delta >= 0) : VecI{} - 1;
+    if (rule.windowed) pos &= VecI(delta < window);
+    if (vision_rule) pos |= VecI(LoadI(cols.vision + c) == vision);
+    const VecI ok = LoadI(cols.real + c) & VecI(LoadI(cols.doc + c) == doc) & pos;
+    VecF x = Load(row + c);
+    if constexpr (kScale) x *= scale;
+    Store(row + c, ok != 0 ? x : Splat(-kInf));
+  }
+}
+
+// Whether every q.pos - k.pos of the tile, and the window, fit MaskRow's
+// int32 arithmetic (they do unless chunks lie 2^30 positions apart).
+inline bool MaskFitsInt32(const MaskRule& rule, const TileFrame& f) {
+  constexpr int64_t kLimit = int64_t{1} << 30;
+  const int64_t d = f.q_pos - f.kv_pos;
+  return d < kLimit && d > -kLimit && rule.window < kLimit;
+}
+
+// One token's info for the scalar fallback and the row checks.
+inline bool RealInDoc(const TokenInfo& t) { return !t.padding && t.doc > 0; }
+
 // s: [kBq, kBk] (leading dim lds) raw q·k -> scale * q·k (kScale) or q·k
 // where the mask allows, -inf elsewhere (padding rows and columns of the
 // tile included). Full tiles skip the per-element mask entirely.
@@ -130,13 +193,21 @@ inline void MaskTile(float* s, int64_t lds, float scale, TileClass cls, const Ma
     }
     return;
   }
+  const bool vector = MaskFitsInt32(rule, f);
+  TileTokens keys;
+  if (vector) GatherTokens(*f.kv_meta, f.kv_base, f.cols, kBk, keys);
   for (int64_t i = 0; i < kBq; ++i) {
     float* row = s + i * lds;
-    if (i >= f.rows) {
+    const TokenInfo q = i < f.rows ? TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i) : TokenInfo{};
+    if (i >= f.rows || !RealInDoc(q)) {
       for (int64_t j = 0; j < kBk; ++j) row[j] = -kInf;
       continue;
     }
-    const TokenInfo q = TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i);
+    if (vector) {
+      MaskRow<kScale, -1>(row, kBk, scale, rule, q.doc, q.vision,
+                          static_cast<int32_t>(q.pos - f.kv_pos), keys);
+      continue;
+    }
     for (int64_t j = 0; j < kBk; ++j) {
       const bool allowed =
           j < f.cols && Allowed(rule, q, TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j));
