@@ -14,29 +14,42 @@ namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
 
 // One row block of online softmax over `width` keys. s: [kBq, width]
 // masked raw scores (q·k, -inf where masked) in; m, l: [kBq] running max
-// and sum of the scaled scores (scale * q·k); acc: [kBq, Dp] running
-// output, rescaled when a row's max grows. P = exp(scale * s - m) goes out
-// as fp32 in place, or for kBf16 as two bf16 parts (ToBf16Split) into
-// p_hi, p_lo: [kBq, width], each row split while it is still in L1.
+// of the scores in base 2 (scale * log2(e) * q·k) and running sum of P;
+// acc: [kBq, Dp] running output, rescaled when a row's max grows. Base 2
+// folds log2(e) into the scale, which saves Exp's reduction by ln 2.
+// P = exp(scale * s - m ln 2) = 2^(scale * log2(e) * s - m) goes out
+// as fp32 in place, or for kBf16 as two bf16 parts (StoreBf16Split) into
+// p_hi, p_lo: [kBq, width], straight from the registers.
 template <bool kBf16>
 inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float* l, float* acc,
                           int64_t dp, uint16_t* p_hi, uint16_t* p_lo) {
-  const VecF vscale = Splat(scale);
+  const float scale2 = scale * 1.44269504088896341f;
+  const VecF vscale = Splat(scale2);
   for (int64_t i = 0; i < kBq; ++i) {
     float* row = s + i * width;
     VecF mv = Splat(-kInf);
     for (int64_t j = 0; j < width; j += kLanes) mv = Max(mv, Load(row + j));
-    const float tile_max = scale * ReduceMax(mv);
+    const float tile_max = scale2 * ReduceMax(mv);
     const float m_new = tile_max > m[i] ? tile_max : m[i];
     if (m_new == -kInf) {  // Nothing attended yet: keep the row at zero.
-      for (int64_t j = 0; j < width; j += kLanes) Store(row + j, VecF{});
+      for (int64_t j = 0; j < width; j += kLanes) {
+        if constexpr (kBf16) {
+          StoreBf16Split(VecF{}, p_hi + i * width + j, p_lo + i * width + j);
+        } else {
+          Store(row + j, VecF{});
+        }
+      }
     } else {
-      const float alpha = m[i] == -kInf ? 0.0f : __builtin_expf(m[i] - m_new);
+      const float alpha = m[i] == -kInf ? 0.0f : __builtin_exp2f(m[i] - m_new);
       const VecF shift = Splat(m_new);
       VecF sum{};
       for (int64_t j = 0; j < width; j += kLanes) {
-        const VecF e = Exp(Load(row + j) * vscale - shift);
-        Store(row + j, e);
+        const VecF e = Exp2(Load(row + j) * vscale - shift);
+        if constexpr (kBf16) {
+          StoreBf16Split(e, p_hi + i * width + j, p_lo + i * width + j);
+        } else {
+          Store(row + j, e);
+        }
         sum += e;
       }
       l[i] = l[i] * alpha + ReduceSum(sum);
@@ -46,7 +59,6 @@ inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float*
       }
       m[i] = m_new;
     }
-    if constexpr (kBf16) ToBf16Split(row, width, p_hi + i * width, p_lo + i * width);
   }
 }
 
@@ -180,7 +192,7 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
         const float li = l(j)[i];
         if (li > 0.0f) {
           for (int64_t c = 0; c < d; ++c) out[i * d + c] = acc(j)[i * dp + c] / li;
-          lse[i] = m(j)[i] + __builtin_logf(li);
+          lse[i] = m(j)[i] * 0.693147180559945309f + __builtin_logf(li);
         } else {
           for (int64_t c = 0; c < d; ++c) out[i * d + c] = 0.0f;
           lse[i] = -kInf;
