@@ -1,8 +1,8 @@
 #include "kernels/cpu/attention_backward.h"
 
-#include "kernels/cpu/float_buffer.h"
 #include "kernels/cpu/impl/isa_dispatch.h"
 #include "kernels/cpu/tile_plan.h"
+#include "kernels/cpu/workspace_arena.h"
 #include "kernels/status_macros.h"
 #include "kernels/validate.h"
 
@@ -25,34 +25,27 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   const int64_t bf16_elements =
       bf16 ? kBf16BackwardQPacks * q_rows * dp + kBf16BackwardKvPacks * kv_size : 0;
 
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer q, FloatBuffer::Allocate(q_size, "backward Q"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dout, FloatBuffer::Allocate(q_size, "backward dO"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer lse, FloatBuffer::Allocate(q_rows, "backward lse"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer delta, FloatBuffer::Allocate(q_rows, "backward delta"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k, FloatBuffer::Allocate(fp32_kv_size, "backward K"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(fp32_kv_size, "backward K^T"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v_t, FloatBuffer::Allocate(fp32_kv_size, "backward V^T"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer bf16_buffer,
-                            FloatBuffer::Allocate((bf16_elements + 1) / 2, "backward bf16 packs"));
   const bool one_pass = OnePassBackward(p.shape.batch * p.shape.kv_heads, ctx.pool().num_threads());
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer dq,
-                            FloatBuffer::Allocate(one_pass ? q_rows * dp : 0, "backward dQ"));
+  auto n = [](int64_t floats) { return static_cast<size_t>(floats); };
   RINGATTN_ASSIGN_OR_RETURN(
-      FloatBuffer scratch,
-      FloatBuffer::Allocate(ctx.pool().num_threads() * BackwardScratchPerWorker(dp),
-                            "backward scratch"));
+      const WorkspaceArena::Lease parts,
+      ctx.workspace().Carve(
+          {n(q_size), n(q_size), n(q_rows), n(q_rows), n(fp32_kv_size), n(fp32_kv_size),
+           n(fp32_kv_size), n((bf16_elements + 1) / 2), n(one_pass ? q_rows * dp : 0),
+           n(ctx.pool().num_threads() * BackwardScratchPerWorker(dp))},
+          "backward workspace"));
   BackwardWorkspace ws;
-  ws.q = q.data();
-  ws.dout = dout.data();
-  ws.lse = lse.data();
-  ws.delta = delta.data();
-  ws.k = k.data();
-  ws.k_t = k_t.data();
-  ws.v_t = v_t.data();
-  ws.scratch = scratch.data();
-  ws.dq = one_pass ? dq.data() : nullptr;
+  ws.q = parts[0];
+  ws.dout = parts[1];
+  ws.lse = parts[2];
+  ws.delta = parts[3];
+  ws.k = parts[4];
+  ws.k_t = parts[5];
+  ws.v_t = parts[6];
+  ws.dq = one_pass ? parts[8] : nullptr;
+  ws.scratch = parts[9];
   if (bf16) {
-    uint16_t* next = reinterpret_cast<uint16_t*>(bf16_buffer.data());
+    uint16_t* next = reinterpret_cast<uint16_t*>(parts[7]);
     auto take = [&next](int64_t size) {
       uint16_t* at = next;
       next += size;

@@ -1,8 +1,8 @@
 #include "kernels/cpu/attention_forward.h"
 
-#include "kernels/cpu/float_buffer.h"
 #include "kernels/cpu/impl/isa_dispatch.h"
 #include "kernels/cpu/tile_plan.h"
+#include "kernels/cpu/workspace_arena.h"
 #include "kernels/status_macros.h"
 #include "kernels/validate.h"
 
@@ -21,21 +21,20 @@ absl::Status ForwardChunk(const ForwardChunkArgs& args, CpuContext& ctx) {
   const bool bf16 = kernels.bf16_matrix && p.shape.dtype == DType::kBF16;
   const int64_t fp32_size = bf16 ? 0 : kv_size;
 
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer k_t, FloatBuffer::Allocate(fp32_size, "forward K^T"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer v, FloatBuffer::Allocate(fp32_size, "forward V"));
-  RINGATTN_ASSIGN_OR_RETURN(FloatBuffer bf16_packs,
-                            FloatBuffer::Allocate(bf16 ? kv_size : 0, "forward bf16 K, V"));
   RINGATTN_ASSIGN_OR_RETURN(
-      FloatBuffer scratch,
-      FloatBuffer::Allocate(ctx.pool().num_threads() * ForwardScratchPerWorker(dp),
-                            "forward scratch"));
-  auto* packs = reinterpret_cast<uint16_t*>(bf16_packs.data());
+      const WorkspaceArena::Lease parts,
+      ctx.workspace().Carve(
+          {static_cast<size_t>(fp32_size), static_cast<size_t>(fp32_size),
+           static_cast<size_t>(bf16 ? kv_size : 0),
+           static_cast<size_t>(ctx.pool().num_threads() * ForwardScratchPerWorker(dp))},
+          "forward workspace"));
+  auto* packs = reinterpret_cast<uint16_t*>(parts[2]);
   ForwardWorkspace ws;
-  ws.k_t = k_t.data();
-  ws.v = v.data();
+  ws.k_t = parts[0];
+  ws.v = parts[1];
   ws.k_dpairs = bf16 ? packs : nullptr;
   ws.v_rpairs = bf16 ? packs + kv_size : nullptr;
-  ws.scratch = scratch.data();
+  ws.scratch = parts[3];
 
   kernels.forward(params, plan, ws, ctx.pool());
   return absl::OkStatus();

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/workspace_arena.h"
 
 namespace ringattn::kernels::cpu {
 
@@ -25,12 +26,15 @@ class CpuContext {
 
   ThreadPool& pool() { return pool_; }
   Isa isa() const { return isa_; }
+  // The kernels' workspaces; a call holds it while it runs.
+  WorkspaceArena& workspace() { return workspace_; }
 
  private:
   CpuContext(int num_threads, Isa isa) : pool_(num_threads), isa_(isa) {}
 
   ThreadPool pool_;
   Isa isa_;
+  WorkspaceArena workspace_;
 };
 
 }  // namespace ringattn::kernels::cpu
