@@ -392,14 +392,26 @@ void ExpectSeededFaultsFailFast(int cp, Fault fault, uint32_t seed, int repetiti
   auto c = client::AttentionClient::Connect(cluster->address());
   const SyntheticBatch big = LongBatch();
   auto e = client::EncodeBatch(big, Full());
+  // How long an uninterrupted forward and backward take here: the faults
+  // land at seeded fractions of them, so inside the calls however fast the
+  // kernels and the machine are.
+  absl::Time t0 = absl::Now();
+  absl::StatusOr<client::ForwardOutputs> timed = c->Forward(e->in);
+  ASSERT_TRUE(timed.ok()) << timed.status();
+  const absl::Duration forward_time = absl::Now() - t0;
+  t0 = absl::Now();
+  ASSERT_TRUE(c->Backward(e->in, timed->session.handle(), std::as_bytes(std::span(e->dout))).ok());
+  const absl::Duration backward_time = absl::Now() - t0;
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> rank(0, cp - 1);
-  std::uniform_int_distribution<int> delay_ms(0, 900);
+  // From the first shard bytes (inputs still streaming in) to 60% of the
+  // call (mid-ring), leaving the rest for the fault to land in.
+  std::uniform_real_distribution<double> fraction(0.0, 0.6);
   const char* what = fault == Fault::kKill ? "killed" : "stopped";
   for (int i = 0; i < repetitions; ++i) {
     const bool backward = i % 2 == 1;
     const int victim = rank(rng);
-    const absl::Duration delay = absl::Milliseconds(delay_ms(rng));
+    const absl::Duration delay = fraction(rng) * (backward ? backward_time : forward_time);
     std::optional<client::ForwardOutputs> f;
     if (backward) {
       absl::StatusOr<client::ForwardOutputs> done = c->Forward(e->in);
