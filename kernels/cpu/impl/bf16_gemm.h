@@ -39,24 +39,26 @@ inline void ToBf16(const float* src, int64_t n, uint16_t* dst) {
   }
 }
 
-// 16 fp32 values -> bf16 hi + lo with hi + lo equal to x within about 2^-16
-// of it (round to nearest even twice). For operands whose terms cancel (dS,
-// whose rows sum to zero): one bf16 rounding of such a term can be larger
-// than the sum it belongs to; the two products of hi and lo are not.
-inline void StoreBf16Split(__m512 x, uint16_t* hi, uint16_t* lo) {
-  const auto h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
-  // The maskz forms: the plain ones start from an undefined register,
-  // which GCC 12 reports as maybe-uninitialized.
-  const __m512i h32 = _mm512_maskz_cvtepu16_epi32(0xFFFF, h);
-  const __m512 h_wide = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, h32, 16));
-  const auto l = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(x, h_wide)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), h);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), l);
+// 32 fp32 values (x0: the first 16, x1: the next) -> bf16 hi + lo with hi +
+// lo equal to x within 2^-16 of it: hi is x cut to bf16 (exact as bf16, so
+// x - hi is exact), lo the residual rounded to nearest even. For operands
+// whose terms cancel (dS, whose rows sum to zero): one bf16 rounding of
+// such a term can be larger than the sum it belongs to; the two products of
+// hi and lo are not.
+inline void StoreBf16Split(__m512 x0, __m512 x1, uint16_t* hi, uint16_t* lo) {
+  const __m512i keep = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), keep));
+  const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), keep));
+  _mm512_storeu_si512(hi, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(h1, h0)));
+  _mm512_storeu_si512(lo, reinterpret_cast<__m512i>(
+                              _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0))));
 }
 
-// StoreBf16Split of src[0, n), n % 16 == 0.
+// StoreBf16Split of src[0, n), n % 32 == 0.
 inline void ToBf16Split(const float* src, int64_t n, uint16_t* hi, uint16_t* lo) {
-  for (int64_t i = 0; i < n; i += 16) StoreBf16Split(_mm512_loadu_ps(src + i), hi + i, lo + i);
+  for (int64_t i = 0; i < n; i += 32) {
+    StoreBf16Split(_mm512_loadu_ps(src + i), _mm512_loadu_ps(src + i + 16), hi + i, lo + i);
+  }
 }
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -219,7 +221,7 @@ class TileScope {
 
 inline void ToBf16(const float*, int64_t, uint16_t*) { __builtin_trap(); }
 inline void ToBf16Split(const float*, int64_t, uint16_t*, uint16_t*) { __builtin_trap(); }
-inline void StoreBf16Split(VecF, uint16_t*, uint16_t*) { __builtin_trap(); }
+inline void StoreBf16Split(VecF, VecF, uint16_t*, uint16_t*) { __builtin_trap(); }
 
 template <bool kAccumulate>
 inline void Bf16Gemm(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t,

@@ -32,25 +32,28 @@ inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float*
     const float tile_max = scale2 * ReduceMax(mv);
     const float m_new = tile_max > m[i] ? tile_max : m[i];
     if (m_new == -kInf) {  // Nothing attended yet: keep the row at zero.
-      for (int64_t j = 0; j < width; j += kLanes) {
+      for (int64_t j = 0; j < width; j += 2 * kLanes) {
         if constexpr (kBf16) {
-          StoreBf16Split(VecF{}, p_hi + i * width + j, p_lo + i * width + j);
+          StoreBf16Split(VecF{}, VecF{}, p_hi + i * width + j, p_lo + i * width + j);
         } else {
           Store(row + j, VecF{});
+          Store(row + j + kLanes, VecF{});
         }
       }
     } else {
       const float alpha = m[i] == -kInf ? 0.0f : __builtin_exp2f(m[i] - m_new);
       const VecF shift = Splat(m_new);
       VecF sum{};
-      for (int64_t j = 0; j < width; j += kLanes) {
-        const VecF e = Exp2(Load(row + j) * vscale - shift);
+      for (int64_t j = 0; j < width; j += 2 * kLanes) {
+        const VecF e0 = Exp2(Load(row + j) * vscale - shift);
+        const VecF e1 = Exp2(Load(row + j + kLanes) * vscale - shift);
         if constexpr (kBf16) {
-          StoreBf16Split(e, p_hi + i * width + j, p_lo + i * width + j);
+          StoreBf16Split(e0, e1, p_hi + i * width + j, p_lo + i * width + j);
         } else {
-          Store(row + j, e);
+          Store(row + j, e0);
+          Store(row + j + kLanes, e1);
         }
-        sum += e;
+        sum += e0 + e1;
       }
       l[i] = l[i] * alpha + ReduceSum(sum);
       if (alpha != 1.0f) {
