@@ -27,22 +27,27 @@ struct BackwardTile {
   const float* v_t;    // [Dp, kBk] panel of the key tile
 };
 
-// Computes P = exp(S - lse) and dS = P * (dO V^T - delta) for one tile pair.
-// s: [kBq, kBk] scratch; p, ds: [kBq, kBk] out.
+inline constexpr float kLog2E = 1.44269504088896341f;
+
+// Computes P = exp(scale * S - lse) = 2^(scale * log2(e) * S - lse *
+// log2(e)) and dS = P * (dO V^T - delta) for one tile pair: base 2 folds
+// log2(e) into the scale, and the scale into the exp pass. s: [kBq, kBk]
+// scratch; p, ds: [kBq, kBk] out.
 inline void ProbsAndScoreGrads(const BackwardTile& t, int64_t dp, float scale, TileClass cls,
                                const MaskRule& rule, const TileFrame& frame, float* s, float* p,
                                float* ds) {
   PanelGemm<false>(kBq, kBk, dp, t.q, dp, 1, t.k_t, s, kBk);
-  ScaleAndMask(s, kBk, scale, cls, rule, frame);
+  MaskScores(s, kBk, cls, rule, frame);
+  const VecF scale2 = Splat(scale * kLog2E);
   for (int64_t i = 0; i < kBq; ++i) {
     const float lse = t.lse[i];
     if (lse == -kInf) {  // The row attended nothing: it has no gradient.
       for (int64_t j = 0; j < kBk; j += kLanes) Store(p + i * kBk + j, VecF{});
       continue;
     }
-    const VecF shift = Splat(lse);
+    const VecF shift = Splat(lse * kLog2E);
     for (int64_t j = 0; j < kBk; j += kLanes) {
-      Store(p + i * kBk + j, Exp(Load(s + i * kBk + j) - shift));
+      Store(p + i * kBk + j, Exp2(Load(s + i * kBk + j) * scale2 - shift));
     }
   }
   PanelGemm<false>(kBq, kBk, dp, t.dout, dp, 1, t.v_t, ds, kBk);  // dP
@@ -306,12 +311,16 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
       });
 }
 
-// s_t: [kBk, kBq] raw k·q (row = key, column = query) -> scale * k·q where
-// the mask allows, -inf elsewhere: ScaleAndMask of the transposed tile.
-inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
-                                   const TileFrame& f) {
+// s_t: [kBk, kBq] raw k·q (row = key, column = query) -> scale * k·q
+// (kScale) or k·q where the mask allows, -inf elsewhere: MaskTile of the
+// transposed tile.
+template <bool kScale>
+inline void MaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
+                           const TileFrame& f) {
   if (cls == TileClass::kFull && f.cols == kBk) {
-    for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s_t + i, Load(s_t + i) * scale);
+    if constexpr (kScale) {
+      for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s_t + i, Load(s_t + i) * scale);
+    }
     return;
   }
   const bool vector = MaskFitsInt32(rule, f);
@@ -325,22 +334,28 @@ inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const
       continue;
     }
     if (vector) {
-      MaskRow<true, 1>(row, kBq, scale, rule, k.doc, k.vision,
-                       static_cast<int32_t>(f.q_pos - k.pos), queries);
+      MaskRow<kScale, 1>(row, kBq, scale, rule, k.doc, k.vision,
+                         static_cast<int32_t>(f.q_pos - k.pos), queries);
       continue;
     }
     for (int64_t i = 0; i < kBq; ++i) {
       const bool allowed =
           i < f.rows && Allowed(rule, TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i), k);
-      row[i] = allowed ? row[i] * scale : -kInf;
+      row[i] = allowed ? (kScale ? row[i] * scale : row[i]) : -kInf;
     }
   }
 }
 
-// shift[i] = lse[i], or +inf for a row that attended nothing, so that
-// exp(s - shift) is exactly 0 there (never exp(-inf + inf)).
+inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
+                                   const TileFrame& f) {
+  MaskTransposed<true>(s_t, scale, cls, rule, f);
+}
+
+// shift[i] = lse[i] * log2(e), or +inf for a row that attended nothing, so
+// that 2^(scale * log2(e) * s - shift) is exactly 0 there (never
+// 2^(-inf + inf)).
 inline void SoftmaxShift(const float* lse, float* shift) {
-  for (int64_t i = 0; i < kBq; ++i) shift[i] = lse[i] == -kInf ? kInf : lse[i];
+  for (int64_t i = 0; i < kBq; ++i) shift[i] = lse[i] == -kInf ? kInf : lse[i] * kLog2E;
 }
 
 // The bf16 backward: the passes of BackwardF32 with every product on the
@@ -357,6 +372,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
   const int64_t lkp = plan.kv_tiles * kBk;
   const int64_t lqp = plan.q_tiles * kBq;
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
+  const VecF scale2 = Splat(p.scale * kLog2E);  // See ProbsAndScoreGrads.
 
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int) {
     const int64_t first = bk * p.shape.kv_len;
@@ -415,14 +431,14 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
         p, plan, b, kvh, kv_sum, [&](int64_t qt, TileClass cls, int64_t qrow) {
           const int64_t q_at = qrow * dp;
           Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
-          ScaleAndMaskTransposed(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          MaskTransposed<false>(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
           Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
           SoftmaxShift(ws.lse + qrow, shift);
           const float* delta = ws.delta + qrow;
           for (int64_t j = 0; j < kBk; ++j) {
             for (int64_t i = 0; i < kBq; i += kLanes) {
               const int64_t at = j * kBq + i;
-              const VecF prob = Exp(Load(s + at) - Load(shift + i));
+              const VecF prob = Exp2(Load(s + at) * scale2 - Load(shift + i));
               Store(s + at, prob);
               Store(dpm + at, prob * (Load(dpm + at) - Load(delta + i)));
             }
@@ -472,14 +488,14 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
           any = true;
           const int64_t kv_at = (bk * lkp + kt * kBk) * dp;
           Bf16Gemm<false>(kBq, kBk, dp, pk.q + q_at, dp, pk.k_dpairs + kv_at, 2 * kBk, s, kBk);
-          ScaleAndMask(s, kBk, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          MaskScores(s, kBk, cls, p.mask, MakeFrame(p, b, qt, kt));
           Bf16Gemm<false>(kBq, kBk, dp, pk.dout + q_at, dp, pk.v_dpairs + kv_at, 2 * kBk, dpm, kBk);
           for (int64_t i = 0; i < kBq; ++i) {
             const VecF row_shift = Splat(shift[i]);
             const VecF row_delta = Splat(delta[i]);
             for (int64_t j = 0; j < kBk; j += kLanes) {
               const int64_t at = i * kBk + j;
-              const VecF prob = Exp(Load(s + at) - row_shift);
+              const VecF prob = Exp2(Load(s + at) * scale2 - row_shift);
               Store(dpm + at, prob * (Load(dpm + at) - row_delta));
             }
           }

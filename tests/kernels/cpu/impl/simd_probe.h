@@ -32,8 +32,9 @@ struct SimdProbe {
   void (*exp)(const float* x, int64_t n, float* y);
   void (*exp2)(const float* x, int64_t n, float* y);
   // ScaleAndMask of s [kBq, kBk] (row = query), or with `transposed` the
-  // backward's ScaleAndMaskTransposed of s [kBk, kBq] (row = key).
-  void (*scale_and_mask)(float* s, bool transposed, float scale, TileClass cls,
+  // backward's ScaleAndMaskTransposed of s [kBk, kBq] (row = key); without
+  // `scaled`, the mask-only forms (MaskScores, MaskTransposed<false>).
+  void (*scale_and_mask)(float* s, bool transposed, bool scaled, float scale, TileClass cls,
                          const MaskRule& rule, const ProbeFrame& frame);
 };
 
