@@ -62,9 +62,11 @@ kernels::LayerConfig Full() {
 
 // Long enough (about a second of ring compute per rank on one core) that a
 // fault injected once the workers hold their shards lands mid-ring.
+// Long enough that a fault injected up to half a second after its shard
+// starts to arrive (a second and more in a backward) lands inside the call.
 SyntheticBatch LongBatch() {
   return kernels::reference::MakeSyntheticBatch(
-      {1, 8, 8, 8192, 128}, {kernels::testing::SingleDocument(8192)}, kernels::DType::kF32, 7);
+      {1, 16, 8, 8192, 128}, {kernels::testing::SingleDocument(8192)}, kernels::DType::kF32, 7);
 }
 
 // Small: checked against the fp64 oracle after recovery.
@@ -392,26 +394,20 @@ void ExpectSeededFaultsFailFast(int cp, Fault fault, uint32_t seed, int repetiti
   auto c = client::AttentionClient::Connect(cluster->address());
   const SyntheticBatch big = LongBatch();
   auto e = client::EncodeBatch(big, Full());
-  // How long an uninterrupted forward and backward take here: the faults
-  // land at seeded fractions of them, so inside the calls however fast the
-  // kernels and the machine are.
-  absl::Time t0 = absl::Now();
-  absl::StatusOr<client::ForwardOutputs> timed = c->Forward(e->in);
-  ASSERT_TRUE(timed.ok()) << timed.status();
-  const absl::Duration forward_time = absl::Now() - t0;
-  t0 = absl::Now();
-  ASSERT_TRUE(c->Backward(e->in, timed->session.handle(), std::as_bytes(std::span(e->dout))).ok());
-  const absl::Duration backward_time = absl::Now() - t0;
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> rank(0, cp - 1);
-  // From the first shard bytes (inputs still streaming in) to 60% of the
-  // call (mid-ring), leaving the rest for the fault to land in.
-  std::uniform_real_distribution<double> fraction(0.0, 0.6);
+  // From the first shard bytes (inputs still streaming in) to mid-ring:
+  // uninterrupted, LongBatch's forward takes about 1.2 s here and its
+  // backward 3.5 s at cp 2 (less at cp 4), so every fault lands inside the
+  // call with room to spare.
+  std::uniform_int_distribution<int> forward_delay_ms(0, 500);
+  std::uniform_int_distribution<int> backward_delay_ms(0, 1200);
   const char* what = fault == Fault::kKill ? "killed" : "stopped";
   for (int i = 0; i < repetitions; ++i) {
     const bool backward = i % 2 == 1;
     const int victim = rank(rng);
-    const absl::Duration delay = fraction(rng) * (backward ? backward_time : forward_time);
+    const absl::Duration delay =
+        absl::Milliseconds(backward ? backward_delay_ms(rng) : forward_delay_ms(rng));
     std::optional<client::ForwardOutputs> f;
     if (backward) {
       absl::StatusOr<client::ForwardOutputs> done = c->Forward(e->in);
