@@ -20,18 +20,39 @@ namespace ringattn::kernels::cpu::RINGATTN_ISA_NS {
 // P = exp(scale * s - m ln 2) = 2^(scale * log2(e) * s - m) goes out
 // as fp32 in place, or for kBf16 as two bf16 parts (StoreBf16Split) into
 // p_hi, p_lo: [kBq, width], straight from the registers.
+//
+// In three passes over the rows, so that no row waits on its own chains:
+// every row's max (four independent max chains a row), then every row's
+// new max and rescale factor a vector of rows at a time, then every row's
+// exponentials and sum.
 template <bool kBf16>
 inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float* l, float* acc,
                           int64_t dp, uint16_t* p_hi, uint16_t* p_lo) {
+  static_assert(kBq % kLanes == 0);
   const float scale2 = scale * 1.44269504088896341f;
   const VecF vscale = Splat(scale2);
+  float m_new[kBq], alpha[kBq];
+  for (int64_t i = 0; i < kBq; ++i) {
+    const float* row = s + i * width;
+    VecF mv[4] = {Splat(-kInf), Splat(-kInf), Splat(-kInf), Splat(-kInf)};
+    for (int64_t j = 0; j < width; j += 4 * kLanes) {
+      for (int u = 0; u < 4; ++u) mv[u] = Max(mv[u], Load(row + j + u * kLanes));
+    }
+    m_new[i] = ReduceMax(Max(Max(mv[0], mv[1]), Max(mv[2], mv[3])));
+  }
+  for (int64_t i = 0; i < kBq; i += kLanes) {
+    const VecF old = Load(m + i);
+    const VecF tile = Load(m_new + i) * vscale;  // -inf stays -inf: scale > 0.
+    const VecF grown = tile > old ? tile : old;
+    // 2^(old - new), 0 where nothing was attended before (old = -inf),
+    // never 2^(-inf + inf).
+    const VecF factor = Exp2(old - (grown == -kInf ? Splat(0.0f) : grown));
+    Store(m_new + i, grown);
+    Store(alpha + i, old == -kInf ? Splat(0.0f) : factor);
+  }
   for (int64_t i = 0; i < kBq; ++i) {
     float* row = s + i * width;
-    VecF mv = Splat(-kInf);
-    for (int64_t j = 0; j < width; j += kLanes) mv = Max(mv, Load(row + j));
-    const float tile_max = scale2 * ReduceMax(mv);
-    const float m_new = tile_max > m[i] ? tile_max : m[i];
-    if (m_new == -kInf) {  // Nothing attended yet: keep the row at zero.
+    if (m_new[i] == -kInf) {  // Nothing attended yet: keep the row at zero.
       for (int64_t j = 0; j < width; j += 2 * kLanes) {
         if constexpr (kBf16) {
           StoreBf16Split(VecF{}, VecF{}, p_hi + i * width + j, p_lo + i * width + j);
@@ -40,28 +61,29 @@ inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float*
           Store(row + j + kLanes, VecF{});
         }
       }
-    } else {
-      const float alpha = m[i] == -kInf ? 0.0f : __builtin_exp2f(m[i] - m_new);
-      const VecF shift = Splat(m_new);
-      VecF sum{};
-      for (int64_t j = 0; j < width; j += 2 * kLanes) {
-        const VecF e0 = Exp2(Load(row + j) * vscale - shift);
-        const VecF e1 = Exp2(Load(row + j + kLanes) * vscale - shift);
-        if constexpr (kBf16) {
-          StoreBf16Split(e0, e1, p_hi + i * width + j, p_lo + i * width + j);
-        } else {
-          Store(row + j, e0);
-          Store(row + j + kLanes, e1);
-        }
-        sum += e0 + e1;
-      }
-      l[i] = l[i] * alpha + ReduceSum(sum);
-      if (alpha != 1.0f) {
-        float* acc_row = acc + i * dp;
-        for (int64_t c = 0; c < dp; c += kLanes) Store(acc_row + c, Load(acc_row + c) * alpha);
-      }
-      m[i] = m_new;
+      continue;
     }
+    const VecF shift = Splat(m_new[i]);
+    VecF sum[2] = {};
+    for (int64_t j = 0; j < width; j += 2 * kLanes) {
+      const VecF e0 = Exp2(Load(row + j) * vscale - shift);
+      const VecF e1 = Exp2(Load(row + j + kLanes) * vscale - shift);
+      if constexpr (kBf16) {
+        StoreBf16Split(e0, e1, p_hi + i * width + j, p_lo + i * width + j);
+      } else {
+        Store(row + j, e0);
+        Store(row + j + kLanes, e1);
+      }
+      sum[0] += e0;
+      sum[1] += e1;
+    }
+    l[i] = l[i] * alpha[i] + ReduceSum(sum[0] + sum[1]);
+    if (alpha[i] != 1.0f) {
+      float* acc_row = acc + i * dp;
+      const VecF a = Splat(alpha[i]);
+      for (int64_t c = 0; c < dp; c += kLanes) Store(acc_row + c, Load(acc_row + c) * a);
+    }
+    m[i] = m_new[i];
   }
 }
 
