@@ -99,6 +99,27 @@ inline float ReduceSum(VecF v) {
 #endif
 }
 
+// c[0] r^(N-1) + ... + c[N-1] by Horner's rule; the kernels' fp
+// contraction makes each step one fused multiply-add.
+template <int N>
+inline VecF Horner(VecF r, const float (&c)[N]) {
+  VecF p = Splat(c[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < N; ++i) p = p * r + c[i];
+  return p;
+}
+
+// Cephes' expf and exp2f polynomials (see Exp and Exp2).
+inline constexpr float kExpPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+inline constexpr float kExp2Poly[] = {1.535336188319500e-4f,
+                                      1.339887440266574e-3f,
+                                      9.618437357674640e-3f,
+                                      5.550332471162809e-2f,
+                                      2.402264791363012e-1f,
+                                      6.931472028550421e-1f,
+                                      1.0f};
+
 // exp(x) with a relative error of about 1 ulp on [-87.3, 88.4]; exactly 0
 // below (so masked scores of -inf give exact zeros). Cephes' expf: round
 // x/ln2 to n, reduce with a two-part ln2, a degree-6 polynomial, scale by 2^n.
@@ -118,15 +139,11 @@ inline VecF Exp(VecF x) {
                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const VecF rv = r;
+  const __m512 y = Horner(rv, kExpPoly) * (rv * rv) + rv + 1.0f;
   return _mm512_maskz_scalef_ps(live, y, n);
 }
+
 // 2^x with a relative error of about 2 ulp on [-126, 127]; exactly 0 below
 // -126. Cephes' exp2f: x = n + r with r in [-1/2, 1/2] (exact), a degree-6
 // polynomial for 2^r, scale by 2^n. Cheaper than Exp by the reduction (one
@@ -138,14 +155,7 @@ inline VecF Exp2(VecF x) {
   const __m512 xc = _mm512_maskz_min_ps(0xFFFF, _mm512_set1_ps(127.0f), v);
   const __m512 n =
       _mm512_maskz_roundscale_ps(0xFFFF, xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(xc, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931472028550421e-1f));
-  const __m512 y = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512 y = Horner(VecF(_mm512_sub_ps(xc, n)), kExp2Poly);
   return _mm512_maskz_scalef_ps(live, y, n);
 }
 #else
@@ -155,14 +165,7 @@ inline VecF Exp2(VecF x) {
   xc = xc > 127.0f ? Splat(127.0f) : xc;
   const VecF magic = Splat(12582912.0f);  // 1.5 * 2^23: rounds to integer.
   const VecF n = (xc + magic) - magic;
-  const VecF r = xc - n;
-  VecF p = Splat(1.535336188319500e-4f);
-  p = p * r + 1.339887440266574e-3f;
-  p = p * r + 9.618437357674640e-3f;
-  p = p * r + 5.550332471162809e-2f;
-  p = p * r + 2.402264791363012e-1f;
-  p = p * r + 6.931472028550421e-1f;
-  const VecF y = p * r + 1.0f;
+  const VecF y = Horner(xc - n, kExp2Poly);
   const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
   const VecF result = y * __builtin_bit_cast(VecF, bits);
   return x < lo ? Splat(0.0f) : result;
@@ -177,13 +180,7 @@ inline VecF Exp(VecF x) {
   const VecF n = (xc * 1.44269504088896341f + magic) - magic;
   VecF r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  VecF p = Splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const VecF y = p * (r * r) + r + 1.0f;
+  const VecF y = Horner(r, kExpPoly) * (r * r) + r + 1.0f;
   const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
   const VecF result = y * __builtin_bit_cast(VecF, bits);
   return x < lo ? Splat(0.0f) : result;
