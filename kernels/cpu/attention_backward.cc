@@ -45,7 +45,7 @@ absl::Status BackwardChunk(const BackwardChunkArgs& args, CpuContext& ctx) {
   ws.dq = one_pass ? parts[8] : nullptr;
   ws.scratch = parts[9];
   if (bf16) {
-    uint16_t* next = reinterpret_cast<uint16_t*>(parts[7]);
+    auto* next = reinterpret_cast<uint16_t*>(parts[7]);
     auto take = [&next](int64_t size) {
       uint16_t* at = next;
       next += size;

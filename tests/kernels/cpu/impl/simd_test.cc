@@ -22,7 +22,7 @@ namespace {
 // Exp and Exp2 of every instruction set's build the CPU runs.
 class IsaProbeTest : public ::testing::TestWithParam<std::string> {
  protected:
-  const probe::SimdProbe& isa_probe() const { return probe::SimdProbeFor(*ParseIsa(GetParam())); }
+  static const probe::SimdProbe& isa_probe() { return probe::SimdProbeFor(*ParseIsa(GetParam())); }
 };
 
 // The worst relative error of f against want over [lo, hi] in fine steps.
@@ -31,7 +31,9 @@ double WorstRelativeError(void (*f)(const float*, int64_t, float*), double lo, d
                           Want want) {
   constexpr int64_t kN = 16;
   double worst = 0.0;
-  for (double x = lo; x <= hi; x += 0.0137) {
+  const auto steps = static_cast<int64_t>((hi - lo) / 0.0137);
+  for (int64_t step = 0; step <= steps; ++step) {
+    const double x = lo + static_cast<double>(step) * 0.0137;
     float in[kN], out[kN];
     for (int64_t i = 0; i < kN; ++i) in[i] = static_cast<float>(x + i * 1e-3);
     f(in, kN, out);
@@ -47,8 +49,9 @@ double WorstRelativeError(void (*f)(const float*, int64_t, float*), double lo, d
 // NaN must stay NaN, and far below the range the result is exactly 0.
 void ExpectEdgeValues(void (*f)(const float*, int64_t, float*), float far_below) {
   float in[16], out[16];
-  for (int i = 0; i < 16; ++i)
+  for (int i = 0; i < 16; ++i) {
     in[i] = i % 4 == 0 ? -INFINITY : i % 4 == 1 ? 0.0f : i % 4 == 2 ? NAN : far_below;
+  }
   f(in, 16, out);
   for (int i = 0; i < 16; ++i) {
     if (i % 4 == 1) {
