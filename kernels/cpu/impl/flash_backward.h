@@ -221,36 +221,41 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
   const int64_t lqp = plan.q_tiles * kBq;
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
 
-  // K, K^T and V^T of every (batch, kv head) in fp32.
+  // K, K^T and V^T of every (batch, kv head) in fp32, tiles with a valid
+  // token only (ForEachValidTile).
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
     float* row_tmp = ws.scratch + worker * scratch_size;
-    const int64_t first = bk * p.shape.kv_len;
-    PackRowTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k + bk * lkp * dp, row_tmp);
-    PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
-                        row_tmp);
-    PackTransposedTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v_t + bk * dp * lkp,
-                        row_tmp);
+    const TileSummary* kv_sums = plan.kv_summaries + bk / p.shape.kv_heads * plan.kv_tiles;
+    ForEachValidTile(kv_sums, plan.kv_tiles, kBk, p.shape.kv_len, [&](int64_t r0, int64_t rows) {
+      const int64_t first = bk * p.shape.kv_len + r0;
+      const int64_t at = (bk * lkp + r0) * dp;
+      PackRowTiles(p.shape.dtype, p.k, first, rows, d, dp, ws.k + at, row_tmp);
+      PackTransposedTiles(p.shape.dtype, p.k, first, rows, d, dp, ws.k_t + at, row_tmp);
+      PackTransposedTiles(p.shape.dtype, p.v, first, rows, d, dp, ws.v_t + at, row_tmp);
+    });
   });
 
-  // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row.
+  // Q, dO, lse and delta = rowsum(dO * O) of every (batch, head) row of the
+  // query tiles with a valid token; lse is -inf everywhere else.
   pool.ParallelFor(p.shape.batch * p.shape.heads, [&](int64_t bh, int worker) {
     float* o_row = ws.scratch + worker * scratch_size;  // [D]
-    PackRows(p.shape.dtype, p.q, bh * p.shape.q_len, p.shape.q_len, d, dp, ws.q + bh * lqp * dp);
-    PackRows(p.shape.dtype, params.dout, bh * p.shape.q_len, p.shape.q_len, d, dp,
-             ws.dout + bh * lqp * dp);
-    for (int64_t i = 0; i < lqp; ++i) {
-      const int64_t row = bh * lqp + i;
-      if (i >= p.shape.q_len) {
-        ws.lse[row] = -kInf;
-        continue;
+    for (int64_t i = 0; i < lqp; ++i) ws.lse[bh * lqp + i] = -kInf;
+    const TileSummary* q_sums = plan.q_summaries + bh / p.shape.heads * plan.q_tiles;
+    ForEachValidTile(q_sums, plan.q_tiles, kBq, p.shape.q_len, [&](int64_t r0, int64_t rows) {
+      const int64_t first = bh * p.shape.q_len + r0;
+      const int64_t at = (bh * lqp + r0) * dp;
+      PackRows(p.shape.dtype, p.q, first, rows, d, dp, ws.q + at);
+      PackRows(p.shape.dtype, params.dout, first, rows, d, dp, ws.dout + at);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t row = bh * lqp + r0 + i;
+        ws.lse[row] = params.lse[first + i];
+        LoadRow(p.shape.dtype, params.out, first + i, d, o_row);
+        const float* dout_row = ws.dout + row * dp;
+        float delta = 0.0f;
+        for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
+        ws.delta[row] = delta;
       }
-      ws.lse[row] = params.lse[bh * p.shape.q_len + i];
-      LoadRow(p.shape.dtype, params.out, bh * p.shape.q_len + i, d, o_row);
-      const float* dout_row = ws.dout + row * dp;
-      float delta = 0.0f;
-      for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
-      ws.delta[row] = delta;
-    }
+    });
   });
 
   // One key tile's dK, dV, summed over the query heads of the group (GQA)
@@ -374,42 +379,44 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
   const int64_t scratch_size = BackwardScratchPerWorker(dp);
   const VecF scale2 = Splat(p.scale * kLog2E);  // See ProbsAndScoreGrads.
 
+  // The packs of tiles with a valid token only (ForEachValidTile).
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int) {
-    const int64_t first = bk * p.shape.kv_len;
-    const int64_t n = p.shape.kv_len;
-    const int64_t at = bk * lkp * dp;
-    PackBf16Rows(p.k, first, n, d, dp, pk.k + at);
-    PackBf16DimPairs(p.k, first, n, d, dp, kBk, pk.k_dpairs + at);
-    PackBf16RowPairs(p.k, first, n, d, dp, kBk, pk.k_rpairs + at);
-    PackBf16Rows(p.v, first, n, d, dp, pk.v + at);
-    PackBf16DimPairs(p.v, first, n, d, dp, kBk, pk.v_dpairs + at);
+    const TileSummary* kv_sums = plan.kv_summaries + bk / p.shape.kv_heads * plan.kv_tiles;
+    ForEachValidTile(kv_sums, plan.kv_tiles, kBk, p.shape.kv_len, [&](int64_t r0, int64_t n) {
+      const int64_t first = bk * p.shape.kv_len + r0;
+      const int64_t at = (bk * lkp + r0) * dp;
+      PackBf16Rows(p.k, first, n, d, dp, pk.k + at);
+      PackBf16DimPairs(p.k, first, n, d, dp, kBk, pk.k_dpairs + at);
+      PackBf16RowPairs(p.k, first, n, d, dp, kBk, pk.k_rpairs + at);
+      PackBf16Rows(p.v, first, n, d, dp, pk.v + at);
+      PackBf16DimPairs(p.v, first, n, d, dp, kBk, pk.v_dpairs + at);
+    });
   });
 
   pool.ParallelFor(p.shape.batch * p.shape.heads, [&](int64_t bh, int worker) {
     float* o_row = ws.scratch + worker * scratch_size;  // [D]
     float* dout_row = o_row + d;                        // [D]
-    const int64_t first = bh * p.shape.q_len;
-    const int64_t n = p.shape.q_len;
-    const int64_t at = bh * lqp * dp;
-    PackBf16Rows(p.q, first, n, d, dp, pk.q + at);
-    PackBf16DimPairs(p.q, first, n, d, dp, kBq, pk.q_dpairs + at);
-    PackBf16RowPairs(p.q, first, n, d, dp, kBq, pk.q_rpairs + at);
-    PackBf16Rows(params.dout, first, n, d, dp, pk.dout + at);
-    PackBf16DimPairs(params.dout, first, n, d, dp, kBq, pk.dout_dpairs + at);
-    PackBf16RowPairs(params.dout, first, n, d, dp, kBq, pk.dout_rpairs + at);
-    for (int64_t i = 0; i < lqp; ++i) {
-      const int64_t row = bh * lqp + i;
-      if (i >= n) {
-        ws.lse[row] = -kInf;
-        continue;
+    for (int64_t i = 0; i < lqp; ++i) ws.lse[bh * lqp + i] = -kInf;
+    const TileSummary* q_sums = plan.q_summaries + bh / p.shape.heads * plan.q_tiles;
+    ForEachValidTile(q_sums, plan.q_tiles, kBq, p.shape.q_len, [&](int64_t r0, int64_t n) {
+      const int64_t first = bh * p.shape.q_len + r0;
+      const int64_t at = (bh * lqp + r0) * dp;
+      PackBf16Rows(p.q, first, n, d, dp, pk.q + at);
+      PackBf16DimPairs(p.q, first, n, d, dp, kBq, pk.q_dpairs + at);
+      PackBf16RowPairs(p.q, first, n, d, dp, kBq, pk.q_rpairs + at);
+      PackBf16Rows(params.dout, first, n, d, dp, pk.dout + at);
+      PackBf16DimPairs(params.dout, first, n, d, dp, kBq, pk.dout_dpairs + at);
+      PackBf16RowPairs(params.dout, first, n, d, dp, kBq, pk.dout_rpairs + at);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t row = bh * lqp + r0 + i;
+        ws.lse[row] = params.lse[first + i];
+        LoadRow(p.shape.dtype, params.out, first + i, d, o_row);
+        LoadRow(p.shape.dtype, params.dout, first + i, d, dout_row);
+        float delta = 0.0f;
+        for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
+        ws.delta[row] = delta;
       }
-      ws.lse[row] = params.lse[first + i];
-      LoadRow(p.shape.dtype, params.out, first + i, d, o_row);
-      LoadRow(p.shape.dtype, params.dout, first + i, d, dout_row);
-      float delta = 0.0f;
-      for (int64_t c = 0; c < d; ++c) delta += dout_row[c] * o_row[c];
-      ws.delta[row] = delta;
-    }
+    });
   });
 
   // One key tile's dK, dV over the group's query heads and every query

@@ -98,6 +98,17 @@ inline void PackBf16RowPairs(const void* src, int64_t first_row, int64_t rows, i
   }
 }
 
+// Runs fn(r0, rows) for each tile of `tile` rows ([r0, r0 + rows) of a
+// sequence of `len`) whose summary (of `tiles`) holds a valid token. A tile
+// without one meets no other tile (Classify), so nothing reads its packs.
+template <typename Fn>
+inline void ForEachValidTile(const TileSummary* sums, int64_t tiles, int64_t tile, int64_t len,
+                             Fn&& fn) {
+  for (int64_t t = 0; t < tiles; ++t) {
+    if (sums[t].valid_count > 0) fn(t * tile, Min(tile, len - t * tile));
+  }
+}
+
 // Where one (query tile, key tile) pair sits: batch row and first indices in
 // the shard and the chunk, and how many real rows and columns it has.
 struct TileFrame {

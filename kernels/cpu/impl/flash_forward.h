@@ -101,18 +101,22 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
   const int64_t state_size = ForwardQueryStateSize(dp);
 
   // K^T and V of every (batch, kv head), packed once and shared by all query
-  // heads of the group and all query tiles.
+  // heads of the group and all query tiles. Key tiles without a valid
+  // token are never read (they meet no query tile), so they are not packed.
   pool.ParallelFor(p.shape.batch * p.shape.kv_heads, [&](int64_t bk, int worker) {
-    const int64_t first = bk * p.shape.kv_len;
-    if constexpr (kBf16) {
-      PackBf16DimPairs(p.k, first, p.shape.kv_len, d, dp, kBk, ws.k_dpairs + bk * dp * lkp);
-      PackBf16RowPairs(p.v, first, p.shape.kv_len, d, dp, kBk, ws.v_rpairs + bk * lkp * dp);
-    } else {
-      float* row_tmp = ws.scratch + worker * scratch_size;
-      PackTransposedTiles(p.shape.dtype, p.k, first, p.shape.kv_len, d, dp, ws.k_t + bk * dp * lkp,
-                          row_tmp);
-      PackRowTiles(p.shape.dtype, p.v, first, p.shape.kv_len, d, dp, ws.v + bk * lkp * dp, row_tmp);
-    }
+    const TileSummary* kv_sums = plan.kv_summaries + bk / p.shape.kv_heads * plan.kv_tiles;
+    ForEachValidTile(kv_sums, plan.kv_tiles, kBk, p.shape.kv_len, [&](int64_t r0, int64_t rows) {
+      const int64_t first = bk * p.shape.kv_len + r0;
+      const int64_t at = (bk * lkp + r0) * dp;
+      if constexpr (kBf16) {
+        PackBf16DimPairs(p.k, first, rows, d, dp, kBk, ws.k_dpairs + at);
+        PackBf16RowPairs(p.v, first, rows, d, dp, kBk, ws.v_rpairs + at);
+      } else {
+        float* row_tmp = ws.scratch + worker * scratch_size;
+        PackTransposedTiles(p.shape.dtype, p.k, first, rows, d, dp, ws.k_t + at, row_tmp);
+        PackRowTiles(p.shape.dtype, p.v, first, rows, d, dp, ws.v + at, row_tmp);
+      }
+    });
   });
 
   // One task per (batch, head, group of query tiles). The last query tiles
