@@ -357,12 +357,17 @@ int Main(int argc, char** argv) {
     std::printf("BLAS dense forward (S x S scores, OpenBLAS sgemm): %.2f s (one head x 16)\n",
                 blas_seconds);
   }
-  std::printf(
-      "peak RSS during the flash benchmarks: %.0f MiB, %.2fx the largest problem's "
-      "own tensors (inputs, outputs, gradients: %.0f MiB); its S x S fp32 scores "
-      "alone would take %.0f MiB\n",
-      flash_rss / 1048576.0, flash_rss / max_tensor_bytes, max_tensor_bytes / 1048576.0,
-      score_bytes / 1048576.0);
+  // No problem ran (a filter matched none, or only listed them): nothing
+  // to compare the RSS with.
+  const bool ran = max_tensor_bytes > 0;
+  if (ran) {
+    std::printf(
+        "peak RSS during the flash benchmarks: %.0f MiB, %.2fx the largest problem's "
+        "own tensors (inputs, outputs, gradients: %.0f MiB); its S x S fp32 scores "
+        "alone would take %.0f MiB\n",
+        flash_rss / 1048576.0, flash_rss / max_tensor_bytes, max_tensor_bytes / 1048576.0,
+        score_bytes / 1048576.0);
+  }
   std::printf("\n");
   for (const auto& [name, gflops] : results.gflops) {
     std::printf("figure: cpu_%s_gflops %.1f\n", name.c_str(), gflops);
@@ -375,9 +380,11 @@ int Main(int argc, char** argv) {
     std::printf("figure: cpu_fwd_fp32_d128_causal_speedup_vs_blas_dense %.2f\n",
                 blas_seconds / results.seconds[key]);
   }
-  std::printf("figure: cpu_flash_peak_rss_mib %.0f\n", flash_rss / 1048576.0);
-  std::printf("figure: cpu_flash_peak_rss_vs_tensor_footprint %.2f\n",
-              flash_rss / max_tensor_bytes);
+  if (ran) {
+    std::printf("figure: cpu_flash_peak_rss_mib %.0f\n", flash_rss / 1048576.0);
+    std::printf("figure: cpu_flash_peak_rss_vs_tensor_footprint %.2f\n",
+                flash_rss / max_tensor_bytes);
+  }
   std::printf("figure: cpu_dense_scores_mib %.0f\n", score_bytes / 1048576.0);
   benchmark::Shutdown();
   return 0;
