@@ -122,10 +122,11 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
   // One task per (batch, head, group of query tiles). The last query tiles
   // see the most keys under causal masking, so they are handed out first.
   const int64_t bh_count = p.shape.batch * p.shape.heads;
-  const int64_t q_groups = (plan.q_tiles + kQueryGroup - 1) / kQueryGroup;
+  const int64_t q_group = ForwardQueryGroup(bh_count, plan.q_tiles, pool.num_threads());
+  const int64_t q_groups = (plan.q_tiles + q_group - 1) / q_group;
   pool.ParallelFor(bh_count * q_groups, [&](int64_t task, int worker) {
-    const int64_t qt_first = (q_groups - 1 - task / bh_count) * kQueryGroup;
-    const int64_t nq = Min(kQueryGroup, plan.q_tiles - qt_first);
+    const int64_t qt_first = (q_groups - 1 - task / bh_count) * q_group;
+    const int64_t nq = Min(q_group, plan.q_tiles - qt_first);
     const int64_t bh = task % bh_count;
     const int64_t b = bh / p.shape.heads;
     const int64_t bk = b * p.shape.kv_heads + bh % p.shape.heads / group;

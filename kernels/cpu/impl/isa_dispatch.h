@@ -79,7 +79,7 @@ struct BackwardWorkspace {
   float* scratch = nullptr;  // [num_threads, BackwardScratchPerWorker]
 };
 
-// The forward's tasks are groups of up to kQueryGroup consecutive query
+// The forward's tasks are groups of up to kMaxQueryGroup consecutive query
 // tiles of one head, which walk the key tiles in aligned blocks of
 // kKeyRun: each block's K and V are read from memory once for the whole
 // group and then stay in cache, and within a block each query tile takes
@@ -87,14 +87,26 @@ struct BackwardWorkspace {
 // product per run, so the row reductions, the rescaling of the output and
 // (on the bf16 path) the loads and stores of the output tiles are paid once
 // per run instead of once per tile.
-inline constexpr int64_t kQueryGroup = 4;
+inline constexpr int64_t kMaxQueryGroup = 8;
 inline constexpr int64_t kKeyRun = 4;
+
+// Query tiles per forward task: kMaxQueryGroup, halved while that leaves
+// fewer than 8 tasks a thread (causal tasks differ in size, and more,
+// smaller ones balance). The grouping never changes a bit of the result:
+// each query tile walks the same key blocks in the same order whatever
+// group it is in.
+inline constexpr int64_t ForwardQueryGroup(int64_t batch_heads, int64_t q_tiles,
+                                           int64_t num_threads) {
+  int64_t g = kMaxQueryGroup;
+  while (g > 1 && batch_heads * ((q_tiles + g - 1) / g) < 8 * num_threads) g /= 2;
+  return g;
+}
 
 // Scores and the bf16 parts of P for one run, then per query tile of the
 // group its packed rows, running output, max and sum.
 inline constexpr int64_t ForwardQueryStateSize(int64_t dp) { return 2 * kBq * dp + 2 * kBq; }
 inline constexpr int64_t ForwardScratchPerWorker(int64_t dp) {
-  return 2 * kBq * kKeyRun * kBk + kQueryGroup * ForwardQueryStateSize(dp) + dp;
+  return 2 * kBq * kKeyRun * kBk + kMaxQueryGroup * ForwardQueryStateSize(dp) + dp;
 }
 
 // The backward runs in one pass over the tile pairs, one task per (batch,
