@@ -316,46 +316,6 @@ inline void BackwardF32(const BackwardParams& params, const TilePlan& plan,
       });
 }
 
-// s_t: [kBk, kBq] raw k·q (row = key, column = query) -> scale * k·q
-// (kScale) or k·q where the mask allows, -inf elsewhere: MaskTile of the
-// transposed tile.
-template <bool kScale>
-inline void MaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
-                           const TileFrame& f) {
-  if (cls == TileClass::kFull && f.cols == kBk) {
-    if constexpr (kScale) {
-      for (int64_t i = 0; i < kBq * kBk; i += kLanes) Store(s_t + i, Load(s_t + i) * scale);
-    }
-    return;
-  }
-  const bool vector = MaskFitsInt32(rule, f);
-  TileTokens queries;
-  if (vector) GatherTokens(*f.q_meta, f.q_base, f.rows, kBq, queries);
-  for (int64_t j = 0; j < kBk; ++j) {
-    float* row = s_t + j * kBq;
-    const TokenInfo k = j < f.cols ? TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j) : TokenInfo{};
-    if (j >= f.cols || !RealInDoc(k)) {
-      for (int64_t i = 0; i < kBq; ++i) row[i] = -kInf;
-      continue;
-    }
-    if (vector) {
-      MaskRow<kScale, 1>(row, kBq, scale, rule, k.doc, k.vision,
-                         static_cast<int32_t>(f.q_pos - k.pos), queries);
-      continue;
-    }
-    for (int64_t i = 0; i < kBq; ++i) {
-      const bool allowed =
-          i < f.rows && Allowed(rule, TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i), k);
-      row[i] = allowed ? (kScale ? row[i] * scale : row[i]) : -kInf;
-    }
-  }
-}
-
-inline void ScaleAndMaskTransposed(float* s_t, float scale, TileClass cls, const MaskRule& rule,
-                                   const TileFrame& f) {
-  MaskTransposed<true>(s_t, scale, cls, rule, f);
-}
-
 // shift[i] = lse[i] * log2(e), or +inf for a row that attended nothing, so
 // that 2^(scale * log2(e) * s - shift) is exactly 0 there (never
 // 2^(-inf + inf)).
@@ -438,7 +398,7 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
         p, plan, b, kvh, kv_sum, [&](int64_t qt, TileClass cls, int64_t qrow) {
           const int64_t q_at = qrow * dp;
           Bf16Gemm<false>(kBk, kBq, dp, pk.k + kv_at, dp, pk.q_dpairs + q_at, 2 * kBq, s, kBq);
-          MaskTransposed<false>(s, p.scale, cls, p.mask, MakeFrame(p, b, qt, kt));
+          MaskScoresTransposed(s, cls, p.mask, MakeFrame(p, b, qt, kt));
           Bf16Gemm<false>(kBk, kBq, dp, pk.v + kv_at, dp, pk.dout_dpairs + q_at, 2 * kBq, dpm, kBq);
           SoftmaxShift(ws.lse + qrow, shift);
           const float* delta = ws.delta + qrow;

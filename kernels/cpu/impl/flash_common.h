@@ -152,16 +152,16 @@ inline VecI LoadI(const int32_t* p) {
 }
 
 // Allowed() (mask.h) for one row of a score tile against `n` tokens of the
-// other side, kLanes at a time: row[c] -> scale * row[c] (kScale) or row[c]
-// where allowed, -inf elsewhere. The row's token is real, in document `doc`
-// > 0 and vision group `vision`; q.pos - k.pos at column c is delta0 + kStep
-// * c, which the caller keeps within int32 for the whole row. Causality, the
-// window and the vision rule depend on positions only through that
-// difference, and the document, vision and padding rules are symmetric, so
-// one function serves rows of queries (kStep -1) and of keys (kStep +1).
-template <bool kScale, int kStep>
-inline void MaskRow(float* row, int64_t n, float scale, const MaskRule& rule, int32_t doc,
-                    int32_t vision, int32_t delta0, const TileTokens& cols) {
+// other side, kLanes at a time: row[c] stays where allowed, -inf elsewhere.
+// The row's token is real, in document `doc` > 0 and vision group `vision`;
+// q.pos - k.pos at column c is delta0 + kStep * c, which the caller keeps
+// within int32 for the whole row. Causality, the window and the vision rule
+// depend on positions only through that difference, and the document,
+// vision and padding rules are symmetric, so one function serves rows of
+// queries (kStep -1) and of keys (kStep +1).
+template <int kStep>
+inline void MaskRow(float* row, int64_t n, const MaskRule& rule, int32_t doc, int32_t vision,
+                    int32_t delta0, const TileTokens& cols) {
   VecI lane;
   for (int l = 0; l < kLanes; ++l) lane[l] = kStep * l;
   const int32_t window = static_cast<int32_t>(rule.window);
@@ -172,9 +172,7 @@ inline void MaskRow(float* row, int64_t n, float scale, const MaskRule& rule, in
     if (rule.windowed) pos &= VecI(delta < window);
     if (vision_rule) pos |= VecI(LoadI(cols.vision + c) == vision);
     const VecI ok = LoadI(cols.real + c) & VecI(LoadI(cols.doc + c) == doc) & pos;
-    VecF x = Load(row + c);
-    if constexpr (kScale) x *= scale;
-    Store(row + c, ok != 0 ? x : Splat(-kInf));
+    Store(row + c, ok != 0 ? Load(row + c) : Splat(-kInf));
   }
 }
 
@@ -189,54 +187,64 @@ inline bool MaskFitsInt32(const MaskRule& rule, const TileFrame& f) {
 // One token's info for the scalar fallback and the row checks.
 inline bool RealInDoc(const TokenInfo& t) { return !t.padding && t.doc > 0; }
 
-// s: [kBq, kBk] (leading dim lds) raw q·k -> scale * q·k (kScale) or q·k
-// where the mask allows, -inf elsewhere (padding rows and columns of the
-// tile included). Full tiles skip the per-element mask entirely.
-template <bool kScale>
-inline void MaskTile(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
+// Raw scores -> the same where the mask allows, -inf elsewhere (padding rows
+// and columns of the tile included); the callers fold the (positive) scale
+// into their next pass, under which -inf stays -inf. Rows are queries, s
+// [kBq, kBk] (leading dim lds), or with kTransposed keys, s [kBk, kBq] (the
+// backward's S^T = K Q^T). Full tiles skip the per-element mask entirely.
+template <bool kTransposed>
+inline void MaskTile(float* s, int64_t lds, TileClass cls, const MaskRule& rule,
                      const TileFrame& f) {
-  if (cls == TileClass::kFull && f.cols == kBk) {
-    if constexpr (kScale) {
-      for (int64_t i = 0; i < kBq; ++i) {
-        float* row = s + i * lds;
-        for (int64_t j = 0; j < kBk; j += kLanes) Store(row + j, Load(row + j) * scale);
-      }
-    }
-    return;
-  }
+  if (cls == TileClass::kFull && f.cols == kBk) return;
+  constexpr int64_t kRows = kTransposed ? kBk : kBq;
+  constexpr int64_t kCols = kTransposed ? kBq : kBk;
+  const MetaPtrs& row_meta = kTransposed ? *f.kv_meta : *f.q_meta;
+  const MetaPtrs& col_meta = kTransposed ? *f.q_meta : *f.kv_meta;
+  const int64_t row_base = kTransposed ? f.kv_base : f.q_base;
+  const int64_t col_base = kTransposed ? f.q_base : f.kv_base;
+  const int64_t row_pos = kTransposed ? f.kv_pos : f.q_pos;
+  const int64_t col_pos = kTransposed ? f.q_pos : f.kv_pos;
+  const int64_t rows = kTransposed ? f.cols : f.rows;
+  const int64_t cols = kTransposed ? f.rows : f.cols;
   const bool vector = MaskFitsInt32(rule, f);
-  TileTokens keys;
-  if (vector) GatherTokens(*f.kv_meta, f.kv_base, f.cols, kBk, keys);
-  for (int64_t i = 0; i < kBq; ++i) {
+  TileTokens col_tokens;
+  if (vector) GatherTokens(col_meta, col_base, cols, kCols, col_tokens);
+  for (int64_t i = 0; i < kRows; ++i) {
     float* row = s + i * lds;
-    const TokenInfo q = i < f.rows ? TokenAt(*f.q_meta, f.q_base + i, f.q_pos + i) : TokenInfo{};
-    if (i >= f.rows || !RealInDoc(q)) {
-      for (int64_t j = 0; j < kBk; ++j) row[j] = -kInf;
+    const TokenInfo t = i < rows ? TokenAt(row_meta, row_base + i, row_pos + i) : TokenInfo{};
+    if (i >= rows || !RealInDoc(t)) {
+      for (int64_t j = 0; j < kCols; ++j) row[j] = -kInf;
       continue;
     }
     if (vector) {
-      MaskRow<kScale, -1>(row, kBk, scale, rule, q.doc, q.vision,
-                          static_cast<int32_t>(q.pos - f.kv_pos), keys);
+      // q.pos - k.pos at column 0 of the row.
+      const int64_t delta0 = kTransposed ? col_pos - t.pos : t.pos - col_pos;
+      MaskRow<kTransposed ? 1 : -1>(row, kCols, rule, t.doc, t.vision, static_cast<int32_t>(delta0),
+                                    col_tokens);
       continue;
     }
-    for (int64_t j = 0; j < kBk; ++j) {
-      const bool allowed =
-          j < f.cols && Allowed(rule, q, TokenAt(*f.kv_meta, f.kv_base + j, f.kv_pos + j));
-      row[j] = allowed ? (kScale ? row[j] * scale : row[j]) : -kInf;
+    for (int64_t j = 0; j < kCols; ++j) {
+      if (j >= cols) {
+        row[j] = -kInf;
+        continue;
+      }
+      const TokenInfo other = TokenAt(col_meta, col_base + j, col_pos + j);
+      const bool allowed = kTransposed ? Allowed(rule, other, t) : Allowed(rule, t, other);
+      if (!allowed) row[j] = -kInf;
     }
   }
 }
 
-inline void ScaleAndMask(float* s, int64_t lds, float scale, TileClass cls, const MaskRule& rule,
-                         const TileFrame& f) {
-  MaskTile<true>(s, lds, scale, cls, rule, f);
-}
-
-// The mask alone, for callers that fold the (positive) scale into their
-// next pass: -inf stays -inf under it.
+// MaskTile of query rows: s [kBq, kBk], leading dim lds.
 inline void MaskScores(float* s, int64_t lds, TileClass cls, const MaskRule& rule,
                        const TileFrame& f) {
-  MaskTile<false>(s, lds, 1.0f, cls, rule, f);
+  MaskTile<false>(s, lds, cls, rule, f);
+}
+
+// MaskTile of key rows: s_t [kBk, kBq].
+inline void MaskScoresTransposed(float* s_t, TileClass cls, const MaskRule& rule,
+                                 const TileFrame& f) {
+  MaskTile<true>(s_t, kBq, cls, rule, f);
 }
 
 inline TileFrame MakeFrame(const ChunkProblem& p, int64_t b, int64_t qt, int64_t kt) {

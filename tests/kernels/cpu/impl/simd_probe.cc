@@ -6,7 +6,6 @@
 
 #include "tests/kernels/cpu/impl/simd_probe.h"
 
-#include "kernels/cpu/impl/flash_backward.h"
 #include "kernels/cpu/impl/flash_common.h"
 #include "kernels/cpu/impl/simd.h"
 
@@ -20,16 +19,12 @@ void ProbeExp2(const float* x, int64_t n, float* y) {
   for (int64_t i = 0; i < n; i += kLanes) Store(y + i, Exp2(Load(x + i)));
 }
 
-void ProbeScaleAndMask(float* s, bool transposed, bool scaled, float scale, TileClass cls,
-                       const MaskRule& rule, const probe::ProbeFrame& pf) {
+void ProbeMask(float* s, bool transposed, TileClass cls, const MaskRule& rule,
+               const probe::ProbeFrame& pf) {
   const TileFrame f{&pf.q_meta, &pf.kv_meta, pf.q_base, pf.kv_base,
                     pf.q_pos,   pf.kv_pos,   pf.rows,   pf.cols};
-  if (transposed && scaled) {
-    ScaleAndMaskTransposed(s, scale, cls, rule, f);
-  } else if (transposed) {
-    MaskTransposed<false>(s, scale, cls, rule, f);
-  } else if (scaled) {
-    ScaleAndMask(s, kBk, scale, cls, rule, f);
+  if (transposed) {
+    MaskScoresTransposed(s, cls, rule, f);
   } else {
     MaskScores(s, kBk, cls, rule, f);
   }

@@ -31,11 +31,10 @@ struct SimdProbe {
   // y[i] = Exp(x[i]) or Exp2(x[i]); n a multiple of 16.
   void (*exp)(const float* x, int64_t n, float* y);
   void (*exp2)(const float* x, int64_t n, float* y);
-  // ScaleAndMask of s [kBq, kBk] (row = query), or with `transposed` the
-  // backward's ScaleAndMaskTransposed of s [kBk, kBq] (row = key); without
-  // `scaled`, the mask-only forms (MaskScores, MaskTransposed<false>).
-  void (*scale_and_mask)(float* s, bool transposed, bool scaled, float scale, TileClass cls,
-                         const MaskRule& rule, const ProbeFrame& frame);
+  // MaskScores of s [kBq, kBk] (row = query), or with `transposed` the
+  // backward's MaskScoresTransposed of s [kBk, kBq] (row = key).
+  void (*mask)(float* s, bool transposed, TileClass cls, const MaskRule& rule,
+               const ProbeFrame& frame);
 };
 
 // The probe built for `isa`; only call what IsaSupported(isa) allows.

@@ -1,12 +1,12 @@
 #include "tests/kernels/cpu/impl/simd_probe.h"
 
-#define RINGATTN_DECLARE_PROBE(ns)                                                           \
-  namespace ringattn::kernels::cpu::ns {                                                     \
-  void ProbeExp(const float* x, int64_t n, float* y);                                        \
-  void ProbeExp2(const float* x, int64_t n, float* y);                                       \
-  void ProbeScaleAndMask(float* s, bool transposed, bool scaled, float scale, TileClass cls, \
-                         const MaskRule& rule, const probe::ProbeFrame& frame);              \
-  constexpr probe::SimdProbe kProbe{&ProbeExp, &ProbeExp2, &ProbeScaleAndMask};              \
+#define RINGATTN_DECLARE_PROBE(ns)                                               \
+  namespace ringattn::kernels::cpu::ns {                                         \
+  void ProbeExp(const float* x, int64_t n, float* y);                            \
+  void ProbeExp2(const float* x, int64_t n, float* y);                           \
+  void ProbeMask(float* s, bool transposed, TileClass cls, const MaskRule& rule, \
+                 const probe::ProbeFrame& frame);                                \
+  constexpr probe::SimdProbe kProbe{&ProbeExp, &ProbeExp2, &ProbeMask};          \
   }
 
 RINGATTN_DECLARE_PROBE(generic)

@@ -92,15 +92,14 @@ struct RandomTokens {
   MetaPtrs meta(int64_t start) const { return {doc.data(), vision.data(), padding.data(), start}; }
 };
 
-// ScaleAndMask (and its transposed form) of partial tiles against Allowed()
+// MaskScores (and its transposed form) of partial tiles against Allowed()
 // token by token, for every kind of rule, rows and columns cut short, and
 // tiles whose positions lie 2^31 apart (the scalar path).
 TEST_P(IsaProbeTest, PartialTileMaskMatchesAllowedTokenByToken) {
   std::mt19937 rng(7);
   constexpr int64_t kRows = 64, kCols = 64;  // kBq, kBk.
-  const float scale = 0.37f;
   int64_t checked = 0;
-  for (int trial = 0; trial < 160; ++trial) {
+  for (int trial = 0; trial < 320; ++trial) {
     MaskRule rule;
     rule.causal = trial % 2 == 0;
     rule.windowed = trial % 4 >= 2;
@@ -115,12 +114,11 @@ TEST_P(IsaProbeTest, PartialTileMaskMatchesAllowedTokenByToken) {
     f.kv_meta = kv.meta(f.kv_pos);
     f.rows = trial % 3 == 0 ? 1 + static_cast<int64_t>(rng() % kRows) : kRows;
     f.cols = trial % 5 == 0 ? 1 + static_cast<int64_t>(rng() % kCols) : kCols;
-    for (int form = 0; form < 4; ++form) {
-      const bool transposed = form % 2 == 1, scaled = form < 2;
+    for (bool transposed : {false, true}) {
       std::vector<float> s(kRows * kCols);
       for (float& x : s) x = static_cast<float>(rng() % 1000) * 0.01f - 5.0f;
       const std::vector<float> raw = s;
-      isa_probe().scale_and_mask(s.data(), transposed, scaled, scale, TileClass::kPartial, rule, f);
+      isa_probe().mask(s.data(), transposed, TileClass::kPartial, rule, f);
       for (int64_t i = 0; i < kRows; ++i) {
         for (int64_t j = 0; j < kCols; ++j) {
           const int64_t at = transposed ? j * kRows + i : i * kCols + j;
@@ -130,9 +128,9 @@ TEST_P(IsaProbeTest, PartialTileMaskMatchesAllowedTokenByToken) {
             const TokenInfo kj{f.kv_pos + j, kv.doc[j], kv.vision[j], kv.padding[j] != 0};
             allowed = Allowed(rule, qi, kj);
           }
-          const float want = allowed ? (scaled ? raw[at] * scale : raw[at]) : -INFINITY;
-          ASSERT_EQ(s[at], want) << "trial " << trial << " transposed " << transposed << " scaled "
-                                 << scaled << " q " << i << " k " << j;
+          const float want = allowed ? raw[at] : -INFINITY;
+          ASSERT_EQ(s[at], want) << "trial " << trial << " transposed " << transposed << " q " << i
+                                 << " k " << j;
           checked += allowed ? 1 : 0;
         }
       }
