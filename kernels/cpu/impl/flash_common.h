@@ -164,14 +164,14 @@ inline void MaskRow(float* row, int64_t n, const MaskRule& rule, int32_t doc, in
                     int32_t delta0, const TileTokens& cols) {
   VecI lane;
   for (int l = 0; l < kLanes; ++l) lane[l] = kStep * l;
-  const int32_t window = static_cast<int32_t>(rule.window);
+  const auto window = static_cast<int32_t>(rule.window);
   const bool vision_rule = rule.windowed && rule.vision_bidirectional && vision >= 0;
   for (int64_t c = 0; c < n; c += kLanes) {
     const VecI delta = (delta0 + kStep * static_cast<int32_t>(c)) + lane;
-    VecI pos = rule.causal ? VecI(delta >= 0) : VecI{} - 1;
-    if (rule.windowed) pos &= VecI(delta < window);
-    if (vision_rule) pos |= VecI(LoadI(cols.vision + c) == vision);
-    const VecI ok = LoadI(cols.real + c) & VecI(LoadI(cols.doc + c) == doc) & pos;
+    VecI pos = rule.causal ? (delta >= 0) : VecI{} - 1;
+    if (rule.windowed) pos &= delta < window;
+    if (vision_rule) pos |= LoadI(cols.vision + c) == vision;
+    const VecI ok = LoadI(cols.real + c) & (LoadI(cols.doc + c) == doc) & pos;
     Store(row + c, ok != 0 ? Load(row + c) : Splat(-kInf));
   }
 }
