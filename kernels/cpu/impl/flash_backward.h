@@ -345,11 +345,8 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
     ForEachValidTile(kv_sums, plan.kv_tiles, kBk, p.shape.kv_len, [&](int64_t r0, int64_t n) {
       const int64_t first = bk * p.shape.kv_len + r0;
       const int64_t at = (bk * lkp + r0) * dp;
-      PackBf16Rows(p.k, first, n, d, dp, pk.k + at);
-      PackBf16DimPairs(p.k, first, n, d, dp, kBk, pk.k_dpairs + at);
-      PackBf16RowPairs(p.k, first, n, d, dp, kBk, pk.k_rpairs + at);
-      PackBf16Rows(p.v, first, n, d, dp, pk.v + at);
-      PackBf16DimPairs(p.v, first, n, d, dp, kBk, pk.v_dpairs + at);
+      PackBf16Layouts(p.k, first, n, d, dp, kBk, pk.k + at, pk.k_dpairs + at, pk.k_rpairs + at);
+      PackBf16Layouts(p.v, first, n, d, dp, kBk, pk.v + at, pk.v_dpairs + at, nullptr);
     });
   });
 
@@ -361,12 +358,9 @@ inline void BackwardBf16(const BackwardParams& params, const TilePlan& plan,
     ForEachValidTile(q_sums, plan.q_tiles, kBq, p.shape.q_len, [&](int64_t r0, int64_t n) {
       const int64_t first = bh * p.shape.q_len + r0;
       const int64_t at = (bh * lqp + r0) * dp;
-      PackBf16Rows(p.q, first, n, d, dp, pk.q + at);
-      PackBf16DimPairs(p.q, first, n, d, dp, kBq, pk.q_dpairs + at);
-      PackBf16RowPairs(p.q, first, n, d, dp, kBq, pk.q_rpairs + at);
-      PackBf16Rows(params.dout, first, n, d, dp, pk.dout + at);
-      PackBf16DimPairs(params.dout, first, n, d, dp, kBq, pk.dout_dpairs + at);
-      PackBf16RowPairs(params.dout, first, n, d, dp, kBq, pk.dout_rpairs + at);
+      PackBf16Layouts(p.q, first, n, d, dp, kBq, pk.q + at, pk.q_dpairs + at, pk.q_rpairs + at);
+      PackBf16Layouts(params.dout, first, n, d, dp, kBq, pk.dout + at, pk.dout_dpairs + at,
+                      pk.dout_rpairs + at);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t row = bh * lqp + r0 + i;
         ws.lse[row] = params.lse[first + i];

@@ -98,6 +98,17 @@ inline void PackBf16RowPairs(const void* src, int64_t first_row, int64_t rows, i
   }
 }
 
+// The same rows packed each way a bf16 product of the backward reads them:
+// as rows (PackBf16Rows), dim pairs and row pairs (tiles of `tile` rows);
+// a null destination is skipped.
+inline void PackBf16Layouts(const void* src, int64_t first_row, int64_t rows, int64_t d, int64_t dp,
+                            int64_t tile, uint16_t* as_rows, uint16_t* dim_pairs,
+                            uint16_t* row_pairs) {
+  if (as_rows != nullptr) PackBf16Rows(src, first_row, rows, d, dp, as_rows);
+  if (dim_pairs != nullptr) PackBf16DimPairs(src, first_row, rows, d, dp, tile, dim_pairs);
+  if (row_pairs != nullptr) PackBf16RowPairs(src, first_row, rows, d, dp, tile, row_pairs);
+}
+
 // Runs fn(r0, rows) for each tile of `tile` rows ([r0, r0 + rows) of a
 // sequence of `len`) whose summary (of `tiles`) holds a valid token. A tile
 // without one meets no other tile (Classify), so nothing reads its packs.
