@@ -11,6 +11,11 @@ namespace ringattn::kernels::cpu {
 namespace {
 // Every part starts on a 64-byte boundary.
 constexpr size_t kAlignFloats = 16;
+
+// The floats a part of `size` takes, padding included.
+constexpr size_t Padded(size_t size) {
+  return (size + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
+}
 }  // namespace
 
 absl::StatusOr<WorkspaceArena::Lease> WorkspaceArena::Carve(std::initializer_list<size_t> sizes,
@@ -24,7 +29,7 @@ absl::StatusOr<WorkspaceArena::Lease> WorkspaceArena::Carve(std::initializer_lis
     if (size > kMaxFloats - total - kAlignFloats) {
       return absl::ResourceExhaustedError(absl::StrCat(what, ": size overflows"));
     }
-    total += (size + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
+    total += Padded(size);
   }
   Lease lease{std::unique_lock<std::mutex>(mu_)};
   float* base = nullptr;
@@ -43,7 +48,7 @@ absl::StatusOr<WorkspaceArena::Lease> WorkspaceArena::Carve(std::initializer_lis
   size_t i = 0, at = 0;
   for (size_t size : sizes) {
     lease.parts_[i++] = size == 0 ? nullptr : base + at;
-    at += (size + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
+    at += Padded(size);
   }
   return lease;
 }
