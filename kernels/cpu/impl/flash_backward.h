@@ -27,8 +27,6 @@ struct BackwardTile {
   const float* v_t;    // [Dp, kBk] panel of the key tile
 };
 
-inline constexpr float kLog2E = 1.44269504088896341f;
-
 // Computes P = exp(scale * S - lse) = 2^(scale * log2(e) * S - lse *
 // log2(e)) and dS = P * (dO V^T - delta) for one tile pair: base 2 folds
 // log2(e) into the scale, and the scale into the exp pass. s: [kBq, kBk]

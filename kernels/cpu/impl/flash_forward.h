@@ -29,7 +29,7 @@ template <bool kBf16>
 inline void OnlineSoftmax(float* s, int64_t width, float scale, float* m, float* l, float* acc,
                           int64_t dp, uint16_t* p_hi, uint16_t* p_lo) {
   static_assert(kBq % kLanes == 0);
-  const float scale2 = scale * 1.44269504088896341f;
+  const float scale2 = scale * kLog2E;
   const VecF vscale = Splat(scale2);
   float m_new[kBq], alpha[kBq];
   for (int64_t i = 0; i < kBq; ++i) {
@@ -222,7 +222,7 @@ inline void ForwardTiles(const ForwardParams& params, const TilePlan& plan,
         const float li = l(j)[i];
         if (li > 0.0f) {
           for (int64_t c = 0; c < d; ++c) out[i * d + c] = acc(j)[i * dp + c] / li;
-          lse[i] = m(j)[i] * 0.693147180559945309f + __builtin_logf(li);
+          lse[i] = m(j)[i] * kLn2 + __builtin_logf(li);
         } else {
           for (int64_t c = 0; c < d; ++c) out[i * d + c] = 0.0f;
           lse[i] = -kInf;

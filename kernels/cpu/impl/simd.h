@@ -37,6 +37,8 @@ typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline constexpr float kInf = __builtin_huge_valf();
+inline constexpr float kLog2E = 1.44269504088896341f;  // log2(e)
+inline constexpr float kLn2 = 0.693147180559945309f;   // ln(2)
 
 inline VecF Load(const float* p) {
   VecF v;
@@ -134,9 +136,8 @@ inline VecF Exp(VecF x) {
   const __m512 v = x;
   const __mmask16 live = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.33654f), _CMP_NLT_UQ);
   const __m512 xc = _mm512_maskz_min_ps(0xFFFF, _mm512_set1_ps(88.37626f), v);
-  const __m512 n =
-      _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(xc, _mm512_set1_ps(kLog2E)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   const VecF rv = r;
@@ -177,7 +178,7 @@ inline VecF Exp(VecF x) {
   VecF xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
   const VecF magic = Splat(12582912.0f);  // 1.5 * 2^23: rounds to integer.
-  const VecF n = (xc * 1.44269504088896341f + magic) - magic;
+  const VecF n = (xc * kLog2E + magic) - magic;
   VecF r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   const VecF y = Horner(r, kExpPoly) * (r * r) + r + 1.0f;
