@@ -7,13 +7,20 @@
 #include "absl/status/status.h"
 #include "kernels/attention_shape.h"
 #include "kernels/chunk_args.h"
+#include "kernels/memory_space.h"
 
 // What the ring computes each step on: the forward or backward of a query
-// shard against one K/V chunk, with the arguments of kernels/chunk_args.h
-// (host memory; a device backend stages them itself). The CPU backend runs
-// the CPU kernels; the CUDA backend runs the CUDA kernels on one GPU. Both
-// meet the same contract: forward overwrites out/lse with the chunk's
-// partial result, backward accumulates (+=) dq/dk/dv in fp32.
+// shard against one K/V chunk, with the arguments of kernels/chunk_args.h.
+// The CPU backend runs the CPU kernels; the CUDA backend runs the CUDA
+// kernels on one GPU. Both meet the same contract: forward overwrites
+// out/lse with the chunk's partial result, backward accumulates (+=)
+// dq/dk/dv in fp32.
+//
+// Where the arguments live: memory of the backend's space() (device memory
+// for a GPU backend, which then reads and writes it in place), or host
+// memory, which a device backend stages to and from the device itself,
+// counted in memory().host_to_device_bytes / device_to_host_bytes. The ring
+// passes space memory only.
 
 namespace ringattn::kernels {
 
@@ -32,6 +39,10 @@ class ChunkBackend {
 
   // For logs and metrics: "cpu/avx512", "cuda:0 (NVIDIA H100 ...)".
   virtual std::string name() const = 0;
+
+  // Where this backend computes: its tensors' memory and the element-wise
+  // operations on it. Lives as long as the backend.
+  virtual MemorySpace& space() = 0;
 
   virtual absl::Status Forward(const ForwardChunkArgs& args) = 0;
   virtual absl::Status Backward(const BackwardChunkArgs& args) = 0;

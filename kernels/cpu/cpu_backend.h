@@ -22,6 +22,7 @@ class CpuBackend final : public ChunkBackend {
   explicit CpuBackend(std::unique_ptr<CpuContext> ctx) : owned_(std::move(ctx)), ctx_(*owned_) {}
 
   std::string name() const override { return absl::StrCat("cpu/", IsaName(ctx_.isa())); }
+  MemorySpace& space() override { return space_; }
   absl::Status Forward(const ForwardChunkArgs& args) override { return ForwardChunk(args, ctx_); }
   absl::Status Backward(const BackwardChunkArgs& args) override {
     return BackwardChunk(args, ctx_);
@@ -30,6 +31,7 @@ class CpuBackend final : public ChunkBackend {
  private:
   std::unique_ptr<CpuContext> owned_;
   CpuContext& ctx_;
+  HostMemorySpace space_;
 };
 
 }  // namespace ringattn::kernels::cpu

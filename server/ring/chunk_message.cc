@@ -25,12 +25,16 @@ ChunkLayout::ChunkLayout(const ShardRef& shard)
 
 std::vector<std::byte> ChunkLayout::Pack(const ShardRef& shard) const {
   std::vector<std::byte> msg(size_);
+  PackInto(shard, msg);
+  return msg;
+}
+
+void ChunkLayout::PackInto(const ShardRef& shard, std::span<std::byte> msg) const {
   std::memcpy(msg.data(), shard.k.data(), kv_bytes_);
   std::memcpy(msg.data() + v_at_, shard.v.data(), kv_bytes_);
   std::memcpy(msg.data() + doc_at_, shard.doc.data(), tokens_ * sizeof(int32_t));
   std::memcpy(msg.data() + vision_at_, shard.vision.data(), tokens_ * sizeof(int32_t));
   std::memcpy(msg.data() + padding_at_, shard.padding.data(), tokens_);
-  return msg;
 }
 
 kernels::TensorRef ChunkLayout::K(std::span<const std::byte> msg) const {

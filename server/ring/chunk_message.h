@@ -24,6 +24,9 @@ class ChunkLayout {
 
   // Copies the shard's own K, V and metadata into a new message buffer.
   std::vector<std::byte> Pack(const ShardRef& shard) const;
+  // The same into `msg` (host memory of size() bytes, zeroed: the parts'
+  // alignment gaps are not written).
+  void PackInto(const ShardRef& shard, std::span<std::byte> msg) const;
 
   // Views of a message buffer as kernel arguments. start: global position of
   // the chunk's first token.

@@ -16,17 +16,74 @@
 #include "server/ring/chunk_message.h"
 #include "server/ring/schedule.h"
 #include "server/ring/segment_order.h"
+#include "server/ring/space_tensors.h"
+#include "server/ring/staged_transport.h"
 
 namespace ringattn::ring {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using kernels::MemorySpace;
+using kernels::SpaceBuffer;
 
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::span<std::byte> Bytes(std::vector<float>& v) { return std::as_writable_bytes(std::span(v)); }
+// Host<->device bytes of the call so far and since the last step.
+class TrafficMeter {
+ public:
+  explicit TrafficMeter(const MemorySpace& space)
+      : space_(space), start_(space.traffic().total()), last_(start_) {}
+  int64_t Step() {
+    const int64_t now = space_.traffic().total();
+    return now - std::exchange(last_, now);
+  }
+  int64_t Total() const { return space_.traffic().total() - start_; }
+
+ private:
+  const MemorySpace& space_;
+  const int64_t start_;
+  int64_t last_;
+};
+
+// The transport a call sends its space's memory over: the ring's own, or a
+// staging one over it when the space is a device's and the transport takes
+// host memory only.
+class SpaceLink {
+ public:
+  SpaceLink(Transport& t, MemorySpace& space) {
+    if (space.kind() == kernels::MemoryKind::kDevice && !t.accepts_device_memory()) {
+      staged_.emplace(t, space);
+    }
+    t_ = staged_ ? &*staged_ : &t;
+  }
+  Transport& get() { return *t_; }
+
+ private:
+  std::optional<StagedTransport> staged_;
+  Transport* t_ = nullptr;
+};
+
+// The shard's own chunk message, packed into a new space buffer.
+absl::StatusOr<SpaceBuffer> PackInSpace(MemorySpace& space, const ChunkLayout& layout,
+                                        const ShardRef& shard) {
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer msg, space.Allocate(layout.size()));
+  if (space.kind() == kernels::MemoryKind::kHost) {
+    layout.PackInto(shard, msg.bytes());
+  } else {
+    RINGATTN_RETURN_IF_ERROR(space.Upload(msg.bytes(), layout.Pack(shard)));
+  }
+  return msg;
+}
+
+template <typename T>
+absl::StatusOr<std::vector<T>> DownloadVector(MemorySpace& space, std::span<const T> src) {
+  std::vector<T> host(src.size());
+  RINGATTN_RETURN_IF_ERROR(
+      space.Download(std::as_writable_bytes(std::span(host)), std::as_bytes(src)));
+  return host;
+}
 
 // Checks the shard against its own shapes, so that the kernels' errors can
 // only be ones every rank hits alike.
@@ -201,10 +258,12 @@ class MajorShard {
     const auto n = static_cast<size_t>(B_ * H_ * p.global.len * D_ * esize_);
     return {ref_.shape.dtype, {B_, H_, p.global.len, D_}, major.data() + at, n};
   }
-  kernels::TokenMetaRef QueryMeta(const SegmentPlace& p) const {
+  // One query segment of the shard's metadata, as `meta` holds it (the
+  // shard's own segment-major metadata, in host memory or a space).
+  kernels::TokenMetaRef QueryMeta(const kernels::TokenMetaRef& meta, const SegmentPlace& p) const {
     const auto at = static_cast<size_t>(B_ * p.local);
     const auto n = static_cast<size_t>(B_ * p.global.len);
-    return {ref_.doc.subspan(at, n), ref_.vision.subspan(at, n), ref_.padding.subspan(at, n),
+    return {meta.doc.subspan(at, n), meta.vision.subspan(at, n), meta.padding.subspan(at, n),
             p.global.start};
   }
   // Rows ([B, H, len]) and elements ([B, H, len, D]) of one query segment
@@ -220,12 +279,33 @@ class MajorShard {
   ShardRef ref_;
 };
 
-// A local-order copy of the segment-major fp32 tensor `major` [outer, L, row].
-std::vector<float> ToLocal(std::vector<float> major, int64_t outer, int64_t row,
-                           const std::vector<batch::Segment>& segments) {
+// The shard's segment-major query tensor and metadata in the call's space.
+struct ResidentQuery {
+  static absl::StatusOr<ResidentQuery> Make(MemorySpace& space, const ShardRef& major) {
+    ResidentQuery r;
+    RINGATTN_ASSIGN_OR_RETURN(r.q, Resident<std::byte>::Make(space, major.q));
+    RINGATTN_ASSIGN_OR_RETURN(r.doc, Resident<int32_t>::Make(space, major.doc));
+    RINGATTN_ASSIGN_OR_RETURN(r.vision, Resident<int32_t>::Make(space, major.vision));
+    RINGATTN_ASSIGN_OR_RETURN(r.padding, Resident<uint8_t>::Make(space, major.padding));
+    return r;
+  }
+  kernels::TokenMetaRef meta() const { return {doc.span(), vision.span(), padding.span(), 0}; }
+
+  Resident<std::byte> q;  // [B, H, L, D] dtype
+  Resident<int32_t> doc, vision;
+  Resident<uint8_t> padding;  // [B, L] each
+};
+
+// Bytes of a shard's segment-major query and metadata.
+size_t QueryBytes(const ShardRef& s) { return s.q.size() + s.doc.size() * 8 + s.padding.size(); }
+
+// A local-order copy of the segment-major tensor `major` [outer, L, row].
+template <typename T>
+std::vector<T> ToLocal(std::vector<T> major, int64_t outer, int64_t row,
+                       const std::vector<batch::Segment>& segments) {
   if (segments.size() == 1) return major;
-  std::vector<float> local(major.size());
-  FromSegmentMajor<float>(major, local, outer, row, segments);
+  std::vector<T> local(major.size());
+  FromSegmentMajor<T>(major, local, outer, row, segments);
   return local;
 }
 
@@ -282,43 +362,66 @@ class HaloChunk {
   std::vector<std::byte> msg_;
 };
 
-absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& backend,
+absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBackend& backend,
                                           const ShardRef& shard, const RingCall& call) {
   const Clock::time_point t0 = Clock::now();
-  RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
-  RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
-  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout, LayoutFor(t, shard, call));
-  const std::vector<batch::Segment>& mine = shard_layout.Segments(t.rank());
-  const std::vector<SegmentPlace> q_places = Places(shard_layout, t.rank());
+  RINGATTN_RETURN_IF_ERROR(CheckShard(shard, transport));
+  RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(transport, shard, call));
+  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout,
+                            LayoutFor(transport, shard, call));
+  const std::vector<batch::Segment>& mine = shard_layout.Segments(transport.rank());
+  const std::vector<SegmentPlace> q_places = Places(shard_layout, transport.rank());
   const MajorShard major(shard, mine);
   const ChunkLayout layout(shard);
   const int64_t D = shard.shape.head_dim;
   const int64_t rows = shard.shape.batch * shard.shape.heads * shard.shape.q_len;
   const int64_t elems = rows * D;
-
-  // Double buffering: compute on `current` while `next` arrives.
-  std::vector<std::byte> current = layout.Pack(major.ref());
-  std::vector<std::byte> next(layout.size());
-  // The running result, segment-major like the query.
-  std::vector<float> acc(elems, 0.0f);
-  std::vector<float> lse(rows, -std::numeric_limits<float>::infinity());
-  std::vector<float> part(elems), part_lse(rows);
-  RingForwardResult result;
+  const size_t esize = kernels::DTypeSize(shard.shape.dtype);
+  MemorySpace& space = backend.space();
+  TrafficMeter meter(space);
+  SpaceLink link(transport, space);
+  Transport& t = link.get();
   // Halo exchange: the one exchange carries the shard's tail only.
   std::optional<HaloChunk> halo;
   if (schedule.halo_rows > 0) halo.emplace(shard, schedule.halo_rows);
-  std::vector<std::byte> halo_recv(halo ? halo->layout().size() : 0);
+  const size_t halo_bytes = halo ? halo->layout().size() : 0;
+
+  // Everything below, asked for before the first allocation.
+  const auto f32 = static_cast<size_t>(elems + rows) * sizeof(float);
+  RINGATTN_RETURN_IF_ERROR(
+      space.CheckFits(static_cast<int64_t>(QueryBytes(shard) + 2 * layout.size() + 2 * f32 +
+                                           static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
+  RINGATTN_ASSIGN_OR_RETURN(const ResidentQuery query, ResidentQuery::Make(space, major.ref()));
+  // Double buffering: compute on `current` while `next` arrives.
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer current, PackInSpace(space, layout, major.ref()));
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
+  // The running result, segment-major like the query.
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer acc, space.Allocate(elems * sizeof(float)));
+  RINGATTN_ASSIGN_OR_RETURN(
+      Homebound<float> lse,
+      Homebound<float>::Make(space, rows, -std::numeric_limits<float>::infinity()));
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer part, space.Allocate(elems * sizeof(float)));
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer part_lse, space.Allocate(rows * sizeof(float)));
+  std::optional<Resident<std::byte>> halo_msg;
+  if (halo) {
+    RINGATTN_ASSIGN_OR_RETURN(halo_msg, Resident<std::byte>::Make(space, halo->msg()));
+  }
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer halo_recv, space.Allocate(halo_bytes));
+  RingForwardResult result;
+  meter.Step();  // The upload is the call's, not a step's.
+
   KvExchange exchange(t, call, MessageKind::kForwardKv);
   for (const RingStep& step : schedule.steps) {
     StepStats stats{step.step, step.chunk_owner, step.compute};
     stats.pairs = step.pairs * shard.shape.batch * shard.shape.heads;
     // Pass the held chunk on while computing on it (the last step keeps it).
     if (step.step < schedule.exchanges) {
-      RINGATTN_RETURN_IF_ERROR(halo ? exchange.Post(step.step + 1, halo->msg(), halo_recv)
-                                    : exchange.Post(step.step + 1, current, next));
+      RINGATTN_RETURN_IF_ERROR(
+          halo ? exchange.Post(step.step + 1, halo_msg->span(), halo_recv.bytes())
+               : exchange.Post(step.step + 1, current.bytes(), next.bytes()));
     }
     const bool in_halo = halo && step.step > 0;
-    const std::span<const std::byte> held = in_halo ? halo_recv : current;
+    const std::span<const std::byte> held = in_halo ? halo_recv.bytes() : current.bytes();
     const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
@@ -330,50 +433,55 @@ absl::StatusOr<RingForwardResult> Forward(Transport& t, kernels::ChunkBackend& b
         const SegmentPlace& kp = k_places[block.k_segment];
         const size_t at = major.RowsAt(qp), n = major.Rows(qp);
         kernels::ForwardChunkArgs args;
-        args.q = major.Query(major.ref().q, qp);
+        args.q = major.Query(query.q.span(), qp);
         args.k = held_layout.K(held, kp.local, kp.global.len);
         args.v = held_layout.V(held, kp.local, kp.global.len);
-        args.q_meta = major.QueryMeta(qp);
+        args.q_meta = major.QueryMeta(query.meta(), qp);
         args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
-        args.out = std::span(part).first(n * D);
-        args.lse = std::span(part_lse).first(n);
+        args.out = part.as<float>().first(n * D);
+        args.lse = part_lse.as<float>().first(n);
         RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
         // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
-        RINGATTN_RETURN_IF_ERROR(kernels::MergePartial(std::span(acc).subspan(at * D, n * D),
-                                                       std::span(lse).subspan(at, n), args.out,
-                                                       args.lse, D));
+        RINGATTN_RETURN_IF_ERROR(space.Merge(acc.as<float>().subspan(at * D, n * D),
+                                             lse.span().subspan(at, n), args.out, args.lse, D));
       }
       stats.compute_seconds = Since(c0);
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
     if (!halo) std::swap(current, next);
+    stats.host_device_bytes = meter.Step();
     result.stats.steps.push_back(stats);
   }
   const int64_t bh = shard.shape.batch * shard.shape.heads;
-  acc = ToLocal(std::move(acc), bh, D, mine);
-  result.out.resize(elems * kernels::DTypeSize(shard.shape.dtype));
-  kernels::FromF32(shard.shape.dtype, acc.data(), elems, result.out.data());
-  result.lse = ToLocal(std::move(lse), bh, 1, mine);
+  RINGATTN_ASSIGN_OR_RETURN(Homebound<std::byte> out,
+                            Homebound<std::byte>::Make(space, elems * esize));
+  RINGATTN_RETURN_IF_ERROR(space.FromF32(shard.shape.dtype, acc.as<const float>(), out.span()));
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> out_major, std::move(out).Home());
+  result.out = ToLocal(std::move(out_major), bh, D * static_cast<int64_t>(esize), mine);
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> lse_major, std::move(lse).Home());
+  result.lse = ToLocal(std::move(lse_major), bh, 1, mine);
   Summarize(result.stats, t0);
+  result.stats.host_device_bytes = meter.Total();
   return result;
 }
 
-absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend& backend,
+absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::ChunkBackend& backend,
                                             const ShardRef& shard, std::span<const std::byte> out,
                                             std::span<const std::byte> dout,
                                             std::span<const float> lse, const RingCall& call) {
   const Clock::time_point t0 = Clock::now();
-  RINGATTN_RETURN_IF_ERROR(CheckShard(shard, t));
+  RINGATTN_RETURN_IF_ERROR(CheckShard(shard, transport));
   if (out.size() != shard.q.size() || dout.size() != shard.q.size() ||
       static_cast<int64_t>(lse.size()) !=
           shard.shape.batch * shard.shape.heads * shard.shape.q_len) {
     return absl::InvalidArgumentError("out, dout and lse must match the query shard");
   }
-  RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(t, shard, call));
-  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout, LayoutFor(t, shard, call));
-  const std::vector<batch::Segment>& mine = shard_layout.Segments(t.rank());
-  const std::vector<SegmentPlace> q_places = Places(shard_layout, t.rank());
+  RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(transport, shard, call));
+  RINGATTN_ASSIGN_OR_RETURN(const batch::ShardLayout shard_layout,
+                            LayoutFor(transport, shard, call));
+  const std::vector<batch::Segment>& mine = shard_layout.Segments(transport.rank());
+  const std::vector<SegmentPlace> q_places = Places(shard_layout, transport.rank());
   const MajorShard major(shard, mine);
   const ChunkLayout layout(shard);
   const int64_t D = shard.shape.head_dim;
@@ -384,31 +492,61 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
   const SegmentMajor<std::byte> dout_major(dout, bh, D * static_cast<int64_t>(esize), mine);
   const SegmentMajor<float> lse_major(lse, bh, 1, mine);
   const int64_t kv_elems = bkv * shard.shape.q_len * D;
+  const int64_t q_elems = bh * shard.shape.q_len * D;
+  MemorySpace& space = backend.space();
+  TrafficMeter meter(space);
+  SpaceLink link(transport, space);
+  Transport& t = link.get();
   const int size = t.size();
   const int prev = (t.rank() + size - 1) % size;
   const int next_rank = (t.rank() + 1) % size;
-
-  std::vector<std::byte> current = layout.Pack(major.ref());
-  std::vector<std::byte> next(layout.size());
-  RingBackwardResult result;
-  // Segment-major like the query until the end.
-  result.dq.assign(bh * shard.shape.q_len * D, 0.0f);
-  // This rank's dK/dV of the held chunk ([dK | dV], fp32, each in the chunk
-  // owner's segment-major order), and the two accumulators that travel with
-  // the chunks, alternating so one can be received into while the other is
-  // still being sent.
-  std::vector<float> contrib(2 * kv_elems);
-  std::vector<float> acc[2] = {std::vector<float>(2 * kv_elems), std::vector<float>(2 * kv_elems)};
-  std::unique_ptr<PendingOp> acc_send[2];
   // Halo exchange: the one exchange carries the shard's tail only, and the
   // tail's dK/dV ([dK | dV] of the halo rows) go straight home after it;
   // this rank's own dK/dV stay here.
   std::optional<HaloChunk> halo;
   if (schedule.halo_rows > 0) halo.emplace(shard, schedule.halo_rows);
-  std::vector<std::byte> halo_recv(halo ? halo->layout().size() : 0);
+  const size_t halo_bytes = halo ? halo->layout().size() : 0;
   const int64_t halo_kv = halo ? bkv * halo->rows() * D : 0;
-  std::vector<float> halo_contrib(2 * halo_kv);
-  std::vector<float> own_contrib;
+
+  // Everything below, asked for before the first allocation: the query side
+  // (q, out, dout, lse, dq), two chunks, the dK/dV contribution, two
+  // accumulators and the one coming home (or the halo's).
+  const auto kv_pair = static_cast<size_t>(2 * kv_elems) * sizeof(float);
+  RINGATTN_RETURN_IF_ERROR(space.CheckFits(static_cast<int64_t>(
+      QueryBytes(shard) + 2 * out.size() + lse.size_bytes() +
+      static_cast<size_t>(q_elems) * sizeof(float) + 2 * layout.size() + 4 * kv_pair +
+      2 * halo_bytes + static_cast<size_t>(4 * halo_kv) * sizeof(float))));
+  RINGATTN_ASSIGN_OR_RETURN(const ResidentQuery query, ResidentQuery::Make(space, major.ref()));
+  RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> out_in,
+                            Resident<std::byte>::Make(space, out_major.span()));
+  RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> dout_in,
+                            Resident<std::byte>::Make(space, dout_major.span()));
+  RINGATTN_ASSIGN_OR_RETURN(const Resident<float> lse_in,
+                            Resident<float>::Make(space, lse_major.span()));
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer current, PackInSpace(space, layout, major.ref()));
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
+  // Segment-major like the query until the end.
+  RINGATTN_ASSIGN_OR_RETURN(Homebound<float> dq, Homebound<float>::Make(space, q_elems));
+  // This rank's dK/dV of the held chunk ([dK | dV], fp32, each in the chunk
+  // owner's segment-major order), and the two accumulators that travel with
+  // the chunks, alternating so one can be received into while the other is
+  // still being sent.
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer contrib, space.Allocate(kv_pair));
+  SpaceBuffer acc[2];
+  for (SpaceBuffer& a : acc) {
+    RINGATTN_ASSIGN_OR_RETURN(a, space.Allocate(kv_pair));
+  }
+  std::unique_ptr<PendingOp> acc_send[2];
+  std::optional<Resident<std::byte>> halo_msg;
+  if (halo) {
+    RINGATTN_ASSIGN_OR_RETURN(halo_msg, Resident<std::byte>::Make(space, halo->msg()));
+  }
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer halo_recv, space.Allocate(halo_bytes));
+  const size_t halo_pair = static_cast<size_t>(2 * halo_kv) * sizeof(float);
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer halo_contrib, space.Allocate(halo_pair));
+  RingBackwardResult result;
+  meter.Step();  // The upload is the call's, not a step's.
+
   KvExchange exchange(t, call, MessageKind::kBackwardKv);
   auto wait = [&](std::unique_ptr<PendingOp>& op, StepStats& stats) -> absl::Status {
     if (!op) return absl::OkStatus();
@@ -427,7 +565,7 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
     const int i = step.step;
     StepStats stats{i, step.chunk_owner, step.compute};
     stats.pairs = step.pairs * bh;
-    std::vector<float>& cur_acc = acc[i % 2];
+    const SpaceBuffer& cur_acc = acc[i % 2];
     // The accumulator of the held chunk arrives from the previous rank once
     // it has added its share; receive it into the buffer sent two steps ago.
     std::unique_ptr<PendingOp> acc_recv;
@@ -436,19 +574,19 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
       RINGATTN_ASSIGN_OR_RETURN(
           acc_recv,
           t.Recv(prev, MakeTag(call.generation, call.sequence, i, MessageKind::kGradAccumulator),
-                 Bytes(cur_acc)));
+                 cur_acc.bytes()));
     }
     if (i < schedule.exchanges) {
-      RINGATTN_RETURN_IF_ERROR(halo ? exchange.Post(i + 1, halo->msg(), halo_recv)
-                                    : exchange.Post(i + 1, current, next));
+      RINGATTN_RETURN_IF_ERROR(halo ? exchange.Post(i + 1, halo_msg->span(), halo_recv.bytes())
+                                    : exchange.Post(i + 1, current.bytes(), next.bytes()));
     }
     const bool in_halo = halo && i > 0;
-    const std::span<const std::byte> held = in_halo ? halo_recv : current;
+    const std::span<const std::byte> held = in_halo ? halo_recv.bytes() : current.bytes();
     const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
     // Where this step's dK/dV go: [dK | dV] of the held chunk (or halo).
-    std::vector<float>& sink = in_halo ? halo_contrib : contrib;
+    const std::span<float> sink = (in_halo ? halo_contrib : contrib).as<float>();
     const int64_t sink_kv = in_halo ? halo_kv : kv_elems;
-    std::fill(sink.begin(), sink.end(), 0.0f);
+    RINGATTN_RETURN_IF_ERROR(space.Zero(std::as_writable_bytes(sink)));
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
       const std::vector<SegmentPlace> k_places =
@@ -461,87 +599,92 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& t, kernels::ChunkBackend&
         const auto k_at = static_cast<size_t>(bkv * kp.local * D);
         const auto k_n = static_cast<size_t>(bkv * kp.global.len * D);
         kernels::BackwardChunkArgs args;
-        args.q = major.Query(major.ref().q, qp);
+        args.q = major.Query(query.q.span(), qp);
         args.k = held_layout.K(held, kp.local, kp.global.len);
         args.v = held_layout.V(held, kp.local, kp.global.len);
-        args.out = major.Query(out_major.span(), qp);
-        args.dout = major.Query(dout_major.span(), qp);
-        args.lse = lse_major.span().subspan(at, n);
-        args.q_meta = major.QueryMeta(qp);
+        args.out = major.Query(out_in.span(), qp);
+        args.dout = major.Query(dout_in.span(), qp);
+        args.lse = lse_in.span().subspan(at, n);
+        args.q_meta = major.QueryMeta(query.meta(), qp);
         args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
-        args.dq = std::span(result.dq).subspan(at * D, n * D);  // dQ accumulates locally.
-        args.dk = std::span(sink).subspan(k_at, k_n);
-        args.dv = std::span(sink).subspan(static_cast<size_t>(sink_kv) + k_at, k_n);
+        args.dq = dq.span().subspan(at * D, n * D);  // dQ accumulates locally.
+        args.dk = sink.subspan(k_at, k_n);
+        args.dv = sink.subspan(static_cast<size_t>(sink_kv) + k_at, k_n);
         RINGATTN_RETURN_IF_ERROR(backend.Backward(args));
       }
       stats.compute_seconds = Since(c0);
     }
-    if (halo) {
-      if (i == 0) own_contrib = contrib;
-    } else {
+    if (!halo) {
       // Add this rank's share to the chunk's accumulator (fp32) and pass it on.
       if (i > 0) {
         RINGATTN_RETURN_IF_ERROR(wait(acc_recv, stats));
-        for (size_t j = 0; j < contrib.size(); ++j) cur_acc[j] += contrib[j];
-        stats.bytes_received += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+        const auto n = static_cast<int64_t>(2 * kv_elems);
+        RINGATTN_RETURN_IF_ERROR(
+            space.Add(cur_acc.as<float>(), n, contrib.as<const float>(), n, 1, n));
+        stats.bytes_received += static_cast<int64_t>(kv_pair);
       } else {
-        cur_acc = contrib;
+        RINGATTN_RETURN_IF_ERROR(space.Copy(cur_acc.bytes(), contrib.bytes()));
       }
       if (i < schedule.exchanges) {
         RINGATTN_ASSIGN_OR_RETURN(
             acc_send[i % 2],
             t.Send(next_rank,
                    MakeTag(call.generation, call.sequence, i + 1, MessageKind::kGradAccumulator),
-                   Bytes(cur_acc)));
-        stats.bytes_sent += static_cast<int64_t>(cur_acc.size() * sizeof(float));
+                   cur_acc.bytes()));
+        stats.bytes_sent += static_cast<int64_t>(kv_pair);
       }
+    } else if (i == 0) {
+      // This rank's own dK/dV stay in the first accumulator.
+      RINGATTN_RETURN_IF_ERROR(space.Copy(acc[0].bytes(), contrib.bytes()));
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
     if (!halo) std::swap(current, next);
+    stats.host_device_bytes = meter.Step();
     result.stats.steps.push_back(stats);
   }
 
   // The last accumulator held is complete: send it home to the chunk's owner
   // and receive this rank's own from whoever holds it. With a halo, what goes
   // home is the halo's dK/dV, added to this rank's own tail.
-  std::vector<float>& last = halo ? halo_contrib : acc[schedule.exchanges % 2];
-  std::vector<float> own;
+  const SpaceBuffer& last = halo ? halo_contrib : acc[schedule.exchanges % 2];
+  std::span<const float> own = last.as<const float>();
+  SpaceBuffer back;
   StepStats home{schedule.exchanges + 1, t.rank(), false};
-  if (schedule.exchanges == 0) {
-    own = std::move(last);
-  } else {
-    std::vector<float> back(last.size());
+  if (schedule.exchanges > 0) {
+    RINGATTN_ASSIGN_OR_RETURN(back, space.Allocate(last.bytes().size()));
     const uint64_t tag = MakeTag(call.generation, call.sequence, 0, MessageKind::kGradHome);
     RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<PendingOp> recv,
-                              t.Recv(schedule.grad_from, tag, Bytes(back)));
+                              t.Recv(schedule.grad_from, tag, back.bytes()));
     RINGATTN_ASSIGN_OR_RETURN(std::unique_ptr<PendingOp> send,
-                              t.Send(schedule.grad_home, tag, Bytes(last)));
+                              t.Send(schedule.grad_home, tag, last.bytes()));
     RINGATTN_RETURN_IF_ERROR(t.Flush());
     RINGATTN_RETURN_IF_ERROR(wait(send, home));
     RINGATTN_RETURN_IF_ERROR(wait(recv, home));
     for (auto& op : acc_send) RINGATTN_RETURN_IF_ERROR(wait(op, home));
-    home.bytes_sent = home.bytes_received = static_cast<int64_t>(back.size() * sizeof(float));
+    home.bytes_sent = home.bytes_received = static_cast<int64_t>(back.bytes().size());
     if (halo) {
-      // back: [dK | dV] of this shard's last rows, [bkv, rows, D] each.
-      own = std::move(own_contrib);
+      // back: [dK | dV] of this shard's last rows, [bkv, rows, D] each, onto
+      // the tails of [dK | dV] [2 * bkv, L, D].
       const int64_t L = shard.shape.q_len, rows = halo->rows();
-      for (int part = 0; part < 2; ++part) {
-        for (int64_t o = 0; o < bkv; ++o) {
-          float* dst = own.data() + part * kv_elems + (o * L + L - rows) * D;
-          const float* src = back.data() + part * halo_kv + o * rows * D;
-          for (int64_t j = 0; j < rows * D; ++j) dst[j] += src[j];
-        }
-      }
+      const std::span<float> tails = acc[0].as<float>().subspan((L - rows) * D);
+      RINGATTN_RETURN_IF_ERROR(
+          space.Add(tails, L * D, back.as<const float>(), rows * D, 2 * bkv, rows * D));
+      own = acc[0].as<const float>();
     } else {
-      own = std::move(back);
+      own = back.as<const float>();
     }
   }
+  home.host_device_bytes = meter.Step();
   result.stats.steps.push_back(home);
-  result.dq = ToLocal(std::move(result.dq), bh, D, mine);
-  result.dk = ToLocal(std::vector<float>(own.begin(), own.begin() + kv_elems), bkv, D, mine);
-  result.dv = ToLocal(std::vector<float>(own.begin() + kv_elems, own.end()), bkv, D, mine);
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> dq_major, std::move(dq).Home());
+  result.dq = ToLocal(std::move(dq_major), bh, D, mine);
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> dk, DownloadVector(space, own.first(kv_elems)));
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> dv, DownloadVector(space, own.subspan(kv_elems)));
+  result.dk = ToLocal(std::move(dk), bkv, D, mine);
+  result.dv = ToLocal(std::move(dv), bkv, D, mine);
   Summarize(result.stats, t0);
+  result.stats.host_device_bytes = meter.Total();
   return result;
 }
 

@@ -72,6 +72,10 @@ struct StepStats {
   // (query, key) pairs the position rules allow, over the shard's batch
   // rows and query heads; 0 when the step computes nothing.
   int64_t pairs = 0;
+  // Bytes copied between host and device memory during the step: 0 for a
+  // device-resident ring (and for any host backend); a device backend on a
+  // host-memory transport stages every message.
+  int64_t host_device_bytes = 0;
 };
 
 struct RingStats {
@@ -81,6 +85,9 @@ struct RingStats {
   double wait_seconds = 0.0;
   int64_t bytes_sent = 0;
   int64_t bytes_received = 0;
+  // Over the whole call: the shard's upload and the answer's download
+  // included (0 on a host backend).
+  int64_t host_device_bytes = 0;
 };
 
 struct RingForwardResult {
@@ -97,7 +104,12 @@ struct RingBackwardResult {
 };
 
 // `backend` computes each step's chunk (CPU or CUDA); it is used from the
-// calling thread only.
+// calling thread only. Everything a step computes on lives in the backend's
+// memory space (kernels/memory_space.h) for the whole call: the shard goes
+// in once before the first step and the answer comes home once after the
+// last, so on a GPU no step copies across PCIe when the transport moves
+// device memory (NCCL); on a host-memory transport each message is staged
+// (staged_transport.h). The arguments and results here are host memory.
 absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::ChunkBackend& backend,
                                               const ShardRef& shard, const RingCall& call);
 

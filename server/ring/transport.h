@@ -52,6 +52,12 @@ class Transport {
   // rank of a ring would deadlock), or at the first Wait on any of them.
   virtual absl::Status Flush() { return absl::OkStatus(); }
 
+  // True when Send and Recv take device memory of the backend's device in
+  // place (NCCL); false when they take host memory only (Gloo, in-process),
+  // in which case a ring on a device backend stages each message through
+  // host memory (staged_transport.h).
+  virtual bool accepts_device_memory() const { return false; }
+
   // Tears the transport down so that peers blocked on this rank fail fast
   // instead of waiting for their timeout. Every later call fails.
   virtual void Abort() = 0;

@@ -72,6 +72,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// dst[r * dst_stride + c] += src[r * src_stride + c] for r < rows, c < cols,
+// grid-stride over rows * cols: the ring adds its dK/dV share into the
+// accumulator that travels (one row) and a halo's gradients onto the
+// shard's tail rows (many). One rounded fp32 add each, as the host's.
+// dst: [rows, dst_stride]; src: [rows, src_stride] fp32.
+__global__ void __launch_bounds__(kThreads)
+    AddKernel(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+              int64_t cols) {
+  const int64_t n = rows * cols;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const int64_t r = i / cols;
+    const int64_t c = i - r * cols;
+    float* d = dst + r * dst_stride + c;
+    *d = __fadd_rn(*d, src[r * src_stride + c]);
+  }
+}
+
 }  // namespace ringattn::kernels::cuda::impl
 
 #endif  // RINGATTN_KERNELS_CUDA_IMPL_MERGE_KERNELS_CUH_

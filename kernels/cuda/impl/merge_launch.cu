@@ -19,4 +19,13 @@ CudaStatus RunFromF32(const float* src, void* dst, int64_t n, DType dtype, cudaS
   return CudaStatus{};
 }
 
+CudaStatus RunAdd(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                  int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return CudaStatus{};
+  AddKernel<<<static_cast<unsigned>(FromF32Blocks(rows * cols)), kThreads, 0, stream>>>(
+      dst, dst_stride, src, src_stride, rows, cols);
+  RINGATTN_CUDA_TRY(cudaGetLastError());
+  return CudaStatus{};
+}
+
 }  // namespace ringattn::kernels::cuda::impl

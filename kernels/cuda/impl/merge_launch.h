@@ -30,6 +30,11 @@ CudaStatus RunMergePartial(const MergeArgs& args, cudaStream_t stream);
 // src: [n] fp32 -> dst: [n] dtype, on `stream`.
 CudaStatus RunFromF32(const float* src, void* dst, int64_t n, DType dtype, cudaStream_t stream);
 
+// dst[r * dst_stride + c] += src[r * src_stride + c] (AddKernel), on
+// `stream`, with the conversion's grid over rows * cols.
+CudaStatus RunAdd(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                  int64_t rows, int64_t cols, cudaStream_t stream);
+
 }  // namespace ringattn::kernels::cuda::impl
 
 #endif  // RINGATTN_KERNELS_CUDA_IMPL_MERGE_LAUNCH_H_

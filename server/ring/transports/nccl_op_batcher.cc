@@ -226,8 +226,8 @@ size_t OpBatcher::groups_launched() const {
   return state_->launched;
 }
 
-BatchedTransport::BatchedTransport(int rank, int size, OpBatcherHooks hooks)
-    : rank_(rank), size_(size), batcher_(std::move(hooks)) {}
+BatchedTransport::BatchedTransport(int rank, int size, OpBatcherHooks hooks, bool device_memory)
+    : rank_(rank), size_(size), device_memory_(device_memory), batcher_(std::move(hooks)) {}
 
 absl::StatusOr<std::unique_ptr<PendingOp>> BatchedTransport::Send(int peer, uint64_t tag,
                                                                   std::span<const std::byte> data) {

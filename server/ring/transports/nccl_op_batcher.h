@@ -103,7 +103,8 @@ class OpBatcher {
 // ring over it with a fake one.
 class BatchedTransport : public Transport {
  public:
-  BatchedTransport(int rank, int size, OpBatcherHooks hooks);
+  // device_memory: the launcher moves device memory in place (NCCL does).
+  BatchedTransport(int rank, int size, OpBatcherHooks hooks, bool device_memory = false);
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -112,6 +113,7 @@ class BatchedTransport : public Transport {
   absl::StatusOr<std::unique_ptr<PendingOp>> Recv(int peer, uint64_t tag,
                                                   std::span<std::byte> data) override;
   absl::Status Flush() override { return batcher_.Flush(); }
+  bool accepts_device_memory() const override { return device_memory_; }
   void Abort() override;
 
  protected:
@@ -125,6 +127,7 @@ class BatchedTransport : public Transport {
 
   const int rank_;
   const int size_;
+  const bool device_memory_;
   OpBatcher batcher_;
 };
 

@@ -322,7 +322,8 @@ class NcclGroup : public LaunchedGroup {
 class NcclTransport final : public BatchedTransport {
  public:
   explicit NcclTransport(std::unique_ptr<Communicator> c)
-      : BatchedTransport(c->rank, c->size, HooksFor(*c)), c_(std::move(c)) {}
+      : BatchedTransport(c->rank, c->size, HooksFor(*c), /*device_memory=*/true),
+        c_(std::move(c)) {}
 
   // The batcher goes first: it aborts groups in flight and drops them, and
   // only then may the communicator and its stream go.

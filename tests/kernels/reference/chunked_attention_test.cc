@@ -201,6 +201,7 @@ class RecordingBackend final : public ChunkBackend {
   explicit RecordingBackend(ChunkBackend& cpu) : cpu_(cpu) {}
 
   std::string name() const override { return "recording"; }
+  MemorySpace& space() override { return cpu_.space(); }
   absl::Status Forward(const ForwardChunkArgs& args) override {
     forward.push_back({args.q_meta.start, args.kv_meta.start, args.q.shape, args.k.shape});
     if (static_cast<int>(forward.size()) == fail_forward_at) {

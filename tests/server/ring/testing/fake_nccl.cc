@@ -70,7 +70,14 @@ OpBatcherHooks FakeNcclHub::Hooks(int rank) {
 }
 
 std::unique_ptr<Transport> FakeNcclHub::Connect(int rank) {
-  return std::make_unique<BatchedTransport>(rank, size_, Hooks(rank));
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::make_unique<BatchedTransport>(rank, size_, Hooks(rank),
+                                            /*device_memory=*/static_cast<bool>(copy_));
+}
+
+void FakeNcclHub::CarryDeviceMemory(CopyFn copy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  copy_ = std::move(copy);
 }
 
 void FakeNcclHub::Kill(int rank) {
@@ -135,7 +142,11 @@ void FakeNcclHub::ProgressLocked() {
             s->group->error = e;
             r->group->error = e;
           } else if (s->op.size > 0) {
-            std::memcpy(r->op.data, s->op.data, s->op.size);
+            if (copy_) {
+              copy_(r->op.data, s->op.data, s->op.size);
+            } else {
+              std::memcpy(r->op.data, s->op.data, s->op.size);
+            }
           }
           r->received_tag = s->op.tag;
           s->done = r->done = true;

@@ -1,7 +1,9 @@
 #ifndef RINGATTN_TESTS_SERVER_RING_TESTING_FAKE_NCCL_H_
 #define RINGATTN_TESTS_SERVER_RING_TESTING_FAKE_NCCL_H_
 
+#include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -27,6 +29,12 @@ class FakeNcclHub {
   OpBatcherHooks Hooks(int rank);
   std::unique_ptr<Transport> Connect(int rank);
 
+  // From now on the hub's transports accept device memory (as NCCL's do)
+  // and move every message's bytes with `copy` instead of memcpy: for an
+  // emulated device whose memory host code may not touch.
+  using CopyFn = std::function<void(std::byte* dst, const std::byte* src, size_t bytes)>;
+  void CarryDeviceMemory(CopyFn copy);
+
   // As if the rank's process died.
   void Kill(int rank);
   int aborts(int rank) const;
@@ -48,6 +56,7 @@ class FakeNcclHub {
   // recvs_[b][a]: receives on b from a. Guarded by mu_.
   std::vector<std::vector<std::deque<Op*>>> sends_, recvs_;
   std::vector<bool> dead_;
+  CopyFn copy_;  // Guarded by mu_; empty: memcpy.
   std::vector<int> aborts_;
 };
 
