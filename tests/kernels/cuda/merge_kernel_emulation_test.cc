@@ -17,6 +17,7 @@
 #include "kernels/convert.h"
 #include "kernels/cuda/impl/merge_kernels.cuh"
 #include "kernels/cuda/impl/merge_launch.h"
+#include "kernels/memory_space.h"
 #include "kernels/merge.h"
 
 namespace ringattn::kernels::cuda::impl {
@@ -139,6 +140,33 @@ TEST(MergeKernelEmulationTest, ConversionRoundsAsTheHostDoesIncludingSpecials) {
   EXPECT_EQ(FromF32Blocks(1), 1);
   EXPECT_EQ(FromF32Blocks(int64_t{1} << 40), kMaxConvertBlocks);
   EXPECT_EQ(MergeBlocks(17), 3);  // Eight rows, one per warp, per block.
+}
+
+// The accumulator add: one row (dK/dV shares onto the travelling
+// accumulator) and strided rows (a halo's gradients onto a shard's tail),
+// against the host space's Add, to the bit, with the grid-stride loop
+// wrapping and columns not a multiple of the block.
+TEST(MergeKernelEmulationTest, AddMatchesTheHostSpaceOneRowAndStrided) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> value(-1e3f, 1e3f);
+  struct Shape {
+    int64_t rows, cols, dst_stride, src_stride;
+  };
+  for (const Shape& s : {Shape{1, 3 * 2 * kThreads + 5, 3 * 2 * kThreads + 5, 3 * 2 * kThreads + 5},
+                         Shape{6, 100, 257, 100}, Shape{4, 33, 40, 35}}) {
+    std::vector<float> src(s.rows * s.src_stride), device(s.rows * s.dst_stride);
+    for (float& x : src) x = value(rng);
+    for (float& x : device) x = value(rng);
+    std::vector<float> host = device;
+    EmuLaunch(2, 1, kThreads, [&] {
+      AddKernel(device.data(), s.dst_stride, src.data(), s.src_stride, s.rows, s.cols);
+    });
+    HostMemorySpace space;
+    ASSERT_TRUE(space.Add(host, s.dst_stride, src, s.src_stride, s.rows, s.cols).ok());
+    for (size_t i = 0; i < host.size(); ++i) {
+      ASSERT_EQ(Bits(device[i]), Bits(host[i])) << "rows " << s.rows << " at " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -105,6 +105,16 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
                                       const kernels::LayerConfig& layer, int cp,
                                       const ConnectFn& connect, int threads_per_rank,
                                       batch::LayoutKind kind, bool halo_exchange) {
+  return RunRingOn(
+      batch, layer, cp, connect,
+      [threads_per_rank](int) { return kernels::MakeCpuBackend(threads_per_rank); }, kind,
+      halo_exchange);
+}
+
+absl::StatusOr<RingRunResult> RunRingOn(const SyntheticBatch& batch,
+                                        const kernels::LayerConfig& layer, int cp,
+                                        const ConnectFn& connect, const BackendFn& make_backend,
+                                        batch::LayoutKind kind, bool halo_exchange) {
   const auto& sh = batch.shape;
   if (cp < 1 || sh.seq_len % cp != 0) return absl::InvalidArgumentError("S % cp != 0");
   const int64_t L = sh.seq_len / cp;
@@ -125,12 +135,12 @@ absl::StatusOr<RingRunResult> RunRing(const SyntheticBatch& batch,
   std::vector<std::thread> threads;
   for (int r = 0; r < cp; ++r) {
     threads.emplace_back([&, r] {
-      auto cpu = kernels::MakeCpuBackend(threads_per_rank);
-      if (!cpu.ok()) {
-        fwd[r] = cpu.status();
+      absl::StatusOr<std::unique_ptr<kernels::ChunkBackend>> made = make_backend(r);
+      if (!made.ok()) {
+        fwd[r] = made.status();
         return;
       }
-      kernels::ChunkBackend& backend = **cpu;
+      kernels::ChunkBackend& backend = **made;
       absl::StatusOr<std::unique_ptr<Transport>> transport = connect(r);
       if (!transport.ok()) {
         fwd[r] = transport.status();

@@ -45,9 +45,19 @@ struct RingRunResult {
 // whose creation is collective (NCCL) can rendezvous.
 using ConnectFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>(int rank)>;
 
+// Makes rank r's backend, on that rank's thread.
+using BackendFn = std::function<absl::StatusOr<std::unique_ptr<kernels::ChunkBackend>>(int rank)>;
+
 // A whole ring in one process: one thread per rank over the transports of
-// `connect`, each rank on its own CPU backend, forward then backward, results
-// reassembled over the whole sequence.
+// `connect`, each rank on its own backend of `make_backend`, forward then
+// backward, results reassembled over the whole sequence.
+absl::StatusOr<RingRunResult> RunRingOn(const kernels::reference::SyntheticBatch& batch,
+                                        const kernels::LayerConfig& layer, int cp,
+                                        const ConnectFn& connect, const BackendFn& make_backend,
+                                        batch::LayoutKind kind = batch::LayoutKind::kContiguous,
+                                        bool halo_exchange = true);
+
+// RunRingOn with a CPU backend of `threads_per_rank` threads per rank.
 // `kind`: how the sequence is sharded; `halo_exchange`: RingCall's.
 absl::StatusOr<RingRunResult> RunRing(const kernels::reference::SyntheticBatch& batch,
                                       const kernels::LayerConfig& layer, int cp,

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "server/ring/transports/nccl_check.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
@@ -296,8 +297,11 @@ TEST(NcclTransportTest, MultiGpuRingMatchesOracle) {
         {2, 4, 2, 192, 64}, {testing::RingTestLayout(0), testing::RingTestLayout(1)},
         kernels::DType::kF32, 31);
     TempStore store;
-    absl::StatusOr<testing::RingRunResult> got = testing::RunRing(
-        batch, layer, cp, [&](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> {
+    // Each rank's CUDA backend on its own GPU: K/V chunks and gradient
+    // accumulators go GPU to GPU over NCCL, with no host copy per step.
+    absl::StatusOr<testing::RingRunResult> got = testing::RunRingOn(
+        batch, layer, cp,
+        [&](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> {
           NcclOptions o;
           o.rank = rank;
           o.size = cp;
@@ -305,9 +309,20 @@ TEST(NcclTransportTest, MultiGpuRingMatchesOracle) {
           o.generation = static_cast<uint64_t>(10 + window);
           o.timeout = absl::Seconds(60);
           return ConnectNccl(store.store(), o);
+        },
+        [](int rank) -> absl::StatusOr<std::unique_ptr<kernels::ChunkBackend>> {
+          auto b = kernels::cuda::CudaBackend::Create(rank);
+          if (!b.ok()) return b.status();
+          return std::unique_ptr<kernels::ChunkBackend>(*std::move(b));
         });
     ASSERT_TRUE(got.ok()) << got.status();
     kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, /*backward=*/true);
+    for (const RingStats& s : got->forward_stats) {
+      for (const StepStats& step : s.steps) EXPECT_EQ(step.host_device_bytes, 0);
+    }
+    for (const RingStats& s : got->backward_stats) {
+      for (const StepStats& step : s.steps) EXPECT_EQ(step.host_device_bytes, 0);
+    }
   }
 }
 

@@ -1,0 +1,245 @@
+// The ring on a device backend, without a GPU: every rank computes in a
+// FakeDeviceSpace (host memory that host code cannot touch, so any host
+// read or write of "device" memory faults) with the CPU kernels, and its
+// messages travel over the fake NCCL hub, which, like NCCL, moves device
+// memory in place. The results must equal a CPU ring's to the bit (the
+// same kernels and merge), and no step may copy between host and device.
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backends.h"
+#include "kernels/reference/dense_attention.h"
+#include "server/ring/ring_attention.h"
+#include "server/ring/transports/in_process_transport.h"
+#include "tests/kernels/testing/attention_case.h"
+#include "tests/kernels/testing/fake_device.h"
+#include "tests/server/ring/testing/fake_nccl.h"
+#include "tests/server/ring/testing/ring_harness.h"
+
+namespace ringattn::ring {
+namespace {
+
+using kernels::LayerConfig;
+using kernels::LayerKind;
+using kernels::testing::FakeDeviceBackend;
+using kernels::testing::FakeDeviceSpace;
+using testing::FakeNcclHub;
+
+// One fake device per rank, and the backends that compute on them.
+class FakeDevices {
+ public:
+  explicit FakeDevices(int cp) {
+    for (int r = 0; r < cp; ++r) spaces_.push_back(std::make_unique<FakeDeviceSpace>());
+  }
+
+  testing::BackendFn Backends() {
+    return [this](int rank) -> absl::StatusOr<std::unique_ptr<kernels::ChunkBackend>> {
+      auto cpu = kernels::MakeCpuBackend(1);
+      if (!cpu.ok()) return cpu.status();
+      return std::make_unique<FakeDeviceBackend>(*std::move(cpu), *spaces_[rank]);
+    };
+  }
+
+  // What the fake NCCL hub moves messages with: a peer-to-peer copy, with
+  // every device open for it (sender and receiver may be any two).
+  FakeNcclHub::CopyFn PeerCopy() {
+    return [this](std::byte* dst, const std::byte* src, size_t bytes) {
+      std::vector<std::unique_ptr<FakeDeviceSpace::Access>> open;
+      for (auto& s : spaces_) open.push_back(std::make_unique<FakeDeviceSpace::Access>(*s));
+      std::memcpy(dst, src, bytes);
+    };
+  }
+
+  FakeDeviceSpace& space(int rank) { return *spaces_[rank]; }
+  int size() const { return static_cast<int>(spaces_.size()); }
+
+ private:
+  std::vector<std::unique_ptr<FakeDeviceSpace>> spaces_;
+};
+
+struct DeviceCase {
+  std::string name;
+  int cp;
+  LayerConfig layer;
+  batch::LayoutKind layout;
+};
+
+void PrintTo(const DeviceCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<DeviceCase> DeviceCases() {
+  std::vector<DeviceCase> cases;
+  for (int cp : {1, 2, 3, 4, 8}) {
+    // Full causal layers, and a window smaller than a shard (cp 8: L = 24),
+    // which takes the halo exchange on contiguous shards.
+    for (int64_t window : {int64_t{0}, int64_t{10}}) {
+      LayerConfig layer;
+      layer.kind = window > 0 ? LayerKind::kSliding : LayerKind::kFull;
+      layer.window = window > 0 ? window : 512;
+      layer.scale = 0.125f;
+      for (batch::LayoutKind layout :
+           {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
+        cases.push_back({(window > 0 ? "SlidingW10" : std::string("Full")) + "_Cp" +
+                             std::to_string(cp) + "_" + std::string(batch::LayoutName(layout)),
+                         cp, layer, layout});
+      }
+    }
+  }
+  return cases;
+}
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+void ExpectBitEqual(const std::vector<float>& got, const std::vector<float>& want,
+                    const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(Bits(got[i]), Bits(want[i])) << what << "[" << i << "]";
+  }
+}
+
+void ExpectSameResult(const testing::RingRunResult& got, const testing::RingRunResult& want) {
+  ExpectBitEqual(got.whole.out, want.whole.out, "out");
+  ExpectBitEqual(got.whole.lse, want.whole.lse, "lse");
+  ExpectBitEqual(got.whole.dq, want.whole.dq, "dq");
+  ExpectBitEqual(got.whole.dk, want.whole.dk, "dk");
+  ExpectBitEqual(got.whole.dv, want.whole.dv, "dv");
+}
+
+kernels::reference::SyntheticBatch DeviceBatch(kernels::DType dtype, uint32_t seed) {
+  return kernels::reference::MakeSyntheticBatch(
+      {2, 4, 2, 192, 64}, {testing::RingTestLayout(0), testing::RingTestLayout(1)}, dtype, seed);
+}
+
+class RingDeviceTest : public ::testing::TestWithParam<DeviceCase> {};
+
+// The device-resident ring against the oracle and, bit for bit, against the
+// CPU ring; no step copies between host and device, and every device
+// buffer is freed when the calls end.
+TEST_P(RingDeviceTest, DeviceResidentRingMatchesTheCpuRingAndCopiesNothingPerStep) {
+  const DeviceCase& c = GetParam();
+  const auto batch = DeviceBatch(kernels::DType::kF32, 21 + c.cp);
+  FakeDevices devices(c.cp);
+  FakeNcclHub hub(c.cp);
+  hub.CarryDeviceMemory(devices.PeerCopy());
+  absl::StatusOr<testing::RingRunResult> got = testing::RunRingOn(
+      batch, c.layer, c.cp,
+      [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
+      devices.Backends(), c.layout);
+  ASSERT_TRUE(got.ok()) << got.status();
+  kernels::testing::ExpectResultMatchesOracle(batch, c.layer, got->whole, /*backward=*/true);
+  absl::StatusOr<testing::RingRunResult> cpu =
+      testing::RunInProcessRing(batch, c.layer, c.cp, 1, c.layout);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ExpectSameResult(*got, *cpu);
+
+  for (int r = 0; r < c.cp; ++r) {
+    for (const auto* stats : {&got->forward_stats[r], &got->backward_stats[r]}) {
+      for (const StepStats& s : stats->steps) {
+        EXPECT_EQ(s.host_device_bytes, 0) << "rank " << r << " step " << s.step;
+      }
+      // The shard went up and the answer came down, once.
+      EXPECT_GT(stats->host_device_bytes, 0) << "rank " << r;
+    }
+    EXPECT_EQ(devices.space(r).buffers_held(), 0) << "rank " << r;
+    EXPECT_EQ(devices.space(r).bytes_held(), 0) << "rank " << r;
+    EXPECT_GT(devices.space(r).allocations(), 0) << "rank " << r;
+  }
+  // The CPU ring copies nothing at all.
+  for (const RingStats& s : cpu->forward_stats) EXPECT_EQ(s.host_device_bytes, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, RingDeviceTest, ::testing::ValuesIn(DeviceCases()),
+                         [](const auto& info) { return info.param.name; });
+
+// bf16 inputs: the device ring's final conversion (FromF32 in the space)
+// rounds as the CPU ring's does.
+TEST(RingDeviceTest, Bf16DeviceRingMatchesTheCpuRing) {
+  LayerConfig layer;
+  layer.kind = LayerKind::kSliding;
+  layer.window = 40;
+  layer.scale = 0.125f;
+  const auto batch = DeviceBatch(kernels::DType::kBF16, 9);
+  FakeDevices devices(4);
+  FakeNcclHub hub(4);
+  hub.CarryDeviceMemory(devices.PeerCopy());
+  absl::StatusOr<testing::RingRunResult> got = testing::RunRingOn(
+      batch, layer, 4,
+      [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
+      devices.Backends());
+  ASSERT_TRUE(got.ok()) << got.status();
+  absl::StatusOr<testing::RingRunResult> cpu = testing::RunInProcessRing(batch, layer, 4);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ExpectSameResult(*got, *cpu);
+  kernels::testing::ExpectResultMatchesOracle(batch, layer, got->whole, true);
+}
+
+// A device backend on a transport of host memory (a GPU worker on Gloo):
+// every message is staged through host memory, and the per-step counters
+// say so, byte for byte; the results stay those of the CPU ring.
+TEST(RingDeviceTest, HostMemoryTransportStagesEveryMessageAndCountsIt) {
+  for (const bool halo : {false, true}) {
+    LayerConfig layer;
+    layer.kind = LayerKind::kSliding;
+    layer.window = 10;
+    layer.scale = 0.125f;
+    const int cp = 4;
+    const auto batch = DeviceBatch(kernels::DType::kF32, 33);
+    FakeDevices devices(cp);
+    InProcessHub hub(cp);
+    absl::StatusOr<testing::RingRunResult> got = testing::RunRingOn(
+        batch, layer, cp,
+        [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> {
+          return hub.Connect(rank);
+        },
+        devices.Backends(), batch::LayoutKind::kContiguous, halo);
+    ASSERT_TRUE(got.ok()) << got.status();
+    absl::StatusOr<testing::RingRunResult> cpu =
+        testing::RunInProcessRing(batch, layer, cp, 1, batch::LayoutKind::kContiguous, halo);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    ExpectSameResult(*got, *cpu);
+    int64_t staged = 0;
+    for (int r = 0; r < cp; ++r) {
+      for (const auto* stats : {&got->forward_stats[r], &got->backward_stats[r]}) {
+        for (const StepStats& s : stats->steps) {
+          // Each byte sent came down first; each byte received went up after.
+          EXPECT_EQ(s.host_device_bytes, s.bytes_sent + s.bytes_received)
+              << "halo " << halo << " rank " << r << " step " << s.step;
+          staged += s.host_device_bytes;
+        }
+      }
+    }
+    EXPECT_GT(staged, 0);
+  }
+}
+
+// A call that cannot fit its device fails before it allocates anything, on
+// every rank, naming the bytes it needed.
+TEST(RingDeviceTest, CallThatDoesNotFitTheDeviceFailsBeforeAllocating) {
+  LayerConfig layer;
+  layer.scale = 0.125f;
+  const auto batch = DeviceBatch(kernels::DType::kF32, 3);
+  const int cp = 2;
+  FakeDevices devices(cp);
+  for (int r = 0; r < cp; ++r) devices.space(r).set_capacity(64 << 10);
+  FakeNcclHub hub(cp);
+  hub.CarryDeviceMemory(devices.PeerCopy());
+  absl::StatusOr<testing::RingRunResult> got = testing::RunRingOn(
+      batch, layer, cp,
+      [&hub](int rank) -> absl::StatusOr<std::unique_ptr<Transport>> { return hub.Connect(rank); },
+      devices.Backends());
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted) << got.status();
+  EXPECT_NE(got.status().message().find("bytes needed"), absl::string_view::npos) << got.status();
+  for (int r = 0; r < cp; ++r) EXPECT_EQ(devices.space(r).allocations(), 0) << "rank " << r;
+}
+
+}  // namespace
+}  // namespace ringattn::ring
