@@ -22,6 +22,8 @@ struct AttentionShape {
   int64_t q_len = 0;          // Lq
   int64_t kv_len = 0;         // Lk
   int64_t head_dim = 0;       // D, 1..kMaxHeadDim
+
+  bool operator==(const AttentionShape&) const = default;
 };
 
 }  // namespace ringattn::kernels

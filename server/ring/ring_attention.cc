@@ -362,8 +362,30 @@ class HaloChunk {
   std::vector<std::byte> msg_;
 };
 
+}  // namespace
+
+class ForwardResidue {
+ public:
+  // Whose state this is: a backward takes it only on the same backend, rank
+  // and shard.
+  const MemorySpace* space = nullptr;
+  kernels::AttentionShape shape;
+  int rank = 0, size = 0;
+  batch::LayoutKind layout = batch::LayoutKind::kContiguous;
+  int64_t halo_rows = 0;
+
+  ResidentQuery query;                      // q and metadata, segment-major
+  SpaceBuffer own;                          // The shard's own chunk message
+  std::optional<Resident<std::byte>> halo;  // Its halo message, if any
+  SpaceBuffer out;                          // [B, H, L, D] dtype, segment-major
+  SpaceBuffer lse;                          // [B, H, L] fp32, segment-major
+};
+
+namespace {
+
 absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBackend& backend,
-                                          const ShardRef& shard, const RingCall& call) {
+                                          const ShardRef& shard, const RingCall& call,
+                                          bool keep_for_backward) {
   const Clock::time_point t0 = Clock::now();
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, transport));
   RINGATTN_ASSIGN_OR_RETURN(const RingSchedule schedule, ScheduleFor(transport, shard, call));
@@ -386,14 +408,26 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
   if (schedule.halo_rows > 0) halo.emplace(shard, schedule.halo_rows);
   const size_t halo_bytes = halo ? halo->layout().size() : 0;
 
-  // Everything below, asked for before the first allocation.
+  // A host space has nothing to keep: the caller's memory is the state.
+  const bool keep = keep_for_backward && space.kind() == kernels::MemoryKind::kDevice;
+
+  // Everything below, asked for before the first allocation (kept state:
+  // the own chunk besides the two travelling ones).
   const auto f32 = static_cast<size_t>(elems + rows) * sizeof(float);
-  RINGATTN_RETURN_IF_ERROR(
-      space.CheckFits(static_cast<int64_t>(QueryBytes(shard) + 2 * layout.size() + 2 * f32 +
-                                           static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
-  RINGATTN_ASSIGN_OR_RETURN(const ResidentQuery query, ResidentQuery::Make(space, major.ref()));
+  RINGATTN_RETURN_IF_ERROR(space.CheckFits(
+      static_cast<int64_t>(QueryBytes(shard) + (keep ? 3 : 2) * layout.size() + 2 * f32 +
+                           static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
+  RINGATTN_ASSIGN_OR_RETURN(ResidentQuery query, ResidentQuery::Make(space, major.ref()));
   // Double buffering: compute on `current` while `next` arrives.
-  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer current, PackInSpace(space, layout, major.ref()));
+  SpaceBuffer own;
+  SpaceBuffer current;
+  if (keep) {
+    RINGATTN_ASSIGN_OR_RETURN(own, PackInSpace(space, layout, major.ref()));
+    RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
+    RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), own.bytes()));
+  } else {
+    RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
+  }
   RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
   // The running result, segment-major like the query.
   RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer acc, space.Allocate(elems * sizeof(float)));
@@ -457,19 +491,49 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
   RINGATTN_ASSIGN_OR_RETURN(Homebound<std::byte> out,
                             Homebound<std::byte>::Make(space, elems * esize));
   RINGATTN_RETURN_IF_ERROR(space.FromF32(shard.shape.dtype, acc.as<const float>(), out.span()));
-  RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> out_major, std::move(out).Home());
+  std::shared_ptr<ForwardResidue> residue;
+  if (keep) residue = std::make_shared<ForwardResidue>();
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> out_major,
+                            std::move(out).Home(residue ? &residue->out : nullptr));
   result.out = ToLocal(std::move(out_major), bh, D * static_cast<int64_t>(esize), mine);
-  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> lse_major, std::move(lse).Home());
+  RINGATTN_ASSIGN_OR_RETURN(std::vector<float> lse_major,
+                            std::move(lse).Home(residue ? &residue->lse : nullptr));
   result.lse = ToLocal(std::move(lse_major), bh, 1, mine);
+  if (residue) {
+    residue->space = &space;
+    residue->shape = shard.shape;
+    residue->rank = transport.rank();
+    residue->size = transport.size();
+    residue->layout = call.layout;
+    residue->halo_rows = schedule.halo_rows;
+    residue->query = std::move(query);
+    residue->own = std::move(own);
+    residue->halo = std::move(halo_msg);
+    result.residue = std::move(residue);
+  }
   Summarize(result.stats, t0);
   result.stats.host_device_bytes = meter.Total();
   return result;
 }
 
+// The residue a backward may take: its forward's, on the same backend,
+// rank and shard.
+absl::Status CheckResidue(const ForwardResidue& r, const MemorySpace& space, const Transport& t,
+                          const ShardRef& shard, const RingCall& call, int64_t halo_rows) {
+  if (r.space != &space || !(r.shape == shard.shape) || r.rank != t.rank() || r.size != t.size() ||
+      r.layout != call.layout || r.halo_rows != halo_rows) {
+    return absl::FailedPreconditionError(
+        "the forward state kept on the device is not this backward's (another backend, rank, "
+        "shape or layout)");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::ChunkBackend& backend,
                                             const ShardRef& shard, std::span<const std::byte> out,
                                             std::span<const std::byte> dout,
-                                            std::span<const float> lse, const RingCall& call) {
+                                            std::span<const float> lse, const RingCall& call,
+                                            const ForwardResidue* residue) {
   const Clock::time_point t0 = Clock::now();
   RINGATTN_RETURN_IF_ERROR(CheckShard(shard, transport));
   if (out.size() != shard.q.size() || dout.size() != shard.q.size() ||
@@ -508,22 +572,42 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
   const size_t halo_bytes = halo ? halo->layout().size() : 0;
   const int64_t halo_kv = halo ? bkv * halo->rows() * D : 0;
 
+  if (residue != nullptr) {
+    RINGATTN_RETURN_IF_ERROR(CheckResidue(*residue, space, t, shard, call, schedule.halo_rows));
+  }
+
   // Everything below, asked for before the first allocation: the query side
-  // (q, out, dout, lse, dq), two chunks, the dK/dV contribution, two
-  // accumulators and the one coming home (or the halo's).
+  // (q, out, lse unless kept; dout, dq), two chunks, the dK/dV contribution,
+  // two accumulators and the one coming home (or the halo's).
   const auto kv_pair = static_cast<size_t>(2 * kv_elems) * sizeof(float);
+  const size_t inputs =
+      residue != nullptr ? 0 : QueryBytes(shard) + out.size() + lse.size_bytes() + halo_bytes;
   RINGATTN_RETURN_IF_ERROR(space.CheckFits(static_cast<int64_t>(
-      QueryBytes(shard) + 2 * out.size() + lse.size_bytes() +
-      static_cast<size_t>(q_elems) * sizeof(float) + 2 * layout.size() + 4 * kv_pair +
-      2 * halo_bytes + static_cast<size_t>(4 * halo_kv) * sizeof(float))));
-  RINGATTN_ASSIGN_OR_RETURN(const ResidentQuery query, ResidentQuery::Make(space, major.ref()));
-  RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> out_in,
-                            Resident<std::byte>::Make(space, out_major.span()));
+      inputs + dout.size() + static_cast<size_t>(q_elems) * sizeof(float) + 2 * layout.size() +
+      4 * kv_pair + halo_bytes + static_cast<size_t>(4 * halo_kv) * sizeof(float))));
+  // The shard and the forward's answer: kept on the device, or uploaded.
+  ResidentQuery uploaded_query;
+  Resident<std::byte> uploaded_out;
+  Resident<float> uploaded_lse;
+  if (residue == nullptr) {
+    RINGATTN_ASSIGN_OR_RETURN(uploaded_query, ResidentQuery::Make(space, major.ref()));
+    RINGATTN_ASSIGN_OR_RETURN(uploaded_out, Resident<std::byte>::Make(space, out_major.span()));
+    RINGATTN_ASSIGN_OR_RETURN(uploaded_lse, Resident<float>::Make(space, lse_major.span()));
+  }
+  const ResidentQuery& query = residue != nullptr ? residue->query : uploaded_query;
+  const std::span<const std::byte> out_in =
+      residue != nullptr ? std::span<const std::byte>(residue->out.bytes()) : uploaded_out.span();
+  const std::span<const float> lse_in =
+      residue != nullptr ? residue->lse.as<const float>() : uploaded_lse.span();
   RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> dout_in,
                             Resident<std::byte>::Make(space, dout_major.span()));
-  RINGATTN_ASSIGN_OR_RETURN(const Resident<float> lse_in,
-                            Resident<float>::Make(space, lse_major.span()));
-  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer current, PackInSpace(space, layout, major.ref()));
+  SpaceBuffer current;
+  if (residue != nullptr) {
+    RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
+    RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), residue->own.bytes()));
+  } else {
+    RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
+  }
   RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
   // Segment-major like the query until the end.
   RINGATTN_ASSIGN_OR_RETURN(Homebound<float> dq, Homebound<float>::Make(space, q_elems));
@@ -537,10 +621,12 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
     RINGATTN_ASSIGN_OR_RETURN(a, space.Allocate(kv_pair));
   }
   std::unique_ptr<PendingOp> acc_send[2];
-  std::optional<Resident<std::byte>> halo_msg;
-  if (halo) {
-    RINGATTN_ASSIGN_OR_RETURN(halo_msg, Resident<std::byte>::Make(space, halo->msg()));
+  std::optional<Resident<std::byte>> uploaded_halo;
+  if (halo && residue == nullptr) {
+    RINGATTN_ASSIGN_OR_RETURN(uploaded_halo, Resident<std::byte>::Make(space, halo->msg()));
   }
+  const std::optional<Resident<std::byte>>& halo_msg =
+      residue != nullptr ? residue->halo : uploaded_halo;
   RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer halo_recv, space.Allocate(halo_bytes));
   const size_t halo_pair = static_cast<size_t>(2 * halo_kv) * sizeof(float);
   RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer halo_contrib, space.Allocate(halo_pair));
@@ -602,9 +688,9 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
         args.q = major.Query(query.q.span(), qp);
         args.k = held_layout.K(held, kp.local, kp.global.len);
         args.v = held_layout.V(held, kp.local, kp.global.len);
-        args.out = major.Query(out_in.span(), qp);
+        args.out = major.Query(out_in, qp);
         args.dout = major.Query(dout_in.span(), qp);
-        args.lse = lse_in.span().subspan(at, n);
+        args.lse = lse_in.subspan(at, n);
         args.q_meta = major.QueryMeta(query.meta(), qp);
         args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
@@ -691,17 +777,17 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
 }  // namespace
 
 absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::ChunkBackend& backend,
-                                              const ShardRef& shard, const RingCall& call) {
-  return AbortOnError(transport, Forward(transport, backend, shard, call));
+                                              const ShardRef& shard, const RingCall& call,
+                                              bool keep_for_backward) {
+  return AbortOnError(transport, Forward(transport, backend, shard, call, keep_for_backward));
 }
 
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
-                                                kernels::ChunkBackend& backend,
-                                                const ShardRef& shard,
-                                                std::span<const std::byte> out,
-                                                std::span<const std::byte> dout,
-                                                std::span<const float> lse, const RingCall& call) {
-  return AbortOnError(transport, Backward(transport, backend, shard, out, dout, lse, call));
+absl::StatusOr<RingBackwardResult> RingBackward(
+    Transport& transport, kernels::ChunkBackend& backend, const ShardRef& shard,
+    std::span<const std::byte> out, std::span<const std::byte> dout, std::span<const float> lse,
+    const RingCall& call, const ForwardResidue* residue) {
+  return AbortOnError(transport,
+                      Backward(transport, backend, shard, out, dout, lse, call, residue));
 }
 
 }  // namespace ringattn::ring

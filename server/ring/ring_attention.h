@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -90,10 +91,20 @@ struct RingStats {
   int64_t host_device_bytes = 0;
 };
 
+// What a forward on a device backend leaves in the backend's space for the
+// backward of the same session: the shard (query, its own K/V chunk, the
+// metadata, a halo) and the merged output and log-sum-exp, in the ring's
+// order. Holding it holds that device memory. Opaque outside the ring.
+class ForwardResidue;
+
 struct RingForwardResult {
   std::vector<std::byte> out;  // [B, H, L, D] in the input dtype
   std::vector<float> lse;      // [B, H, L]; -inf for rows that attend nothing
   RingStats stats;
+  // Set when the forward was asked to keep its state and its backend's
+  // space is a device's (a host space has nothing to keep: the caller's
+  // own memory is what the ring reads).
+  std::shared_ptr<const ForwardResidue> residue;
 };
 
 struct RingBackwardResult {
@@ -110,17 +121,21 @@ struct RingBackwardResult {
 // last, so on a GPU no step copies across PCIe when the transport moves
 // device memory (NCCL); on a host-memory transport each message is staged
 // (staged_transport.h). The arguments and results here are host memory.
+// keep_for_backward: leave the call's state on the device for the backward
+// (RingForwardResult::residue).
 absl::StatusOr<RingForwardResult> RingForward(Transport& transport, kernels::ChunkBackend& backend,
-                                              const ShardRef& shard, const RingCall& call);
+                                              const ShardRef& shard, const RingCall& call,
+                                              bool keep_for_backward = false);
 
 // out: [B, H, L, D] dtype and lse: [B, H, L], as RingForward returned them;
-// dout: [B, H, L, D] dtype.
-absl::StatusOr<RingBackwardResult> RingBackward(Transport& transport,
-                                                kernels::ChunkBackend& backend,
-                                                const ShardRef& shard,
-                                                std::span<const std::byte> out,
-                                                std::span<const std::byte> dout,
-                                                std::span<const float> lse, const RingCall& call);
+// dout: [B, H, L, D] dtype. `residue`, when given, is that forward's kept
+// state on this backend: the shard, out and lse are then read from it and
+// only dout goes up to the device (FAILED_PRECONDITION if it is another
+// backend's or shard's).
+absl::StatusOr<RingBackwardResult> RingBackward(
+    Transport& transport, kernels::ChunkBackend& backend, const ShardRef& shard,
+    std::span<const std::byte> out, std::span<const std::byte> dout, std::span<const float> lse,
+    const RingCall& call, const ForwardResidue* residue = nullptr);
 
 }  // namespace ringattn::ring
 

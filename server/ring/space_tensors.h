@@ -67,12 +67,14 @@ class Homebound {
 
   std::span<T> span() const { return view_; }
 
-  // The tensor in host memory; the space's copy is no longer valid after.
-  absl::StatusOr<std::vector<T>> Home() && {
+  // The tensor in host memory. On a device, `keep` (when given) takes the
+  // device copy as well; on a host space there is only the one.
+  absl::StatusOr<std::vector<T>> Home(kernels::SpaceBuffer* keep = nullptr) && {
     if (space_->kind() == kernels::MemoryKind::kHost) return std::move(host_);
     std::vector<T> host(view_.size());
     RINGATTN_RETURN_IF_ERROR(
         space_->Download(std::as_writable_bytes(std::span(host)), std::as_bytes(view_)));
+    if (keep != nullptr) *keep = std::move(owned_);
     return host;
   }
 

@@ -346,7 +346,8 @@ absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream&
             if (!t) return absl::UnavailableError("worker is not in a ring");
             // A session admitted here must also fit its backward.
             RINGATTN_RETURN_IF_ERROR(backend_.Reserve(spec.shape, /*backward=*/true));
-            return ring::RingForward(*t, backend_, session->Shard(), RingCallFor(call, spec.layer));
+            return ring::RingForward(*t, backend_, session->Shard(), RingCallFor(call, spec.layer),
+                                     /*keep_for_backward=*/true);
           }));
   metrics_.RecordRingCall(server::Op::kForward, r.stats);
   metrics_.RecordBackendMemory(backend_.memory());
@@ -361,6 +362,7 @@ absl::Status WorkerServiceImpl::RunForward(grpc::ServerContext& context, Stream&
     rank = rank_;
     session->out = std::move(r.out);
     session->lse = std::move(r.lse);
+    session->residue = std::move(r.residue);
     // Only while the ring that made it stands: a rebuild cleared the table.
     if (epoch_ == epoch) sessions_[spec.session] = session;
     PublishLocked();
@@ -399,7 +401,8 @@ absl::Status WorkerServiceImpl::RunBackward(grpc::ServerContext& context, Stream
             const std::vector<std::byte> dout = assembler.Take("dout");
             RINGATTN_RETURN_IF_ERROR(backend_.Reserve(session->spec.shape, /*backward=*/true));
             return ring::RingBackward(*t, backend_, session->Shard(), session->out, dout,
-                                      session->lse, RingCallFor(call, session->spec.layer));
+                                      session->lse, RingCallFor(call, session->spec.layer),
+                                      session->residue.get());
           }));
   metrics_.RecordRingCall(server::Op::kBackward, r.stats);
   metrics_.RecordBackendMemory(backend_.memory());

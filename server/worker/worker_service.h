@@ -86,6 +86,10 @@ class WorkerServiceImpl final : public worker::v1::WorkerService::Service {
     std::vector<int32_t> doc, vision;
     std::vector<uint8_t> padding;
     std::vector<float> lse;
+    // On a device backend: the shard, out and lse as the forward left them
+    // on the device, so the backward uploads only dout. Freed with the
+    // session.
+    std::shared_ptr<const ring::ForwardResidue> residue;
 
     uint64_t bytes() const {
       return q.size() + k.size() + v.size() + out.size() + doc.size() * 4 + vision.size() * 4 +

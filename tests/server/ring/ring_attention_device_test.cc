@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -218,6 +219,106 @@ TEST(RingDeviceTest, HostMemoryTransportStagesEveryMessageAndCountsIt) {
     }
     EXPECT_GT(staged, 0);
   }
+}
+
+// A forward that keeps its state on the device hands it to its backward,
+// which then uploads only dout and downloads only dQ/dK/dV; the results are
+// those of a backward that uploads everything again. A host backend keeps
+// nothing, and a residue is refused by a backward of another shard shape.
+TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
+  for (const int64_t window : {int64_t{0}, int64_t{10}}) {
+    LayerConfig layer;
+    layer.kind = window > 0 ? LayerKind::kSliding : LayerKind::kFull;
+    layer.window = window > 0 ? window : 512;
+    layer.scale = 0.125f;
+    const int cp = 4;
+    const auto batch = DeviceBatch(kernels::DType::kBF16, 12);
+    const int64_t L = batch.shape.seq_len / cp;
+    FakeDevices devices(cp);
+    testing::FakeNcclHub hub(cp);
+    hub.CarryDeviceMemory(devices.PeerCopy());
+    std::vector<testing::ShardData> shards;
+    for (int r = 0; r < cp; ++r) shards.push_back(testing::SliceShard(batch, cp, r));
+    RingCall call;
+    call.layer = layer;
+    call.batch_has_vision = testing::BatchHasVision(batch);
+    call.sequence = 5;
+    std::vector<absl::Status> status(cp);
+    std::vector<std::vector<float>> kept_dq(cp), plain_dq(cp), kept_dk(cp), plain_dk(cp);
+    std::vector<int64_t> kept_bytes(cp), want_bytes(cp);
+    std::vector<std::unique_ptr<kernels::ChunkBackend>> backends(cp);
+    std::vector<absl::StatusOr<RingForwardResult>> forwards(cp, absl::UnknownError("not run"));
+    std::vector<std::thread> threads;
+    const testing::BackendFn make_backend = devices.Backends();
+    for (int r = 0; r < cp; ++r) {
+      threads.emplace_back([&, r] {
+        absl::StatusOr<std::unique_ptr<kernels::ChunkBackend>> backend = make_backend(r);
+        if (!backend.ok()) {
+          status[r] = backend.status();
+          return;
+        }
+        backends[r] = *std::move(backend);
+        std::unique_ptr<Transport> t = hub.Connect(r);
+        const ShardRef ref = shards[r].Ref(batch, L);
+        const std::span<const std::byte> dout = std::as_bytes(std::span(shards[r].dout));
+        RingCall mine = call;
+        forwards[r] = RingForward(*t, *backends[r], ref, mine, true);
+        const absl::StatusOr<RingForwardResult>& f = forwards[r];
+        if (!f.ok() || f->residue == nullptr) {
+          status[r] = f.ok() ? absl::InternalError("no residue") : f.status();
+          return;
+        }
+        mine.sequence = 6;
+        absl::StatusOr<RingBackwardResult> kept =
+            RingBackward(*t, *backends[r], ref, f->out, dout, f->lse, mine, f->residue.get());
+        mine.sequence = 7;
+        absl::StatusOr<RingBackwardResult> plain =
+            RingBackward(*t, *backends[r], ref, f->out, dout, f->lse, mine);
+        if (!kept.ok() || !plain.ok()) {
+          status[r] = kept.ok() ? plain.status() : kept.status();
+          return;
+        }
+        kept_dq[r] = kept->dq;
+        plain_dq[r] = plain->dq;
+        kept_dk[r] = kept->dk;
+        plain_dk[r] = plain->dk;
+        kept_bytes[r] = kept->stats.host_device_bytes;
+        want_bytes[r] = static_cast<int64_t>(
+            dout.size() + (kept->dq.size() + kept->dk.size() + kept->dv.size()) * sizeof(float));
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int r = 0; r < cp; ++r) {
+      ASSERT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
+      ExpectBitEqual(kept_dq[r], plain_dq[r], "dq");
+      ExpectBitEqual(kept_dk[r], plain_dk[r], "dk");
+      EXPECT_EQ(kept_bytes[r], want_bytes[r]) << "rank " << r;
+    }
+    // Another shard shape may not take a residue; refused before any
+    // message is posted, so one rank alone sees it.
+    testing::FakeNcclHub lone(cp);
+    const RingForwardResult& f = *forwards[1];
+    ShardRef other = shards[1].Ref(batch, L);
+    other.shape.heads = 2;
+    other.q = other.q.first(other.q.size() / 2);
+    const std::span<const std::byte> half = std::span(f.out).first(f.out.size() / 2);
+    absl::StatusOr<RingBackwardResult> refused =
+        RingBackward(*lone.Connect(1), *backends[1], other, half, half,
+                     std::span(f.lse).first(f.lse.size() / 2), call, f.residue.get());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  }
+  // A host backend keeps nothing.
+  InProcessHub hub(1);
+  auto cpu = kernels::MakeCpuBackend(1);
+  ASSERT_TRUE(cpu.ok());
+  const auto batch = DeviceBatch(kernels::DType::kF32, 2);
+  testing::ShardData shard = testing::SliceShard(batch, 1, 0);
+  RingCall call;
+  call.layer.scale = 0.125f;
+  absl::StatusOr<RingForwardResult> f =
+      RingForward(*hub.Connect(0), **cpu, shard.Ref(batch, batch.shape.seq_len), call, true);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->residue, nullptr);
 }
 
 // A call that cannot fit its device fails before it allocates anything, on
