@@ -3,8 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_footprint.h"
-#include "kernels/cuda/impl/merge_kernel_args.h"
-#include "kernels/cuda/impl/merge_launch.h"
+#include "kernels/cuda/device_launch.h"
 #include "kernels/cuda/scoped_device.h"
 #include "kernels/status_macros.h"
 
@@ -92,26 +91,25 @@ absl::Status CudaMemorySpace::DoZero(std::byte* dst, size_t bytes) {
 
 absl::Status CudaMemorySpace::DoAdd(float* dst, int64_t dst_stride, const float* src,
                                     int64_t src_stride, int64_t rows, int64_t cols) {
-  RINGATTN_RETURN_IF_ERROR(
-      ToStatus(impl::RunAdd(dst, dst_stride, src, src_stride, rows, cols, stream_)));
+  RINGATTN_RETURN_IF_ERROR(LaunchAdd(dst, dst_stride, src, src_stride, rows, cols, stream_));
   return Sync();
 }
 
 absl::Status CudaMemorySpace::DoMerge(float* out, float* lse, const float* o_s, const float* lse_s,
                                       int64_t rows, int64_t head_dim) {
-  impl::MergeArgs a;
-  a.out = out;
-  a.lse = lse;
-  a.o_s = o_s;
-  a.lse_s = lse_s;
-  a.rows = rows;
-  a.head_dim = head_dim;
-  RINGATTN_RETURN_IF_ERROR(ToStatus(impl::RunMergePartial(a, stream_)));
+  MergeDeviceParams p;
+  p.out = out;
+  p.lse = lse;
+  p.o_s = o_s;
+  p.lse_s = lse_s;
+  p.rows = rows;
+  p.head_dim = head_dim;
+  RINGATTN_RETURN_IF_ERROR(LaunchMergePartial(p, stream_));
   return Sync();
 }
 
 absl::Status CudaMemorySpace::DoFromF32(DType dtype, const float* src, int64_t n, std::byte* dst) {
-  RINGATTN_RETURN_IF_ERROR(ToStatus(impl::RunFromF32(src, dst, n, dtype, stream_)));
+  RINGATTN_RETURN_IF_ERROR(LaunchFromF32(src, n, dtype, dst, stream_));
   return Sync();
 }
 

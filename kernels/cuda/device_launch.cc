@@ -108,6 +108,16 @@ absl::Status LaunchMergePartial(const MergeDeviceParams& params, cudaStream_t st
   return ToStatus(impl::RunMergePartial(a, stream));
 }
 
+absl::Status LaunchAdd(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                       int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows < 0 || cols < 0 || dst_stride < cols || src_stride < cols ||
+      (rows > 0 && cols > 0 && (dst == nullptr || src == nullptr))) {
+    return absl::InvalidArgumentError(absl::StrCat("add of ", rows, " rows of ", cols,
+                                                   " over strides ", dst_stride, "/", src_stride));
+  }
+  return ToStatus(impl::RunAdd(dst, dst_stride, src, src_stride, rows, cols, stream));
+}
+
 absl::Status LaunchFromF32(const float* src, int64_t n, DType dtype, void* dst,
                            cudaStream_t stream) {
   if (n < 0 || (n > 0 && (src == nullptr || dst == nullptr))) {

@@ -78,6 +78,12 @@ absl::Status LaunchBackward(const BackwardDeviceParams& params, const LaunchPlan
 // INVALID_ARGUMENT for negative sizes or missing pointers; then enqueues.
 absl::Status LaunchMergePartial(const MergeDeviceParams& params, cudaStream_t stream);
 
+// dst: [rows, dst_stride] += src: [rows, src_stride] fp32 over the first
+// `cols` of each row, as MemorySpace::Add adds. INVALID_ARGUMENT for
+// negative sizes, strides below cols or missing pointers; then enqueues.
+absl::Status LaunchAdd(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                       int64_t rows, int64_t cols, cudaStream_t stream);
+
 // dst: [n] dtype <- src: [n] fp32, rounded as kernels::FromF32 rounds.
 absl::Status LaunchFromF32(const float* src, int64_t n, DType dtype, void* dst,
                            cudaStream_t stream);
