@@ -83,13 +83,8 @@ absl::Status MemorySpace::Add(std::span<float> dst, int64_t dst_stride, std::spa
 absl::Status MemorySpace::Merge(std::span<float> out, std::span<float> lse,
                                 std::span<const float> o_s, std::span<const float> lse_s,
                                 int64_t head_dim) {
-  if (head_dim <= 0 || lse.size() != lse_s.size() ||
-      out.size() != lse.size() * static_cast<size_t>(head_dim) || o_s.size() != out.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Merge: out has ", out.size(), " elements, lse ", lse.size(), ", o_s ",
-                     o_s.size(), ", lse_s ", lse_s.size(), ", head_dim ", head_dim,
-                     "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
-  }
+  RINGATTN_RETURN_IF_ERROR(
+      CheckMergeSizes(out.size(), lse.size(), o_s.size(), lse_s.size(), head_dim));
   if (lse.empty()) return absl::OkStatus();
   return DoMerge(out.data(), lse.data(), o_s.data(), lse_s.data(), static_cast<int64_t>(lse.size()),
                  head_dim);

@@ -6,14 +6,20 @@
 
 namespace ringattn::kernels {
 
+absl::Status CheckMergeSizes(size_t out, size_t lse, size_t o_s, size_t lse_s, int64_t head_dim) {
+  if (head_dim <= 0 || lse != lse_s || out != lse * static_cast<size_t>(head_dim) || o_s != out) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "merge: out has ", out, " elements, lse ", lse, ", o_s ", o_s, ", lse_s ", lse_s,
+        ", head_dim ", head_dim, "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
                           std::span<const float> lse_s, int64_t head_dim) {
-  if (head_dim <= 0 || lse.size() != lse_s.size() ||
-      out.size() != lse.size() * static_cast<size_t>(head_dim) || o_s.size() != out.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("MergePartial: out has ", out.size(), " elements, lse ", lse.size(), ", o_s ",
-                     o_s.size(), ", lse_s ", lse_s.size(), ", head_dim ", head_dim,
-                     "; need out = o_s = rows * head_dim and lse = lse_s = rows"));
+  if (absl::Status s = CheckMergeSizes(out.size(), lse.size(), o_s.size(), lse_s.size(), head_dim);
+      !s.ok()) {
+    return s;
   }
   const auto d = static_cast<size_t>(head_dim);
   for (size_t r = 0; r < lse.size(); ++r) {

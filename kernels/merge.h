@@ -1,6 +1,7 @@
 #ifndef RINGATTN_KERNELS_MERGE_H_
 #define RINGATTN_KERNELS_MERGE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -16,6 +17,11 @@ namespace ringattn::kernels {
 // running result at out = 0, lse = -inf (or at the first chunk's partial).
 //
 // out, o_s: [rows, D]; lse, lse_s: [rows]. INVALID_ARGUMENT on size mismatch.
+// The argument check of MergePartial (and of every space's Merge):
+// INVALID_ARGUMENT unless out = o_s = rows * head_dim and lse = lse_s = rows
+// elements.
+absl::Status CheckMergeSizes(size_t out, size_t lse, size_t o_s, size_t lse_s, int64_t head_dim);
+
 absl::Status MergePartial(std::span<float> out, std::span<float> lse, std::span<const float> o_s,
                           std::span<const float> lse_s, int64_t head_dim);
 

@@ -79,7 +79,7 @@ absl::Status Download(void* dst, const Placed& src, size_t bytes, cudaStream_t s
 // tokens: B * L of the slice.
 absl::StatusOr<DeviceMeta> StageMeta(MetaBuffers& dst, const MetaPtrs& src, int64_t tokens,
                                      cudaStream_t stream, CudaMemorySpace& space) {
-  const size_t n = static_cast<size_t>(tokens);
+  const auto n = static_cast<size_t>(tokens);
   DeviceMeta d;
   d.start = src.start;
   RINGATTN_ASSIGN_OR_RETURN(const void* doc,

@@ -55,7 +55,7 @@ class CudaMemorySpace final : public MemorySpace {
   absl::Status Sync();
 
   const int device_;
-  const cudaStream_t stream_;
+  cudaStream_t stream_;  // The backend's; outlives this.
   // Read by metrics threads while a call runs.
   std::atomic<int64_t> held_{0};
   std::atomic<int64_t> host_to_device_{0}, device_to_host_{0};
