@@ -56,12 +56,16 @@ absl::StatusOr<TransportFlag> ParseTransportFlag(absl::string_view text) {
     f.kind = TransportFlag::Kind::kGloo;
     return f;
   }
+  if (text == "shm") {
+    f.kind = TransportFlag::Kind::kShm;
+    return f;
+  }
   if (text == "nccl") {
     f.kind = TransportFlag::Kind::kNccl;
     return f;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("--transport='", text, "': expected auto, gloo or nccl"));
+      absl::StrCat("--transport='", text, "': expected auto, gloo, shm or nccl"));
 }
 
 absl::StatusOr<Selection> SelectBackend(const DeviceFlag& device, const TransportFlag& transport,
@@ -104,14 +108,18 @@ absl::StatusOr<Selection> SelectBackend(const DeviceFlag& device, const Transpor
       if (s.backend == BackendKind::kCuda && caps.nccl_built) {
         s.transport = TransportKind::kNccl;
       } else {
-        s.transport = TransportKind::kGloo;
+        s.transport = TransportKind::kShm;
         if (s.backend == BackendKind::kCuda) {
-          absl::StrAppend(&s.reason, "; ring over Gloo: this worker was built without NCCL");
+          absl::StrAppend(&s.reason,
+                          "; ring over shared memory or Gloo: this worker was built without NCCL");
         }
       }
       break;
     case TransportFlag::Kind::kGloo:
       s.transport = TransportKind::kGloo;
+      break;
+    case TransportFlag::Kind::kShm:
+      s.transport = TransportKind::kShm;
       break;
     case TransportFlag::Kind::kNccl:
       if (!caps.nccl_built) {
@@ -138,7 +146,15 @@ std::string BackendLabel(const Selection& s) {
 }
 
 std::string TransportLabel(const Selection& s) {
-  return s.transport == TransportKind::kNccl ? "nccl" : "gloo";
+  switch (s.transport) {
+    case TransportKind::kNccl:
+      return "nccl";
+    case TransportKind::kShm:
+      return "shm";
+    case TransportKind::kGloo:
+      break;
+  }
+  return "gloo";
 }
 
 }  // namespace ringattn::worker

@@ -14,7 +14,10 @@
 namespace ringattn::worker {
 
 enum class BackendKind { kCpu, kCuda };
-enum class TransportKind { kGloo, kNccl };
+// kShm: shared memory when every rank of the ring shares this host's
+// memory, else (under --transport=auto) Gloo TCP, decided by all ranks
+// together at each ring's rendezvous.
+enum class TransportKind { kGloo, kShm, kNccl };
 
 // --device: auto | cpu | cuda | cuda:N.
 struct DeviceFlag {
@@ -25,8 +28,9 @@ struct DeviceFlag {
 absl::StatusOr<DeviceFlag> ParseDeviceFlag(absl::string_view text);
 
 // --transport: auto | gloo | nccl.
+// --transport: auto | gloo | shm | nccl.
 struct TransportFlag {
-  enum class Kind { kAuto, kGloo, kNccl };
+  enum class Kind { kAuto, kGloo, kShm, kNccl };
   Kind kind = Kind::kAuto;
 };
 absl::StatusOr<TransportFlag> ParseTransportFlag(absl::string_view text);

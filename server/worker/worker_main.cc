@@ -54,7 +54,8 @@ ABSL_FLAG(std::string, device, "auto",
           "Compute backend: auto (the first visible GPU, else the CPU), cpu, cuda or cuda:N "
           "(N counts the GPUs CUDA_VISIBLE_DEVICES leaves visible).");
 ABSL_FLAG(std::string, transport, "auto",
-          "Ring transport: auto (NCCL with a CUDA backend, Gloo with the CPU), gloo or nccl.");
+          "Ring transport: auto (NCCL with a CUDA backend; else shared memory when every rank "
+          "is on this host, Gloo TCP when not), gloo, shm (shared memory or fail) or nccl.");
 ABSL_FLAG(int64_t, max_call_bytes, int64_t{4} << 30, "Largest total tensor bytes of one call.");
 ABSL_FLAG(double, register_timeout_seconds, 60, "Give up registering after this long.");
 ABSL_FLAG(double, heartbeat_seconds, 1,
@@ -191,6 +192,10 @@ int main(int argc, char** argv) {
         threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   worker::TransportFactory connect = worker::GlooTransportFactory();
+  if (selection->transport == worker::TransportKind::kShm) {
+    connect = worker::SharedMemoryTransportFactory(
+        /*fall_back_to_gloo=*/transport_flag->kind != worker::TransportFlag::Kind::kShm);
+  }
 #if RINGATTN_HAVE_NCCL
   if (selection->transport == worker::TransportKind::kNccl) {
     connect = [device = selection->device](ring::Store& store, const worker::RingJoin& join) {

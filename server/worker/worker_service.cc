@@ -1,5 +1,6 @@
 #include "server/worker/worker_service.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "proto/wire/tensor_stream.h"
 #include "server/ring/ring_attention.h"
 #include "server/ring/transports/gloo_transport.h"
+#include "server/ring/transports/shm_transport.h"
 #include "server/worker/grpc_store.h"
 
 namespace ringattn::worker {
@@ -134,6 +136,28 @@ TransportFactory GlooTransportFactory() {
     options.generation = join.generation;
     options.hostname = join.listen_host.empty() ? "127.0.0.1" : join.listen_host;
     return ring::ConnectGloo(store, options);
+  };
+}
+
+TransportFactory SharedMemoryTransportFactory(bool fall_back_to_gloo) {
+  return [fall_back_to_gloo](
+             ring::Store& store,
+             const RingJoin& join) -> absl::StatusOr<std::unique_ptr<ring::Transport>> {
+    ring::ShmOptions options;
+    options.rank = join.rank;
+    options.size = join.size;
+    options.generation = join.generation;
+    // One ring buffer per (sender, receiver) in each inbox: smaller ones for
+    // larger rings keep /dev/shm use near 64 MiB in all.
+    options.channel_bytes =
+        std::clamp<size_t>((size_t{64} << 20) / static_cast<size_t>(join.size * join.size),
+                           size_t{256} << 10, size_t{4} << 20);
+    absl::StatusOr<std::unique_ptr<ring::Transport>> t = ring::ConnectShm(store, options);
+    if (t.ok() || !fall_back_to_gloo || !absl::IsFailedPrecondition(t.status())) return t;
+    std::fprintf(stderr, "worker: ring generation %llu over Gloo TCP: %s\n",
+                 static_cast<unsigned long long>(join.generation),
+                 std::string(t.status().message()).c_str());
+    return GlooTransportFactory()(store, join);
   };
 }
 

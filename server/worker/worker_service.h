@@ -41,6 +41,12 @@ using TransportFactory =
 // Gloo over TCP.
 TransportFactory GlooTransportFactory();
 
+// Shared memory between the ring's ranks when they all share this host's
+// memory (ring/transports/shm_transport.h); when they do not, Gloo over TCP
+// if `fall_back_to_gloo`, else FAILED_PRECONDITION. All ranks decide
+// together, so a ring never mixes the two.
+TransportFactory SharedMemoryTransportFactory(bool fall_back_to_gloo);
+
 // Well under the default ring timeout (60 s), well over a step's wait in a
 // healthy ring, where every rank computes about as much as its peers.
 inline constexpr absl::Duration kDefaultRingStallTimeout = absl::Seconds(15);

@@ -38,6 +38,7 @@ TEST(BackendSelectionTest, ParsesEveryFlagForm) {
   }
   EXPECT_EQ(ParseTransportFlag("auto")->kind, TransportFlag::Kind::kAuto);
   EXPECT_EQ(ParseTransportFlag("gloo")->kind, TransportFlag::Kind::kGloo);
+  EXPECT_EQ(ParseTransportFlag("shm")->kind, TransportFlag::Kind::kShm);
   EXPECT_EQ(ParseTransportFlag("nccl")->kind, TransportFlag::Kind::kNccl);
   EXPECT_FALSE(ParseTransportFlag("mpi").ok());
 }
@@ -52,12 +53,13 @@ TEST(BackendSelectionTest, AutoTakesTheFirstGpuWithNccl) {
   EXPECT_EQ(TransportLabel(s), "nccl");
 }
 
-TEST(BackendSelectionTest, AutoWithoutAGpuFallsBackToCpuAndGlooSayingWhy) {
+TEST(BackendSelectionTest, AutoWithoutAGpuFallsBackToCpuAndSharedMemorySayingWhy) {
   Capabilities c = Machine(0);
   c.cuda_visible_devices = "7";
   const Selection s = Select("auto", "auto", c);
   EXPECT_EQ(s.backend, BackendKind::kCpu);
-  EXPECT_EQ(s.transport, TransportKind::kGloo);
+  EXPECT_EQ(s.transport, TransportKind::kShm);
+  EXPECT_EQ(TransportLabel(s), "shm");
   EXPECT_TRUE(s.fell_back);
   EXPECT_NE(s.reason.find("no CUDA device"), std::string::npos) << s.reason;
   EXPECT_NE(s.reason.find("CUDA_VISIBLE_DEVICES=7"), std::string::npos) << s.reason;
@@ -78,7 +80,7 @@ TEST(BackendSelectionTest, UnusableGpuFallsBackUnderAutoOnly) {
   const Selection s = Select("auto", "auto", c);
   EXPECT_TRUE(s.fell_back);
   EXPECT_EQ(s.backend, BackendKind::kCpu);
-  EXPECT_EQ(s.transport, TransportKind::kGloo);
+  EXPECT_EQ(s.transport, TransportKind::kShm);
   EXPECT_NE(s.reason.find("out of memory"), std::string::npos) << s.reason;
   EXPECT_EQ(SelectError("cuda", "auto", c).code(), absl::StatusCode::kFailedPrecondition);
 }
@@ -104,16 +106,18 @@ TEST(BackendSelectionTest, CudaNWithEachTransport) {
   const Selection g = Select("cuda:1", "gloo", Machine(2));
   EXPECT_EQ(g.backend, BackendKind::kCuda);
   EXPECT_EQ(g.transport, TransportKind::kGloo);
-  // CUDA compute without NCCL built: Gloo, and the log says why.
+  // CUDA compute without NCCL built: a host transport, and the log says why.
   const Selection n = Select("cuda", "auto", Machine(1, true, /*nccl_built=*/false));
-  EXPECT_EQ(n.transport, TransportKind::kGloo);
+  EXPECT_EQ(n.transport, TransportKind::kShm);
   EXPECT_NE(n.reason.find("without NCCL"), std::string::npos) << n.reason;
 }
 
-TEST(BackendSelectionTest, CpuKeepsGlooUnlessNcclIsAskedFor) {
+TEST(BackendSelectionTest, CpuTakesAHostTransportUnlessNcclIsAskedFor) {
   const Selection s = Select("cpu", "auto", Machine(8));
   EXPECT_EQ(s.backend, BackendKind::kCpu);
-  EXPECT_EQ(s.transport, TransportKind::kGloo);
+  EXPECT_EQ(s.transport, TransportKind::kShm);
+  EXPECT_EQ(Select("cpu", "gloo", Machine(8)).transport, TransportKind::kGloo);
+  EXPECT_EQ(Select("cpu", "shm", Machine(8)).transport, TransportKind::kShm);
   EXPECT_FALSE(s.fell_back);
   const Selection n = Select("cpu", "nccl", Machine(8));
   EXPECT_EQ(n.backend, BackendKind::kCpu);
