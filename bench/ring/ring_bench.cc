@@ -8,9 +8,11 @@
 // contiguous, bytes per step against the theoretical chunk size, and the
 // fraction of communication hidden behind compute. Then a causal sliding
 // layer (W = 512, L = 4096) on contiguous shards, whole chunks against the
-// halo exchange: bytes sent and time. Ends with `figure: <name> <value>`
-// lines (contiguous: ring_cp<N>_*, zigzag: ring_cp<N>_zigzag_*, sliding:
-// ring_sliding_cp<N>_*).
+// halo exchange: bytes sent and time. Then the contiguous full layer again
+// over Gloo TCP and over shared memory: a bare chunk exchange and the step.
+// Ends with `figure: <name> <value>` lines (contiguous: ring_cp<N>_*,
+// zigzag: ring_cp<N>_zigzag_*, sliding: ring_sliding_cp<N>_*, transports:
+// ring_cp<N>_shm_vs_gloo_*).
 //
 //   build/release/bench/ringattn_ring_bench [--seq_len=4096] [--repeat=2]
 //       [--sliding_shard_len=4096] [--sliding_window=512]
@@ -41,6 +43,7 @@
 #include "server/batch/shard_layout.h"
 #include "server/ring/ring_attention.h"
 #include "server/ring/transports/gloo_transport.h"
+#include "server/ring/transports/shm_transport.h"
 
 ABSL_FLAG(int64_t, seq_len, 4096, "Sequence length S (a multiple of 8).");
 ABSL_FLAG(int, repeat, 2, "Timed forward+backward calls per configuration (best kept).");
@@ -50,6 +53,7 @@ ABSL_FLAG(std::string, dir, "", "Internal: store and report directory of the ran
 ABSL_FLAG(std::string, layout, "contiguous", "Internal: shard layout of the rank run.");
 ABSL_FLAG(int64_t, window, 0, "Internal: sliding window of the rank run (0: full layer).");
 ABSL_FLAG(bool, halo, true, "Internal: halo exchange in the rank run.");
+ABSL_FLAG(std::string, transport, "gloo", "Internal: ring transport of the rank run (gloo, shm).");
 ABSL_FLAG(int64_t, sliding_shard_len, 4096,
           "Shard length L of the sliding-layer runs (S = cp * L; a multiple of 8).");
 ABSL_FLAG(int64_t, sliding_window, 512, "Window W of the sliding-layer runs.");
@@ -133,10 +137,18 @@ int RunRank(int rank, int cp, const std::string& dir, int64_t seq_len, int repea
                        padding};
 
   ring::FileStore store(dir);
-  ring::GlooOptions options;
-  options.rank = rank;
-  options.size = cp;
-  auto transport = ring::ConnectGloo(store, options);
+  absl::StatusOr<std::unique_ptr<ring::Transport>> transport;
+  if (absl::GetFlag(FLAGS_transport) == "shm") {
+    ring::ShmOptions options;
+    options.rank = rank;
+    options.size = cp;
+    transport = ring::ConnectShm(store, options);
+  } else {
+    ring::GlooOptions options;
+    options.rank = rank;
+    options.size = cp;
+    transport = ring::ConnectGloo(store, options);
+  }
   if (!transport.ok()) {
     std::fprintf(stderr, "rank %d: %s\n", rank, transport.status().ToString().c_str());
     return 3;
@@ -228,7 +240,8 @@ struct RankReport {
 // One ring of `cp` processes of this binary; its ranks' reports, or an
 // empty vector when a rank failed.
 std::vector<RankReport> RunRing(const char* self, int cp, int64_t seq_len, int repeat,
-                                const std::string& layout_name, int64_t window, bool halo) {
+                                const std::string& layout_name, int64_t window, bool halo,
+                                const std::string& transport = "gloo") {
   char tmpl[] = "/tmp/ringattn_ring_bench_XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   std::vector<pid_t> pids;
@@ -241,7 +254,8 @@ std::vector<RankReport> RunRing(const char* self, int cp, int64_t seq_len, int r
                                      "--repeat=" + std::to_string(repeat),
                                      "--layout=" + layout_name,
                                      "--window=" + std::to_string(window),
-                                     std::string("--halo=") + (halo ? "true" : "false")};
+                                     std::string("--halo=") + (halo ? "true" : "false"),
+                                     "--transport=" + transport};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -298,6 +312,43 @@ void RunSliding(const char* self, int repeat, std::vector<std::string>& figures)
     figures.push_back("figure: " + p + "halo_bytes_vs_whole_chunks " +
                       std::to_string(static_cast<double>(bytes[1]) / bytes[0]));
     figures.push_back("figure: " + p + "halo_speedup " + std::to_string(seconds[0] / seconds[1]));
+  }
+}
+
+// The two host transports under the same contiguous ring: a bare K/V chunk
+// exchange and the forward+backward step, Gloo TCP loopback against shared
+// memory, side by side.
+void RunTransports(const char* self, int64_t seq_len, int repeat,
+                   std::vector<std::string>& figures) {
+  for (int cp : {2, 4}) {
+    double bare[2] = {0, 0}, step[2] = {0, 0};
+    int64_t chunk = 0;
+    for (int t = 0; t < 2; ++t) {
+      const std::vector<RankReport> reports =
+          RunRing(self, cp, seq_len, repeat, "contiguous", 0, true, t == 0 ? "gloo" : "shm");
+      if (reports.empty()) {
+        std::fprintf(stderr, "error: a rank of the cp=%d %s ring failed\n", cp,
+                     t == 0 ? "gloo" : "shm");
+        return;
+      }
+      for (const RankReport& x : reports) {
+        bare[t] = std::max(bare[t], x.bare);
+        step[t] = std::max(step[t], x.total);
+        chunk = x.chunk_bytes;
+      }
+    }
+    const double mib = static_cast<double>(chunk) / 1048576.0;
+    std::printf(
+        "transports, cp=%d: exchange of a %.1f MiB chunk (every rank at once): Gloo TCP %.4f s "
+        "(%.0f MiB/s), shared memory %.4f s (%.0f MiB/s), %.2fx; forward+backward step %.3f s "
+        "vs %.3f s, %.2fx\n",
+        cp, mib, bare[0], mib / bare[0], bare[1], mib / bare[1], bare[0] / bare[1], step[0],
+        step[1], step[0] / step[1]);
+    const std::string p = "ring_cp" + std::to_string(cp) + "_";
+    figures.push_back("figure: " + p + "shm_vs_gloo_exchange_speedup " +
+                      std::to_string(bare[0] / bare[1]));
+    figures.push_back("figure: " + p + "shm_vs_gloo_step_speedup " +
+                      std::to_string(step[0] / step[1]));
   }
 }
 
@@ -398,6 +449,7 @@ int RunDriver(const char* self, int64_t seq_len, int repeat) {
     }
   }
   RunSliding(self, repeat, figures);
+  RunTransports(self, seq_len, repeat, figures);
   std::printf("\n");
   for (const std::string& f : figures) std::printf("%s\n", f.c_str());
   std::printf("figure: ring_one_process_fwd_bwd_seconds %.3f\n", single);

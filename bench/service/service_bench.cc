@@ -48,6 +48,9 @@ ABSL_FLAG(int64_t, stream_mib, 512, "MiB each way for the raw streaming baseline
 ABSL_FLAG(int, repeat, 3, "Repetitions of each measurement (best kept).");
 ABSL_FLAG(bool, window_forward, true,
           "Measure the end-to-end forward (sliding W=16); false: the data plane only.");
+ABSL_FLAG(std::string, worker_transport, "auto",
+          "The workers' --transport: auto (shared memory between these co-located workers), "
+          "shm or gloo (TCP loopback), to compare ring transports run against run.");
 ABSL_FLAG(bool, step, true, "Also measure forward+backward step time against the in-process ring.");
 
 namespace ringattn::bench {
@@ -292,6 +295,7 @@ int Main() {
 
   client::LocalClusterOptions options;
   options.cp = 2;
+  options.worker_flags.push_back("--transport=" + absl::GetFlag(FLAGS_worker_transport));
   auto cluster = client::LocalCluster::Start(options);
   if (!cluster.ok()) {
     std::fprintf(stderr, "error: %s\n", cluster.status().ToString().c_str());
