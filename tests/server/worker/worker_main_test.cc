@@ -58,21 +58,24 @@ TEST(WorkerMainTest, AutoSaysWhatItRunsInOneLine) {
   ASSERT_NE(line, std::string::npos) << r.output;
   EXPECT_NE(r.output.find("ring transport "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("serving on"), std::string::npos) << r.output;
-  // Either a GPU with NCCL, or the CPU with Gloo and a warning naming why.
+  // Either a GPU with NCCL, or the CPU with a host transport (shared memory,
+  // Gloo when the ranks do not share it) and a warning naming why.
   const bool cpu = r.output.find("backend cpu/") != std::string::npos;
   if (cpu) {
     EXPECT_NE(r.output.find("worker: warning: backend cpu/"), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find("ring transport gloo"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("ring transport shm"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("because"), std::string::npos) << r.output;
   } else {
     EXPECT_NE(r.output.find("backend cuda:0"), std::string::npos) << r.output;
   }
 }
 
-TEST(WorkerMainTest, ExplicitCpuRunsGlooWithoutAWarning) {
+TEST(WorkerMainTest, ExplicitCpuRunsAHostTransportWithoutAWarning) {
   const WorkerRun r = RunWorker("--device=cpu");
   EXPECT_NE(r.output.find("worker: backend cpu/"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("ring transport gloo"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ring transport shm"), std::string::npos) << r.output;
+  EXPECT_NE(RunWorker("--device=cpu --transport=gloo").output.find("ring transport gloo"),
+            std::string::npos);
   // (A warning that it found no cluster secret for its absent coordinator is due.)
   EXPECT_EQ(r.output.find("warning: backend"), std::string::npos) << r.output;
 }
