@@ -21,6 +21,7 @@
 #include "server/ring/transports/nccl_check.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
+#include "tests/server/ring/testing/temp_store.h"
 
 namespace ringattn::ring {
 namespace {
@@ -42,22 +43,7 @@ std::vector<std::byte> Pattern(size_t n, int seed) {
   return v;
 }
 
-class TempStore {
- public:
-  TempStore() {
-    std::string pattern = ::testing::TempDir() + "ringattn_nccl_XXXXXX";
-    const char* dir = mkdtemp(pattern.data());
-    EXPECT_NE(dir, nullptr);
-    dir_ = pattern;
-    store_ = std::make_unique<FileStore>(dir_);
-  }
-  ~TempStore() { std::filesystem::remove_all(dir_); }
-  Store& store() { return *store_; }
-
- private:
-  std::string dir_;
-  std::unique_ptr<FileStore> store_;
-};
+using testing::TempStore;
 
 absl::StatusOr<std::unique_ptr<Transport>> ConnectAlone(Store& store, uint64_t generation) {
   NcclOptions o;

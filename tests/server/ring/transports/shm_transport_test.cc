@@ -21,25 +21,12 @@
 #include "gtest/gtest.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
+#include "tests/server/ring/testing/temp_store.h"
 
 namespace ringattn::ring {
 namespace {
 
-class TempStore {
- public:
-  TempStore() {
-    std::string pattern = ::testing::TempDir() + "ringattn_shm_XXXXXX";
-    EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-    store_ = std::make_unique<FileStore>(dir_);
-  }
-  ~TempStore() { std::filesystem::remove_all(dir_); }
-  Store& store() { return *store_; }
-
- private:
-  std::string dir_;
-  std::unique_ptr<FileStore> store_;
-};
+using testing::TempStore;
 
 constexpr size_t kChannel = 8192;
 
