@@ -32,6 +32,13 @@ class CommitGate {
     return sequence_;
   }
 
+  // Whether every rank arrived and the call was committed: only then can a
+  // rank have started its ring.
+  bool committed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return waiting_ == 0 && sequence_.has_value();
+  }
+
  private:
   std::mutex mu_;
   std::condition_variable cv_;

@@ -13,6 +13,18 @@ namespace {
 // few enough that a call holds a few MiB per rank in the coordinator.
 constexpr size_t kQueuedPieces = 4;
 
+// After inputs that lie in regions: whether the worker read and checked
+// them (worker.v1 Seal).
+bool Seal(ShardStream& stream) {
+  worker::v1::ShardRequest seal;
+  seal.mutable_seal();
+  worker::v1::ShardResponse resp;
+  // A worker that refused its slices ends its stream with why: the call is
+  // withdrawn from every rank at the gate, and that status reports it. No
+  // cancel: the others have nothing running yet, and must not hide it.
+  return stream.Write(seal) && stream.Read(&resp) && resp.has_ready();
+}
+
 }  // namespace
 
 void CallCancel::Cancel(RankCall* failed) {
@@ -120,8 +132,10 @@ void RankCall::Run() {
     cancel_.Cancel(this);
   };
   if (!ok) failed();
+  bool regions = false;
   while (std::optional<worker::v1::ShardRequest> r = in_.Pop()) {
     if (r->has_chunk()) sent_.Increment(static_cast<double>(r->chunk().data().size()));
+    regions |= r->has_region();
     if (!stream->Write(*r)) failed();
   }
   bool commit = false, has_vision = false;
@@ -130,6 +144,7 @@ void RankCall::Run() {
     commit = ended_ && commit_;
     has_vision = has_vision_;
   }
+  if (ok && commit && regions) ok = Seal(*stream);
   const std::optional<uint64_t> sequence = gate_.Arrive(ok && commit);
   if (!sequence) {
     // A stream that failed has its own status (a worker gone mid-upload is

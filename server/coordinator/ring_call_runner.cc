@@ -194,8 +194,9 @@ absl::Status RingCallRunner::RanksFailed() { return Failed(RanksError(FinishAll(
 absl::Status RingCallRunner::Failed(const absl::Status& status) {
   Undo();
   // A call cancelled after its commit had every rank abort its transport,
-  // whatever the error that started it.
-  if (!BreaksRing(status) && !(committed_ && cancel_.cancelled())) return status;
+  // whatever the error that started it; one withdrawn at the gate ran on
+  // no rank.
+  if (!BreaksRing(status) && !(gate_.committed() && cancel_.cancelled())) return status;
   {
     // A rank marked down cancelled the call: the cluster knows, and probing
     // the ranks again would wait out the hung one's health timeout.

@@ -59,23 +59,18 @@ absl::Status ShardedInput::AddRegion(const RegionTensor& tensor, const std::vect
       return absl::UnavailableError("a rank stopped taking inputs");
     }
   }
-  // Read in pieces, as a stream would bring them: a piece goes on to the
-  // ranks that have their slices streamed; with none, one buffer is reused
-  // for the check alone.
+  // The ranks that read their slices check them themselves (before they
+  // answer the seal): with every rank reading, no byte of the tensor passes
+  // through here. Otherwise it is read in pieces, as a stream would bring
+  // them, each checked and sent on to the ranks that have theirs streamed.
+  if (!streamed) return absl::OkStatus();
   constexpr uint64_t kPiece = wire::kChunkBytes;
-  std::vector<std::byte> buffer(streamed ? 0 : std::min(kPiece, tensor.bytes));
   for (uint64_t at = 0; at < tensor.bytes;) {
     const uint64_t n = std::min(kPiece, tensor.bytes - at);
-    if (streamed) {
-      std::string piece(n, '\0');
-      RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(
-          tensor.offset + at, std::as_writable_bytes(std::span(piece.data(), piece.size()))));
-      RINGATTN_RETURN_IF_ERROR(Add(std::move(piece)));
-    } else {
-      const std::span<std::byte> piece = std::span(buffer).first(n);
-      RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(tensor.offset + at, piece));
-      RINGATTN_RETURN_IF_ERROR(scan_.Add(piece));
-    }
+    std::string piece(n, '\0');
+    RINGATTN_RETURN_IF_ERROR(tensor.region->file.Read(
+        tensor.offset + at, std::as_writable_bytes(std::span(piece.data(), piece.size()))));
+    RINGATTN_RETURN_IF_ERROR(Add(std::move(piece)));
     at += n;
   }
   return absl::OkStatus();

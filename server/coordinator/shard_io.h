@@ -15,7 +15,7 @@
 #include "proto/wire/tensor_stream.h"
 #include "server/batch/host_tensor.h"
 #include "server/batch/shard_layout.h"
-#include "server/coordinator/finite_scan.h"
+#include "server/common/finite_scan.h"
 #include "server/coordinator/rank_call.h"
 #include "server/coordinator/region_table.h"
 #include "server/coordinator/sequence_router.h"
@@ -42,8 +42,8 @@ class ShardedInput {
   // why).
   absl::Status Add(std::string&& piece);
   // The whole tensor in a client's region: ranks marked `direct` are told
-  // to read their slices from it themselves; the others get theirs streamed
-  // from it. Every byte is checked as a streamed piece would be.
+  // to read and check their slices from it themselves; the others get
+  // theirs streamed from it, every byte checked as a streamed piece is.
   absl::Status AddRegion(const RegionTensor& tensor, const std::vector<bool>& direct);
   // After the last piece: sends what the writers still hold.
   absl::Status Finish();
@@ -54,7 +54,7 @@ class ShardedInput {
   const int64_t outer_, position_bytes_;
   RankCalls& calls_;
   SequenceRouter router_;
-  FiniteScan scan_;
+  server::FiniteScan scan_;
   std::vector<std::unique_ptr<wire::PieceWriter>> writers_;
   std::vector<bool> direct_;  // By rank: it reads the tensor from a region.
 };

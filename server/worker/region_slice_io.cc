@@ -1,5 +1,6 @@
 #include "server/worker/region_slice_io.h"
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 
@@ -69,18 +70,26 @@ absl::StatusOr<RegionSliceIo> RegionSliceIo::Open(const worker::v1::RegionSlice&
       }
     }
   }
-  return RegionSliceIo(*std::move(file), std::move(spans), shard_bytes);
+  return RegionSliceIo(*std::move(file), s.base(), std::move(spans), shard_bytes);
 }
 
-absl::StatusOr<std::vector<std::byte>> RegionSliceIo::Read() const {
+absl::StatusOr<std::vector<std::byte>> RegionSliceIo::Read(Check check) const {
+  // Pieces small enough to be checked while they are still in L2.
+  constexpr uint64_t kPiece = uint64_t{1} << 20;
   std::vector<std::byte> shard(shard_bytes_);
   for (const Span& s : spans_) {
-    if (absl::Status st = file_.Read(s.region, std::span(shard).subspan(s.shard, s.bytes));
-        !st.ok()) {
-      return st;
+    for (uint64_t at = 0; at < s.bytes; at += kPiece) {
+      const std::span<std::byte> piece =
+          std::span(shard).subspan(s.shard + at, std::min(kPiece, s.bytes - at));
+      if (absl::Status st = file_.Read(s.region + at, piece); !st.ok()) return st;
+      if (absl::Status st = check(s.region + at - base_, piece); !st.ok()) return st;
     }
   }
   return shard;
+}
+
+absl::StatusOr<std::vector<std::byte>> RegionSliceIo::Read() const {
+  return Read([](uint64_t, std::span<const std::byte>) { return absl::OkStatus(); });
 }
 
 absl::Status RegionSliceIo::Write(std::span<const std::byte> shard) const {

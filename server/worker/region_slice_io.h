@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "server/shm/shm_file.h"
 #include "worker/v1/worker_service.pb.h"
@@ -26,7 +27,13 @@ class RegionSliceIo {
   static absl::StatusOr<RegionSliceIo> Open(const worker::v1::RegionSlice& slice,
                                             uint64_t shard_bytes);
 
-  // The shard's tensor, zeros where no run covers it.
+  // Sees each piece of the tensor as it is read, while it is in cache:
+  // `offset` is where the piece lies in the tensor, in bytes.
+  using Check = absl::FunctionRef<absl::Status(uint64_t offset, std::span<const std::byte> piece)>;
+
+  // The shard's tensor, zeros where no run covers it; the first error of
+  // `check` instead.
+  absl::StatusOr<std::vector<std::byte>> Read(Check check) const;
   absl::StatusOr<std::vector<std::byte>> Read() const;
   // Writes the runs of `shard` (shard_bytes) into the region.
   absl::Status Write(std::span<const std::byte> shard) const;
@@ -36,10 +43,11 @@ class RegionSliceIo {
   struct Span {
     uint64_t region = 0, shard = 0, bytes = 0;
   };
-  RegionSliceIo(shm::ShmFile file, std::vector<Span> spans, uint64_t shard_bytes)
-      : file_(std::move(file)), spans_(std::move(spans)), shard_bytes_(shard_bytes) {}
+  RegionSliceIo(shm::ShmFile file, uint64_t base, std::vector<Span> spans, uint64_t shard_bytes)
+      : file_(std::move(file)), base_(base), spans_(std::move(spans)), shard_bytes_(shard_bytes) {}
 
   shm::ShmFile file_;
+  uint64_t base_;            // Where the tensor begins in the object.
   std::vector<Span> spans_;  // Adjacent runs merged.
   uint64_t shard_bytes_;
 };

@@ -15,6 +15,7 @@
 #include "proto/wire/dtype.h"
 #include "proto/wire/grpc_status.h"
 #include "proto/wire/tensor_stream.h"
+#include "server/common/finite_scan.h"
 #include "server/ring/ring_attention.h"
 #include "server/ring/transports/gloo_transport.h"
 #include "server/ring/transports/shm_transport.h"
@@ -65,6 +66,22 @@ void ExpectBackwardShard(const ShardSpec& c, wire::TensorAssembler& a,
   outputs["dk"] = static_cast<uint64_t>(s.batch * s.kv_heads * s.kv_len * s.head_dim) * 4;
   outputs["dv"] = outputs["dk"];
   a.Expect("dout", wire::DTypeName(c.shape.dtype), QueryDims(c.shape), true);
+}
+
+// The inputs that must be finite (see server/common/finite_scan.h).
+bool IsFloatInput(const std::string& name) {
+  return name == "q" || name == "k" || name == "v" || name == "dout";
+}
+
+// The whole tensor a region slice is cut from, [B, heads, S, D], for naming
+// an element of it (at least 1 each, whatever the slice claims).
+std::vector<int64_t> RegionTensorDims(const worker::v1::RegionSlice& slice,
+                                      const kernels::AttentionShape& shape) {
+  const auto at_least_1 = [](uint64_t n) { return static_cast<int64_t>(std::max<uint64_t>(n, 1)); };
+  const auto batch = static_cast<uint64_t>(std::max<int64_t>(shape.batch, 1));
+  const auto dim = static_cast<uint64_t>(std::max<int64_t>(shape.head_dim, 1));
+  return {at_least_1(batch), at_least_1(slice.rows() / batch),
+          at_least_1(slice.row_bytes() / (dim * kernels::DTypeSize(shape.dtype))), at_least_1(dim)};
 }
 
 void SendMetrics(Stream& stream, int rank, const ring::RingStats& stats) {
@@ -248,16 +265,39 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
       return absl::InvalidArgumentError(absl::StrCat("unexpected tensor '", slice.name(), "'"));
     }
     RINGATTN_ASSIGN_OR_RETURN(const RegionSliceIo io, RegionSliceIo::Open(slice, *bytes));
-    RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> data, io.Read());
+    if (!IsFloatInput(slice.name())) {
+      RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> data, io.Read());
+      return assembler.AddWhole(slice.name(), std::move(data));
+    }
+    // No other process saw these bytes: they are checked here, as the
+    // coordinator checks what streams through it.
+    const kernels::DType dtype = call.spec.shape.dtype;
+    const std::vector<int64_t> shape = RegionTensorDims(slice, call.spec.shape);
+    const auto esize = kernels::DTypeSize(dtype);
+    RINGATTN_ASSIGN_OR_RETURN(std::vector<std::byte> data,
+                              io.Read([&](uint64_t offset, std::span<const std::byte> piece) {
+                                return server::CheckFinite(slice.name(), dtype, shape,
+                                                           static_cast<int64_t>(offset / esize),
+                                                           piece);
+                              }));
     return assembler.AddWhole(slice.name(), std::move(data));
   };
   prometheus::Counter& received = metrics_.service.received_bytes(server::Channel::kShard);
-  bool committed = false;
+  bool committed = false, sealed = false;
   while (!committed && stream.Read(&req)) {
     if (req.has_commit()) {
       committed = true;
       call.sequence = req.commit().sequence();
       call.batch_has_vision = req.commit().batch_has_vision();
+    } else if (sealed) {
+      return absl::InvalidArgumentError("only the commit follows the seal");
+    } else if (req.has_seal()) {
+      // Refused now, the call is withdrawn from every rank before it runs.
+      RINGATTN_RETURN_IF_ERROR(assembler.Finish());
+      sealed = true;
+      ShardResponse ready;
+      ready.mutable_ready();
+      if (!stream.Write(ready)) return absl::CancelledError("the coordinator left at the seal");
     } else if (req.has_chunk()) {
       received.Increment(static_cast<double>(req.chunk().data().size()));
       RINGATTN_RETURN_IF_ERROR(assembler.Add(req.chunk()));
@@ -273,7 +313,7 @@ absl::StatusOr<CommittedCall> WorkerServiceImpl::ReadCall(
     return absl::CancelledError(absl::StrCat("the ring call of session '", call.spec.session,
                                              "' was withdrawn before it started"));
   }
-  if (absl::Status s = assembler.Finish(); !s.ok()) {
+  if (absl::Status s = sealed ? absl::OkStatus() : assembler.Finish(); !s.ok()) {
     if (absl::StatusOr<uint64_t> epoch = CheckGeneration(call.spec.generation);
         epoch.ok() && call.sequence != 0) {
       sequencer_.Done(*epoch, call.sequence);

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -339,12 +341,28 @@ TEST_F(BadRegionTest, ReferencesOutsideTheRegionOrOfTheWrongSizeAreInvalid) {
   EXPECT_EQ(ForwardCode(in), absl::StatusCode::kNotFound) << last_;
 }
 
+// Only the worker that reads a slice sees its bytes: it names the element
+// by its index in the client's whole tensor [B, heads, S, D], and the call
+// is withdrawn before the ring runs, so the ring is not rebuilt.
 TEST_F(BadRegionTest, NonFiniteInputsInARegionAreRefusedLikeStreamedOnes) {
-  float nan = std::nanf("");
-  std::memcpy(rb_->Bytes("v").data() + 40 * 4, &nan, 4);
-  EXPECT_EQ(ForwardCode(rb_->Forward({"q", "k", "v"}, {"out", "lse"})),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(last_.message()).find("v holds a NaN or Inf"), std::string::npos) << last_;
+  const uint64_t generation = c_->Status()->ring_generation();
+  const float nan = std::nanf(""), inf = INFINITY;
+  // Rank 0's half of v, then the last element of q: rank 1's half, its
+  // second head. Each call is refused alone; the element is put back after.
+  for (auto [name, at, bad, named] :
+       {std::tuple{"v", size_t{40}, nan, "v holds a NaN or Inf at [0, 0, 1, 8]"},
+        std::tuple{"q", rb_->Bytes("q").size() / 4 - 1, inf,
+                   "q holds a NaN or Inf at [0, 1, 63, 31]"}}) {
+    std::byte* p = rb_->Bytes(name).data() + at * 4;
+    std::array<std::byte, 4> good;
+    std::memcpy(good.data(), p, 4);
+    std::memcpy(p, &bad, 4);
+    EXPECT_EQ(ForwardCode(rb_->Forward({"q", "k", "v"}, {"out", "lse"})),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(last_.message()).find(named), std::string::npos) << last_;
+    std::memcpy(p, good.data(), 4);
+  }
+  EXPECT_EQ(c_->Status()->ring_generation(), generation);
 }
 
 TEST_F(BadRegionTest, RegistrationErrorsAreClear) {

@@ -1,4 +1,4 @@
-#include "server/coordinator/finite_scan.h"
+#include "server/common/finite_scan.h"
 
 #include <algorithm>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/status_macros.h"
 
-namespace ringattn::coordinator {
+namespace ringattn::server {
 namespace {
 
 // Index of the first element of `data` whose exponent bits are all ones
@@ -38,6 +38,32 @@ int64_t FirstNonFinite(std::span<const std::byte> data, Bits exponent) {
 
 }  // namespace
 
+absl::Status CheckFinite(const std::string& name, kernels::DType dtype,
+                         std::span<const int64_t> shape, int64_t first,
+                         std::span<const std::byte> elements) {
+  int64_t at = -1;
+  switch (dtype) {
+    case kernels::DType::kF32:
+      at = FirstNonFinite<uint32_t>(elements, 0x7f800000u);
+      break;
+    case kernels::DType::kBF16:
+      at = FirstNonFinite<uint16_t>(elements, 0x7f80u);
+      break;
+    case kernels::DType::kF16:
+      at = FirstNonFinite<uint16_t>(elements, 0x7c00u);
+      break;
+  }
+  if (at < 0) return absl::OkStatus();
+  std::vector<int64_t> index(shape.size());
+  for (size_t d = shape.size(), rest = static_cast<size_t>(first + at); d-- > 0;) {
+    index[d] = static_cast<int64_t>(rest % shape[d]);
+    rest /= shape[d];
+  }
+  return absl::InvalidArgumentError(absl::StrCat(name, " holds a NaN or Inf at [",
+                                                 absl::StrJoin(index, ", "),
+                                                 "]; q, k, v and dout must be finite"));
+}
+
 FiniteScan::FiniteScan(std::string name, kernels::DType dtype, std::vector<int64_t> shape)
     : name_(std::move(name)),
       shape_(std::move(shape)),
@@ -62,30 +88,9 @@ absl::Status FiniteScan::Add(std::span<const std::byte> piece) {
 }
 
 absl::Status FiniteScan::Check(std::span<const std::byte> elements) {
-  int64_t at = -1;
-  switch (dtype_) {
-    case kernels::DType::kF32:
-      at = FirstNonFinite<uint32_t>(elements, 0x7f800000u);
-      break;
-    case kernels::DType::kBF16:
-      at = FirstNonFinite<uint16_t>(elements, 0x7f80u);
-      break;
-    case kernels::DType::kF16:
-      at = FirstNonFinite<uint16_t>(elements, 0x7c00u);
-      break;
-  }
-  if (at < 0) {
-    index_ += static_cast<int64_t>(elements.size() / size_);
-    return absl::OkStatus();
-  }
-  std::vector<int64_t> index(shape_.size());
-  for (size_t d = shape_.size(), rest = static_cast<size_t>(index_ + at); d-- > 0;) {
-    index[d] = static_cast<int64_t>(rest % shape_[d]);
-    rest /= shape_[d];
-  }
-  return absl::InvalidArgumentError(absl::StrCat(name_, " holds a NaN or Inf at [",
-                                                 absl::StrJoin(index, ", "),
-                                                 "]; q, k, v and dout must be finite"));
+  RINGATTN_RETURN_IF_ERROR(CheckFinite(name_, dtype_, shape_, index_, elements));
+  index_ += static_cast<int64_t>(elements.size() / size_);
+  return absl::OkStatus();
 }
 
-}  // namespace ringattn::coordinator
+}  // namespace ringattn::server
