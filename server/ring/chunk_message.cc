@@ -77,4 +77,20 @@ kernels::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t 
   return {all.doc.subspan(at, n), all.vision.subspan(at, n), all.padding.subspan(at, n), start};
 }
 
+kernels::TensorRef ChunkLayout::K(const ShardRef& shard, int64_t local, int64_t len) const {
+  return K(shard.k, local, len);  // The message's K part begins the message.
+}
+
+kernels::TensorRef ChunkLayout::V(const ShardRef& shard, int64_t local, int64_t len) const {
+  return K(shard.v, local, len);
+}
+
+kernels::TokenMetaRef ChunkLayout::Meta(const ShardRef& shard, int64_t local, int64_t len,
+                                        int64_t start) const {
+  const auto at = static_cast<size_t>(kv_shape_[0] * local);
+  const auto n = static_cast<size_t>(kv_shape_[0] * len);
+  return {shard.doc.subspan(at, n), shard.vision.subspan(at, n), shard.padding.subspan(at, n),
+          start};
+}
+
 }  // namespace ringattn::ring

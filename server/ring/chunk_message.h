@@ -41,6 +41,12 @@ class ChunkLayout {
   kernels::TensorRef V(std::span<const std::byte> msg, int64_t local, int64_t len) const;
   kernels::TokenMetaRef Meta(std::span<const std::byte> msg, int64_t local, int64_t len,
                              int64_t start) const;
+  // The same views of a segment-major shard's own tensors, where they lie:
+  // what its message would hold, without packing one.
+  kernels::TensorRef K(const ShardRef& shard, int64_t local, int64_t len) const;
+  kernels::TensorRef V(const ShardRef& shard, int64_t local, int64_t len) const;
+  kernels::TokenMetaRef Meta(const ShardRef& shard, int64_t local, int64_t len,
+                             int64_t start) const;
 
  private:
   kernels::DType dtype_;

@@ -419,23 +419,29 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
                            static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
   RINGATTN_ASSIGN_OR_RETURN(ResidentQuery query, ResidentQuery::Make(space, major.ref()));
   // Double buffering: compute on `current` while `next` arrives.
+  // With a halo exchange the own chunk never travels: on a host space its
+  // first step reads it where it lies, and no chunk-sized buffer is made.
+  const bool own_in_place = halo && space.kind() == kernels::MemoryKind::kHost;
   SpaceBuffer own;
   SpaceBuffer current;
   if (keep) {
     RINGATTN_ASSIGN_OR_RETURN(own, PackInSpace(space, layout, major.ref()));
     RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
     RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), own.bytes()));
-  } else {
+  } else if (!own_in_place) {
     RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
   }
-  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(halo ? 0 : layout.size()));
   // The running result, segment-major like the query.
   RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer acc, space.Allocate(elems * sizeof(float)));
   RINGATTN_ASSIGN_OR_RETURN(
       Homebound<float> lse,
       Homebound<float>::Make(space, rows, -std::numeric_limits<float>::infinity()));
-  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer part, space.Allocate(elems * sizeof(float)));
-  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer part_lse, space.Allocate(rows * sizeof(float)));
+  // A query segment's first partial is written into the running result
+  // itself (merging it into 0 / -inf would give it back bit for bit); the
+  // later ones go through `part`, made when first needed.
+  std::vector<bool> started(q_places.size(), false);
+  SpaceBuffer part, part_lse;
   std::optional<Resident<std::byte>> halo_msg;
   if (halo) {
     RINGATTN_ASSIGN_OR_RETURN(halo_msg, Resident<std::byte>::Make(space, halo->msg()));
@@ -468,17 +474,35 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
         const size_t at = major.RowsAt(qp), n = major.Rows(qp);
         kernels::ForwardChunkArgs args;
         args.q = major.Query(query.q.span(), qp);
-        args.k = held_layout.K(held, kp.local, kp.global.len);
-        args.v = held_layout.V(held, kp.local, kp.global.len);
+        if (own_in_place && !in_halo) {
+          args.k = layout.K(major.ref(), kp.local, kp.global.len);
+          args.v = layout.V(major.ref(), kp.local, kp.global.len);
+          args.kv_meta = layout.Meta(major.ref(), kp.local, kp.global.len, kp.global.start);
+        } else {
+          args.k = held_layout.K(held, kp.local, kp.global.len);
+          args.v = held_layout.V(held, kp.local, kp.global.len);
+          args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
+        }
         args.q_meta = major.QueryMeta(query.meta(), qp);
-        args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
+        const std::span<float> acc_out = acc.as<float>().subspan(at * D, n * D);
+        const std::span<float> acc_lse = lse.span().subspan(at, n);
+        if (!started[block.q_segment]) {
+          started[block.q_segment] = true;
+          args.out = acc_out;
+          args.lse = acc_lse;
+          RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
+          continue;
+        }
+        if (part.bytes().empty()) {
+          RINGATTN_ASSIGN_OR_RETURN(part, space.Allocate(elems * sizeof(float)));
+          RINGATTN_ASSIGN_OR_RETURN(part_lse, space.Allocate(rows * sizeof(float)));
+        }
         args.out = part.as<float>().first(n * D);
         args.lse = part_lse.as<float>().first(n);
         RINGATTN_RETURN_IF_ERROR(backend.Forward(args));
         // Merge in fp32: lse = logaddexp(lse, lse_s), out rescaled to match.
-        RINGATTN_RETURN_IF_ERROR(space.Merge(acc.as<float>().subspan(at * D, n * D),
-                                             lse.span().subspan(at, n), args.out, args.lse, D));
+        RINGATTN_RETURN_IF_ERROR(space.Merge(acc_out, acc_lse, args.out, args.lse, D));
       }
       stats.compute_seconds = Since(c0);
     }
