@@ -310,7 +310,8 @@ int Main() {
   // ring's K/V exchange, and back).
   const kernels::reference::BatchShape heavy_shape{1, 8, 8, 32768, 128};
   auto heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/false);
-  absl::StatusOr<Throughput> service = absl::GetFlag(FLAGS_window_forward)
+  const bool window_forward = absl::GetFlag(FLAGS_window_forward);
+  absl::StatusOr<Throughput> service = window_forward
                                            ? MeasureForward(*c, **cluster, *heavy, repeat)
                                            : absl::StatusOr<Throughput>(Throughput{1.0, 1.0});
   heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/true);
@@ -325,7 +326,7 @@ int Main() {
   // host: no tensor byte on gRPC; against the same bytes memcpy'd here.
   std::printf("shared-memory regions:\n");
   heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/false);
-  absl::StatusOr<Throughput> shm_service = absl::GetFlag(FLAGS_window_forward)
+  absl::StatusOr<Throughput> shm_service = window_forward
                                                ? MeasureShmForward(*c, **cluster, *heavy, repeat)
                                                : absl::StatusOr<Throughput>(Throughput{1.0, 1.0});
   heavy = MakeProblem(heavy_shape, 16, /*all_padding=*/true);
@@ -339,46 +340,63 @@ int Main() {
   }
   const double memcpy_bps = MemcpyBytesPerSecond(plane_bytes, repeat);
   const double service_bps = service->bytes_per_second;
-  std::printf(
-      "through the service (forward, S=32768 H=8 D=128 fp32, W=16): %.0f MiB/s, %.2f of raw; "
-      "data plane (all padding): %.0f MiB/s, %.2f of raw\n",
-      service_bps / 1048576.0, service_bps / raw, plane->bytes_per_second / 1048576.0,
-      plane->bytes_per_second / raw);
+  constexpr double kMiB = 1048576.0, kGiB = 1073741824.0;
+  // The end-to-end figures only where that forward ran (--window_forward).
+  if (window_forward) {
+    std::printf(
+        "through the service (forward, S=32768 H=8 D=128 fp32, W=16): %.0f MiB/s, %.2f "
+        "of raw\n",
+        service_bps / kMiB, service_bps / raw);
+  }
+  std::printf("through the service, data plane (all padding): %.0f MiB/s, %.2f of raw\n",
+              plane->bytes_per_second / kMiB, plane->bytes_per_second / raw);
 
-  std::printf("\nfigure: grpc_loopback_stream_mib_per_s %.0f\n", raw / 1048576.0);
-  std::printf("figure: service_forward_mib_per_s %.0f\n", service_bps / 1048576.0);
-  std::printf("figure: service_bytes_per_s_vs_grpc_loopback %.2f\n", service_bps / raw);
+  std::printf("\nfigure: grpc_loopback_stream_mib_per_s %.0f\n", raw / kMiB);
+  if (window_forward) {
+    std::printf("figure: service_forward_mib_per_s %.0f\n", service_bps / kMiB);
+    std::printf("figure: service_bytes_per_s_vs_grpc_loopback %.2f\n", service_bps / raw);
+  }
   std::printf("figure: service_data_plane_bytes_per_s_vs_grpc_loopback %.2f\n",
               plane->bytes_per_second / raw);
   // Bytes per CPU second against the baseline's: the service's efficiency
   // apart from how many cores this machine lends its processes (here the
   // client, coordinator and workers share them; deployed, each has its own).
   // Two gRPC hops cost at least twice the baseline's one: 0.5 is the bound.
-  std::printf("figure: service_bytes_per_cpu_s_vs_grpc_loopback %.2f\n",
-              raw_run.cpu_seconds_per_byte / service->cpu_seconds_per_byte);
+  if (window_forward) {
+    std::printf("figure: service_bytes_per_cpu_s_vs_grpc_loopback %.2f\n",
+                raw_run.cpu_seconds_per_byte / service->cpu_seconds_per_byte);
+  }
   std::printf("figure: service_data_plane_bytes_per_cpu_s_vs_grpc_loopback %.2f\n",
               raw_run.cpu_seconds_per_byte / plane->cpu_seconds_per_byte);
+  if (window_forward) {
+    std::printf(
+        "shared memory, every tensor by reference: %.0f MiB/s end to end, %.2f of raw "
+        "gRPC; CPU s/GiB %.2f (streamed %.2f)\n",
+        shm_service->bytes_per_second / kMiB, shm_service->bytes_per_second / raw,
+        shm_service->cpu_seconds_per_byte * kGiB, service->cpu_seconds_per_byte * kGiB);
+  }
   std::printf(
-      "shared memory (same forwards, every tensor by reference): %.0f MiB/s end to end, %.2f of "
-      "raw gRPC; data plane %.0f MiB/s, %.2f of memcpy (%.0f MiB/s); CPU s/GiB %.2f (streamed "
-      "%.2f), data plane %.2f (streamed %.2f)\n",
-      shm_service->bytes_per_second / 1048576.0, shm_service->bytes_per_second / raw,
-      shm_plane->bytes_per_second / 1048576.0, shm_plane->bytes_per_second / memcpy_bps,
-      memcpy_bps / 1048576.0, shm_service->cpu_seconds_per_byte * 1073741824.0,
-      service->cpu_seconds_per_byte * 1073741824.0, shm_plane->cpu_seconds_per_byte * 1073741824.0,
-      plane->cpu_seconds_per_byte * 1073741824.0);
-  std::printf("figure: memcpy_mib_per_s %.0f\n", memcpy_bps / 1048576.0);
-  std::printf("figure: shm_forward_mib_per_s %.0f\n", shm_service->bytes_per_second / 1048576.0);
-  std::printf("figure: shm_bytes_per_s_vs_grpc_loopback %.2f\n",
-              shm_service->bytes_per_second / raw);
+      "shared memory, data plane: %.0f MiB/s, %.2f of memcpy (%.0f MiB/s); CPU s/GiB "
+      "%.2f (streamed %.2f)\n",
+      shm_plane->bytes_per_second / kMiB, shm_plane->bytes_per_second / memcpy_bps,
+      memcpy_bps / kMiB, shm_plane->cpu_seconds_per_byte * kGiB,
+      plane->cpu_seconds_per_byte * kGiB);
+  std::printf("figure: memcpy_mib_per_s %.0f\n", memcpy_bps / kMiB);
+  if (window_forward) {
+    std::printf("figure: shm_forward_mib_per_s %.0f\n", shm_service->bytes_per_second / kMiB);
+    std::printf("figure: shm_bytes_per_s_vs_grpc_loopback %.2f\n",
+                shm_service->bytes_per_second / raw);
+  }
   std::printf("figure: shm_data_plane_bytes_per_s_vs_memcpy %.2f\n",
               shm_plane->bytes_per_second / memcpy_bps);
   std::printf("figure: shm_data_plane_bytes_per_s_vs_grpc_loopback %.2f\n",
               shm_plane->bytes_per_second / raw);
   // CPU seconds per byte of the region path against the streamed one's
   // (lower is better).
-  std::printf("figure: shm_cpu_s_per_byte_vs_streamed %.2f\n",
-              shm_service->cpu_seconds_per_byte / service->cpu_seconds_per_byte);
+  if (window_forward) {
+    std::printf("figure: shm_cpu_s_per_byte_vs_streamed %.2f\n",
+                shm_service->cpu_seconds_per_byte / service->cpu_seconds_per_byte);
+  }
   std::printf("figure: shm_data_plane_cpu_s_per_byte_vs_streamed %.2f\n",
               shm_plane->cpu_seconds_per_byte / plane->cpu_seconds_per_byte);
   if (!absl::GetFlag(FLAGS_step)) {
