@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/kernels/testing/attention_case.h"
 #include "tests/server/ring/testing/ring_harness.h"
@@ -57,22 +58,28 @@ std::vector<std::byte> Pattern(size_t n, int seed) {
   return v;
 }
 
-int ShmEntries() {
+// The /dev/shm names of the ring that `store` rendezvoused at `generation`
+// (other tests running beside this one make rings of their own).
+int ShmEntries(Store& store, uint64_t generation) {
+  absl::StatusOr<std::vector<char>> nonce =
+      store.Get(absl::StrCat("shm-gen-", generation, "/nonce"));
+  EXPECT_TRUE(nonce.ok()) << nonce.status();
+  if (!nonce.ok()) return -1;
+  const std::string prefix = absl::StrCat("ringattn-", std::string(nonce->begin(), nonce->end()));
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
-    n += e.path().filename().string().rfind("ringattn-", 0) == 0 ? 1 : 0;
+    n += e.path().filename().string().rfind(prefix, 0) == 0 ? 1 : 0;
   }
   return n;
 }
 
 TEST(ShmTransportTest, MessagesOfEverySizeArriveWholeAndInOrder) {
-  const int before = ShmEntries();
   TempStore store;
   auto t = ConnectAll(store.store(), 2, 1);
   ASSERT_TRUE(t[0].ok()) << t[0].status();
   ASSERT_TRUE(t[1].ok()) << t[1].status();
   // The names are gone once every rank has mapped them.
-  EXPECT_EQ(ShmEntries(), before);
+  EXPECT_EQ(ShmEntries(store.store(), 1), 0);
   // Empty, tiny, a frame's worth, the ring's size and several times it
   // (wrapping), both ways at once.
   const std::vector<size_t> sizes = {0, 1, 16, kChannel - 16, kChannel, 5 * kChannel + 13};
