@@ -600,15 +600,23 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
     RINGATTN_RETURN_IF_ERROR(CheckResidue(*residue, space, t, shard, call, schedule.halo_rows));
   }
 
+  // With a halo exchange the own chunk never travels and only one [dK | dV]
+  // accumulator is made: the first step reads the chunk where it lies (the
+  // kept one, or on a host space the shard itself) and writes this rank's
+  // own dK/dV straight into that accumulator.
+  const bool own_in_place =
+      halo && (residue != nullptr || space.kind() == kernels::MemoryKind::kHost);
   // Everything below, asked for before the first allocation: the query side
-  // (q, out, lse unless kept; dout, dq), two chunks, the dK/dV contribution,
-  // two accumulators and the one coming home (or the halo's).
+  // (q, out, lse unless kept; dout, dq), the chunks, the dK/dV contribution,
+  // the accumulators and the one coming home (or the halo's).
   const auto kv_pair = static_cast<size_t>(2 * kv_elems) * sizeof(float);
   const size_t inputs =
       residue != nullptr ? 0 : QueryBytes(shard) + out.size() + lse.size_bytes() + halo_bytes;
+  const size_t chunks = (own_in_place ? 0 : 1) + (halo ? 0 : 1);
+  const size_t kv_pairs = halo ? 1 : 4;  // contrib, two accumulators, the one coming home
   RINGATTN_RETURN_IF_ERROR(space.CheckFits(static_cast<int64_t>(
-      inputs + dout.size() + static_cast<size_t>(q_elems) * sizeof(float) + 2 * layout.size() +
-      4 * kv_pair + halo_bytes + static_cast<size_t>(4 * halo_kv) * sizeof(float))));
+      inputs + dout.size() + static_cast<size_t>(q_elems) * sizeof(float) + chunks * layout.size() +
+      kv_pairs * kv_pair + halo_bytes + static_cast<size_t>(4 * halo_kv) * sizeof(float))));
   // The shard and the forward's answer: kept on the device, or uploaded.
   ResidentQuery uploaded_query;
   Resident<std::byte> uploaded_out;
@@ -626,24 +634,28 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
   RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> dout_in,
                             Resident<std::byte>::Make(space, dout_major.span()));
   SpaceBuffer current;
-  if (residue != nullptr) {
+  if (own_in_place) {
+    // Read where it lies, below.
+  } else if (residue != nullptr) {
     RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
     RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), residue->own.bytes()));
   } else {
     RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
   }
-  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(layout.size()));
+  const bool own_from_shard = own_in_place && residue == nullptr;
+  const std::span<const std::byte> own_chunk =
+      own_in_place && residue != nullptr ? residue->own.bytes() : current.bytes();
+  RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(halo ? 0 : layout.size()));
   // Segment-major like the query until the end.
   RINGATTN_ASSIGN_OR_RETURN(Homebound<float> dq, Homebound<float>::Make(space, q_elems));
   // This rank's dK/dV of the held chunk ([dK | dV], fp32, each in the chunk
   // owner's segment-major order), and the two accumulators that travel with
   // the chunks, alternating so one can be received into while the other is
   // still being sent.
-  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer contrib, space.Allocate(kv_pair));
+  RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer contrib, space.Allocate(halo ? 0 : kv_pair));
   SpaceBuffer acc[2];
-  for (SpaceBuffer& a : acc) {
-    RINGATTN_ASSIGN_OR_RETURN(a, space.Allocate(kv_pair));
-  }
+  RINGATTN_ASSIGN_OR_RETURN(acc[0], space.Allocate(kv_pair));
+  RINGATTN_ASSIGN_OR_RETURN(acc[1], space.Allocate(halo ? 0 : kv_pair));
   std::unique_ptr<PendingOp> acc_send[2];
   std::optional<Resident<std::byte>> uploaded_halo;
   if (halo && residue == nullptr) {
@@ -691,12 +703,15 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
                                     : exchange.Post(i + 1, current.bytes(), next.bytes()));
     }
     const bool in_halo = halo && i > 0;
-    const std::span<const std::byte> held = in_halo ? halo_recv.bytes() : current.bytes();
+    const std::span<const std::byte> held =
+        in_halo ? halo_recv.bytes() : (i == 0 ? own_chunk : current.bytes());
     const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
     // Where this step's dK/dV go: [dK | dV] of the held chunk (or halo).
-    const std::span<float> sink = (in_halo ? halo_contrib : contrib).as<float>();
+    const SpaceBuffer& sink_buffer = in_halo ? halo_contrib : (halo ? acc[0] : contrib);
+    const std::span<float> sink = sink_buffer.as<float>();
     const int64_t sink_kv = in_halo ? halo_kv : kv_elems;
-    RINGATTN_RETURN_IF_ERROR(space.Zero(std::as_writable_bytes(sink)));
+    // The first step's sink was just made, zero-filled.
+    if (i > 0) RINGATTN_RETURN_IF_ERROR(space.Zero(std::as_writable_bytes(sink)));
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
       const std::vector<SegmentPlace> k_places =
@@ -710,13 +725,19 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
         const auto k_n = static_cast<size_t>(bkv * kp.global.len * D);
         kernels::BackwardChunkArgs args;
         args.q = major.Query(query.q.span(), qp);
-        args.k = held_layout.K(held, kp.local, kp.global.len);
-        args.v = held_layout.V(held, kp.local, kp.global.len);
+        if (own_from_shard && !in_halo) {
+          args.k = layout.K(major.ref(), kp.local, kp.global.len);
+          args.v = layout.V(major.ref(), kp.local, kp.global.len);
+          args.kv_meta = layout.Meta(major.ref(), kp.local, kp.global.len, kp.global.start);
+        } else {
+          args.k = held_layout.K(held, kp.local, kp.global.len);
+          args.v = held_layout.V(held, kp.local, kp.global.len);
+          args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
+        }
         args.out = major.Query(out_in, qp);
         args.dout = major.Query(dout_in.span(), qp);
         args.lse = lse_in.subspan(at, n);
         args.q_meta = major.QueryMeta(query.meta(), qp);
-        args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
         args.layer = call.layer;
         args.dq = dq.span().subspan(at * D, n * D);  // dQ accumulates locally.
         args.dk = sink.subspan(k_at, k_n);
@@ -744,9 +765,6 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
                    cur_acc.bytes()));
         stats.bytes_sent += static_cast<int64_t>(kv_pair);
       }
-    } else if (i == 0) {
-      // This rank's own dK/dV stay in the first accumulator.
-      RINGATTN_RETURN_IF_ERROR(space.Copy(acc[0].bytes(), contrib.bytes()));
     }
     RINGATTN_RETURN_IF_ERROR(exchange.Wait(stats));
     if (!halo) std::swap(current, next);
