@@ -225,6 +225,23 @@ std::vector<SegmentPlace> Places(const batch::ShardLayout& layout, int rank) {
   return places;
 }
 
+// Points a chunk kernel's keys at segment `kp` of the chunk held: the
+// shard's own segment-major tensors where they lie (`own`, read as its
+// message would be), or else the message `held` laid out by `layout`.
+template <typename ChunkArgs>
+void PointAtKeys(ChunkArgs& args, const ShardRef* own, const ChunkLayout& layout,
+                 std::span<const std::byte> held, const SegmentPlace& kp) {
+  if (own != nullptr) {
+    args.k = layout.K(*own, kp.local, kp.global.len);
+    args.v = layout.V(*own, kp.local, kp.global.len);
+    args.kv_meta = layout.Meta(*own, kp.local, kp.global.len, kp.global.start);
+  } else {
+    args.k = layout.K(held, kp.local, kp.global.len);
+    args.v = layout.V(held, kp.local, kp.global.len);
+    args.kv_meta = layout.Meta(held, kp.local, kp.global.len, kp.global.start);
+  }
+}
+
 // This rank's shard in segment-major order: what its own chunk message is
 // packed from and what its query segments are cut from. Spans of `shard`
 // itself when it has one segment.
@@ -474,15 +491,7 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
         const size_t at = major.RowsAt(qp), n = major.Rows(qp);
         kernels::ForwardChunkArgs args;
         args.q = major.Query(query.q.span(), qp);
-        if (own_in_place && !in_halo) {
-          args.k = layout.K(major.ref(), kp.local, kp.global.len);
-          args.v = layout.V(major.ref(), kp.local, kp.global.len);
-          args.kv_meta = layout.Meta(major.ref(), kp.local, kp.global.len, kp.global.start);
-        } else {
-          args.k = held_layout.K(held, kp.local, kp.global.len);
-          args.v = held_layout.V(held, kp.local, kp.global.len);
-          args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
-        }
+        PointAtKeys(args, own_in_place && !in_halo ? &major.ref() : nullptr, held_layout, held, kp);
         args.q_meta = major.QueryMeta(query.meta(), qp);
         args.layer = call.layer;
         const std::span<float> acc_out = acc.as<float>().subspan(at * D, n * D);
@@ -725,15 +734,8 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
         const auto k_n = static_cast<size_t>(bkv * kp.global.len * D);
         kernels::BackwardChunkArgs args;
         args.q = major.Query(query.q.span(), qp);
-        if (own_from_shard && !in_halo) {
-          args.k = layout.K(major.ref(), kp.local, kp.global.len);
-          args.v = layout.V(major.ref(), kp.local, kp.global.len);
-          args.kv_meta = layout.Meta(major.ref(), kp.local, kp.global.len, kp.global.start);
-        } else {
-          args.k = held_layout.K(held, kp.local, kp.global.len);
-          args.v = held_layout.V(held, kp.local, kp.global.len);
-          args.kv_meta = held_layout.Meta(held, kp.local, kp.global.len, kp.global.start);
-        }
+        PointAtKeys(args, own_from_shard && !in_halo ? &major.ref() : nullptr, held_layout, held,
+                    kp);
         args.out = major.Query(out_in, qp);
         args.dout = major.Query(dout_in.span(), qp);
         args.lse = lse_in.subspan(at, n);
