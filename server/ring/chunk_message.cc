@@ -71,10 +71,14 @@ kernels::TensorRef ChunkLayout::V(std::span<const std::byte> msg, int64_t local,
 
 kernels::TokenMetaRef ChunkLayout::Meta(std::span<const std::byte> msg, int64_t local, int64_t len,
                                         int64_t start) const {
-  const kernels::TokenMetaRef all = Meta(msg, start);
+  return Segment(Meta(msg, start), local, len);
+}
+
+kernels::TokenMetaRef ChunkLayout::Segment(const kernels::TokenMetaRef& all, int64_t local,
+                                           int64_t len) const {
   const auto at = static_cast<size_t>(kv_shape_[0] * local);
   const auto n = static_cast<size_t>(kv_shape_[0] * len);
-  return {all.doc.subspan(at, n), all.vision.subspan(at, n), all.padding.subspan(at, n), start};
+  return {all.doc.subspan(at, n), all.vision.subspan(at, n), all.padding.subspan(at, n), all.start};
 }
 
 kernels::TensorRef ChunkLayout::K(const ShardRef& shard, int64_t local, int64_t len) const {
@@ -87,10 +91,7 @@ kernels::TensorRef ChunkLayout::V(const ShardRef& shard, int64_t local, int64_t 
 
 kernels::TokenMetaRef ChunkLayout::Meta(const ShardRef& shard, int64_t local, int64_t len,
                                         int64_t start) const {
-  const auto at = static_cast<size_t>(kv_shape_[0] * local);
-  const auto n = static_cast<size_t>(kv_shape_[0] * len);
-  return {shard.doc.subspan(at, n), shard.vision.subspan(at, n), shard.padding.subspan(at, n),
-          start};
+  return Segment({shard.doc, shard.vision, shard.padding, start}, local, len);
 }
 
 }  // namespace ringattn::ring

@@ -49,6 +49,10 @@ class ChunkLayout {
                              int64_t start) const;
 
  private:
+  // The segment at local positions [local, local + len) of segment-major
+  // metadata: its [B, len] block.
+  kernels::TokenMetaRef Segment(const kernels::TokenMetaRef& all, int64_t local, int64_t len) const;
+
   kernels::DType dtype_;
   std::array<int64_t, 4> kv_shape_;
   size_t kv_bytes_ = 0;
