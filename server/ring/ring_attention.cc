@@ -428,26 +428,34 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
   // A host space has nothing to keep: the caller's memory is the state.
   const bool keep = keep_for_backward && space.kind() == kernels::MemoryKind::kDevice;
 
-  // Everything below, asked for before the first allocation (kept state:
-  // the own chunk besides the two travelling ones).
+  // With a halo exchange the own chunk never travels: the first step reads
+  // it where it lies (the kept copy, or on a host space the shard itself),
+  // and no travelling chunk buffer is made.
+  const bool own_in_place = halo && (keep || space.kind() == kernels::MemoryKind::kHost);
+  // Everything below, asked for before the first allocation: the kept own
+  // chunk, the travelling ones, the fp32 result and its partial.
+  const size_t chunks = (keep ? 1 : 0) + (own_in_place ? 0 : 1) + (halo ? 0 : 1);
   const auto f32 = static_cast<size_t>(elems + rows) * sizeof(float);
-  RINGATTN_RETURN_IF_ERROR(space.CheckFits(
-      static_cast<int64_t>(QueryBytes(shard) + (keep ? 3 : 2) * layout.size() + 2 * f32 +
-                           static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
+  RINGATTN_RETURN_IF_ERROR(
+      space.CheckFits(static_cast<int64_t>(QueryBytes(shard) + chunks * layout.size() + 2 * f32 +
+                                           static_cast<size_t>(elems) * esize + 2 * halo_bytes)));
   RINGATTN_ASSIGN_OR_RETURN(ResidentQuery query, ResidentQuery::Make(space, major.ref()));
   // Double buffering: compute on `current` while `next` arrives.
-  // With a halo exchange the own chunk never travels: on a host space its
-  // first step reads it where it lies, and no chunk-sized buffer is made.
-  const bool own_in_place = halo && space.kind() == kernels::MemoryKind::kHost;
   SpaceBuffer own;
-  SpaceBuffer current;
   if (keep) {
     RINGATTN_ASSIGN_OR_RETURN(own, PackInSpace(space, layout, major.ref()));
-    RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
-    RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), own.bytes()));
-  } else if (!own_in_place) {
-    RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
   }
+  SpaceBuffer current;
+  if (!own_in_place) {
+    if (keep) {
+      RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
+      RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), own.bytes()));
+    } else {
+      RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
+    }
+  }
+  const bool own_from_shard = own_in_place && !keep;
+  const std::span<const std::byte> own_chunk = own_in_place && keep ? own.bytes() : current.bytes();
   RINGATTN_ASSIGN_OR_RETURN(SpaceBuffer next, space.Allocate(halo ? 0 : layout.size()));
   // The running result, segment-major like the query.
   RINGATTN_ASSIGN_OR_RETURN(const SpaceBuffer acc, space.Allocate(elems * sizeof(float)));
@@ -478,7 +486,8 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
                : exchange.Post(step.step + 1, current.bytes(), next.bytes()));
     }
     const bool in_halo = halo && step.step > 0;
-    const std::span<const std::byte> held = in_halo ? halo_recv.bytes() : current.bytes();
+    const std::span<const std::byte> held =
+        in_halo ? halo_recv.bytes() : (step.step == 0 ? own_chunk : current.bytes());
     const ChunkLayout& held_layout = in_halo ? halo->layout() : layout;
     if (step.compute) {
       const Clock::time_point c0 = Clock::now();
@@ -491,7 +500,8 @@ absl::StatusOr<RingForwardResult> Forward(Transport& transport, kernels::ChunkBa
         const size_t at = major.RowsAt(qp), n = major.Rows(qp);
         kernels::ForwardChunkArgs args;
         args.q = major.Query(query.q.span(), qp);
-        PointAtKeys(args, own_in_place && !in_halo ? &major.ref() : nullptr, held_layout, held, kp);
+        PointAtKeys(args, own_from_shard && !in_halo ? &major.ref() : nullptr, held_layout, held,
+                    kp);
         args.q_meta = major.QueryMeta(query.meta(), qp);
         args.layer = call.layer;
         const std::span<float> acc_out = acc.as<float>().subspan(at * D, n * D);
@@ -643,13 +653,13 @@ absl::StatusOr<RingBackwardResult> Backward(Transport& transport, kernels::Chunk
   RINGATTN_ASSIGN_OR_RETURN(const Resident<std::byte> dout_in,
                             Resident<std::byte>::Make(space, dout_major.span()));
   SpaceBuffer current;
-  if (own_in_place) {
-    // Read where it lies, below.
-  } else if (residue != nullptr) {
-    RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
-    RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), residue->own.bytes()));
-  } else {
-    RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
+  if (!own_in_place) {
+    if (residue != nullptr) {
+      RINGATTN_ASSIGN_OR_RETURN(current, space.Allocate(layout.size()));
+      RINGATTN_RETURN_IF_ERROR(space.Copy(current.bytes(), residue->own.bytes()));
+    } else {
+      RINGATTN_ASSIGN_OR_RETURN(current, PackInSpace(space, layout, major.ref()));
+    }
   }
   const bool own_from_shard = own_in_place && residue == nullptr;
   const std::span<const std::byte> own_chunk =
