@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backends.h"
 #include "kernels/reference/dense_attention.h"
+#include "server/ring/chunk_message.h"
 #include "server/ring/ring_attention.h"
 #include "server/ring/transports/in_process_transport.h"
 #include "tests/kernels/testing/attention_case.h"
@@ -62,6 +63,18 @@ class FakeDevices {
   std::vector<std::unique_ptr<FakeDeviceSpace>> spaces_;
 };
 
+// "Full": a full causal layer; "SlidingW10": a window of 10 with
+// bidirectional images; "SlidingW10CausalImages": the same window with
+// causal images, whose contiguous rings exchange only a halo.
+LayerConfig TestLayer(const std::string& kind) {
+  LayerConfig layer;
+  layer.kind = kind == "Full" ? LayerKind::kFull : LayerKind::kSliding;
+  layer.window = kind == "Full" ? 512 : 10;
+  layer.vision_bidirectional = kind != "SlidingW10CausalImages";
+  layer.scale = 0.125f;
+  return layer;
+}
+
 struct DeviceCase {
   std::string name;
   int cp;
@@ -74,18 +87,16 @@ void PrintTo(const DeviceCase& c, std::ostream* os) { *os << c.name; }
 std::vector<DeviceCase> DeviceCases() {
   std::vector<DeviceCase> cases;
   for (int cp : {1, 2, 3, 4, 8}) {
-    // Full causal layers, and a window smaller than a shard (cp 8: L = 24),
-    // which takes the halo exchange on contiguous shards.
-    for (int64_t window : {int64_t{0}, int64_t{10}}) {
-      LayerConfig layer;
-      layer.kind = window > 0 ? LayerKind::kSliding : LayerKind::kFull;
-      layer.window = window > 0 ? window : 512;
-      layer.scale = 0.125f;
+    // Full causal layers and a window smaller than a shard (cp 8: L = 24):
+    // with bidirectional images (the batch holds some, so whole chunks
+    // travel) and with causal ones, which take the halo exchange on
+    // contiguous shards.
+    for (const std::string kind : {"Full", "SlidingW10", "SlidingW10CausalImages"}) {
       for (batch::LayoutKind layout :
            {batch::LayoutKind::kContiguous, batch::LayoutKind::kZigzag}) {
-        cases.push_back({(window > 0 ? "SlidingW10" : std::string("Full")) + "_Cp" +
-                             std::to_string(cp) + "_" + std::string(batch::LayoutName(layout)),
-                         cp, layer, layout});
+        cases.push_back(
+            {kind + "_Cp" + std::to_string(cp) + "_" + std::string(batch::LayoutName(layout)), cp,
+             TestLayer(kind), layout});
       }
     }
   }
@@ -186,11 +197,9 @@ TEST(RingDeviceTest, Bf16DeviceRingMatchesTheCpuRing) {
 // every message is staged through host memory, and the per-step counters
 // say so, byte for byte; the results stay those of the CPU ring.
 TEST(RingDeviceTest, HostMemoryTransportStagesEveryMessageAndCountsIt) {
+  int64_t sent[2] = {0, 0};  // All ranks' bytes, whole chunks and halo.
   for (const bool halo : {false, true}) {
-    LayerConfig layer;
-    layer.kind = LayerKind::kSliding;
-    layer.window = 10;
-    layer.scale = 0.125f;
+    const LayerConfig layer = TestLayer("SlidingW10CausalImages");
     const int cp = 4;
     const auto batch = DeviceBatch(kernels::DType::kF32, 33);
     FakeDevices devices(cp);
@@ -214,23 +223,26 @@ TEST(RingDeviceTest, HostMemoryTransportStagesEveryMessageAndCountsIt) {
           EXPECT_EQ(s.host_device_bytes, s.bytes_sent + s.bytes_received)
               << "halo " << halo << " rank " << r << " step " << s.step;
           staged += s.host_device_bytes;
+          sent[halo ? 1 : 0] += s.bytes_sent;
         }
       }
     }
     EXPECT_GT(staged, 0);
   }
+  // The halo run sent only halos.
+  EXPECT_LT(sent[1], sent[0] / 2);
 }
 
-// A forward that keeps its state on the device hands it to its backward,
-// which then uploads only dout and downloads only dQ/dK/dV; the results are
-// those of a backward that uploads everything again. A host backend keeps
-// nothing, and a residue is refused by a backward of another shard shape.
+// A forward that keeps its state on the device answers as one that keeps
+// nothing and hands its state to its backward, which then uploads only dout
+// and downloads only dQ/dK/dV; the results are those of a backward that
+// uploads everything again; with a halo exchange too, where the kept own
+// chunk is read where it lies. A host backend keeps nothing, and a residue
+// is refused by a backward of another shard shape.
 TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
-  for (const int64_t window : {int64_t{0}, int64_t{10}}) {
-    LayerConfig layer;
-    layer.kind = window > 0 ? LayerKind::kSliding : LayerKind::kFull;
-    layer.window = window > 0 ? window : 512;
-    layer.scale = 0.125f;
+  for (const std::string kind : {"Full", "SlidingW10", "SlidingW10CausalImages"}) {
+    const LayerConfig layer = TestLayer(kind);
+    const bool halo = kind == "SlidingW10CausalImages";
     const int cp = 4;
     const auto batch = DeviceBatch(kernels::DType::kBF16, 12);
     const int64_t L = batch.shape.seq_len / cp;
@@ -245,7 +257,9 @@ TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
     call.sequence = 5;
     std::vector<absl::Status> status(cp);
     std::vector<std::vector<float>> kept_dq(cp), plain_dq(cp), kept_dk(cp), plain_dk(cp);
-    std::vector<int64_t> kept_bytes(cp), want_bytes(cp);
+    std::vector<std::vector<std::byte>> plain_out(cp);
+    std::vector<std::vector<float>> plain_lse(cp);
+    std::vector<int64_t> kept_bytes(cp), want_bytes(cp), first_sent(cp), chunk_bytes(cp);
     std::vector<std::unique_ptr<kernels::ChunkBackend>> backends(cp);
     std::vector<absl::StatusOr<RingForwardResult>> forwards(cp, absl::UnknownError("not run"));
     std::vector<std::thread> threads;
@@ -268,6 +282,8 @@ TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
           status[r] = f.ok() ? absl::InternalError("no residue") : f.status();
           return;
         }
+        first_sent[r] = f->stats.steps.at(0).bytes_sent;
+        chunk_bytes[r] = static_cast<int64_t>(ChunkLayout(ref).size());
         mine.sequence = 6;
         absl::StatusOr<RingBackwardResult> kept =
             RingBackward(*t, *backends[r], ref, f->out, dout, f->lse, mine, f->residue.get());
@@ -278,6 +294,15 @@ TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
           status[r] = kept.ok() ? plain.status() : kept.status();
           return;
         }
+        mine.sequence = 8;
+        absl::StatusOr<RingForwardResult> plain_forward =
+            RingForward(*t, *backends[r], ref, mine, false);
+        if (!plain_forward.ok()) {
+          status[r] = plain_forward.status();
+          return;
+        }
+        plain_out[r] = plain_forward->out;
+        plain_lse[r] = plain_forward->lse;
         kept_dq[r] = kept->dq;
         plain_dq[r] = plain->dq;
         kept_dk[r] = kept->dk;
@@ -290,6 +315,14 @@ TEST(RingDeviceTest, KeptForwardStateServesTheBackwardWithOnlyDoutUploaded) {
     for (auto& th : threads) th.join();
     for (int r = 0; r < cp; ++r) {
       ASSERT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
+      // Whole chunks travel unless the layer takes the halo exchange.
+      if (halo) {
+        EXPECT_LT(first_sent[r], chunk_bytes[r] / 2) << kind << " rank " << r;
+      } else {
+        EXPECT_EQ(first_sent[r], chunk_bytes[r]) << kind << " rank " << r;
+      }
+      EXPECT_TRUE(forwards[r]->out == plain_out[r]) << "rank " << r << ": out";
+      ExpectBitEqual(forwards[r]->lse, plain_lse[r], "lse");
       ExpectBitEqual(kept_dq[r], plain_dq[r], "dq");
       ExpectBitEqual(kept_dk[r], plain_dk[r], "dk");
       EXPECT_EQ(kept_bytes[r], want_bytes[r]) << "rank " << r;
